@@ -1,0 +1,313 @@
+// Handlers for the FHIR REST interactions. Each parses the request into plain values, runs the store
+// operation, and renders stored bytes as they are (never re-serialised).
+#include "api/fhir_rest.h"
+
+#include <charconv>
+
+#include "api/fhir_response.h"
+#include "api/transaction.h"
+#include "common/ids.h"
+#include "common/json_escape.h"
+#include "fhir/operation_outcome.h"
+#include "fhir/r4.h"
+#include "fhir/resource_parser.h"
+
+namespace fhirlake::api {
+namespace {
+
+using http::PathParams;
+using http::Request;
+using http::Response;
+
+fhir::ResourceParser& Parser() {
+  thread_local fhir::ResourceParser parser;
+  return parser;
+}
+
+Status CheckType(std::string_view type) {
+  if (!fhir::IsKnownResourceType(type)) {
+    return Status::NotFound("Unknown resource type '" + std::string(type) + "'; expected an R4 resource type such as "
+                            "Patient or Observation");
+  }
+  return Status::Ok();
+}
+
+Status CheckId(std::string_view id) {
+  if (!IsValidFhirId(id)) {
+    return Status::Invalid("Invalid resource id '" + std::string(id) +
+                           "': an id is 1-64 characters of A-Z, a-z, 0-9, '-' and '.'");
+  }
+  return Status::Ok();
+}
+
+std::string ETag(int64_t version) { return "W/\"" + std::to_string(version) + "\""; }
+
+Response ResourceResponse(int status, const store::StoredResource& r, const std::string& fhir_base,
+                          bool with_location) {
+  Response resp = Response::Json(status, r.json);
+  resp.headers.Set("ETag", ETag(r.version));
+  resp.headers.Set("Last-Modified", FormatHttpDate(r.last_updated));
+  if (with_location) {
+    std::string loc = fhir_base + "/" + r.type + "/" + r.id + "/_history/" + std::to_string(r.version);
+    resp.headers.Set(status == 201 ? "Location" : "Content-Location", loc);
+    if (status == 201) resp.headers.Set("Content-Location", loc);
+  }
+  return resp;
+}
+
+// Runs `fn` with the datastore named in the path, turning any Status into an OperationOutcome response.
+template <typename Fn>
+Response WithStore(const ApiContext& ctx, const PathParams& p, Fn fn) {
+  auto store = FindDatastore(ctx, p.at("ds"));
+  if (!store.ok()) return FhirError(store.status());
+  Result<Response> r = fn(**store, ctx.FhirBase((*store)->info().id));
+  if (!r.ok()) return FhirError(r.status());
+  return std::move(r).value();
+}
+
+Result<fhir::ParsedResource> ParseBody(const Request& req, std::string_view url_type) {
+  RETURN_IF_ERROR(CheckJsonContentType(req));
+  if (req.body.empty()) return Status::Invalid("The request has no body; send a FHIR resource as JSON");
+  ASSIGN_OR_RETURN(fhir::ParsedResource parsed, Parser().Parse(req.body, nullptr));
+  if (parsed.type != url_type) {
+    return Status::Invalid("The resource is a '" + parsed.type + "' but the URL names '" + std::string(url_type) +
+                           "'; they must match");
+  }
+  return parsed;
+}
+
+Result<Response> Create(store::ResourceStore& store, const std::string& base, const Request& req,
+                        const std::string& type) {
+  RETURN_IF_ERROR(CheckType(type));
+  ASSIGN_OR_RETURN(fhir::ParsedResource parsed, ParseBody(req, type));
+  ASSIGN_OR_RETURN(auto txn, store.BeginWrite());
+  ASSIGN_OR_RETURN(auto stored, txn->Put(parsed, NewUuid(), std::nullopt));
+  RETURN_IF_ERROR(txn->Commit());
+  return ResourceResponse(201, stored, base, true);
+}
+
+Result<Response> Update(store::ResourceStore& store, const std::string& base, const Request& req,
+                        const std::string& type, const std::string& id) {
+  RETURN_IF_ERROR(CheckType(type));
+  RETURN_IF_ERROR(CheckId(id));
+  ASSIGN_OR_RETURN(fhir::ParsedResource parsed, ParseBody(req, type));
+  if (parsed.id.empty()) return Status::Invalid("The resource has no id; an update (PUT) must carry id '" + id + "'");
+  if (parsed.id != id) {
+    return Status::Invalid("The resource id '" + parsed.id + "' differs from the id in the URL '" + id + "'");
+  }
+  std::optional<int64_t> if_match;
+  if (req.headers.Has("If-Match")) {
+    ASSIGN_OR_RETURN(int64_t v, ParseVersionTag(req.headers.Get("If-Match")));
+    if_match = v;
+  }
+  ASSIGN_OR_RETURN(auto txn, store.BeginWrite());
+  ASSIGN_OR_RETURN(auto stored, txn->Put(parsed, id, if_match));
+  RETURN_IF_ERROR(txn->Commit());
+  return ResourceResponse(stored.version == 1 ? 201 : 200, stored, base, true);
+}
+
+Result<Response> Read(store::ResourceStore& store, const std::string& base, const std::string& type,
+                      const std::string& id) {
+  RETURN_IF_ERROR(CheckType(type));
+  RETURN_IF_ERROR(CheckId(id));
+  ASSIGN_OR_RETURN(auto r, store.Read(type, id));
+  if (r.deleted) {
+    return Status::Gone("Resource " + type + "/" + id + " was deleted (version " + std::to_string(r.version) + ")");
+  }
+  return ResourceResponse(200, r, base, false);
+}
+
+Result<Response> VRead(store::ResourceStore& store, const std::string& base, const std::string& type,
+                       const std::string& id, const std::string& vid) {
+  RETURN_IF_ERROR(CheckType(type));
+  RETURN_IF_ERROR(CheckId(id));
+  int64_t version = 0;
+  auto [ptr, ec] = std::from_chars(vid.data(), vid.data() + vid.size(), version);
+  if (ec != std::errc() || ptr != vid.data() + vid.size() || version < 1) {
+    return Status::NotFound("Version '" + vid + "' of " + type + "/" + id + " is not known; versions are 1, 2, ...");
+  }
+  ASSIGN_OR_RETURN(auto r, store.ReadVersion(type, id, version));
+  if (r.deleted) return Status::Gone("Version " + vid + " of " + type + "/" + id + " is a deletion");
+  return ResourceResponse(200, r, base, false);
+}
+
+Result<Response> Delete(store::ResourceStore& store, const Request& req, const std::string& type,
+                        const std::string& id) {
+  RETURN_IF_ERROR(CheckType(type));
+  RETURN_IF_ERROR(CheckId(id));
+  std::optional<int64_t> if_match;
+  if (req.headers.Has("If-Match")) {
+    ASSIGN_OR_RETURN(int64_t v, ParseVersionTag(req.headers.Get("If-Match")));
+    if_match = v;
+  }
+  ASSIGN_OR_RETURN(auto txn, store.BeginWrite());
+  ASSIGN_OR_RETURN(auto tomb, txn->Delete(type, id, if_match));
+  RETURN_IF_ERROR(txn->Commit());
+  Response resp = Response::Json(
+      200, fhir::OperationOutcome("information", "informational",
+                                  "Deleted " + type + "/" + id + " (version " + std::to_string(tomb.version) + ")"));
+  resp.headers.Set("ETag", ETag(tomb.version));
+  return resp;
+}
+
+Result<Response> History(store::ResourceStore& store, const std::string& base, const std::string& type,
+                         const std::string& id) {
+  RETURN_IF_ERROR(CheckType(type));
+  RETURN_IF_ERROR(CheckId(id));
+  ASSIGN_OR_RETURN(auto versions, store.History(type, id));
+  std::string out = "{\"resourceType\":\"Bundle\",\"id\":\"" + NewUuid() + "\",\"type\":\"history\",\"total\":" +
+                    std::to_string(versions.size()) + ",\"entry\":[";
+  for (size_t i = 0; i < versions.size(); ++i) {
+    const auto& v = versions[i];
+    if (i) out.push_back(',');
+    out += "{\"fullUrl\":" + JsonString(base + "/" + type + "/" + id);
+    if (!v.deleted) out += ",\"resource\":" + v.json;
+    const char* method = v.deleted ? "DELETE" : (v.version == 1 ? "POST" : "PUT");
+    std::string url = v.version == 1 && !v.deleted ? type : type + "/" + id;
+    out += ",\"request\":{\"method\":\"" + std::string(method) + "\",\"url\":" + JsonString(url) + "}";
+    out += ",\"response\":{\"status\":\"" +
+           std::string(v.deleted ? "204 No Content" : (v.version == 1 ? "201 Created" : "200 OK")) +
+           "\",\"etag\":" + JsonString(ETag(v.version)) + ",\"lastModified\":\"" + FormatInstant(v.last_updated) +
+           "\"}}";
+  }
+  out += "]}";
+  return Response::Json(200, std::move(out));
+}
+
+Result<Response> Compartment(store::ResourceStore& store, const std::string& base, const std::string& patient_id,
+                             const std::string& type) {
+  RETURN_IF_ERROR(CheckId(patient_id));
+  if (type != "*") {
+    RETURN_IF_ERROR(CheckType(type));
+    if (!fhir::IsPatientCompartmentType(type)) {
+      return Status::Invalid("Resources of type '" + type + "' are never in a Patient compartment");
+    }
+  }
+  ASSIGN_OR_RETURN(auto rows, store.ReadCompartment(patient_id, type == "*" ? "" : type));
+  std::string out = "{\"resourceType\":\"Bundle\",\"id\":\"" + NewUuid() + "\",\"type\":\"searchset\",\"total\":" +
+                    std::to_string(rows.size()) + ",\"entry\":[";
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (i) out.push_back(',');
+    out += "{\"fullUrl\":" + JsonString(base + "/" + rows[i].type + "/" + rows[i].id) + ",\"resource\":" +
+           rows[i].json + ",\"search\":{\"mode\":\"match\"}}";
+  }
+  out += "]}";
+  return Response::Json(200, std::move(out));
+}
+
+std::string CapabilityStatement(const ApiContext& ctx, const store::ResourceStore& store) {
+  std::string out = R"({"resourceType":"CapabilityStatement","status":"active","date":")" +
+                    FormatInstant(Clock::System().NowMillis()) +
+                    R"(","kind":"instance","software":{"name":"fhirlake","version":)" + JsonString(ctx.version) +
+                    R"(},"implementation":{"description":"fhirlake datastore )" + store.info().id + R"(","url":)" +
+                    JsonString(ctx.FhirBase(store.info().id)) +
+                    R"(},"fhirVersion":"4.0.1","format":["application/fhir+json","application/json"],)"
+                    R"("rest":[{"mode":"server","resource":[)";
+  bool first = true;
+  for (std::string_view type : fhir::AllResourceTypes()) {
+    if (!first) out.push_back(',');
+    first = false;
+    out += R"({"type":")" + std::string(type) +
+           R"(","interaction":[{"code":"read"},{"code":"vread"},{"code":"update"},{"code":"delete"},)"
+           R"({"code":"history-instance"},{"code":"create"}],"versioning":"versioned","readHistory":true,)"
+           R"("updateCreate":true,"conditionalCreate":true)";
+    if (type == "Patient") {
+      out += R"(,"operation":[{"name":"export","definition":"http://hl7.org/fhir/uv/bulkdata/OperationDefinition/)"
+             R"(patient-export"}])";
+    } else if (type == "Group") {
+      out += R"(,"operation":[{"name":"export","definition":"http://hl7.org/fhir/uv/bulkdata/OperationDefinition/)"
+             R"(group-export"}])";
+    }
+    out += "}";
+  }
+  out += R"(],"interaction":[{"code":"transaction"},{"code":"batch"}],"compartment":)"
+         R"(["http://hl7.org/fhir/CompartmentDefinition/patient"],"operation":[{"name":"export","definition":)"
+         R"("http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}]}]})";
+  return out;
+}
+
+}  // namespace
+
+Result<int64_t> ParseVersionTag(std::string_view tag) {
+  std::string_view s = tag;
+  if (s.starts_with("W/")) s.remove_prefix(2);
+  if (s.size() >= 2 && s.front() == '"' && s.back() == '"') s = s.substr(1, s.size() - 2);
+  int64_t v = 0;
+  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (s.empty() || ec != std::errc() || ptr != s.data() + s.size() || v < 1) {
+    return Status::Invalid("Version tag '" + std::string(tag) + "' is not valid; expected W/\"<version>\", e.g. W/\"2\"");
+  }
+  return v;
+}
+
+void RegisterFhirRest(http::Router& router, const ApiContext& ctx) {
+  const ApiContext* c = &ctx;
+  router.Add("GET", "/healthz", [c](const Request&, const PathParams&) {
+    std::string out = "{\"status\":\"ok\",\"version\":" + JsonString(c->version) + ",\"datastores\":[";
+    bool first = true;
+    for (auto* s : c->catalog->All()) {
+      if (!first) out.push_back(',');
+      first = false;
+      out += "{\"datastoreId\":" + JsonString(s->info().id) + ",\"datastoreName\":" + JsonString(s->info().name) +
+             ",\"fhirBase\":" + JsonString(c->FhirBase(s->info().id)) + "}";
+    }
+    out += "]}";
+    return Response::Json(200, std::move(out), "application/json");
+  });
+  const std::string r4 = "/datastore/{ds}/r4";
+  router.Add("GET", r4 + "/metadata", [c](const Request&, const PathParams& p) {
+    return WithStore(*c, p, [&](store::ResourceStore& s, const std::string&) -> Result<Response> {
+      return Response::Json(200, CapabilityStatement(*c, s));
+    });
+  });
+  router.Add("POST", r4, [c](const Request& req, const PathParams& p) {
+    return WithStore(*c, p, [&](store::ResourceStore& s, const std::string&) -> Result<Response> {
+      RETURN_IF_ERROR(CheckJsonContentType(req));
+      if (req.body.empty()) return Status::Invalid("The request has no body; POST a transaction or batch Bundle");
+      ASSIGN_OR_RETURN(std::string out, ProcessBundle(s, req.body));
+      return Response::Json(200, std::move(out));
+    });
+  });
+  router.Add("GET", r4 + "/Patient/{id}/*", [c](const Request&, const PathParams& p) {
+    return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
+      return Compartment(s, base, p.at("id"), "*");
+    });
+  });
+  router.Add("GET", r4 + "/{type}/{id}/_history/{vid}", [c](const Request&, const PathParams& p) {
+    return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
+      return VRead(s, base, p.at("type"), p.at("id"), p.at("vid"));
+    });
+  });
+  router.Add("GET", r4 + "/{type}/{id}/_history", [c](const Request&, const PathParams& p) {
+    return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
+      return History(s, base, p.at("type"), p.at("id"));
+    });
+  });
+  router.Add("GET", r4 + "/Patient/{id}/{ctype}", [c](const Request&, const PathParams& p) {
+    return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
+      return Compartment(s, base, p.at("id"), p.at("ctype"));
+    });
+  });
+  router.Add("GET", r4 + "/{type}/{id}", [c](const Request&, const PathParams& p) {
+    return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
+      return Read(s, base, p.at("type"), p.at("id"));
+    });
+  });
+  router.Add("PUT", r4 + "/{type}/{id}", [c](const Request& req, const PathParams& p) {
+    return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
+      return Update(s, base, req, p.at("type"), p.at("id"));
+    });
+  });
+  router.Add("DELETE", r4 + "/{type}/{id}", [c](const Request& req, const PathParams& p) {
+    return WithStore(*c, p, [&](store::ResourceStore& s, const std::string&) {
+      return Delete(s, req, p.at("type"), p.at("id"));
+    });
+  });
+  router.Add("POST", r4 + "/{type}", [c](const Request& req, const PathParams& p) {
+    return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
+      return Create(s, base, req, p.at("type"));
+    });
+  });
+}
+
+}  // namespace fhirlake::api

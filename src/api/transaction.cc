@@ -1,0 +1,304 @@
+// Bundle processing. Entries are processed DELETE first, then POST, PUT and GET, in bundle order within each
+// method (FHIR's transaction processing rules), and the response entries keep the request's order.
+#include "api/transaction.h"
+
+#include <map>
+#include <optional>
+
+#include "api/fhir_rest.h"
+#include "common/ids.h"
+#include "common/json_escape.h"
+#include "fhir/bundle.h"
+#include "fhir/operation_outcome.h"
+#include "fhir/r4.h"
+#include "http/http_types.h"
+
+namespace fhirlake::api {
+namespace {
+
+struct EntryResult {
+  std::string status;  // "201 Created"
+  std::string location;
+  std::string etag;
+  EpochMillis last_modified = 0;
+  std::string outcome;  // OperationOutcome JSON for failed batch entries
+};
+
+// Resolves urn:uuid references from the bundle's own fullUrls, and `Type?identifier=system|value`
+// conditional references with the store.
+class BundleResolver final : public fhir::ReferenceResolver {
+ public:
+  BundleResolver(const std::map<std::string, std::string, std::less<>>* urns, store::StoreTransaction* txn)
+      : urns_(urns), txn_(txn) {}
+
+  Result<std::optional<std::string>> Resolve(std::string_view ref) override {
+    if (ref.starts_with("urn:uuid:") || ref.starts_with("urn:oid:")) {
+      auto it = urns_->find(ref);
+      if (it != urns_->end()) return std::optional<std::string>(it->second);
+      return std::optional<std::string>();
+    }
+    size_t q = ref.find('?');
+    if (q == std::string_view::npos) return std::optional<std::string>();
+    std::string_view type = ref.substr(0, q);
+    std::string_view query = ref.substr(q + 1);
+    if (!fhir::IsKnownResourceType(type) || !query.starts_with("identifier=")) {
+      return Status::Invalid("Conditional reference '" + std::string(ref) +
+                             "' is not supported; only Type?identifier=system|value is");
+    }
+    std::string token = http::PercentDecode(query.substr(11), false);
+    size_t bar = token.find('|');
+    std::string system = bar == std::string::npos ? "" : token.substr(0, bar);
+    std::string value = bar == std::string::npos ? token : token.substr(bar + 1);
+    ASSIGN_OR_RETURN(auto ids, txn_->FindByIdentifier(type, system, value));
+    if (ids.empty()) return Status::Invalid("Conditional reference '" + std::string(ref) + "' matches no resource");
+    if (ids.size() > 1) {
+      return Status::PreconditionFailed("Conditional reference '" + std::string(ref) + "' matches " +
+                                        std::to_string(ids.size()) + " resources; it must match exactly one");
+    }
+    return std::optional<std::string>(std::string(type) + "/" + ids[0]);
+  }
+
+ private:
+  const std::map<std::string, std::string, std::less<>>* urns_;
+  store::StoreTransaction* txn_;
+};
+
+struct EntryPlan {
+  size_t index;
+  std::string method;
+  std::string type;
+  std::string id;  // target id (assigned for POST)
+  std::optional<int64_t> if_match;
+  std::string if_none_exist;
+};
+
+int MethodOrder(std::string_view m) {
+  if (m == "DELETE") return 0;
+  if (m == "POST") return 1;
+  if (m == "PUT") return 2;
+  return 3;
+}
+
+std::string EntryName(size_t i) { return "Bundle.entry[" + std::to_string(i) + "]"; }
+
+// Validates one entry's request and works out its target type/id (ids for POST are assigned here).
+Result<EntryPlan> PlanEntry(fhir::ResourceParser& parser, const fhir::BundleEntryView& e, size_t i,
+                            const char* allocation_end) {
+  EntryPlan plan;
+  plan.index = i;
+  if (!e.has_request) return Status::Invalid(EntryName(i) + " has no request (method and url are required)");
+  plan.method = e.request_method;
+  if (plan.method != "POST" && plan.method != "PUT" && plan.method != "DELETE" && plan.method != "GET") {
+    return Status::Invalid(EntryName(i) + ".request.method '" + plan.method +
+                           "' is not supported; use POST, PUT, DELETE or GET");
+  }
+  std::string_view url = e.request_url;
+  size_t q = url.find('?');
+  std::string_view path = url.substr(0, q);
+  size_t slash = path.find('/');
+  plan.type = std::string(path.substr(0, slash));
+  if (slash != std::string_view::npos) plan.id = std::string(path.substr(slash + 1));
+  if (!fhir::IsKnownResourceType(plan.type)) {
+    return Status::Invalid(EntryName(i) + ".request.url '" + e.request_url + "' does not name a known resource type");
+  }
+  if (!e.if_match.empty()) {
+    auto v = ParseVersionTag(e.if_match);
+    if (!v.ok()) return v.status().WithContext(EntryName(i) + ".request.ifMatch");
+    plan.if_match = *v;
+  }
+  plan.if_none_exist = e.if_none_exist;
+  if (plan.method == "POST") {
+    if (!plan.id.empty()) return Status::Invalid(EntryName(i) + ": a POST url is just the type, got '" + e.request_url + "'");
+    plan.id = NewUuid();
+  } else if (plan.id.empty() || plan.id.find('/') != std::string::npos || !IsValidFhirId(plan.id) ||
+             q != std::string_view::npos) {
+    return Status::Invalid(EntryName(i) + ".request.url '" + e.request_url + "' must be Type/id for " + plan.method);
+  }
+  if (plan.method == "POST" || plan.method == "PUT") {
+    if (e.resource_json.empty()) return Status::Invalid(EntryName(i) + " has no resource for " + plan.method);
+    auto peek = parser.PeekTypeAndId(e.resource_json, allocation_end);
+    if (!peek.ok()) return peek.status().WithContext(EntryName(i) + ".resource");
+    if (peek->type != plan.type) {
+      return Status::Invalid(EntryName(i) + ": the resource is a '" + peek->type + "' but request.url names '" +
+                             plan.type + "'");
+    }
+    if (plan.method == "PUT" && !peek->id.empty() && peek->id != plan.id) {
+      return Status::Invalid(EntryName(i) + ": the resource id '" + peek->id + "' differs from the id in request.url '" +
+                             plan.id + "'");
+    }
+  }
+  return plan;
+}
+
+std::string HistoryLocation(std::string_view type, std::string_view id, int64_t version) {
+  return std::string(type) + "/" + std::string(id) + "/_history/" + std::to_string(version);
+}
+
+// Runs one planned entry inside `txn`.
+Result<EntryResult> RunEntry(fhir::ResourceParser& parser, const fhir::BundleEntryView& e, const EntryPlan& plan,
+                             const char* allocation_end, store::StoreTransaction* txn, BundleResolver* resolver,
+                             std::map<std::string, std::string, std::less<>>* urns) {
+  EntryResult r;
+  if (plan.method == "GET") {
+    ASSIGN_OR_RETURN(auto cur, txn->Read(plan.type, plan.id));
+    if (cur.deleted) return Status::Gone(plan.type + "/" + plan.id + " was deleted");
+    r.status = "200 OK";
+    r.location = HistoryLocation(plan.type, plan.id, cur.version);
+    r.etag = "W/\"" + std::to_string(cur.version) + "\"";
+    r.last_modified = cur.last_updated;
+    return r;
+  }
+  if (plan.method == "DELETE") {
+    auto del = txn->Delete(plan.type, plan.id, plan.if_match);
+    if (!del.ok() && del.status().code() != StatusCode::kNotFound) return del.status();
+    r.status = del.ok() ? "200 OK" : "204 No Content";
+    return r;
+  }
+  if (plan.method == "POST" && !plan.if_none_exist.empty()) {
+    std::string_view cond = plan.if_none_exist;
+    if (size_t q = cond.find('?'); q != std::string_view::npos) cond = cond.substr(q + 1);
+    if (!cond.starts_with("identifier=")) {
+      return Status::Invalid(EntryName(plan.index) + ".request.ifNoneExist '" + plan.if_none_exist +
+                             "' is not supported; only identifier=system|value is");
+    }
+    std::string token = http::PercentDecode(cond.substr(11), false);
+    size_t bar = token.find('|');
+    ASSIGN_OR_RETURN(auto ids, txn->FindByIdentifier(plan.type, bar == std::string::npos ? "" : token.substr(0, bar),
+                                                     bar == std::string::npos ? token : token.substr(bar + 1)));
+    if (ids.size() > 1) {
+      return Status::PreconditionFailed(EntryName(plan.index) + ": ifNoneExist '" + plan.if_none_exist + "' matches " +
+                                        std::to_string(ids.size()) + " resources");
+    }
+    if (ids.size() == 1) {
+      ASSIGN_OR_RETURN(auto cur, txn->Read(plan.type, ids[0]));
+      if (!e.full_url.empty()) (*urns)[e.full_url] = plan.type + "/" + ids[0];
+      r.status = "200 OK";
+      r.location = HistoryLocation(plan.type, ids[0], cur.version);
+      r.etag = "W/\"" + std::to_string(cur.version) + "\"";
+      r.last_modified = cur.last_updated;
+      return r;
+    }
+  }
+  ASSIGN_OR_RETURN(fhir::ParsedResource parsed, parser.ParseInBuffer(e.resource_json, allocation_end, resolver));
+  ASSIGN_OR_RETURN(auto stored, txn->Put(parsed, plan.id, plan.if_match));
+  r.status = stored.version == 1 ? "201 Created" : "200 OK";
+  r.location = HistoryLocation(plan.type, plan.id, stored.version);
+  r.etag = "W/\"" + std::to_string(stored.version) + "\"";
+  r.last_modified = stored.last_updated;
+  return r;
+}
+
+std::string RenderResponse(const std::string& bundle_type, const std::vector<EntryResult>& results) {
+  std::string out = "{\"resourceType\":\"Bundle\",\"id\":\"" + NewUuid() + "\",\"type\":\"" + bundle_type +
+                    "-response\",\"entry\":[";
+  for (size_t i = 0; i < results.size(); ++i) {
+    const auto& r = results[i];
+    if (i) out.push_back(',');
+    out += "{\"response\":{\"status\":";
+    AppendJsonString(&out, r.status);
+    if (!r.location.empty()) {
+      out += ",\"location\":";
+      AppendJsonString(&out, r.location);
+    }
+    if (!r.etag.empty()) {
+      out += ",\"etag\":";
+      AppendJsonString(&out, r.etag);
+    }
+    if (r.last_modified) out += ",\"lastModified\":\"" + FormatInstant(r.last_modified) + "\"";
+    if (!r.outcome.empty()) out += ",\"outcome\":" + r.outcome;
+    out += "}}";
+  }
+  out += "]}";
+  return out;
+}
+
+std::string StatusLine(int code) {
+  switch (code) {
+    case 400: return "400 Bad Request";
+    case 404: return "404 Not Found";
+    case 409: return "409 Conflict";
+    case 410: return "410 Gone";
+    case 412: return "412 Precondition Failed";
+    case 422: return "422 Unprocessable Entity";
+    case 503: return "503 Service Unavailable";
+    default: return std::to_string(code) + (code >= 500 ? " Internal Server Error" : " Error");
+  }
+}
+
+}  // namespace
+
+Result<std::string> ProcessBundle(store::ResourceStore& store, std::string_view body) {
+  thread_local fhir::ResourceParser parser;
+  std::string buffer(body);
+  buffer.append(simdjson::SIMDJSON_PADDING, '\0');
+  const char* end = buffer.data() + buffer.size();
+  std::string_view json(buffer.data(), body.size());
+  ASSIGN_OR_RETURN(fhir::BundleView bundle, fhir::ParseBundle(parser, json, end));
+  if (bundle.type != "transaction" && bundle.type != "batch") {
+    return Status::Invalid("Bundle.type '" + bundle.type +
+                           "' cannot be processed at the base; POST a 'transaction' or 'batch' Bundle");
+  }
+  std::vector<EntryResult> results(bundle.entries.size());
+  std::map<std::string, std::string, std::less<>> urns;
+
+  if (bundle.type == "batch") {
+    for (size_t i = 0; i < bundle.entries.size(); ++i) {
+      const auto& e = bundle.entries[i];
+      auto fail = [&](const Status& st) {
+        results[i].status = StatusLine(fhir::HttpStatusFor(st.code()));
+        results[i].outcome = fhir::OperationOutcomeFor(st);
+      };
+      auto plan = PlanEntry(parser, e, i, end);
+      if (!plan.ok()) {
+        fail(plan.status());
+        continue;
+      }
+      auto txn = store.BeginWrite();
+      if (!txn.ok()) {
+        fail(txn.status());
+        continue;
+      }
+      BundleResolver resolver(&urns, txn->get());
+      auto r = RunEntry(parser, e, *plan, end, txn->get(), &resolver, &urns);
+      if (r.ok()) {
+        Status st = (*txn)->Commit();
+        if (st.ok()) {
+          results[i] = std::move(*r);
+        } else {
+          fail(st);
+        }
+      } else {
+        fail(r.status().WithContext(EntryName(i)));
+      }
+    }
+    return RenderResponse("batch", results);
+  }
+
+  // transaction: plan everything first so that every urn:uuid fullUrl maps to its final Type/id.
+  std::vector<EntryPlan> plans;
+  for (size_t i = 0; i < bundle.entries.size(); ++i) {
+    ASSIGN_OR_RETURN(EntryPlan plan, PlanEntry(parser, bundle.entries[i], i, end));
+    const auto& full_url = bundle.entries[i].full_url;
+    if (!full_url.empty() && (plan.method == "POST" || plan.method == "PUT")) {
+      if (!urns.emplace(full_url, plan.type + "/" + plan.id).second) {
+        return Status::Invalid(EntryName(i) + ".fullUrl '" + full_url + "' appears twice in the transaction");
+      }
+    }
+    plans.push_back(std::move(plan));
+  }
+  std::vector<size_t> order(plans.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return MethodOrder(plans[a].method) < MethodOrder(plans[b].method); });
+  ASSIGN_OR_RETURN(auto txn, store.BeginWrite());
+  BundleResolver resolver(&urns, txn.get());
+  for (size_t i : order) {
+    auto r = RunEntry(parser, bundle.entries[i], plans[i], end, txn.get(), &resolver, &urns);
+    if (!r.ok()) return r.status().WithContext(EntryName(i) + " (" + plans[i].method + " " + plans[i].type + ")");
+    results[i] = std::move(*r);
+  }
+  RETURN_IF_ERROR(txn->Commit());
+  return RenderResponse("transaction", results);
+}
+
+}  // namespace fhirlake::api

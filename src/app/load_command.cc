@@ -1,0 +1,276 @@
+// The loader runs in two passes over the inputs: the first reads only Bundle fullUrls and the type/id of
+// their resources (to map urn:uuid:X -> Type/id across files), the second parses, validates and writes
+// everything in large transactions.
+#include "app/load_command.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <unordered_map>
+
+#include "common/ids.h"
+#include "fhir/bundle.h"
+#include "fhir/resource_parser.h"
+#include "store/resource_store.h"
+
+namespace fhirlake::app {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct PaddedFile {
+  std::string bytes;  // content followed by SIMDJSON_PADDING zero bytes
+  size_t size = 0;
+  std::string_view view() const { return std::string_view(bytes.data(), size); }
+  const char* end() const { return bytes.data() + bytes.size(); }
+};
+
+Result<PaddedFile> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::NotFound("cannot open " + path);
+  PaddedFile f;
+  in.seekg(0, std::ios::end);
+  f.size = static_cast<size_t>(in.tellg());
+  in.seekg(0);
+  f.bytes.resize(f.size + simdjson::SIMDJSON_PADDING);
+  in.read(f.bytes.data(), static_cast<std::streamsize>(f.size));
+  if (!in) return Status::Unavailable("cannot read " + path);
+  return f;
+}
+
+// Line numbers of increasing positions in one file, counted incrementally (entries come in file order).
+class LineCounter {
+ public:
+  explicit LineCounter(const PaddedFile& f) : pos_(f.bytes.data()), limit_(f.bytes.data() + f.size) {}
+  size_t LineOf(const char* p) {
+    if (p > limit_) p = limit_;
+    if (p > pos_) {
+      line_ += static_cast<size_t>(std::count(pos_, p, '\n'));
+      pos_ = p;
+    }
+    return line_;
+  }
+
+ private:
+  const char* pos_;
+  const char* limit_;
+  size_t line_ = 1;
+};
+
+bool IsNdjson(const std::string& path) {
+  return path.ends_with(".ndjson") || path.ends_with(".jsonl");
+}
+
+class UrnResolver final : public fhir::ReferenceResolver {
+ public:
+  explicit UrnResolver(const std::unordered_map<std::string, std::string>* map) : map_(map) {}
+  Result<std::optional<std::string>> Resolve(std::string_view ref) override {
+    if (!ref.starts_with("urn:")) return std::optional<std::string>();
+    auto it = map_->find(std::string(ref));
+    if (it == map_->end()) return std::optional<std::string>();
+    return std::optional<std::string>(it->second);
+  }
+
+ private:
+  const std::unordered_map<std::string, std::string>* map_;
+};
+
+// The id a resource gets: its own, else the uuid of its urn:uuid fullUrl, else a new one.
+std::string IdFor(const fhir::TypedId& peek, std::string_view full_url) {
+  if (!peek.id.empty()) return peek.id;
+  if (full_url.starts_with("urn:uuid:") && IsValidFhirId(full_url.substr(9))) return std::string(full_url.substr(9));
+  return NewUuid();
+}
+
+class Loader {
+ public:
+  Loader(store::ResourceStore* store, const LoadOptions& options) : store_(store), options_(options) {}
+
+  void Error(const std::string& file, size_t line, const Status& st) {
+    ++errors_;
+    std::fprintf(stderr, "%s:%zu: %s\n", file.c_str(), line, st.message().c_str());
+  }
+
+  // Pass 1: fullUrl -> Type/id for every Bundle entry.
+  void MapBundle(const std::string& path) {
+    auto file = ReadFile(path);
+    if (!file.ok()) return;  // reported in pass 2
+    auto peek = parser_.PeekTypeAndId(file->view(), file->end());
+    if (!peek.ok() || peek->type != "Bundle") return;
+    auto bundle = fhir::ParseBundle(parser_, file->view(), file->end());
+    if (!bundle.ok()) return;
+    for (const auto& e : bundle->entries) {
+      if (e.full_url.empty() || e.resource_json.empty()) continue;
+      auto rp = parser_.PeekTypeAndId(e.resource_json, file->end());
+      if (!rp.ok() || rp->type.empty()) continue;
+      std::string id = IdFor(*rp, e.full_url);
+      urns_[e.full_url] = rp->type + "/" + id;
+    }
+  }
+
+  Status LoadFile(const std::string& path) {
+    auto file = ReadFile(path);
+    if (!file.ok()) {
+      Error(path, 0, file.status());
+      return Status::Ok();
+    }
+    ++files_;
+    if (IsNdjson(path)) {
+      std::string_view all = file->view();
+      size_t line = 0, pos = 0;
+      while (pos < all.size()) {
+        size_t nl = all.find('\n', pos);
+        if (nl == std::string_view::npos) nl = all.size();
+        ++line;
+        std::string_view text = all.substr(pos, nl - pos);
+        pos = nl + 1;
+        if (text.find_first_not_of(" \t\r") == std::string_view::npos) continue;
+        RETURN_IF_ERROR(LoadOne(path, line, text, file->end(), ""));
+      }
+      return Status::Ok();
+    }
+    auto peek = parser_.PeekTypeAndId(file->view(), file->end());
+    if (!peek.ok()) {
+      Error(path, 1, peek.status());
+      return Status::Ok();
+    }
+    if (peek->type != "Bundle") return LoadOne(path, 1, file->view(), file->end(), "");
+    auto bundle = fhir::ParseBundle(parser_, file->view(), file->end());
+    LineCounter lines(*file);
+    if (!bundle.ok()) {
+      Error(path, lines.LineOf(file->end()), bundle.status().WithContext("invalid Bundle"));
+      return Status::Ok();
+    }
+    for (size_t i = 0; i < bundle->entries.size(); ++i) {
+      const auto& e = bundle->entries[i];
+      if (e.resource_json.empty()) continue;
+      Status st = LoadOne(path, lines.LineOf(e.resource_json.data()), e.resource_json, file->end(), e.full_url);
+      RETURN_IF_ERROR(st);
+    }
+    return Status::Ok();
+  }
+
+  // Parses one resource and writes it; input errors are reported and skipped, store errors abort the load.
+  Status LoadOne(const std::string& path, size_t line, std::string_view json, const char* end,
+                 std::string_view full_url) {
+    UrnResolver resolver(&urns_);
+    auto parsed = parser_.ParseInBuffer(json, end, &resolver);
+    if (!parsed.ok()) {
+      Error(path, line, parsed.status());
+      return Status::Ok();
+    }
+    std::string id = IdFor(fhir::TypedId{parsed->type, parsed->id}, full_url);
+    unresolved_ += parsed->unresolved_urn_references;
+    if (!txn_) {
+      ASSIGN_OR_RETURN(txn_, store_->BeginWrite());
+    }
+    ASSIGN_OR_RETURN(auto stored, txn_->Put(*parsed, id, std::nullopt));
+    (void)stored;
+    types_.insert(parsed->type);
+    ++loaded_;
+    if (++in_txn_ >= options_.batch_size) RETURN_IF_ERROR(Flush());
+    MaybeProgress();
+    return Status::Ok();
+  }
+
+  Status Flush() {
+    if (txn_) {
+      RETURN_IF_ERROR(txn_->Commit());
+      txn_.reset();
+    }
+    in_txn_ = 0;
+    return Status::Ok();
+  }
+
+  void MaybeProgress() {
+    if (!options_.progress || !isatty(STDERR_FILENO) || (loaded_ % 2000) != 0) return;
+    double s = Seconds();
+    std::fprintf(stderr, "\r%lld resources, %.0f resources/s   ", static_cast<long long>(loaded_),
+                 s > 0 ? loaded_ / s : 0.0);
+  }
+
+  double Seconds() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+
+  int64_t loaded_ = 0, unresolved_ = 0, errors_ = 0, files_ = 0;
+  std::set<std::string> types_;
+  std::unordered_map<std::string, std::string> urns_;
+
+ private:
+  store::ResourceStore* store_;
+  const LoadOptions& options_;
+  fhir::ResourceParser parser_;
+  std::unique_ptr<store::StoreTransaction> txn_;
+  size_t in_txn_ = 0;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+};
+
+}  // namespace
+
+int RunLoad(const LoadOptions& options) {
+  std::vector<std::string> files;
+  for (const auto& p : options.paths) {
+    std::error_code ec;
+    if (fs::is_directory(p, ec)) {
+      std::vector<std::string> found;
+      for (const auto& e : fs::recursive_directory_iterator(p, ec)) {
+        std::string name = e.path().string();
+        if (e.is_regular_file() && (name.ends_with(".json") || IsNdjson(name))) found.push_back(name);
+      }
+      std::sort(found.begin(), found.end());
+      files.insert(files.end(), found.begin(), found.end());
+    } else if (fs::exists(p, ec)) {
+      files.push_back(p);
+    } else {
+      std::fprintf(stderr, "fhirlake load: %s does not exist\n", p.c_str());
+      return 2;
+    }
+  }
+  store::StoreOptions so;
+  so.data_dir = options.data_dir;
+  auto catalog = store::OpenSqliteCatalog(so);
+  if (!catalog.ok()) {
+    std::fprintf(stderr, "fhirlake load: %s\n", catalog.status().ToString().c_str());
+    return 2;
+  }
+  store::ResourceStore* store =
+      options.datastore_id.empty() ? (*catalog)->Default() : (*catalog)->Find(options.datastore_id);
+  if (store == nullptr) {
+    std::fprintf(stderr, "fhirlake load: datastore '%s' is not in %s\n", options.datastore_id.c_str(),
+                 options.data_dir.c_str());
+    return 2;
+  }
+  Loader loader(store, options);
+  for (const auto& f : files) {
+    if (!IsNdjson(f)) loader.MapBundle(f);
+  }
+  for (const auto& f : files) {
+    Status st = loader.LoadFile(f);
+    if (!st.ok()) {
+      std::fprintf(stderr, "\nfhirlake load: stopped: %s\n", st.ToString().c_str());
+      return 2;
+    }
+  }
+  Status st = loader.Flush();
+  if (!st.ok()) {
+    std::fprintf(stderr, "\nfhirlake load: stopped: %s\n", st.ToString().c_str());
+    return 2;
+  }
+  double s = loader.Seconds();
+  if (options.progress && isatty(STDERR_FILENO)) std::fprintf(stderr, "\r%60s\r", "");
+  std::printf("loaded %lld resources of %zu types from %lld files into datastore %s in %.2f s (%.0f resources/s); "
+              "%lld unresolved references kept as they are; %lld errors\n",
+              static_cast<long long>(loader.loaded_), loader.types_.size(), static_cast<long long>(loader.files_),
+              store->info().id.c_str(), s, s > 0 ? loader.loaded_ / s : 0.0,
+              static_cast<long long>(loader.unresolved_), static_cast<long long>(loader.errors_));
+  return loader.errors_ > 0 ? 1 : 0;
+}
+
+}  // namespace fhirlake::app

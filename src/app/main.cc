@@ -1,0 +1,93 @@
+// The fhirlake binary: `serve`, `load` and `--version`, each with --help (CLI11). Options can also come from
+// environment variables (FHIRLAKE_*) and a config file (--config, INI/TOML).
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <thread>
+
+#include "app/load_command.h"
+#include "app/serve_command.h"
+
+int main(int argc, char** argv) {
+  CLI::App cli{"fhirlake: a self-hosted FHIR R4 data store with HealthLake-compatible bulk export"};
+  cli.set_version_flag("--version", std::string("fhirlake ") + FHIRLAKE_VERSION);
+  cli.require_subcommand(1);
+  std::string log_level = "info";
+  cli.add_option("--log-level", log_level, "trace, debug, info, warn, error, off")
+      ->envname("FHIRLAKE_LOG_LEVEL")
+      ->capture_default_str();
+
+  fhirlake::app::ServeOptions serve;
+  serve.export_workers = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  auto* s = cli.add_subcommand("serve", "Run the FHIR server (HTTP/1.1) on a data directory");
+  s->set_config("--config", "", "Read options from an INI/TOML file (keys are the long option names)");
+  s->add_option("--data-dir", serve.data_dir, "Directory holding the datastores (created if missing)")
+      ->envname("FHIRLAKE_DATA_DIR")
+      ->required();
+  s->add_option("--listen", serve.listen, "HOST:PORT to listen on (port 0 picks a free one)")
+      ->envname("FHIRLAKE_LISTEN")
+      ->capture_default_str();
+  s->add_option("--public-url", serve.public_url,
+                "Base URL clients use to reach this server, for absolute URLs in responses (default http://LISTEN)")
+      ->envname("FHIRLAKE_PUBLIC_URL");
+  s->add_option("--http-threads", serve.http_threads, "Threads serving HTTP requests")
+      ->envname("FHIRLAKE_HTTP_THREADS")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  s->add_option("--max-body-bytes", serve.max_body_bytes, "Largest accepted request body; larger ones get 413")
+      ->envname("FHIRLAKE_MAX_BODY_BYTES")
+      ->capture_default_str();
+
+  s->add_option("--export-workers", serve.export_workers, "Export tasks running at once (default: cores)")
+      ->envname("FHIRLAKE_EXPORT_WORKERS")
+      ->check(CLI::Range(1, 256));
+  s->add_option("--export-jobs-per-datastore", serve.export_jobs_per_datastore,
+                "Export jobs running at once per datastore; the rest wait QUEUED (HealthLake: 1)")
+      ->envname("FHIRLAKE_EXPORT_JOBS_PER_DATASTORE")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  s->add_option("--export-file-bytes", serve.export_file_bytes,
+                "Close an export file at the first batch boundary past this many bytes")
+      ->envname("FHIRLAKE_EXPORT_FILE_BYTES")
+      ->check(CLI::Range(size_t{1}, size_t{1} << 40))
+      ->capture_default_str();
+  s->add_option("--export-batch-rows", serve.export_batch_rows, "Rows per export read transaction")
+      ->envname("FHIRLAKE_EXPORT_BATCH_ROWS")
+      ->check(CLI::Range(size_t{1}, size_t{1} << 24))
+      ->capture_default_str();
+  s->add_option("--export-batch-bytes", serve.export_batch_bytes, "Bytes per export read transaction")
+      ->envname("FHIRLAKE_EXPORT_BATCH_BYTES")
+      ->check(CLI::Range(size_t{1}, size_t{1} << 32))
+      ->capture_default_str();
+  s->add_option("--export-task-rows", serve.export_task_rows,
+                "Split a resource type into parallel tasks of about this many rows")
+      ->envname("FHIRLAKE_EXPORT_TASK_ROWS")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40))
+      ->capture_default_str();
+  s->add_flag("!--export-no-referenced", serve.export_include_referenced,
+              "Patient/Group exports: do not add the Practitioners, Organizations, ... that exported resources "
+              "reference")
+      ->envname("FHIRLAKE_EXPORT_NO_REFERENCED");
+  s->add_option("--test-export-batch-delay-ms", serve.export_batch_delay_ms,
+                "TEST ONLY: sleep this long after every export batch, so tests can act on a running job")
+      ->envname("FHIRLAKE_TEST_EXPORT_BATCH_DELAY_MS")
+      ->check(CLI::Range(0, 60000));
+
+  fhirlake::app::LoadOptions load;
+  auto* l = cli.add_subcommand("load", "Bulk-load ndjson, Bundle and resource JSON files (or folders of them)");
+  l->add_option("--data-dir", load.data_dir, "Data directory (the default datastore is created if missing)")
+      ->envname("FHIRLAKE_DATA_DIR")
+      ->required();
+  l->add_option("--datastore", load.datastore_id, "Datastore id (default: the default datastore)");
+  l->add_option("--batch-size", load.batch_size, "Resources per write transaction")->capture_default_str();
+  l->add_flag("!--no-progress", load.progress, "Do not print a progress line on the terminal");
+  l->add_option("paths", load.paths, "Files or folders (.ndjson, .jsonl, .json)")->required();
+
+  CLI11_PARSE(cli, argc, argv);
+  spdlog::set_level(spdlog::level::from_str(log_level));
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%eZ level=%l %v", spdlog::pattern_time_type::utc);
+  if (s->parsed()) return fhirlake::app::RunServe(serve);
+  if (l->parsed()) return fhirlake::app::RunLoad(load);
+  return 2;
+}

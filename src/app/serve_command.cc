@@ -1,0 +1,118 @@
+// Server start-up and shutdown. Signals are blocked in every thread and taken by one waiting thread, so
+// shutdown runs in ordinary code: stop accepting, finish in-flight requests, stop the export workers at a
+// batch boundary, close the stores.
+#include "app/serve_command.h"
+
+#include <signal.h>
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+
+#include "api/api_context.h"
+#include "api/routes.h"
+#include "bulk/export_engine.h"
+#include "sink/object_sink.h"
+#include "fhir/operation_outcome.h"
+#include "http/server.h"
+#include "store/resource_store.h"
+
+namespace fhirlake::app {
+
+int RunServe(const ServeOptions& options) {
+  std::string host = options.listen;
+  uint16_t port = 8080;
+  if (size_t colon = options.listen.rfind(':'); colon != std::string::npos) {
+    host = options.listen.substr(0, colon);
+    try {
+      int p = std::stoi(options.listen.substr(colon + 1));
+      if (p < 0 || p > 65535) throw std::out_of_range("port");
+      port = static_cast<uint16_t>(p);
+    } catch (const std::exception&) {
+      std::fprintf(stderr, "fhirlake serve: --listen '%s' is not HOST:PORT\n", options.listen.c_str());
+      return 2;
+    }
+  }
+
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  store::StoreOptions so;
+  so.data_dir = options.data_dir;
+  auto catalog = store::OpenSqliteCatalog(so);
+  if (!catalog.ok()) {
+    spdlog::error("event=start_failed reason=\"{}\"", catalog.status().ToString());
+    std::fprintf(stderr, "fhirlake serve: %s\n", catalog.status().ToString().c_str());
+    return 2;
+  }
+
+  auto sink = sink::NewLocalDirSink((std::filesystem::path(options.data_dir) / "s3").string());
+  bulk::EngineOptions eo;
+  eo.workers = options.export_workers;
+  eo.jobs_per_datastore = options.export_jobs_per_datastore;
+  eo.file_bytes = options.export_file_bytes;
+  eo.batch_rows = options.export_batch_rows;
+  eo.batch_bytes = options.export_batch_bytes;
+  eo.batch_delay_ms = options.export_batch_delay_ms;
+  eo.include_referenced = options.export_include_referenced;
+  eo.task_rows = options.export_task_rows;
+  bulk::ExportEngine engine(catalog->get(), sink.get(), eo, Clock::System());
+  Status started = engine.Start();
+  if (!started.ok()) {
+    std::fprintf(stderr, "fhirlake serve: export engine: %s\n", started.ToString().c_str());
+    return 2;
+  }
+
+  api::ApiContext ctx;
+  ctx.catalog = catalog->get();
+  ctx.exports = &engine;
+  ctx.version = FHIRLAKE_VERSION;
+
+  http::ServerOptions hso;
+  hso.host = host;
+  hso.port = port;
+  hso.threads = options.http_threads;
+  hso.max_body_bytes = options.max_body_bytes;
+  hso.error_responder = [](int status, const std::string& message) {
+    std::string_view code = status == 413 ? "too-costly" : status >= 500 ? "exception" : "invalid";
+    return http::Response::Json(status, fhir::OperationOutcome("error", code, message));
+  };
+  if (port != 0) ctx.public_base_url = "http://" + host + ":" + std::to_string(port);
+  if (!options.public_url.empty()) ctx.public_base_url = options.public_url;
+  while (!ctx.public_base_url.empty() && ctx.public_base_url.back() == '/') ctx.public_base_url.pop_back();
+  auto router = api::BuildRouter(ctx);
+  http::Server server(hso, [&router](const http::Request& r) { return router->Dispatch(r); });
+  Status st = server.Start();
+  if (!st.ok()) {
+    std::fprintf(stderr, "fhirlake serve: %s\n", st.ToString().c_str());
+    return 2;
+  }
+  // With --listen HOST:0 the port is known only now (a request racing this line sees an empty base URL).
+  if (ctx.public_base_url.empty()) ctx.public_base_url = "http://" + host + ":" + std::to_string(server.port());
+
+  std::printf("fhirlake %s listening on http://%s:%u\n", FHIRLAKE_VERSION, host.c_str(), server.port());
+  for (auto* s : ctx.catalog->All()) {
+    std::printf("datastore %s (%s) at %s\n", s->info().id.c_str(), s->info().name.c_str(),
+                ctx.FhirBase(s->info().id).c_str());
+  }
+  std::fflush(stdout);
+  spdlog::info("event=listening url=http://{}:{} data_dir={}", host, server.port(), options.data_dir);
+
+  std::thread signal_waiter([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    spdlog::info("event=shutdown signal={}", sig);
+    server.Stop();
+  });
+  server.Wait();
+  engine.Stop();
+  spdlog::info("event=stopped");
+  signal_waiter.join();
+  return 0;
+}
+
+}  // namespace fhirlake::app

@@ -1,0 +1,29 @@
+// `fhirlake serve`: opens the datastores, starts the export engine and the HTTP server, and shuts all of
+// it down gracefully on SIGINT/SIGTERM.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+namespace fhirlake::app {
+
+struct ServeOptions {
+  std::string data_dir;
+  std::string listen = "127.0.0.1:8080";
+  std::string public_url;  // empty: http://{listen}
+  int http_threads = 4;
+  size_t max_body_bytes = 64 << 20;
+  // Export engine settings (docs/EXPORT.md).
+  int export_workers = 0;          // 0: number of cores
+  int export_jobs_per_datastore = 1;
+  size_t export_file_bytes = 256 << 20;
+  size_t export_batch_rows = 2000;
+  size_t export_batch_bytes = 8 << 20;
+  int export_batch_delay_ms = 0;   // test-only: slows each batch down
+  bool export_include_referenced = true;
+  int64_t export_task_rows = 200000;
+};
+
+int RunServe(const ServeOptions& options);
+
+}  // namespace fhirlake::app

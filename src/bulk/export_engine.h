@@ -1,0 +1,124 @@
+// The export job engine: one persisted FIFO queue per datastore with a quota of running jobs, a planner that
+// splits a job into tasks (per type, large types by rid range), a worker pool that streams stored bytes into
+// ndjson files through an ObjectSink, per-task checkpoints, cancellation, and recovery after a crash.
+//
+// Threading: Submit/Describe/Cancel may be called from any thread (HTTP handlers). One scheduler thread
+// starts queued jobs; `workers` threads run tasks. Every status transition is persisted before it is visible.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bulk/export_request.h"
+#include "common/status.h"
+#include "common/time.h"
+#include "sink/object_sink.h"
+#include "store/resource_store.h"
+
+namespace fhirlake::bulk {
+
+struct EngineOptions {
+  int workers = 2;                   // tasks running at once, across all jobs
+  int jobs_per_datastore = 1;        // running jobs per datastore (HealthLake: 1); the rest wait QUEUED
+  size_t file_bytes = 256 << 20;     // a file is closed at the first batch boundary past this size
+  size_t batch_rows = 2000;          // rows per read transaction
+  size_t batch_bytes = 8 << 20;      // bytes per read transaction
+  int batch_delay_ms = 0;            // test-only: sleep after every batch (makes jobs observably IN_PROGRESS)
+  bool include_referenced = true;    // Patient/Group: add the non-compartment resources they reference
+  int64_t task_rows = 200000;        // split a type into rid ranges of about this many rows
+};
+
+// Job statuses (HealthLake's names).
+namespace job_status {
+inline constexpr const char* kSubmitted = "SUBMITTED";
+inline constexpr const char* kQueued = "QUEUED";
+inline constexpr const char* kInProgress = "IN_PROGRESS";
+inline constexpr const char* kCompleted = "COMPLETED";
+inline constexpr const char* kCompletedWithErrors = "COMPLETED_WITH_ERRORS";
+inline constexpr const char* kFailed = "FAILED";
+inline constexpr const char* kCancelSubmitted = "CANCEL_SUBMITTED";
+inline constexpr const char* kCancelInProgress = "CANCEL_IN_PROGRESS";
+inline constexpr const char* kCancelCompleted = "CANCEL_COMPLETED";
+inline constexpr const char* kCancelFailed = "CANCEL_FAILED";
+}  // namespace job_status
+
+// What a describe shows: the persisted job and files, plus the live counters of a running job.
+struct JobView {
+  store::ExportJobRecord job;
+  std::vector<store::ExportFileRecord> files;  // committed files only
+  int64_t planned_rows = 0;
+  int64_t written_rows = 0;   // including rows in files not yet committed
+  int64_t written_bytes = 0;
+};
+
+class ExportEngine {
+ public:
+  ExportEngine(store::DatastoreCatalog* catalog, sink::ObjectSink* sink, EngineOptions options, const Clock& clock);
+  ~ExportEngine();
+  ExportEngine(const ExportEngine&) = delete;
+  ExportEngine& operator=(const ExportEngine&) = delete;
+
+  // Recovers the jobs a previous process left running or cancelling, then starts the threads.
+  Status Start();
+  // Stops the workers at the next batch boundary. Running jobs stay IN_PROGRESS (checkpointed) and resume
+  // at the next Start().
+  void Stop();
+
+  // Checks what needs the store and the sink (the Group exists, the bucket is writable) and persists the job
+  // as SUBMITTED.
+  Result<store::ExportJobRecord> Submit(store::ResourceStore* store, const ExportRequest& request);
+  Result<JobView> Describe(store::ResourceStore* store, std::string_view job_id);
+  // kNotFound for an unknown job; kNotSupported when the job can no longer be cancelled.
+  Result<store::ExportJobRecord> Cancel(store::ResourceStore* store, std::string_view job_id);
+
+  // "{prefix/}{datastoreId}-FHIR_EXPORT-{jobId}": the key prefix of a job's files in its bucket.
+  static std::string JobKeyPrefix(const store::ExportJobRecord& job, std::string_view datastore_id);
+  static Result<S3Location> JobOutput(const store::ExportJobRecord& job);
+
+ private:
+  struct ActiveJob;
+  struct TaskItem {
+    std::shared_ptr<ActiveJob> job;
+    store::ExportTaskRecord task;
+  };
+  enum class TaskOutcome { kDone, kStopped, kFailed };
+
+  void SchedulerLoop();
+  void WorkerLoop();
+  void ScheduleOnce();
+  Status StartJob(store::ResourceStore* store, store::ExportJobRecord job);
+  Result<std::vector<store::ExportTaskRecord>> PlanTasks(store::ResourceStore* store, const store::ExportJobRecord& job);
+  Status Resume(store::ResourceStore* store, store::ExportJobRecord job);
+  Status CleanupOutput(store::ResourceStore* store, const store::ExportJobRecord& job);
+  TaskOutcome RunTask(ActiveJob& job, const store::ExportTaskRecord& task, std::string* failure);
+  void TaskFinished(const std::shared_ptr<ActiveJob>& job, TaskOutcome outcome, const std::string& failure);
+  void Finalize(const std::shared_ptr<ActiveJob>& job);
+  Status SetStatus(store::ResourceStore* store, store::ExportJobRecord* job, const char* status);
+  void Launch(const std::shared_ptr<ActiveJob>& job, const std::vector<store::ExportTaskRecord>& tasks);
+
+  store::DatastoreCatalog* catalog_;
+  sink::ObjectSink* sink_;
+  EngineOptions options_;
+  const Clock& clock_;
+
+  std::mutex mu_;  // guards active_, queue_, and serialises scheduling decisions with Cancel
+  std::condition_variable scheduler_cv_;
+  std::condition_variable worker_cv_;
+  std::map<std::string, std::shared_ptr<ActiveJob>, std::less<>> active_;  // GUARDED_BY(mu_), by job id
+  std::deque<TaskItem> queue_;                                             // GUARDED_BY(mu_)
+  bool wake_ = false;                                                      // GUARDED_BY(mu_)
+  std::atomic<bool> stopping_{false};
+  std::thread scheduler_;
+  std::vector<std::thread> workers_;
+  bool started_ = false;
+};
+
+}  // namespace fhirlake::bulk

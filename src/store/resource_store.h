@@ -1,0 +1,217 @@
+// The storage interface of one datastore: resources with versions, history and tombstones, the Patient
+// compartment and reference indexes filled at ingest, commit sequence snapshots for export, and the
+// persisted export jobs. SQLite implements it (sqlite_store.cc); PostgreSQL will implement the same.
+//
+// Threading: every method may be called from any thread. Reads run concurrently; write transactions
+// are serialised (one StoreTransaction at a time per datastore; BeginWrite blocks until it can start).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+#include "common/time.h"
+#include "fhir/resource_parser.h"
+
+namespace fhirlake::store {
+
+struct DatastoreInfo {
+  std::string id;    // 32 lowercase hex characters
+  std::string name;
+  EpochMillis created_at = 0;
+  std::string path;  // the database file
+};
+
+struct StoredResource {
+  int64_t rid = 0;  // the store's internal row key of the logical resource (stable across versions)
+  std::string type;
+  std::string id;
+  int64_t version = 0;
+  int64_t seq = 0;  // commit sequence of this version
+  EpochMillis last_updated = 0;
+  bool deleted = false;
+  std::string json;  // the stored bytes; empty for a tombstone
+};
+
+// One write transaction. Destroying it without Commit() rolls everything back.
+class StoreTransaction {
+ public:
+  virtual ~StoreTransaction() = default;
+  // The commit sequence number and lastUpdated instant every write of this transaction gets.
+  virtual int64_t seq() const = 0;
+  virtual EpochMillis last_updated() const = 0;
+  // Current version (tombstones included) or kNotFound.
+  virtual Result<StoredResource> Read(std::string_view type, std::string_view id) = 0;
+  // Creates or updates `type/id` with the parsed content: version = previous + 1 (1 when new, or after a
+  // tombstone the version continues). `if_match`: the expected current version (412 otherwise).
+  virtual Result<StoredResource> Put(const fhir::ParsedResource& parsed, std::string_view id,
+                                     std::optional<int64_t> if_match) = 0;
+  // Writes a tombstone. Deleting a missing or already deleted resource is not an error (FHIR: 200/204);
+  // returns the tombstone, or kNotFound when the resource never existed.
+  virtual Result<StoredResource> Delete(std::string_view type, std::string_view id, std::optional<int64_t> if_match) = 0;
+  // Ids of current (not deleted) resources of `type` having identifier system|value (system may be empty
+  // to match any system).
+  virtual Result<std::vector<std::string>> FindByIdentifier(std::string_view type, std::string_view system,
+                                                            std::string_view value) = 0;
+  virtual Status Commit() = 0;
+};
+
+// A consistent point for an export: every commit with seq <= `seq` and nothing after. Writes after it
+// get lastUpdated >= `time`, so a later `_since=time` export never misses them.
+struct Snapshot {
+  int64_t seq = 0;
+  EpochMillis time = 0;
+};
+
+// Which rows an export task scans.
+enum class ScanScope {
+  kAll,             // every resource of the type
+  kAnyCompartment,  // resources of the type that are in at least one Patient compartment
+  kJobScope,        // resources listed for the job in the scope table (Group exports, referenced resources)
+};
+
+struct ScanRequest {
+  std::string type;
+  ScanScope scope = ScanScope::kAll;
+  std::string job_id;               // for kJobScope
+  int64_t after_rid = 0;            // exclusive lower bound (keyset paging)
+  int64_t max_rid = INT64_MAX;      // inclusive upper bound (task key range)
+  std::optional<EpochMillis> since;  // only versions with lastUpdated >= since
+  Snapshot snapshot;
+  size_t max_rows = 1000;
+  size_t max_bytes = 4 << 20;
+};
+
+struct ScanRow {
+  int64_t rid;
+  std::string_view json;  // the bytes of the version current at the snapshot; valid during the callback
+};
+
+struct TypeRange {
+  int64_t rows = 0;
+  int64_t min_rid = 0;
+  int64_t max_rid = 0;
+};
+
+// --- Export jobs (persisted; every transition is written before it is reported) ---
+struct ExportJobRecord {
+  std::string job_id;
+  std::string job_name;
+  std::string status;  // SUBMITTED, QUEUED, IN_PROGRESS, COMPLETED, COMPLETED_WITH_ERRORS, FAILED, CANCEL_*
+  std::string view;    // "healthlake" (the only view so far)
+  std::string level;   // "system", "patient", "group"
+  std::string group_id;
+  std::vector<std::string> types;  // empty: all
+  std::optional<EpochMillis> since;
+  std::string output_format;
+  std::string s3_uri;  // normalised, without trailing slash
+  std::string kms_key_id;
+  std::string data_access_role_arn;
+  std::string request_url;  // the kick-off URL as received (absolute)
+  EpochMillis submit_time = 0;
+  std::optional<EpochMillis> start_time;
+  std::optional<EpochMillis> end_time;
+  std::optional<Snapshot> snapshot;  // fixed when the job starts running
+  std::string message;
+  bool include_referenced = true;
+  int64_t queue_order = 0;  // assigned by the store at insert
+};
+
+struct ExportTaskRecord {
+  std::string job_id;
+  int task_no = 0;
+  std::string type;
+  ScanScope scope = ScanScope::kAll;
+  int64_t min_rid = 0;    // exclusive
+  int64_t max_rid = 0;    // inclusive
+  int64_t after_rid = 0;  // checkpoint: everything up to here is in committed files
+  int64_t planned_rows = 0;
+  bool done = false;
+};
+
+struct ExportFileRecord {
+  std::string job_id;
+  std::string kind;  // "output" or "error"
+  std::string type;
+  int file_no = 0;
+  std::string key;  // object key within the bucket
+  int64_t count = 0;
+  int64_t bytes = 0;
+  int task_no = 0;
+};
+
+class ResourceStore {
+ public:
+  virtual ~ResourceStore() = default;
+  virtual const DatastoreInfo& info() const = 0;
+
+  virtual Result<std::unique_ptr<StoreTransaction>> BeginWrite() = 0;
+  virtual Result<StoredResource> Read(std::string_view type, std::string_view id) = 0;
+  virtual Result<StoredResource> ReadVersion(std::string_view type, std::string_view id, int64_t version) = 0;
+  // Every version, newest first (tombstones included).
+  virtual Result<std::vector<StoredResource>> History(std::string_view type, std::string_view id) = 0;
+  // Patient ids of the compartments a resource is in (tests and diagnostics).
+  virtual Result<std::vector<std::string>> CompartmentsOf(std::string_view type, std::string_view id) = 0;
+  virtual Result<int64_t> CountCurrent() = 0;
+  // Current (not deleted) resources in patient `patient_id`'s compartment, the Patient itself included,
+  // optionally of one type (empty: all), in storage order.
+  virtual Result<std::vector<StoredResource>> ReadCompartment(std::string_view patient_id, std::string_view type) = 0;
+
+  // --- export reads ---
+  virtual Result<Snapshot> TakeSnapshot() = 0;
+  virtual Result<TypeRange> RangeOf(const std::string& type, ScanScope scope, const std::string& job_id) = 0;
+  // Streams up to max_rows / max_bytes rows with rid in (after_rid, max_rid], in rid order, each in its version
+  // as of the snapshot (skipping rows absent or deleted then, or older than `since`). One bounded read
+  // transaction per call. `last_rid` is the last rid examined, so paging continues after skipped rows.
+  struct ScanProgress {
+    int64_t last_rid = 0;
+    bool exhausted = false;  // nothing left in the range after last_rid
+  };
+  virtual Result<ScanProgress> Scan(const ScanRequest& request,
+                                    const std::function<Status(const ScanRow&)>& on_row) = 0;
+  // Group exports and referenced resources: fills the job's scope table. Idempotent.
+  virtual Status MaterializeGroupScope(const std::string& job_id, const std::string& group_id,
+                                       const std::vector<std::string>& patient_ids, bool include_referenced) = 0;
+  virtual Status MaterializeReferencedScope(const std::string& job_id) = 0;
+  virtual Result<std::vector<std::string>> TypesInJobScope(const std::string& job_id) = 0;
+
+  // --- export jobs ---
+  virtual Status InsertJob(ExportJobRecord* job) = 0;  // sets queue_order
+  virtual Status UpdateJob(const ExportJobRecord& job) = 0;
+  virtual Result<ExportJobRecord> GetJob(std::string_view job_id) = 0;
+  // Jobs in any of `statuses`, in queue order.
+  virtual Result<std::vector<ExportJobRecord>> JobsWithStatus(const std::vector<std::string>& statuses) = 0;
+  // Atomically replaces the job's tasks (planning).
+  virtual Status ReplaceTasks(const std::string& job_id, const std::vector<ExportTaskRecord>& tasks) = 0;
+  virtual Result<std::vector<ExportTaskRecord>> Tasks(const std::string& job_id) = 0;
+  // Records a completed file and advances the task checkpoint in one transaction.
+  virtual Status CommitFile(const ExportFileRecord& file, int64_t task_after_rid, bool task_done) = 0;
+  virtual Status MarkTaskDone(const std::string& job_id, int task_no, int64_t after_rid) = 0;
+  virtual Result<std::vector<ExportFileRecord>> Files(const std::string& job_id) = 0;
+  // Removes the per-job scope rows (after the job has finished).
+  virtual Status DropJobScratch(const std::string& job_id) = 0;
+};
+
+// The datastores of one data directory. Opening creates the default datastore on first start.
+class DatastoreCatalog {
+ public:
+  virtual ~DatastoreCatalog() = default;
+  virtual std::vector<ResourceStore*> All() = 0;
+  virtual ResourceStore* Find(std::string_view datastore_id) = 0;
+  virtual ResourceStore* Default() = 0;
+};
+
+struct StoreOptions {
+  std::string data_dir;
+  std::string default_datastore_name = "fhirlake-default";
+  int busy_timeout_ms = 60000;
+};
+
+Result<std::unique_ptr<DatastoreCatalog>> OpenSqliteCatalog(const StoreOptions& options);
+
+}  // namespace fhirlake::store

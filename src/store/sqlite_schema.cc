@@ -1,0 +1,157 @@
+// Schema versions:
+//   1  resources (current versions and tombstones), history, compartment, ext_ref, identifier, counters, meta
+//   2  + export_jobs, export_tasks, export_files, export_job_patients, export_scope (the bulk export engine)
+#include "store/sqlite_schema.h"
+
+#include <string>
+
+namespace fhirlake::store {
+namespace {
+
+constexpr const char* kSchemaV1 = R"sql(
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO counters VALUES ('seq', 0), ('last_updated', 0);
+CREATE TABLE resources(
+  rid INTEGER PRIMARY KEY,
+  type TEXT NOT NULL,
+  id TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  seq INTEGER NOT NULL,
+  last_updated INTEGER NOT NULL,
+  deleted INTEGER NOT NULL DEFAULT 0,
+  json BLOB,
+  UNIQUE(type, id)
+);
+CREATE INDEX resources_type_rid ON resources(type);
+CREATE INDEX resources_type_lu ON resources(type, last_updated, id);
+CREATE TABLE history(
+  rid INTEGER NOT NULL,
+  version INTEGER NOT NULL,
+  seq INTEGER NOT NULL,
+  last_updated INTEGER NOT NULL,
+  deleted INTEGER NOT NULL,
+  json BLOB,
+  UNIQUE(rid, version)
+);
+CREATE TABLE compartment(patient_id TEXT NOT NULL, rid INTEGER NOT NULL, PRIMARY KEY(patient_id, rid)) WITHOUT ROWID;
+CREATE INDEX compartment_rid ON compartment(rid);
+CREATE TABLE ext_ref(rid INTEGER NOT NULL, target_type TEXT NOT NULL, target_id TEXT NOT NULL,
+  PRIMARY KEY(rid, target_type, target_id)) WITHOUT ROWID;
+CREATE TABLE identifier(type TEXT NOT NULL, system TEXT NOT NULL, value TEXT NOT NULL, rid INTEGER NOT NULL);
+CREATE INDEX identifier_lookup ON identifier(type, value, system);
+CREATE INDEX identifier_rid ON identifier(rid);
+)sql";
+
+constexpr const char* kMigrationV2 = R"sql(
+CREATE TABLE export_jobs(
+  job_id TEXT PRIMARY KEY,
+  queue_order INTEGER NOT NULL,
+  job_name TEXT NOT NULL,
+  status TEXT NOT NULL,
+  view TEXT NOT NULL,
+  level TEXT NOT NULL,
+  group_id TEXT NOT NULL,
+  types TEXT NOT NULL,
+  since INTEGER,
+  output_format TEXT NOT NULL,
+  s3_uri TEXT NOT NULL,
+  kms_key_id TEXT NOT NULL,
+  role_arn TEXT NOT NULL,
+  request_url TEXT NOT NULL,
+  submit_time INTEGER NOT NULL,
+  start_time INTEGER,
+  end_time INTEGER,
+  snapshot_seq INTEGER,
+  snapshot_time INTEGER,
+  message TEXT NOT NULL,
+  include_referenced INTEGER NOT NULL
+);
+CREATE INDEX export_jobs_status ON export_jobs(status, queue_order);
+CREATE TABLE export_tasks(
+  job_id TEXT NOT NULL,
+  task_no INTEGER NOT NULL,
+  type TEXT NOT NULL,
+  scope INTEGER NOT NULL,
+  min_rid INTEGER NOT NULL,
+  max_rid INTEGER NOT NULL,
+  after_rid INTEGER NOT NULL,
+  planned_rows INTEGER NOT NULL,
+  done INTEGER NOT NULL,
+  PRIMARY KEY(job_id, task_no)
+);
+CREATE TABLE export_files(
+  job_id TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  type TEXT NOT NULL,
+  file_no INTEGER NOT NULL,
+  key TEXT NOT NULL,
+  count INTEGER NOT NULL,
+  bytes INTEGER NOT NULL,
+  task_no INTEGER NOT NULL,
+  PRIMARY KEY(job_id, kind, type, file_no)
+);
+CREATE TABLE export_job_patients(job_id TEXT NOT NULL, patient_id TEXT NOT NULL,
+  PRIMARY KEY(job_id, patient_id)) WITHOUT ROWID;
+CREATE TABLE export_scope(job_id TEXT NOT NULL, type TEXT NOT NULL, rid INTEGER NOT NULL,
+  PRIMARY KEY(job_id, type, rid)) WITHOUT ROWID;
+)sql";
+
+Status SetVersion(SqliteConnection& db, int version) {
+  return db.Exec("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '" + std::to_string(version) +
+                 "')");
+}
+
+Status ApplyMigration(SqliteConnection& db, int to_version) {
+  RETURN_IF_ERROR(db.Exec("BEGIN IMMEDIATE"));
+  Status st = to_version == 1 ? db.Exec(kSchemaV1) : db.Exec(kMigrationV2);
+  if (st.ok()) st = SetVersion(db, to_version);
+  if (st.ok()) return db.Exec("COMMIT");
+  (void)db.Exec("ROLLBACK");
+  return st;
+}
+
+}  // namespace
+
+Status CreateSchema(SqliteConnection& db, int version) {
+  for (int v = 1; v <= version; ++v) RETURN_IF_ERROR(ApplyMigration(db, v));
+  return Status::Ok();
+}
+
+Status EnsureSchema(SqliteConnection& db, const std::string& path) {
+  ASSIGN_OR_RETURN(auto tables, db.Prepare("SELECT count(*) FROM sqlite_master WHERE type='table'"));
+  ASSIGN_OR_RETURN(bool has_row, tables->Step());
+  int64_t table_count = has_row ? tables->Int(0) : 0;
+  tables.reset();
+  if (table_count == 0) return CreateSchema(db, kSchemaVersion);
+
+  ASSIGN_OR_RETURN(auto has_meta, db.Prepare("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='meta'"));
+  ASSIGN_OR_RETURN(has_row, has_meta->Step());
+  bool meta_exists = has_row && has_meta->Int(0) == 1;
+  has_meta.reset();
+  std::string found;
+  if (meta_exists) {
+    ASSIGN_OR_RETURN(auto q, db.Prepare("SELECT value FROM meta WHERE key='schema_version'"));
+    ASSIGN_OR_RETURN(has_row, q->Step());
+    if (has_row) found = q->Str(0);
+  }
+  int version = 0;
+  bool numeric = !found.empty() && found.find_first_not_of("0123456789") == std::string::npos && found.size() < 6;
+  if (numeric) version = std::stoi(found);
+  if (!numeric || version < 1) {
+    return Status::Invalid(path + " is not a fhirlake datastore database (no schema_version); move it out of the "
+                           "data directory or point --data-dir at another directory");
+  }
+  if (version > kSchemaVersion) {
+    return Status::Invalid(path + " has schema version " + std::to_string(version) + ", newer than this fhirlake (" +
+                           FHIRLAKE_VERSION + ") supports (" + std::to_string(kSchemaVersion) +
+                           "); run a newer fhirlake, or restore a backup made for this version");
+  }
+  for (int v = version + 1; v <= kSchemaVersion; ++v) {
+    Status st = ApplyMigration(db, v);
+    if (!st.ok()) return st.WithContext("migrating " + path + " to schema version " + std::to_string(v));
+  }
+  return Status::Ok();
+}
+
+}  // namespace fhirlake::store

@@ -1,0 +1,878 @@
+// The SQLite implementation of ResourceStore and DatastoreCatalog: one WAL database per datastore under
+// {data_dir}/datastores/{id}/fhir.db, a small pool of connections for concurrent readers, and one writer
+// at a time (an in-process mutex in front of BEGIN IMMEDIATE; busy_timeout covers other processes).
+#include <dirent.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <filesystem>
+#include <mutex>
+
+#include "common/ids.h"
+#include "fhir/r4.h"
+#include "store/resource_store.h"
+#include "store/sqlite_db.h"
+#include "store/sqlite_schema.h"
+
+namespace fhirlake::store {
+namespace {
+
+constexpr size_t kMaxPooledConnections = 16;
+
+std::string JoinTypes(const std::vector<std::string>& types) {
+  std::string out;
+  for (const auto& t : types) {
+    if (!out.empty()) out.push_back(',');
+    out += t;
+  }
+  return out;
+}
+
+std::vector<std::string> SplitTypes(std::string_view s) {
+  std::vector<std::string> out;
+  while (!s.empty()) {
+    size_t comma = s.find(',');
+    out.emplace_back(s.substr(0, comma));
+    if (comma == std::string_view::npos) break;
+    s.remove_prefix(comma + 1);
+  }
+  return out;
+}
+
+class SqliteStore;
+
+// Hands out connections; a lease returns its connection to the pool.
+class ConnectionPool {
+ public:
+  ConnectionPool(std::string path, int busy_timeout_ms) : path_(std::move(path)), busy_timeout_ms_(busy_timeout_ms) {}
+
+  class Lease {
+   public:
+    Lease(ConnectionPool* pool, std::unique_ptr<SqliteConnection> c) : pool_(pool), conn_(std::move(c)) {}
+    Lease(Lease&&) = default;
+    ~Lease() {
+      if (conn_) pool_->Release(std::move(conn_));
+    }
+    SqliteConnection& operator*() { return *conn_; }
+    SqliteConnection* operator->() { return conn_.get(); }
+
+   private:
+    ConnectionPool* pool_;
+    std::unique_ptr<SqliteConnection> conn_;
+  };
+
+  Result<Lease> Acquire() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!idle_.empty()) {
+        auto c = std::move(idle_.back());
+        idle_.pop_back();
+        return Lease(this, std::move(c));
+      }
+    }
+    ASSIGN_OR_RETURN(auto conn, SqliteConnection::Open(path_, busy_timeout_ms_));
+    RETURN_IF_ERROR(conn->Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF;"
+                               " PRAGMA temp_store=MEMORY; PRAGMA cache_size=-32768; PRAGMA mmap_size=268435456;"));
+    return Lease(this, std::move(conn));
+  }
+
+ private:
+  void Release(std::unique_ptr<SqliteConnection> c) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (idle_.size() < kMaxPooledConnections) idle_.push_back(std::move(c));
+  }
+  std::string path_;
+  int busy_timeout_ms_;
+  std::mutex mu_;
+  std::vector<std::unique_ptr<SqliteConnection>> idle_;  // GUARDED_BY(mu_)
+};
+
+StoredResource ReadRow(const SqliteStmt& q) {
+  // columns: rid, type, id, version, seq, last_updated, deleted, json
+  StoredResource r;
+  r.rid = q.Int(0);
+  r.type = q.Str(1);
+  r.id = q.Str(2);
+  r.version = q.Int(3);
+  r.seq = q.Int(4);
+  r.last_updated = q.Int(5);
+  r.deleted = q.Int(6) != 0;
+  r.json = q.Str(7);
+  return r;
+}
+
+constexpr const char* kSelectCurrent =
+    "SELECT rid, type, id, version, seq, last_updated, deleted, json FROM resources WHERE type=?1 AND id=?2";
+
+Result<StoredResource> ReadCurrent(SqliteConnection& c, std::string_view type, std::string_view id) {
+  ASSIGN_OR_RETURN(auto q, c.Prepare(kSelectCurrent));
+  q->Bind(1, type).Bind(2, id);
+  ASSIGN_OR_RETURN(bool row, q->Step());
+  if (!row) return Status::NotFound("Resource " + std::string(type) + "/" + std::string(id) + " is not known");
+  return ReadRow(*q);
+}
+
+class SqliteTransaction final : public StoreTransaction {
+ public:
+  SqliteTransaction(std::unique_lock<std::mutex> lock, ConnectionPool::Lease conn)
+      : lock_(std::move(lock)), conn_(std::move(conn)) {}
+
+  ~SqliteTransaction() override {
+    if (open_) (void)conn_->Exec("ROLLBACK");
+  }
+
+  Status Begin(const Clock& clock) {
+    RETURN_IF_ERROR(conn_->Exec("BEGIN IMMEDIATE"));
+    open_ = true;
+    ASSIGN_OR_RETURN(auto q, conn_->Prepare("SELECT name, value FROM counters"));
+    int64_t seq = 0, last = 0;
+    while (true) {
+      ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      if (q->Text(0) == "seq") seq = q->Int(1);
+      if (q->Text(0) == "last_updated") last = q->Int(1);
+    }
+    q.reset();
+    seq_ = seq + 1;
+    last_updated_ = std::max(clock.NowMillis(), last);
+    last_updated_text_ = FormatInstant(last_updated_);
+    ASSIGN_OR_RETURN(auto u, conn_->Prepare("UPDATE counters SET value = CASE name WHEN 'seq' THEN ?1 ELSE ?2 END"));
+    u->Bind(1, seq_).Bind(2, last_updated_);
+    return u->Run();
+  }
+
+  int64_t seq() const override { return seq_; }
+  EpochMillis last_updated() const override { return last_updated_; }
+
+  Result<StoredResource> Read(std::string_view type, std::string_view id) override {
+    return ReadCurrent(*conn_, type, id);
+  }
+
+  Result<StoredResource> Put(const fhir::ParsedResource& parsed, std::string_view id,
+                             std::optional<int64_t> if_match) override {
+    auto current = ReadCurrent(*conn_, parsed.type, id);
+    if (!current.ok() && current.status().code() != StatusCode::kNotFound) return current.status();
+    StoredResource out;
+    out.type = parsed.type;
+    out.id = std::string(id);
+    out.seq = seq_;
+    out.last_updated = last_updated_;
+    if (current.ok()) {
+      if (if_match && *if_match != current->version) {
+        return Status::PreconditionFailed("If-Match expected version " + std::to_string(*if_match) + " of " +
+                                          parsed.type + "/" + std::string(id) + " but the current version is " +
+                                          std::to_string(current->version));
+      }
+      RETURN_IF_ERROR(ArchiveCurrent(current->rid));
+      out.rid = current->rid;
+      out.version = current->version + 1;
+      out.json = fhir::RenderResource(parsed, id, out.version, last_updated_text_);
+      ASSIGN_OR_RETURN(auto u, conn_->Prepare("UPDATE resources SET version=?1, seq=?2, last_updated=?3, deleted=0, "
+                                              "json=?4 WHERE rid=?5"));
+      u->Bind(1, out.version).Bind(2, seq_).Bind(3, last_updated_).BindBlob(4, out.json).Bind(5, out.rid);
+      RETURN_IF_ERROR(u->Run());
+      RETURN_IF_ERROR(ClearIndexes(out.rid, /*keep_compartment=*/false));
+    } else {
+      if (if_match) {
+        return Status::PreconditionFailed("If-Match given for " + parsed.type + "/" + std::string(id) +
+                                          ", which does not exist");
+      }
+      out.version = 1;
+      out.json = fhir::RenderResource(parsed, id, out.version, last_updated_text_);
+      ASSIGN_OR_RETURN(auto ins, conn_->Prepare("INSERT INTO resources(type, id, version, seq, last_updated, deleted, "
+                                                "json) VALUES (?1, ?2, 1, ?3, ?4, 0, ?5)"));
+      ins->Bind(1, parsed.type).Bind(2, id).Bind(3, seq_).Bind(4, last_updated_).BindBlob(5, out.json);
+      RETURN_IF_ERROR(ins->Run());
+      out.rid = conn_->LastInsertRowid();
+    }
+    RETURN_IF_ERROR(WriteIndexes(parsed, id, out.rid));
+    return out;
+  }
+
+  Result<StoredResource> Delete(std::string_view type, std::string_view id, std::optional<int64_t> if_match) override {
+    ASSIGN_OR_RETURN(StoredResource current, ReadCurrent(*conn_, type, id));
+    if (if_match && *if_match != current.version) {
+      return Status::PreconditionFailed("If-Match expected version " + std::to_string(*if_match) + " of " +
+                                        std::string(type) + "/" + std::string(id) + " but the current version is " +
+                                        std::to_string(current.version));
+    }
+    if (current.deleted) return current;
+    RETURN_IF_ERROR(ArchiveCurrent(current.rid));
+    ASSIGN_OR_RETURN(auto u, conn_->Prepare("UPDATE resources SET version=version+1, seq=?1, last_updated=?2, "
+                                            "deleted=1, json=NULL WHERE rid=?3"));
+    u->Bind(1, seq_).Bind(2, last_updated_).Bind(3, current.rid);
+    RETURN_IF_ERROR(u->Run());
+    // Compartment and reference rows stay: an export whose snapshot predates the delete still needs them.
+    RETURN_IF_ERROR(ClearIndexes(current.rid, /*keep_compartment=*/true));
+    current.version += 1;
+    current.seq = seq_;
+    current.last_updated = last_updated_;
+    current.deleted = true;
+    current.json.clear();
+    return current;
+  }
+
+  Result<std::vector<std::string>> FindByIdentifier(std::string_view type, std::string_view system,
+                                                    std::string_view value) override {
+    ASSIGN_OR_RETURN(auto q, conn_->Prepare("SELECT DISTINCT r.id FROM identifier i JOIN resources r ON r.rid=i.rid "
+                                            "WHERE i.type=?1 AND i.value=?2 AND (?3 = '' OR i.system=?3) AND "
+                                            "r.deleted=0 ORDER BY r.id"));
+    q->Bind(1, type).Bind(2, value).Bind(3, system);
+    std::vector<std::string> ids;
+    while (true) {
+      ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      ids.push_back(q->Str(0));
+    }
+    return ids;
+  }
+
+  Status Commit() override {
+    RETURN_IF_ERROR(conn_->Exec("COMMIT"));
+    open_ = false;
+    return Status::Ok();
+  }
+
+ private:
+  Status ArchiveCurrent(int64_t rid) {
+    ASSIGN_OR_RETURN(auto q, conn_->Prepare("INSERT INTO history(rid, version, seq, last_updated, deleted, json) "
+                                            "SELECT rid, version, seq, last_updated, deleted, json FROM resources "
+                                            "WHERE rid=?1"));
+    q->Bind(1, rid);
+    return q->Run();
+  }
+
+  Status ClearIndexes(int64_t rid, bool keep_compartment) {
+    if (!keep_compartment) {
+      ASSIGN_OR_RETURN(auto c, conn_->Prepare("DELETE FROM compartment WHERE rid=?1"));
+      c->Bind(1, rid);
+      RETURN_IF_ERROR(c->Run());
+      ASSIGN_OR_RETURN(auto x, conn_->Prepare("DELETE FROM ext_ref WHERE rid=?1"));
+      x->Bind(1, rid);
+      RETURN_IF_ERROR(x->Run());
+    }
+    ASSIGN_OR_RETURN(auto i, conn_->Prepare("DELETE FROM identifier WHERE rid=?1"));
+    i->Bind(1, rid);
+    return i->Run();
+  }
+
+  Status WriteIndexes(const fhir::ParsedResource& parsed, std::string_view id, int64_t rid) {
+    {
+      ASSIGN_OR_RETURN(auto c, conn_->Prepare("INSERT OR IGNORE INTO compartment(patient_id, rid) VALUES (?1, ?2)"));
+      if (parsed.type == "Patient") {
+        c->Bind(1, id).Bind(2, rid);
+        RETURN_IF_ERROR(c->Run());
+      }
+      for (const auto& p : parsed.compartment_patients) {
+        c->Bind(1, p).Bind(2, rid);
+        RETURN_IF_ERROR(c->Run());
+      }
+    }
+    {
+      ASSIGN_OR_RETURN(auto x, conn_->Prepare("INSERT OR IGNORE INTO ext_ref(rid, target_type, target_id) VALUES "
+                                              "(?1, ?2, ?3)"));
+      for (const auto& ref : parsed.references) {
+        if (fhir::IsPatientCompartmentType(ref.type)) continue;
+        x->Bind(1, rid).Bind(2, ref.type).Bind(3, ref.id);
+        RETURN_IF_ERROR(x->Run());
+      }
+    }
+    if (!parsed.identifiers.empty()) {
+      ASSIGN_OR_RETURN(auto i, conn_->Prepare("INSERT INTO identifier(type, system, value, rid) VALUES "
+                                              "(?1, ?2, ?3, ?4)"));
+      for (const auto& [system, value] : parsed.identifiers) {
+        i->Bind(1, parsed.type).Bind(2, system).Bind(3, value).Bind(4, rid);
+        RETURN_IF_ERROR(i->Run());
+      }
+    }
+    return Status::Ok();
+  }
+
+  std::unique_lock<std::mutex> lock_;
+  ConnectionPool::Lease conn_;
+  bool open_ = false;
+  int64_t seq_ = 0;
+  EpochMillis last_updated_ = 0;
+  std::string last_updated_text_;
+};
+
+class SqliteStore final : public ResourceStore {
+ public:
+  SqliteStore(DatastoreInfo info, int busy_timeout_ms, const Clock& clock)
+      : info_(std::move(info)), pool_(info_.path, busy_timeout_ms), clock_(clock) {}
+
+  // Opens (creating when `create`) the database and reads the datastore identity from it.
+  Status Open(bool create) {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    if (create) RETURN_IF_ERROR(conn->Exec("PRAGMA page_size=65536"));
+    RETURN_IF_ERROR(EnsureSchema(*conn, info_.path));
+    if (create) {
+      ASSIGN_OR_RETURN(auto ins, conn->Prepare("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)"));
+      ins->Bind(1, "datastore_id").Bind(2, info_.id);
+      RETURN_IF_ERROR(ins->Run());
+      ins->Bind(1, "datastore_name").Bind(2, info_.name);
+      RETURN_IF_ERROR(ins->Run());
+      ins->Bind(1, "created_at").Bind(2, std::to_string(info_.created_at));
+      RETURN_IF_ERROR(ins->Run());
+    }
+    ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT key, value FROM meta"));
+    while (true) {
+      ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      if (q->Text(0) == "datastore_id") info_.id = q->Str(1);
+      if (q->Text(0) == "datastore_name") info_.name = q->Str(1);
+      if (q->Text(0) == "created_at") info_.created_at = std::stoll(q->Str(1));
+    }
+    if (!IsHexId(info_.id)) return Status::Invalid(info_.path + " does not record a valid datastore id");
+    return Status::Ok();
+  }
+
+  const DatastoreInfo& info() const override { return info_; }
+
+  Result<std::unique_ptr<StoreTransaction>> BeginWrite() override {
+    std::unique_lock<std::mutex> lock(write_mu_);
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    auto txn = std::make_unique<SqliteTransaction>(std::move(lock), std::move(conn));
+    RETURN_IF_ERROR(txn->Begin(clock_));
+    return std::unique_ptr<StoreTransaction>(std::move(txn));
+  }
+
+  Result<StoredResource> Read(std::string_view type, std::string_view id) override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    return ReadCurrent(*conn, type, id);
+  }
+
+  Result<StoredResource> ReadVersion(std::string_view type, std::string_view id, int64_t version) override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    ASSIGN_OR_RETURN(StoredResource current, ReadCurrent(*conn, type, id));
+    if (current.version == version) return current;
+    ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT version, seq, last_updated, deleted, json FROM history "
+                                           "WHERE rid=?1 AND version=?2"));
+    q->Bind(1, current.rid).Bind(2, version);
+    ASSIGN_OR_RETURN(bool row, q->Step());
+    if (!row) {
+      return Status::NotFound("Version " + std::to_string(version) + " of " + std::string(type) + "/" +
+                              std::string(id) + " is not known");
+    }
+    return HistoryRow(current, *q);
+  }
+
+  Result<std::vector<StoredResource>> History(std::string_view type, std::string_view id) override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    ASSIGN_OR_RETURN(StoredResource current, ReadCurrent(*conn, type, id));
+    std::vector<StoredResource> out;
+    ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT version, seq, last_updated, deleted, json FROM history "
+                                           "WHERE rid=?1 ORDER BY version DESC"));
+    q->Bind(1, current.rid);
+    out.push_back(current);
+    while (true) {
+      ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      out.push_back(HistoryRow(current, *q));
+    }
+    return out;
+  }
+
+  Result<std::vector<std::string>> CompartmentsOf(std::string_view type, std::string_view id) override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    ASSIGN_OR_RETURN(StoredResource current, ReadCurrent(*conn, type, id));
+    ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT patient_id FROM compartment WHERE rid=?1 ORDER BY patient_id"));
+    q->Bind(1, current.rid);
+    std::vector<std::string> out;
+    while (true) {
+      ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      out.push_back(q->Str(0));
+    }
+    return out;
+  }
+
+  Result<int64_t> CountCurrent() override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT count(*) FROM resources WHERE deleted=0"));
+    ASSIGN_OR_RETURN(bool row, q->Step());
+    return row ? q->Int(0) : 0;
+  }
+
+  Result<std::vector<StoredResource>> ReadCompartment(std::string_view patient_id, std::string_view type) override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT r.rid, r.type, r.id, r.version, r.seq, r.last_updated, r.deleted, "
+                                           "r.json FROM compartment c JOIN resources r ON r.rid=c.rid WHERE "
+                                           "c.patient_id=?1 AND r.deleted=0 AND (?2='' OR r.type=?2) ORDER BY r.rid"));
+    q->Bind(1, patient_id).Bind(2, type);
+    std::vector<StoredResource> out;
+    while (true) {
+      ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      out.push_back(ReadRow(*q));
+    }
+    return out;
+  }
+
+  Result<Snapshot> TakeSnapshot() override {
+    // Under the write lock no write is half-way, so every commit up to `seq` has lastUpdated <= time, and
+    // raising the counter's last_updated to `time` makes every later write carry lastUpdated >= time.
+    ASSIGN_OR_RETURN(auto txn_base, BeginWrite());
+    auto* txn = static_cast<SqliteTransaction*>(txn_base.get());
+    Snapshot snap{txn->seq() - 1, txn->last_updated()};
+    // BeginWrite consumed a sequence number for nothing; that is harmless (sequence numbers only need to grow).
+    RETURN_IF_ERROR(txn->Commit());
+    return snap;
+  }
+
+  Result<TypeRange> RangeOf(const std::string& type, ScanScope scope, const std::string& job_id) override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    std::string sql;
+    switch (scope) {
+      case ScanScope::kAll:
+        sql = "SELECT count(*), min(rid), max(rid) FROM resources WHERE type=?1";
+        break;
+      case ScanScope::kAnyCompartment:
+        sql = "SELECT count(*), min(rid), max(rid) FROM resources r WHERE type=?1 AND "
+              "EXISTS (SELECT 1 FROM compartment c WHERE c.rid=r.rid)";
+        break;
+      case ScanScope::kJobScope:
+        sql = "SELECT count(*), min(rid), max(rid) FROM export_scope WHERE job_id=?2 AND type=?1";
+        break;
+    }
+    ASSIGN_OR_RETURN(auto q, conn->Prepare(sql));
+    q->Bind(1, type);
+    if (scope == ScanScope::kJobScope) q->Bind(2, job_id);
+    ASSIGN_OR_RETURN(bool row, q->Step());
+    TypeRange r;
+    if (row) {
+      r.rows = q->Int(0);
+      r.min_rid = q->Int(1);
+      r.max_rid = q->Int(2);
+    }
+    return r;
+  }
+
+  Result<ScanProgress> Scan(const ScanRequest& req, const std::function<Status(const ScanRow&)>& on_row) override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    std::string sql;
+    const bool since = req.since.has_value();
+    switch (req.scope) {
+      case ScanScope::kAll:
+        sql = "SELECT rid, seq, deleted, last_updated, json FROM resources r WHERE type=?1 AND rid>?2 AND rid<=?3";
+        break;
+      case ScanScope::kAnyCompartment:
+        sql = "SELECT rid, seq, deleted, last_updated, json FROM resources r WHERE type=?1 AND rid>?2 AND rid<=?3 "
+              "AND EXISTS (SELECT 1 FROM compartment c WHERE c.rid=r.rid)";
+        break;
+      case ScanScope::kJobScope:
+        sql = "SELECT r.rid, r.seq, r.deleted, r.last_updated, r.json FROM export_scope s JOIN resources r "
+              "ON r.rid=s.rid WHERE s.job_id=?6 AND s.type=?1 AND s.rid>?2 AND s.rid<=?3";
+        break;
+    }
+    if (since) sql += " AND r.last_updated>=?4";
+    sql += req.scope == ScanScope::kJobScope ? " ORDER BY s.rid LIMIT ?5" : " ORDER BY rid LIMIT ?5";
+    ASSIGN_OR_RETURN(auto q, conn->Prepare(sql));
+    q->Bind(1, req.type).Bind(2, req.after_rid).Bind(3, req.max_rid).Bind(5, static_cast<int64_t>(req.max_rows));
+    if (since) q->Bind(4, *req.since);
+    if (req.scope == ScanScope::kJobScope) q->Bind(6, req.job_id);
+
+    // One read transaction for the batch (and its history lookups).
+    RETURN_IF_ERROR(conn->Exec("BEGIN"));
+    ScanProgress progress{req.after_rid, false};
+    size_t rows = 0, bytes = 0;
+    Status st;
+    while (true) {
+      auto step = q->Step();
+      if (!step.ok()) {
+        st = step.status();
+        break;
+      }
+      if (!*step) {
+        progress.exhausted = rows < req.max_rows;  // fewer rows than the LIMIT: nothing left in the range
+        break;
+      }
+      ++rows;
+      int64_t rid = q->Int(0);
+      progress.last_rid = rid;
+      std::string old_json;
+      std::string_view json;
+      if (q->Int(1) <= req.snapshot.seq) {
+        if (q->Int(2) != 0) continue;  // deleted as of the snapshot
+        json = q->Text(4);
+      } else {
+        // Changed after the snapshot: the version as of the snapshot lives in history.
+        auto h = conn->Prepare("SELECT deleted, last_updated, json FROM history WHERE rid=?1 AND seq<=?2 "
+                               "ORDER BY version DESC LIMIT 1");
+        if (!h.ok()) {
+          st = h.status();
+          break;
+        }
+        (*h)->Bind(1, rid).Bind(2, req.snapshot.seq);
+        auto hrow = (*h)->Step();
+        if (!hrow.ok()) {
+          st = hrow.status();
+          break;
+        }
+        if (!*hrow || (*h)->Int(0) != 0) continue;  // created after, or deleted as of the snapshot
+        if (since && (*h)->Int(1) < *req.since) continue;
+        old_json = (*h)->Str(2);
+        json = old_json;
+      }
+      bytes += json.size();
+      st = on_row(ScanRow{rid, json});
+      if (!st.ok()) break;
+      if (bytes >= req.max_bytes) break;
+    }
+    q.reset();
+    (void)conn->Exec("COMMIT");
+    if (!st.ok()) return st;
+    return progress;
+  }
+
+  Status MaterializeGroupScope(const std::string& job_id, const std::string& group_id,
+                               const std::vector<std::string>& patient_ids, bool include_referenced) override {
+    return WithWrite([&](SqliteConnection& c) -> Status {
+      RETURN_IF_ERROR(DeleteJobRows(c, job_id, {"export_scope", "export_job_patients"}));
+      {
+        ASSIGN_OR_RETURN(auto ins, c.Prepare("INSERT OR IGNORE INTO export_job_patients(job_id, patient_id) "
+                                             "VALUES (?1, ?2)"));
+        for (const auto& p : patient_ids) {
+          ins->Bind(1, job_id).Bind(2, p);
+          RETURN_IF_ERROR(ins->Run());
+        }
+      }
+      // The Group itself, its member Patients, and the members' compartments without other Groups or Patients.
+      const char* kSteps[] = {
+          "INSERT OR IGNORE INTO export_scope(job_id, type, rid) SELECT ?1, type, rid FROM resources "
+          "WHERE type='Group' AND id=?2",
+          "INSERT OR IGNORE INTO export_scope(job_id, type, rid) SELECT ?1, r.type, r.rid FROM export_job_patients m "
+          "JOIN resources r ON r.type='Patient' AND r.id=m.patient_id WHERE m.job_id=?1",
+          "INSERT OR IGNORE INTO export_scope(job_id, type, rid) SELECT ?1, r.type, r.rid FROM export_job_patients m "
+          "JOIN compartment c ON c.patient_id=m.patient_id JOIN resources r ON r.rid=c.rid "
+          "WHERE m.job_id=?1 AND r.type NOT IN ('Group', 'Patient')",
+      };
+      for (const char* sql : kSteps) {
+        ASSIGN_OR_RETURN(auto q, c.Prepare(sql));
+        q->Bind(1, job_id);
+        if (std::string_view(sql).find("?2") != std::string_view::npos) q->Bind(2, group_id);
+        RETURN_IF_ERROR(q->Run());
+      }
+      if (include_referenced) {
+        ASSIGN_OR_RETURN(auto q, c.Prepare(
+                                     "INSERT OR IGNORE INTO export_scope(job_id, type, rid) SELECT ?1, r.type, r.rid "
+                                     "FROM export_scope s JOIN ext_ref x ON x.rid=s.rid JOIN resources r "
+                                     "ON r.type=x.target_type AND r.id=x.target_id WHERE s.job_id=?1"));
+        q->Bind(1, job_id);
+        RETURN_IF_ERROR(q->Run());
+      }
+      return Status::Ok();
+    });
+  }
+
+  Status MaterializeReferencedScope(const std::string& job_id) override {
+    return WithWrite([&](SqliteConnection& c) -> Status {
+      RETURN_IF_ERROR(DeleteJobRows(c, job_id, {"export_scope"}));
+      ASSIGN_OR_RETURN(auto q, c.Prepare("INSERT OR IGNORE INTO export_scope(job_id, type, rid) "
+                                         "SELECT ?1, r.type, r.rid FROM ext_ref x JOIN resources r "
+                                         "ON r.type=x.target_type AND r.id=x.target_id "
+                                         "WHERE EXISTS (SELECT 1 FROM compartment c WHERE c.rid=x.rid)"));
+      q->Bind(1, job_id);
+      return q->Run();
+    });
+  }
+
+  Result<std::vector<std::string>> TypesInJobScope(const std::string& job_id) override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT DISTINCT type FROM export_scope WHERE job_id=?1 ORDER BY type"));
+    q->Bind(1, job_id);
+    std::vector<std::string> out;
+    while (true) {
+      ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      out.push_back(q->Str(0));
+    }
+    return out;
+  }
+
+  Status InsertJob(ExportJobRecord* job) override {
+    return WithWrite([&](SqliteConnection& c) -> Status {
+      ASSIGN_OR_RETURN(auto q, c.Prepare("SELECT coalesce(max(queue_order), 0) + 1 FROM export_jobs"));
+      ASSIGN_OR_RETURN(bool row, q->Step());
+      job->queue_order = row ? q->Int(0) : 1;
+      q.reset();
+      ASSIGN_OR_RETURN(auto ins, c.Prepare(
+                                     "INSERT INTO export_jobs(job_id, queue_order, job_name, status, view, level, "
+                                     "group_id, types, since, output_format, s3_uri, kms_key_id, role_arn, "
+                                     "request_url, submit_time, start_time, end_time, snapshot_seq, snapshot_time, "
+                                     "message, include_referenced) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, "
+                                     "?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"));
+      BindJob(*ins, *job);
+      return ins->Run();
+    });
+  }
+
+  Status UpdateJob(const ExportJobRecord& job) override {
+    return WithWrite([&](SqliteConnection& c) -> Status {
+      ASSIGN_OR_RETURN(auto u, c.Prepare(
+                                   "UPDATE export_jobs SET queue_order=?2, job_name=?3, status=?4, view=?5, level=?6, "
+                                   "group_id=?7, types=?8, since=?9, output_format=?10, s3_uri=?11, kms_key_id=?12, "
+                                   "role_arn=?13, request_url=?14, submit_time=?15, start_time=?16, end_time=?17, "
+                                   "snapshot_seq=?18, snapshot_time=?19, message=?20, include_referenced=?21 "
+                                   "WHERE job_id=?1"));
+      BindJob(*u, job);
+      RETURN_IF_ERROR(u->Run());
+      if (sqlite3_changes(c.raw()) != 1) return Status::NotFound("export job " + job.job_id + " is not known");
+      return Status::Ok();
+    });
+  }
+
+  Result<ExportJobRecord> GetJob(std::string_view job_id) override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    ASSIGN_OR_RETURN(auto q, conn->Prepare(std::string(kSelectJob) + " WHERE job_id=?1"));
+    q->Bind(1, job_id);
+    ASSIGN_OR_RETURN(bool row, q->Step());
+    if (!row) return Status::NotFound("Export job " + std::string(job_id) + " is not known in datastore " + info_.id);
+    return ReadJob(*q);
+  }
+
+  Result<std::vector<ExportJobRecord>> JobsWithStatus(const std::vector<std::string>& statuses) override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    ASSIGN_OR_RETURN(auto q, conn->Prepare(std::string(kSelectJob) + " ORDER BY queue_order"));
+    std::vector<ExportJobRecord> out;
+    while (true) {
+      ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      std::string_view status = q->Text(3);
+      if (std::find(statuses.begin(), statuses.end(), status) != statuses.end()) out.push_back(ReadJob(*q));
+    }
+    return out;
+  }
+
+  Status ReplaceTasks(const std::string& job_id, const std::vector<ExportTaskRecord>& tasks) override {
+    return WithWrite([&](SqliteConnection& c) -> Status {
+      RETURN_IF_ERROR(DeleteJobRows(c, job_id, {"export_tasks"}));
+      ASSIGN_OR_RETURN(auto ins, c.Prepare("INSERT INTO export_tasks(job_id, task_no, type, scope, min_rid, max_rid, "
+                                           "after_rid, planned_rows, done) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"));
+      for (const auto& t : tasks) {
+        ins->Bind(1, job_id).Bind(2, t.task_no).Bind(3, t.type).Bind(4, static_cast<int64_t>(t.scope));
+        ins->Bind(5, t.min_rid).Bind(6, t.max_rid).Bind(7, t.after_rid).Bind(8, t.planned_rows);
+        ins->Bind(9, t.done ? 1 : 0);
+        RETURN_IF_ERROR(ins->Run());
+      }
+      return Status::Ok();
+    });
+  }
+
+  Result<std::vector<ExportTaskRecord>> Tasks(const std::string& job_id) override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT task_no, type, scope, min_rid, max_rid, after_rid, planned_rows, "
+                                           "done FROM export_tasks WHERE job_id=?1 ORDER BY task_no"));
+    q->Bind(1, job_id);
+    std::vector<ExportTaskRecord> out;
+    while (true) {
+      ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      ExportTaskRecord t;
+      t.job_id = job_id;
+      t.task_no = static_cast<int>(q->Int(0));
+      t.type = q->Str(1);
+      t.scope = static_cast<ScanScope>(q->Int(2));
+      t.min_rid = q->Int(3);
+      t.max_rid = q->Int(4);
+      t.after_rid = q->Int(5);
+      t.planned_rows = q->Int(6);
+      t.done = q->Int(7) != 0;
+      out.push_back(std::move(t));
+    }
+    return out;
+  }
+
+  Status CommitFile(const ExportFileRecord& f, int64_t task_after_rid, bool task_done) override {
+    return WithWrite([&](SqliteConnection& c) -> Status {
+      ASSIGN_OR_RETURN(auto ins, c.Prepare("INSERT INTO export_files(job_id, kind, type, file_no, key, count, bytes, "
+                                           "task_no) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"));
+      ins->Bind(1, f.job_id).Bind(2, f.kind).Bind(3, f.type).Bind(4, f.file_no).Bind(5, f.key).Bind(6, f.count);
+      ins->Bind(7, f.bytes).Bind(8, f.task_no);
+      RETURN_IF_ERROR(ins->Run());
+      return UpdateTask(c, f.job_id, f.task_no, task_after_rid, task_done);
+    });
+  }
+
+  Status MarkTaskDone(const std::string& job_id, int task_no, int64_t after_rid) override {
+    return WithWrite([&](SqliteConnection& c) { return UpdateTask(c, job_id, task_no, after_rid, true); });
+  }
+
+  Result<std::vector<ExportFileRecord>> Files(const std::string& job_id) override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT kind, type, file_no, key, count, bytes, task_no FROM export_files "
+                                           "WHERE job_id=?1 ORDER BY kind DESC, type, file_no"));
+    q->Bind(1, job_id);
+    std::vector<ExportFileRecord> out;
+    while (true) {
+      ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      ExportFileRecord f;
+      f.job_id = job_id;
+      f.kind = q->Str(0);
+      f.type = q->Str(1);
+      f.file_no = static_cast<int>(q->Int(2));
+      f.key = q->Str(3);
+      f.count = q->Int(4);
+      f.bytes = q->Int(5);
+      f.task_no = static_cast<int>(q->Int(6));
+      out.push_back(std::move(f));
+    }
+    return out;
+  }
+
+  Status DropJobScratch(const std::string& job_id) override {
+    return WithWrite([&](SqliteConnection& c) {
+      return DeleteJobRows(c, job_id, {"export_scope", "export_job_patients"});
+    });
+  }
+
+ private:
+  static constexpr const char* kSelectJob =
+      "SELECT job_id, queue_order, job_name, status, view, level, group_id, types, since, output_format, s3_uri, "
+      "kms_key_id, role_arn, request_url, submit_time, start_time, end_time, snapshot_seq, snapshot_time, message, "
+      "include_referenced FROM export_jobs";
+
+  static void BindJob(SqliteStmt& q, const ExportJobRecord& j) {
+    q.Bind(1, j.job_id).Bind(2, j.queue_order).Bind(3, j.job_name).Bind(4, j.status).Bind(5, j.view);
+    q.Bind(6, j.level).Bind(7, j.group_id).Bind(8, JoinTypes(j.types)).Bind(9, j.since).Bind(10, j.output_format);
+    q.Bind(11, j.s3_uri).Bind(12, j.kms_key_id).Bind(13, j.data_access_role_arn).Bind(14, j.request_url);
+    q.Bind(15, j.submit_time).Bind(16, j.start_time).Bind(17, j.end_time);
+    q.Bind(18, j.snapshot ? std::optional<int64_t>(j.snapshot->seq) : std::nullopt);
+    q.Bind(19, j.snapshot ? std::optional<int64_t>(j.snapshot->time) : std::nullopt);
+    q.Bind(20, j.message).Bind(21, j.include_referenced ? 1 : 0);
+  }
+
+  static ExportJobRecord ReadJob(const SqliteStmt& q) {
+    ExportJobRecord j;
+    j.job_id = q.Str(0);
+    j.queue_order = q.Int(1);
+    j.job_name = q.Str(2);
+    j.status = q.Str(3);
+    j.view = q.Str(4);
+    j.level = q.Str(5);
+    j.group_id = q.Str(6);
+    j.types = SplitTypes(q.Text(7));
+    j.since = q.OptInt(8);
+    j.output_format = q.Str(9);
+    j.s3_uri = q.Str(10);
+    j.kms_key_id = q.Str(11);
+    j.data_access_role_arn = q.Str(12);
+    j.request_url = q.Str(13);
+    j.submit_time = q.Int(14);
+    j.start_time = q.OptInt(15);
+    j.end_time = q.OptInt(16);
+    if (!q.IsNull(17)) j.snapshot = Snapshot{q.Int(17), q.Int(18)};
+    j.message = q.Str(19);
+    j.include_referenced = q.Int(20) != 0;
+    return j;
+  }
+
+  static Status UpdateTask(SqliteConnection& c, const std::string& job_id, int task_no, int64_t after_rid, bool done) {
+    ASSIGN_OR_RETURN(auto u, c.Prepare("UPDATE export_tasks SET after_rid=?3, done=?4 WHERE job_id=?1 AND task_no=?2"));
+    u->Bind(1, job_id).Bind(2, task_no).Bind(3, after_rid).Bind(4, done ? 1 : 0);
+    return u->Run();
+  }
+
+  static Status DeleteJobRows(SqliteConnection& c, const std::string& job_id, std::initializer_list<const char*> tables) {
+    for (const char* table : tables) {
+      ASSIGN_OR_RETURN(auto d, c.Prepare(std::string("DELETE FROM ") + table + " WHERE job_id=?1"));
+      d->Bind(1, job_id);
+      RETURN_IF_ERROR(d->Run());
+    }
+    return Status::Ok();
+  }
+
+  // Runs `fn` in one write transaction (the same single-writer lock as BeginWrite).
+  Status WithWrite(const std::function<Status(SqliteConnection&)>& fn) {
+    std::unique_lock<std::mutex> lock(write_mu_);
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    RETURN_IF_ERROR(conn->Exec("BEGIN IMMEDIATE"));
+    Status st = fn(*conn);
+    if (st.ok()) st = conn->Exec("COMMIT");
+    if (!st.ok()) (void)conn->Exec("ROLLBACK");
+    return st;
+  }
+
+ private:
+  static StoredResource HistoryRow(const StoredResource& current, const SqliteStmt& q) {
+    StoredResource r;
+    r.rid = current.rid;
+    r.type = current.type;
+    r.id = current.id;
+    r.version = q.Int(0);
+    r.seq = q.Int(1);
+    r.last_updated = q.Int(2);
+    r.deleted = q.Int(3) != 0;
+    r.json = q.Str(4);
+    return r;
+  }
+
+  DatastoreInfo info_;
+  ConnectionPool pool_;
+  const Clock& clock_;
+  std::mutex write_mu_;
+};
+
+class SqliteCatalog final : public DatastoreCatalog {
+ public:
+  std::vector<ResourceStore*> All() override {
+    std::vector<ResourceStore*> out;
+    for (auto& s : stores_) out.push_back(s.get());
+    return out;
+  }
+  ResourceStore* Find(std::string_view id) override {
+    for (auto& s : stores_) {
+      if (s->info().id == id) return s.get();
+    }
+    return nullptr;
+  }
+  ResourceStore* Default() override { return stores_.empty() ? nullptr : stores_.front().get(); }
+
+  std::vector<std::unique_ptr<SqliteStore>> stores_;  // sorted by creation time; the first is the default
+};
+
+}  // namespace
+
+Result<std::unique_ptr<DatastoreCatalog>> OpenSqliteCatalog(const StoreOptions& options) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path root = fs::path(options.data_dir) / "datastores";
+  fs::create_directories(root, ec);
+  if (ec) return Status::Unavailable("cannot create data directory " + root.string() + ": " + ec.message());
+  auto catalog = std::make_unique<SqliteCatalog>();
+  std::vector<fs::path> dirs;
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    if (entry.is_directory() && fs::exists(entry.path() / "fhir.db")) dirs.push_back(entry.path());
+  }
+  if (ec) return Status::Unavailable("cannot list " + root.string() + ": " + ec.message());
+  std::sort(dirs.begin(), dirs.end());
+  for (const auto& dir : dirs) {
+    DatastoreInfo info;
+    info.path = (dir / "fhir.db").string();
+    auto store = std::make_unique<SqliteStore>(info, options.busy_timeout_ms, Clock::System());
+    RETURN_IF_ERROR(store->Open(/*create=*/false));
+    catalog->stores_.push_back(std::move(store));
+  }
+  if (catalog->stores_.empty()) {
+    DatastoreInfo info;
+    info.id = NewHexId();
+    info.name = options.default_datastore_name;
+    info.created_at = Clock::System().NowMillis();
+    fs::path dir = root / info.id;
+    fs::create_directories(dir, ec);
+    if (ec) return Status::Unavailable("cannot create " + dir.string() + ": " + ec.message());
+    info.path = (dir / "fhir.db").string();
+    auto store = std::make_unique<SqliteStore>(info, options.busy_timeout_ms, Clock::System());
+    RETURN_IF_ERROR(store->Open(/*create=*/true));
+    catalog->stores_.push_back(std::move(store));
+  }
+  std::stable_sort(catalog->stores_.begin(), catalog->stores_.end(),
+                   [](const auto& a, const auto& b) { return a->info().created_at < b->info().created_at; });
+  return std::unique_ptr<DatastoreCatalog>(std::move(catalog));
+}
+
+}  // namespace fhirlake::store

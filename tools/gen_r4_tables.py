@@ -1,0 +1,307 @@
+#!/usr/bin/python3
+"""Generate src/fhir/r4_tables_generated.cc from the official FHIR R4 4.0.1 definitions.
+
+Inputs (relative to the repository root, see third_party/fhir-r4/README.md):
+  third_party/fhir-r4/compartmentdefinition-patient.json  the Patient CompartmentDefinition; its
+      resource[] lists every R4 resource type, with param[] = the search parameters that link a
+      resource of that type to its patient (absent for types outside the compartment).
+  third_party/fhir-r4/search-parameters.json  a Bundle of every R4 SearchParameter; each compartment
+      param is resolved to element paths through the SearchParameter's FHIRPath expression.
+
+Output: src/fhir/r4_tables_generated.cc, implementing src/fhir/r4.h with constant, sorted tables
+(emitted already clang-format clean, so the output needs no formatter and is byte-for-byte
+deterministic).
+
+The script fails (non-zero exit) rather than guess: a compartment param without a SearchParameter,
+an expression alternative other than dotted identifiers with an optional trailing
+`.where(resolve() is Patient)`, a param that maps to no path, or unexpected input shape.
+
+Usage:
+  tools/gen_r4_tables.py            regenerate the output file
+  tools/gen_r4_tables.py --check    exit 1 if the committed output differs from a fresh generation (CI)
+
+Standard library only (Python 3.11).
+"""
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+FHIR_VERSION = "4.0.1"
+EXPECTED_TYPE_COUNT = 145
+COLUMN_LIMIT = 120  # .clang-format ColumnLimit
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_INPUT_DIR = "third_party/fhir-r4"
+DEFAULT_OUTPUT = "src/fhir/r4_tables_generated.cc"
+COMPARTMENT_FILE = "compartmentdefinition-patient.json"
+SEARCH_PARAMETERS_FILE = "search-parameters.json"
+
+TYPE_NAME_RE = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+# "<Type>.a.b.c" optionally followed by ".where(resolve() is Patient)"; nothing else is understood.
+ALTERNATIVE_RE_TEMPLATE = r"^{type}((?:\.[A-Za-z][A-Za-z0-9]*)+)(\.where\(\s*resolve\(\)\s+is\s+Patient\s*\))?$"
+
+
+class GenError(Exception):
+    pass
+
+
+def load_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise GenError(f"cannot read {path}: {e}") from e
+
+
+def load_compartment(path):
+    """Returns {type: [param codes] or None when param is absent}, in input order."""
+    doc = load_json(path)
+    if doc.get("resourceType") != "CompartmentDefinition" or doc.get("code") != "Patient":
+        raise GenError(f"{path}: not the Patient CompartmentDefinition")
+    if doc.get("version") != FHIR_VERSION:
+        raise GenError(f"{path}: version {doc.get('version')!r}, expected {FHIR_VERSION}")
+    types = {}
+    for entry in doc.get("resource", []):
+        t = entry.get("code")
+        if not isinstance(t, str) or not TYPE_NAME_RE.match(t):
+            raise GenError(f"{path}: bad resource type code {t!r}")
+        if t in types:
+            raise GenError(f"{path}: duplicate resource type {t}")
+        params = entry.get("param")
+        if params is not None:
+            if not isinstance(params, list) or not all(isinstance(p, str) and p for p in params):
+                raise GenError(f"{path}: {t}: bad param list {params!r}")
+            if not params:
+                params = None  # an empty list means the same as an absent one
+        types[t] = params
+    if len(types) != EXPECTED_TYPE_COUNT:
+        raise GenError(f"{path}: {len(types)} resource types, expected {EXPECTED_TYPE_COUNT}")
+    if "Patient" not in types:
+        raise GenError(f"{path}: no Patient resource type")
+    return types
+
+
+def load_search_parameters(path):
+    """Returns {(base type, code): [(SearchParameter id, expression or None)]}."""
+    doc = load_json(path)
+    if doc.get("resourceType") != "Bundle":
+        raise GenError(f"{path}: not a Bundle")
+    index = {}
+    for entry in doc.get("entry", []):
+        sp = entry.get("resource", {})
+        if sp.get("resourceType") != "SearchParameter":
+            continue
+        code = sp.get("code")
+        for base in sp.get("base", []):
+            index.setdefault((base, code), []).append((sp.get("id"), sp.get("expression")))
+    if not index:
+        raise GenError(f"{path}: no SearchParameter resources")
+    return index
+
+
+def paths_for_param(type_name, code, sp_index):
+    """Element paths (type prefix removed) that the compartment param `code` of `type_name` points at."""
+    matches = sp_index.get((type_name, code))
+    if not matches:
+        raise GenError(f"{type_name}: compartment param {code!r} has no SearchParameter with that base and code")
+    if len(matches) > 1:
+        ids = ", ".join(str(m[0]) for m in matches)
+        raise GenError(f"{type_name}: compartment param {code!r} is ambiguous (SearchParameters {ids})")
+    sp_id, expression = matches[0]
+    if not isinstance(expression, str) or not expression.strip():
+        raise GenError(f"{type_name}: compartment param {code!r} (SearchParameter {sp_id}) has no expression")
+
+    alternative_re = re.compile(ALTERNATIVE_RE_TEMPLATE.format(type=re.escape(type_name)))
+    # Mentions of the type that are not a plain "<Type>." prefix (e.g. "(Type.x as Reference)") are
+    # forms this script does not understand; dropping them silently would lose compartment members.
+    mention_re = re.compile(r"(?<![A-Za-z0-9_])" + re.escape(type_name) + r"(?![A-Za-z0-9_])")
+    paths = []
+    for alternative in (a.strip() for a in expression.split("|")):
+        if alternative.startswith(type_name + "."):
+            m = alternative_re.match(alternative)
+            if not m:
+                raise GenError(
+                    f"{type_name}: compartment param {code!r} (SearchParameter {sp_id}): "
+                    f"cannot understand expression alternative {alternative!r}"
+                )
+            paths.append(m.group(1)[1:])
+        elif mention_re.search(alternative):
+            raise GenError(
+                f"{type_name}: compartment param {code!r} (SearchParameter {sp_id}): "
+                f"expression alternative {alternative!r} mentions {type_name} in an unsupported form"
+            )
+    if not paths:
+        raise GenError(
+            f"{type_name}: compartment param {code!r} (SearchParameter {sp_id}) maps to no path: {expression!r}"
+        )
+    return paths
+
+
+def build_tables(compartment, sp_index):
+    """Returns a list, sorted by type, of (type, in_patient_compartment, sorted paths, {param: sorted paths})."""
+    rows = []
+    for type_name in sorted(compartment):
+        params = compartment[type_name]
+        paths = set()
+        param_paths = {}
+        for code in params or []:
+            param_paths[code] = sorted(set(paths_for_param(type_name, code, sp_index)))
+            paths.update(param_paths[code])
+        in_compartment = params is not None or type_name == "Patient"
+        if params is not None and not paths:
+            raise GenError(f"{type_name}: has compartment params but no paths")
+        rows.append((type_name, in_compartment, sorted(paths), dict(sorted(param_paths.items()))))
+    return rows
+
+
+def cpp_string(s):
+    if not re.match(r"^[A-Za-z0-9.]+$", s):
+        raise GenError(f"unexpected characters in {s!r}")
+    return f'"{s}"'
+
+
+def render(rows):
+    n_types = len(rows)
+    n_compartment = sum(1 for r in rows if r[1])
+    out = []
+    emit = out.append
+    emit("// Generated by tools/gen_r4_tables.py from FHIR R4 4.0.1; do not edit.")
+    emit("// Sources: third_party/fhir-r4/compartmentdefinition-patient.json, third_party/fhir-r4/search-parameters.json.")
+    emit(f"// {n_types} resource types (as listed by the CompartmentDefinition, which omits Parameters), {n_compartment} of")
+    emit("// them in the Patient compartment.")
+    emit("#include <algorithm>")
+    emit("#include <array>")
+    emit("#include <cstddef>")
+    emit("#include <iterator>")
+    emit("#include <span>")
+    emit("#include <string_view>")
+    emit("")
+    emit('#include "fhir/r4.h"')
+    emit("")
+    emit("namespace fhirlake::fhir {")
+    emit("namespace {")
+    emit("")
+    emit("// Patient compartment paths per type: the union of the paths of the type's CompartmentDefinition params")
+    emit("// (shown in the comment as param -> paths), de-duplicated and sorted.")
+    for type_name, in_compartment, paths, params in rows:
+        if not in_compartment:
+            continue
+        if not paths:
+            # Only possible for Patient without params; keep the table shape uniform.
+            emit(f"constexpr std::span<const std::string_view> k{type_name}Paths;")
+            continue
+        sources = "; ".join(f"{code} -> {', '.join(code_paths)}" for code, code_paths in params.items())
+        emit(f"// {type_name}: {sources}")
+        emit(f"constexpr std::string_view k{type_name}Paths[] = {{{', '.join(cpp_string(p) for p in paths)}}};")
+    emit("")
+    emit("struct TypeInfo {")
+    emit("  std::string_view name;")
+    emit("  bool in_patient_compartment;")
+    emit("  std::span<const std::string_view> patient_compartment_paths;")
+    emit("};")
+    emit("")
+    emit("// Sorted by name (byte order), for binary search.")
+    emit("constexpr TypeInfo kTypes[] = {")
+    for type_name, in_compartment, paths, params in rows:
+        if in_compartment:
+            emit(f"    {{{cpp_string(type_name)}, true, k{type_name}Paths}},")
+        else:
+            emit(f"    {{{cpp_string(type_name)}, false, {{}}}},")
+    emit("};")
+    emit("")
+    emit("constexpr auto kTypeNames = [] {")
+    emit("  std::array<std::string_view, std::size(kTypes)> names{};")
+    emit("  for (std::size_t i = 0; i < names.size(); ++i) names[i] = kTypes[i].name;")
+    emit("  return names;")
+    emit("}();")
+    emit("")
+    emit("constexpr bool TablesAreSorted() {")
+    emit("  if (!std::ranges::is_sorted(kTypeNames)) return false;")
+    emit("  if (std::ranges::adjacent_find(kTypeNames) != kTypeNames.end()) return false;")
+    emit("  for (const TypeInfo& t : kTypes) {")
+    emit("    if (!std::ranges::is_sorted(t.patient_compartment_paths)) return false;")
+    emit("    if (std::ranges::adjacent_find(t.patient_compartment_paths) != t.patient_compartment_paths.end()) return false;")
+    emit("  }")
+    emit("  return true;")
+    emit("}")
+    emit("")
+    emit(f"static_assert(std::size(kTypes) == {n_types});")
+    emit("static_assert(TablesAreSorted());")
+    emit("")
+    emit("const TypeInfo* FindType(std::string_view type) {")
+    emit("  auto it = std::ranges::lower_bound(kTypes, type, {}, &TypeInfo::name);")
+    emit("  if (it == std::ranges::end(kTypes) || it->name != type) return nullptr;")
+    emit("  return it;")
+    emit("}")
+    emit("")
+    emit("}  // namespace")
+    emit("")
+    emit("std::span<const std::string_view> AllResourceTypes() { return kTypeNames; }")
+    emit("")
+    emit("bool IsKnownResourceType(std::string_view type) { return FindType(type) != nullptr; }")
+    emit("")
+    emit("bool IsPatientCompartmentType(std::string_view type) {")
+    emit("  const TypeInfo* t = FindType(type);")
+    emit("  return t != nullptr && t->in_patient_compartment;")
+    emit("}")
+    emit("")
+    emit("std::span<const std::string_view> PatientCompartmentPaths(std::string_view type) {")
+    emit("  const TypeInfo* t = FindType(type);")
+    emit("  return t != nullptr ? t->patient_compartment_paths : std::span<const std::string_view>();")
+    emit("}")
+    emit("")
+    emit("}  // namespace fhirlake::fhir")
+    for line in out:
+        if len(line) > COLUMN_LIMIT:
+            raise GenError(f"generated line exceeds {COLUMN_LIMIT} columns: {line!r}")
+    return "\n".join(out) + "\n"
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=REPO_ROOT, help="repository root (default: %(default)s)")
+    parser.add_argument(
+        "--input-dir", default=DEFAULT_INPUT_DIR, help="input directory, relative to --root (default: %(default)s)"
+    )
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="output file, relative to --root (default: %(default)s)")
+    parser.add_argument(
+        "--check", action="store_true", help="do not write; exit 1 if the output file is missing or out of date"
+    )
+    args = parser.parse_args(argv)
+
+    input_dir = args.root / args.input_dir
+    output = args.root / args.output
+    try:
+        compartment = load_compartment(input_dir / COMPARTMENT_FILE)
+        sp_index = load_search_parameters(input_dir / SEARCH_PARAMETERS_FILE)
+        text = render(build_tables(compartment, sp_index))
+    except GenError as e:
+        print(f"gen_r4_tables: error: {e}", file=sys.stderr)
+        return 2
+
+    if args.check:
+        try:
+            current = output.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            print(f"gen_r4_tables: {output}: {e}; run tools/gen_r4_tables.py", file=sys.stderr)
+            return 1
+        if current != text:
+            print(f"gen_r4_tables: {output} is out of date; run tools/gen_r4_tables.py", file=sys.stderr)
+            return 1
+        print(f"gen_r4_tables: {output} is up to date")
+        return 0
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.exists() and output.read_bytes() == text.encode("utf-8"):
+        print(f"gen_r4_tables: {output} unchanged")
+    else:
+        output.write_bytes(text.encode("utf-8"))
+        print(f"gen_r4_tables: wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
