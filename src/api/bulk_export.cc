@@ -154,6 +154,16 @@ void RegisterBulkExport(http::Router& router, const ApiContext& ctx) {
   router.Add("POST", r4 + "/Group/{id}/$export", [c](const Request& req, const PathParams& p) {
     return KickOff(*c, req, p, bulk::ExportLevel::kGroup);
   });
+  // The Bulk Data IG's GET kick-off is not served yet: say so instead of treating "$export" as a resource id.
+  for (const std::string path : {r4 + "/$export", r4 + "/Patient/$export", r4 + "/Group/{id}/$export"}) {
+    router.Add("GET", path, [](const Request& req, const PathParams&) {
+      Response resp = FhirError(405, "not-supported",
+                                "GET " + req.path + " (the Bulk Data IG kick-off) is not supported; use POST with "
+                                "the HealthLake JSON body and 'Prefer: respond-async'");
+      resp.headers.Set("Allow", "POST");
+      return resp;
+    });
+  }
   router.Add("GET", r4 + "/export/{job}", [c](const Request&, const PathParams& p) { return Describe(*c, p); });
   router.Add("DELETE", r4 + "/export/{job}", [c](const Request&, const PathParams& p) { return Cancel(*c, p); });
 }

@@ -636,13 +636,17 @@ class SqliteStore final : public ResourceStore {
 
   Result<std::vector<ExportJobRecord>> JobsWithStatus(const std::vector<std::string>& statuses) override {
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
-    ASSIGN_OR_RETURN(auto q, conn->Prepare(std::string(kSelectJob) + " ORDER BY queue_order"));
     std::vector<ExportJobRecord> out;
+    if (statuses.empty()) return out;
+    std::string sql = std::string(kSelectJob) + " WHERE status IN (";
+    for (size_t i = 0; i < statuses.size(); ++i) sql += (i ? ",?" : "?") + std::to_string(i + 1);
+    sql += ") ORDER BY queue_order";
+    ASSIGN_OR_RETURN(auto q, conn->Prepare(sql));
+    for (size_t i = 0; i < statuses.size(); ++i) q->Bind(static_cast<int>(i + 1), statuses[i]);
     while (true) {
       ASSIGN_OR_RETURN(bool row, q->Step());
       if (!row) break;
-      std::string_view status = q->Text(3);
-      if (std::find(statuses.begin(), statuses.end(), status) != statuses.end()) out.push_back(ReadJob(*q));
+      out.push_back(ReadJob(*q));
     }
     return out;
   }
