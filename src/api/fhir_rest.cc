@@ -81,7 +81,7 @@ Result<Response> Create(store::ResourceStore& store, const std::string& base, co
   RETURN_IF_ERROR(CheckType(type));
   ASSIGN_OR_RETURN(fhir::ParsedResource parsed, ParseBody(req, type));
   ASSIGN_OR_RETURN(auto txn, store.BeginWrite());
-  ASSIGN_OR_RETURN(auto stored, txn->Put(parsed, NewUuid(), std::nullopt));
+  ASSIGN_OR_RETURN(auto stored, txn->Put(parsed, NewUuid(), std::nullopt, store::WriteOp::kPost));
   RETURN_IF_ERROR(txn->Commit());
   return ResourceResponse(201, stored, base, true);
 }
@@ -162,8 +162,8 @@ Result<Response> History(store::ResourceStore& store, const std::string& base, c
     if (i) out.push_back(',');
     out += "{\"fullUrl\":" + JsonString(base + "/" + type + "/" + id);
     if (!v.deleted) out += ",\"resource\":" + v.json;
-    const char* method = v.deleted ? "DELETE" : (v.version == 1 ? "POST" : "PUT");
-    std::string url = v.version == 1 && !v.deleted ? type : type + "/" + id;
+    const char* method = v.deleted ? "DELETE" : (v.created_by_post ? "POST" : "PUT");
+    std::string url = v.created_by_post ? type : type + "/" + id;
     out += ",\"request\":{\"method\":\"" + std::string(method) + "\",\"url\":" + JsonString(url) + "}";
     out += ",\"response\":{\"status\":\"" +
            std::string(v.deleted ? "204 No Content" : (v.version == 1 ? "201 Created" : "200 OK")) +
@@ -259,6 +259,11 @@ void RegisterFhirRest(http::Router& router, const ApiContext& ctx) {
     return WithStore(*c, p, [&](store::ResourceStore& s, const std::string&) -> Result<Response> {
       return Response::Json(200, CapabilityStatement(*c, s));
     });
+  });
+  router.Add("*", r4 + "/metadata", [](const Request& req, const PathParams&) {
+    Response resp = FhirError(405, "not-supported", "Method " + req.method + " is not allowed on /metadata; use GET");
+    resp.headers.Set("Allow", "GET");
+    return resp;
   });
   router.Add("POST", r4, [c](const Request& req, const PathParams& p) {
     return WithStore(*c, p, [&](store::ResourceStore& s, const std::string&) -> Result<Response> {

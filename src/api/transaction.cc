@@ -110,9 +110,11 @@ Result<EntryPlan> PlanEntry(fhir::ResourceParser& parser, const fhir::BundleEntr
   if (plan.method == "POST") {
     if (!plan.id.empty()) return Status::Invalid(EntryName(i) + ": a POST url is just the type, got '" + e.request_url + "'");
     plan.id = NewUuid();
-  } else if (plan.id.empty() || plan.id.find('/') != std::string::npos || !IsValidFhirId(plan.id) ||
-             q != std::string_view::npos) {
+  } else if (plan.id.empty() || plan.id.find('/') != std::string::npos || q != std::string_view::npos) {
     return Status::Invalid(EntryName(i) + ".request.url '" + e.request_url + "' must be Type/id for " + plan.method);
+  } else if (!IsValidFhirId(plan.id)) {
+    return Status::Invalid(EntryName(i) + ".request.url '" + e.request_url + "': '" + plan.id +
+                           "' is not a valid id (1-64 characters of A-Z, a-z, 0-9, '-' and '.')");
   }
   if (plan.method == "POST" || plan.method == "PUT") {
     if (e.resource_json.empty()) return Status::Invalid(EntryName(i) + " has no resource for " + plan.method);
@@ -149,9 +151,9 @@ Result<EntryResult> RunEntry(fhir::ResourceParser& parser, const fhir::BundleEnt
     return r;
   }
   if (plan.method == "DELETE") {
-    auto del = txn->Delete(plan.type, plan.id, plan.if_match);
-    if (!del.ok() && del.status().code() != StatusCode::kNotFound) return del.status();
-    r.status = del.ok() ? "200 OK" : "204 No Content";
+    ASSIGN_OR_RETURN(auto del, txn->Delete(plan.type, plan.id, plan.if_match));
+    r.status = "200 OK";
+    r.etag = "W/\"" + std::to_string(del.version) + "\"";
     return r;
   }
   if (plan.method == "POST" && !plan.if_none_exist.empty()) {
@@ -180,7 +182,8 @@ Result<EntryResult> RunEntry(fhir::ResourceParser& parser, const fhir::BundleEnt
     }
   }
   ASSIGN_OR_RETURN(fhir::ParsedResource parsed, parser.ParseInBuffer(e.resource_json, allocation_end, resolver));
-  ASSIGN_OR_RETURN(auto stored, txn->Put(parsed, plan.id, plan.if_match));
+  ASSIGN_OR_RETURN(auto stored, txn->Put(parsed, plan.id, plan.if_match,
+                                          plan.method == "POST" ? store::WriteOp::kPost : store::WriteOp::kPut));
   r.status = stored.version == 1 ? "201 Created" : "200 OK";
   r.location = HistoryLocation(plan.type, plan.id, stored.version);
   r.etag = "W/\"" + std::to_string(stored.version) + "\"";

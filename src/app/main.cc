@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <thread>
 
+#include "app/generate_command.h"
 #include "app/load_command.h"
 #include "app/serve_command.h"
 
@@ -69,6 +70,22 @@ int main(int argc, char** argv) {
               "Patient/Group exports: do not add the Practitioners, Organizations, ... that exported resources "
               "reference")
       ->envname("FHIRLAKE_EXPORT_NO_REFERENCED");
+  s->add_option("--s3-endpoint", serve.s3_endpoint,
+                "S3-compatible endpoint for export output (e.g. http://127.0.0.1:7480); default: local directory")
+      ->envname("FHIRLAKE_S3_ENDPOINT");
+  s->add_option("--s3-region", serve.s3_region, "S3 signing region")->envname("FHIRLAKE_S3_REGION")->capture_default_str();
+  s->add_flag("--s3-virtual-hosted", serve.s3_virtual_hosted, "Address buckets as bucket.host (default: host/bucket)")
+      ->envname("FHIRLAKE_S3_VIRTUAL_HOSTED");
+  s->add_option("--s3-roles", serve.s3_roles_file,
+                "JSON file mapping DataAccessRoleArn to S3 credentials and allowed buckets (docs/EXPORT.md)")
+      ->envname("FHIRLAKE_S3_ROLES");
+  s->add_option("--s3-part-bytes", serve.s3_part_bytes, "Multipart upload part size (>= 5 MiB)")
+      ->envname("FHIRLAKE_S3_PART_BYTES")
+      ->capture_default_str();
+  s->add_option("--s3-max-attempts", serve.s3_max_attempts, "Attempts per S3 request (retries with backoff)")
+      ->envname("FHIRLAKE_S3_MAX_ATTEMPTS")
+      ->check(CLI::Range(1, 100))
+      ->capture_default_str();
   s->add_option("--test-export-batch-delay-ms", serve.export_batch_delay_ms,
                 "TEST ONLY: sleep this long after every export batch, so tests can act on a running job")
       ->envname("FHIRLAKE_TEST_EXPORT_BATCH_DELAY_MS")
@@ -84,10 +101,21 @@ int main(int argc, char** argv) {
   l->add_flag("!--no-progress", load.progress, "Do not print a progress line on the terminal");
   l->add_option("paths", load.paths, "Files or folders (.ndjson, .jsonl, .json)")->required();
 
+  fhirlake::app::GenerateOptions generate;
+  auto* g = cli.add_subcommand("generate", "Write test data: N patients cloned from the Synthea sample, as ndjson");
+  g->add_option("--patients", generate.patients, "Patients to generate")
+      ->required()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+  g->add_option("--out", generate.out_dir, "Output folder (created; must be empty): {Type}.ndjson")->required();
+  g->add_option("--seed", generate.seed, "Seed of the patient order and of every generated id")->capture_default_str();
+  g->add_option("--source", generate.source_dir, "Folder of Synthea Bundles (default: <repo>/data/synthea-r4-100)");
+  g->add_flag("--bundles", generate.bundles, "Write each patient as a transaction Bundle, bundles/patient-<k>.json");
+
   CLI11_PARSE(cli, argc, argv);
   spdlog::set_level(spdlog::level::from_str(log_level));
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%eZ level=%l %v", spdlog::pattern_time_type::utc);
   if (s->parsed()) return fhirlake::app::RunServe(serve);
   if (l->parsed()) return fhirlake::app::RunLoad(load);
+  if (g->parsed()) return fhirlake::app::RunGenerate(generate);
   return 2;
 }

@@ -14,6 +14,7 @@
 #include "api/routes.h"
 #include "bulk/export_engine.h"
 #include "sink/object_sink.h"
+#include "sink/s3_sink.h"
 #include "fhir/operation_outcome.h"
 #include "http/server.h"
 #include "store/resource_store.h"
@@ -50,7 +51,31 @@ int RunServe(const ServeOptions& options) {
     return 2;
   }
 
-  auto sink = sink::NewLocalDirSink((std::filesystem::path(options.data_dir) / "s3").string());
+  std::unique_ptr<sink::ObjectSink> sink;
+  if (options.s3_endpoint.empty()) {
+    sink = sink::NewLocalDirSink((std::filesystem::path(options.data_dir) / "s3").string());
+  } else {
+    sink::S3Options s3;
+    s3.endpoint = options.s3_endpoint;
+    s3.region = options.s3_region;
+    s3.virtual_hosted = options.s3_virtual_hosted;
+    s3.part_bytes = options.s3_part_bytes;
+    s3.max_attempts = options.s3_max_attempts;
+    if (!options.s3_roles_file.empty()) {
+      auto roles = sink::LoadS3Roles(options.s3_roles_file);
+      if (!roles.ok()) {
+        std::fprintf(stderr, "fhirlake serve: %s\n", roles.status().ToString().c_str());
+        return 2;
+      }
+      s3.roles = std::move(*roles);
+    }
+    auto s3_sink = sink::NewS3Sink(std::move(s3));
+    if (!s3_sink.ok()) {
+      std::fprintf(stderr, "fhirlake serve: %s\n", s3_sink.status().ToString().c_str());
+      return 2;
+    }
+    sink = std::move(*s3_sink);
+  }
   bulk::EngineOptions eo;
   eo.workers = options.export_workers;
   eo.jobs_per_datastore = options.export_jobs_per_datastore;

@@ -22,6 +22,13 @@ struct ServeOptions {
   int export_batch_delay_ms = 0;   // test-only: slows each batch down
   bool export_include_referenced = true;
   int64_t export_task_rows = 200000;
+  // S3 output (docs/EXPORT.md "S3"); with no endpoint, s3:// URIs map to {data_dir}/s3/.
+  std::string s3_endpoint;
+  std::string s3_region = "us-east-1";
+  bool s3_virtual_hosted = false;
+  std::string s3_roles_file;
+  size_t s3_part_bytes = 16 << 20;
+  int s3_max_attempts = 8;
 };
 
 int RunServe(const ServeOptions& options);

@@ -586,7 +586,13 @@ void ExportEngine::Finalize(const std::shared_ptr<ActiveJob>& job) {
       }
     }
   }
-  if (!keep_running) (void)store->DropJobScratch(job->job_id);
+  if (!keep_running) {
+    (void)store->DropJobScratch(job->job_id);
+    // A failed or cancelled job's writers aborted their unfinished objects; sweep again in case an abort could
+    // not reach the object store at that moment (e.g. S3 multipart uploads while the endpoint was down).
+    Status swept = sink_->AbortIncomplete(job->write_ctx, job->output.bucket, job->key_prefix);
+    if (!swept.ok()) spdlog::warn("event=export_cleanup_failed job={} reason=\"{}\"", job->job_id, swept.message());
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     active_.erase(job->job_id);

@@ -35,8 +35,12 @@ struct StoredResource {
   int64_t seq = 0;  // commit sequence of this version
   EpochMillis last_updated = 0;
   bool deleted = false;
+  bool created_by_post = false;  // this version was written by a create (POST) rather than an update (PUT)
   std::string json;  // the stored bytes; empty for a tombstone
 };
+
+// How a version was written, for history entries' request.method.
+enum class WriteOp { kPut = 0, kPost = 1 };
 
 // One write transaction. Destroying it without Commit() rolls everything back.
 class StoreTransaction {
@@ -50,7 +54,7 @@ class StoreTransaction {
   // Creates or updates `type/id` with the parsed content: version = previous + 1 (1 when new, or after a
   // tombstone the version continues). `if_match`: the expected current version (412 otherwise).
   virtual Result<StoredResource> Put(const fhir::ParsedResource& parsed, std::string_view id,
-                                     std::optional<int64_t> if_match) = 0;
+                                     std::optional<int64_t> if_match, WriteOp op = WriteOp::kPut) = 0;
   // Writes a tombstone. Deleting a missing or already deleted resource is not an error (FHIR: 200/204);
   // returns the tombstone, or kNotFound when the resource never existed.
   virtual Result<StoredResource> Delete(std::string_view type, std::string_view id, std::optional<int64_t> if_match) = 0;

@@ -20,6 +20,7 @@ CREATE TABLE resources(
   seq INTEGER NOT NULL,
   last_updated INTEGER NOT NULL,
   deleted INTEGER NOT NULL DEFAULT 0,
+  op INTEGER NOT NULL DEFAULT 0,
   json BLOB,
   UNIQUE(type, id)
 );
@@ -31,6 +32,7 @@ CREATE TABLE history(
   seq INTEGER NOT NULL,
   last_updated INTEGER NOT NULL,
   deleted INTEGER NOT NULL,
+  op INTEGER NOT NULL DEFAULT 0,
   json BLOB,
   UNIQUE(rid, version)
 );

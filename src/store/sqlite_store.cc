@@ -91,7 +91,7 @@ class ConnectionPool {
 };
 
 StoredResource ReadRow(const SqliteStmt& q) {
-  // columns: rid, type, id, version, seq, last_updated, deleted, json
+  // columns: rid, type, id, version, seq, last_updated, deleted, json, op
   StoredResource r;
   r.rid = q.Int(0);
   r.type = q.Str(1);
@@ -101,11 +101,12 @@ StoredResource ReadRow(const SqliteStmt& q) {
   r.last_updated = q.Int(5);
   r.deleted = q.Int(6) != 0;
   r.json = q.Str(7);
+  r.created_by_post = q.Int(8) == static_cast<int>(WriteOp::kPost);
   return r;
 }
 
 constexpr const char* kSelectCurrent =
-    "SELECT rid, type, id, version, seq, last_updated, deleted, json FROM resources WHERE type=?1 AND id=?2";
+    "SELECT rid, type, id, version, seq, last_updated, deleted, json, op FROM resources WHERE type=?1 AND id=?2";
 
 Result<StoredResource> ReadCurrent(SqliteConnection& c, std::string_view type, std::string_view id) {
   ASSIGN_OR_RETURN(auto q, c.Prepare(kSelectCurrent));
@@ -152,7 +153,7 @@ class SqliteTransaction final : public StoreTransaction {
   }
 
   Result<StoredResource> Put(const fhir::ParsedResource& parsed, std::string_view id,
-                             std::optional<int64_t> if_match) override {
+                             std::optional<int64_t> if_match, WriteOp op) override {
     auto current = ReadCurrent(*conn_, parsed.type, id);
     if (!current.ok() && current.status().code() != StatusCode::kNotFound) return current.status();
     StoredResource out;
@@ -160,6 +161,7 @@ class SqliteTransaction final : public StoreTransaction {
     out.id = std::string(id);
     out.seq = seq_;
     out.last_updated = last_updated_;
+    out.created_by_post = op == WriteOp::kPost;
     if (current.ok()) {
       if (if_match && *if_match != current->version) {
         return Status::PreconditionFailed("If-Match expected version " + std::to_string(*if_match) + " of " +
@@ -171,8 +173,9 @@ class SqliteTransaction final : public StoreTransaction {
       out.version = current->version + 1;
       out.json = fhir::RenderResource(parsed, id, out.version, last_updated_text_);
       ASSIGN_OR_RETURN(auto u, conn_->Prepare("UPDATE resources SET version=?1, seq=?2, last_updated=?3, deleted=0, "
-                                              "json=?4 WHERE rid=?5"));
+                                              "json=?4, op=?6 WHERE rid=?5"));
       u->Bind(1, out.version).Bind(2, seq_).Bind(3, last_updated_).BindBlob(4, out.json).Bind(5, out.rid);
+      u->Bind(6, static_cast<int64_t>(op));
       RETURN_IF_ERROR(u->Run());
       RETURN_IF_ERROR(ClearIndexes(out.rid, /*keep_compartment=*/false));
     } else {
@@ -183,8 +186,9 @@ class SqliteTransaction final : public StoreTransaction {
       out.version = 1;
       out.json = fhir::RenderResource(parsed, id, out.version, last_updated_text_);
       ASSIGN_OR_RETURN(auto ins, conn_->Prepare("INSERT INTO resources(type, id, version, seq, last_updated, deleted, "
-                                                "json) VALUES (?1, ?2, 1, ?3, ?4, 0, ?5)"));
+                                                "json, op) VALUES (?1, ?2, 1, ?3, ?4, 0, ?5, ?6)"));
       ins->Bind(1, parsed.type).Bind(2, id).Bind(3, seq_).Bind(4, last_updated_).BindBlob(5, out.json);
+      ins->Bind(6, static_cast<int64_t>(op));
       RETURN_IF_ERROR(ins->Run());
       out.rid = conn_->LastInsertRowid();
     }
@@ -202,7 +206,7 @@ class SqliteTransaction final : public StoreTransaction {
     if (current.deleted) return current;
     RETURN_IF_ERROR(ArchiveCurrent(current.rid));
     ASSIGN_OR_RETURN(auto u, conn_->Prepare("UPDATE resources SET version=version+1, seq=?1, last_updated=?2, "
-                                            "deleted=1, json=NULL WHERE rid=?3"));
+                                            "deleted=1, json=NULL, op=0 WHERE rid=?3"));
     u->Bind(1, seq_).Bind(2, last_updated_).Bind(3, current.rid);
     RETURN_IF_ERROR(u->Run());
     // Compartment and reference rows stay: an export whose snapshot predates the delete still needs them.
@@ -238,8 +242,8 @@ class SqliteTransaction final : public StoreTransaction {
 
  private:
   Status ArchiveCurrent(int64_t rid) {
-    ASSIGN_OR_RETURN(auto q, conn_->Prepare("INSERT INTO history(rid, version, seq, last_updated, deleted, json) "
-                                            "SELECT rid, version, seq, last_updated, deleted, json FROM resources "
+    ASSIGN_OR_RETURN(auto q, conn_->Prepare("INSERT INTO history(rid, version, seq, last_updated, deleted, json, op) "
+                                            "SELECT rid, version, seq, last_updated, deleted, json, op FROM resources "
                                             "WHERE rid=?1"));
     q->Bind(1, rid);
     return q->Run();
@@ -349,7 +353,7 @@ class SqliteStore final : public ResourceStore {
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
     ASSIGN_OR_RETURN(StoredResource current, ReadCurrent(*conn, type, id));
     if (current.version == version) return current;
-    ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT version, seq, last_updated, deleted, json FROM history "
+    ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT version, seq, last_updated, deleted, json, op FROM history "
                                            "WHERE rid=?1 AND version=?2"));
     q->Bind(1, current.rid).Bind(2, version);
     ASSIGN_OR_RETURN(bool row, q->Step());
@@ -364,7 +368,7 @@ class SqliteStore final : public ResourceStore {
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
     ASSIGN_OR_RETURN(StoredResource current, ReadCurrent(*conn, type, id));
     std::vector<StoredResource> out;
-    ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT version, seq, last_updated, deleted, json FROM history "
+    ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT version, seq, last_updated, deleted, json, op FROM history "
                                            "WHERE rid=?1 ORDER BY version DESC"));
     q->Bind(1, current.rid);
     out.push_back(current);
@@ -400,7 +404,7 @@ class SqliteStore final : public ResourceStore {
   Result<std::vector<StoredResource>> ReadCompartment(std::string_view patient_id, std::string_view type) override {
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
     ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT r.rid, r.type, r.id, r.version, r.seq, r.last_updated, r.deleted, "
-                                           "r.json FROM compartment c JOIN resources r ON r.rid=c.rid WHERE "
+                                           "r.json, r.op FROM compartment c JOIN resources r ON r.rid=c.rid WHERE "
                                            "c.patient_id=?1 AND r.deleted=0 AND (?2='' OR r.type=?2) ORDER BY r.rid"));
     q->Bind(1, patient_id).Bind(2, type);
     std::vector<StoredResource> out;
@@ -812,6 +816,7 @@ class SqliteStore final : public ResourceStore {
     r.last_updated = q.Int(2);
     r.deleted = q.Int(3) != 0;
     r.json = q.Str(4);
+    r.created_by_post = q.Int(5) == static_cast<int>(WriteOp::kPost);
     return r;
   }
 

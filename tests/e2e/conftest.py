@@ -1,7 +1,8 @@
 """Fixtures of the fhirlake end-to-end suite.
 
 - fhirlake_bin:    path of the binary ($FHIRLAKE_BIN or <repo>/build/fhirlake); FAILS (never skips)
-                   when it is missing.
+                   when it is missing. FHIRLAKE_E2E_COPY_BIN=1 runs a private copy of it (safe from
+                   rebuilds and from `pkill fhirlake` run by others during the suite).
 - server_factory:  start(data_dir=None, extra_args=()) -> ServerProcess (a running server on a free
                    loopback port, /healthz answered 200); every server it started is stopped with
                    SIGTERM at teardown, and teardown fails unless it exits 0 within 15 s.
@@ -16,6 +17,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -31,8 +33,15 @@ def _require_binary():
 
 
 @pytest.fixture(scope="session")
-def fhirlake_bin():
-    return _require_binary()
+def fhirlake_bin(tmp_path_factory):
+    path = _require_binary()
+    if os.environ.get("FHIRLAKE_E2E_COPY_BIN") == "1":
+        # Run a private copy: immune to a rebuild during the run and to name-based kills
+        # (`pkill fhirlake`) by other people working on the same machine.
+        copy = tmp_path_factory.mktemp("bin") / "server-under-test"
+        shutil.copy2(path, copy)
+        return copy
+    return path
 
 
 class _Factory:

@@ -87,8 +87,7 @@ def test_put_bad_body(srv, http, case):
 
 def test_put_id_differs_from_body_id(srv, http):
     r = send(http, srv, "PUT", "/Patient/url-id-111", {"resourceType": "Patient", "id": "body-id-222"})
-    text = assert_outcome(r, 400)
-    assert "url-id-111" in text or "body-id-222" in text or "id" in text.lower(), text
+    assert_outcome(r, 400, ("body-id-222",))
     assert_outcome(send(http, srv, "GET", "/Patient/url-id-111"), 404)
     assert_outcome(send(http, srv, "GET", "/Patient/body-id-222"), 404)
 

@@ -287,3 +287,33 @@ def test_base_post_rejects_non_transaction(server, http, payload):
     r = submit(http, server, payload)
     assert 400 <= r.status_code < 500, describe_response(r)
     assert_outcome(r, r.status_code)
+
+
+def test_concurrent_conditional_creates_make_one_resource(server):
+    """Several clients race the same conditional create: exactly one creates, the others find it."""
+    import threading
+    from fhirlake_helpers import Session
+    results, lock = [], threading.Lock()
+    barrier = threading.Barrier(4)
+
+    def worker():
+        with Session() as s:
+            barrier.wait(10)
+            for _ in range(5):
+                r = s.fhir("POST", server.base, bundle("transaction", post_entry(
+                    patient("race-mrn"), PAT_URN, if_none_exist=f"identifier={MRN}|race-mrn")))
+                with lock:
+                    results.append(r)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 20
+    created, found = [], []
+    for r in results:
+        e = ok_bundle(r, "transaction-response")["entry"][0]
+        (created if status_code(e) == 201 else found).append(parse_location(e)[1])
+    assert len(created) == 1, f"{len(created)} conditional creates created a resource: {created}"
+    assert set(found) == set(created), f"the others must point at the one created: {set(found)}"

@@ -236,6 +236,13 @@ def test_put_create_then_update(server, http):
     assert r.status_code == 200, describe_response(r)
     check_meta(r.json(), 2)
     assert r.json()["gender"] == "other"
+    # the history records the interactions that made each version: two PUTs
+    h = http.get(base + "/Patient/put-created-1/_history").json()
+    reqs = [(e["request"]["method"], e["request"]["url"]) for e in h["entry"]]
+    assert reqs == [("PUT", "Patient/put-created-1")] * 2, f"history request of a PUT create + PUT update: {reqs}"
+    for e in h["entry"]:
+        assert e["response"]["lastModified"] == e["resource"]["meta"]["lastUpdated"], e
+    assert_outcome(http.get(base + "/Patient/never-existed-2/_history"), 404)
     # 64 characters is the longest valid id
     long_id = "a" * 63 + "Z"
     r = http.fhir("PUT", f"{base}/Patient/{long_id}", patient(id=long_id))
@@ -426,3 +433,106 @@ def test_sigterm_during_concurrent_load(server_factory, tmp_path):
     with Session() as s:
         missing = [i for i in created if s.get(f"{s2.base}/Patient/{i}").status_code != 200]
     assert not missing, f"{len(missing)} of {len(created)} acknowledged creates lost after restart: {missing[:5]}"
+
+
+# ---- concurrency ------------------------------------------------------------------------------------
+
+def test_concurrent_creates_get_distinct_ids(server):
+    import threading
+    ids, errors, lock = [], [], threading.Lock()
+
+    def worker(n):
+        with Session() as s:
+            for k in range(40):
+                r = s.fhir("POST", server.base + "/Patient", patient(birthDate=f"19{n}0-01-{k % 28 + 1:02d}"))
+                with lock:
+                    (ids.append(r.json()["id"]) if r.status_code == 201 else errors.append(describe_response(r)))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:3]
+    assert len(ids) == 160 and len(set(ids)) == 160, "concurrent creates must get distinct ids"
+    with Session() as s:
+        assert all(s.get(f"{server.base}/Patient/{i}").status_code == 200 for i in ids)
+
+
+def test_if_match_under_concurrency(server):
+    """Read-modify-write with If-Match from 4 clients: every version is produced by exactly one
+    successful PUT; the others get 412."""
+    import threading
+    url = server.base + "/Patient/race-1"
+    with Session() as s:
+        assert s.fhir("PUT", url, patient(id="race-1")).status_code == 201
+    wins, unexpected, lock = [], [], threading.Lock()
+
+    def worker(n):
+        with Session() as s:
+            for k in range(25):
+                cur = s.get(url)
+                v = cur.json()["meta"]["versionId"]
+                r = s.fhir("PUT", url, patient(id="race-1", birthDate=f"19{n}0-01-{k + 1:02d}"),
+                           headers={"If-Match": f'W/"{v}"'})
+                with lock:
+                    if r.status_code == 200:
+                        wins.append((v, r.json()["meta"]["versionId"]))
+                    elif r.status_code != 412:
+                        unexpected.append(describe_response(r))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not unexpected, unexpected[:3]
+    bases = [b for b, _ in wins]
+    assert len(bases) == len(set(bases)), "two If-Match PUTs succeeded on the same version"
+    assert all(int(n) == int(b) + 1 for b, n in wins), wins[:5]
+    with Session() as s:
+        final = int(s.get(url).json()["meta"]["versionId"])
+        assert final == 1 + len(wins), f"final version {final}, successful PUTs {len(wins)}"
+        h = s.get(url + "/_history").json()
+        assert h["total"] == final
+
+
+def _read_responses(sock, n, timeout=10):
+    """Read n complete HTTP responses (Content-Length framed) from a socket."""
+    sock.settimeout(timeout)
+    buf, out = b"", []
+    while len(out) < n:
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed after {len(out)} of {n} responses"
+            buf += chunk
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        assert m, f"response without Content-Length: {head[:300]!r}"
+        length = int(m.group(1))
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed inside a response body"
+            rest += chunk
+        out.append((int(head.split(b" ")[1]), rest[:length]))
+        buf = rest[length:]
+    return out
+
+
+def test_keep_alive_and_pipelining(server):
+    host = f"Host: 127.0.0.1:{server.port}\r\n"
+    path = f"/datastore/{server.datastore_id}/r4"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        for _ in range(3):  # sequential requests on one connection
+            s.sendall(f"GET /healthz HTTP/1.1\r\n{host}\r\n".encode())
+            (status, body), = _read_responses(s, 1)
+            assert status == 200 and json.loads(body)["status"] == "ok"
+        body = b'{"resourceType": "Patient", "id": "pipe-1"}'
+        reqs = (f"PUT {path}/Patient/pipe-1 HTTP/1.1\r\n{host}Content-Type: application/fhir+json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        reqs += f"GET {path}/Patient/pipe-1 HTTP/1.1\r\n{host}\r\n".encode()
+        reqs += f"GET {path}/Patient/pipe-404 HTTP/1.1\r\n{host}\r\n".encode()
+        s.sendall(reqs)  # pipelined: answers must come back in order
+        res = _read_responses(s, 3)
+        assert [st for st, _ in res] == [201, 200, 404], [(st, b[:100]) for st, b in res]
+        assert json.loads(res[1][1])["id"] == "pipe-1"

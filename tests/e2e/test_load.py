@@ -7,8 +7,9 @@ import json
 import re
 
 import pytest
+import requests
 
-from fhirlake_helpers import (SAMPLE_DIR, PatientCompartment, Session, describe_response, first_difference,
+from fhirlake_helpers import (INSTANT_MS_RE, SAMPLE_DIR, PatientCompartment, Session, describe_response, first_difference,
                               run_load, strip_server_meta)
 
 SAMPLE_DISTINCT = 38_473
@@ -23,7 +24,10 @@ def read_back(base, expected: dict, keys=None, version_check=None):
     with Session() as s:
         for key in (keys if keys is not None else expected):
             t, i = key
-            r = s.get(f"{base}/{t}/{i}")
+            try:
+                r = s.get(f"{base}/{t}/{i}")
+            except requests.RequestException as e:
+                raise AssertionError(f"GET {t}/{i} failed after {len(stored)} resources read: {e}") from None
             if r.status_code != 200:
                 problems.append(f"GET {t}/{i} -> {r.status_code} {r.text[:200]}")
                 continue
@@ -72,7 +76,20 @@ def test_sample_load_summary(loaded_sample):
 def test_sample_read_back_every_resource(loaded_sample):
     sample = loaded_sample.sample
     assert len(sample.expected) == SAMPLE_DISTINCT
-    problems, stored = read_back(loaded_sample.server.base, sample.expected)
+
+    def version_check(key, body, r):
+        meta = body.get("meta") or {}
+        v, k = meta.get("versionId"), sample.occurrences[key]
+        allowed = {"1"} if k == 1 else {"1", str(k)}  # repeats: one version per load or per occurrence
+        if v not in allowed:
+            return f"versionId {v!r} after one load, expected one of {sorted(allowed)}"
+        if not INSTANT_MS_RE.match(meta.get("lastUpdated") or ""):
+            return f"meta.lastUpdated {meta.get('lastUpdated')!r} is not an instant with milliseconds"
+        if r.headers.get("ETag") != f'W/"{v}"':
+            return f"ETag {r.headers.get('ETag')!r} for version {v}"
+        return None
+
+    problems, stored = read_back(loaded_sample.server.base, sample.expected, version_check=version_check)
     assert not problems, summarize(problems, len(sample.expected))
     assert len(stored) == SAMPLE_DISTINCT
     assert ("Group", GROUP_ID) in stored
