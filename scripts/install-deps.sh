@@ -7,7 +7,8 @@ pkgs=(build-essential cmake ninja-build ccache pkg-config libboost-dev libsimdjs
       libsqlite3-dev libcli11-dev libspdlog-dev libfmt-dev libssl-dev libcurl4-openssl-dev
       curl jq zstd sqlite3 ca-certificates)
 if [ "$mode" = test ]; then
-  pkgs+=(libgtest-dev libgmock-dev python3 python3-pytest python3-requests procps)
+  pkgs+=(libgtest-dev libgmock-dev python3 python3-pytest python3-requests python3-boto3 awscli procps
+        ceph-mon ceph-osd radosgw ceph-common)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
