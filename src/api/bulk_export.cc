@@ -86,7 +86,11 @@ std::string RenderDescribe(const bulk::JobView& v, const std::string& datastore_
     out += "{\"type\":" + JsonString(type) + ",\"count\":" + std::to_string(cb.first) +
            ",\"bytes\":" + std::to_string(cb.second) + "}";
   }
-  out += "],\"progress\":{\"percent\":" + std::to_string(percent) +
+  out += "]";
+  // Millisecond timings (HealthLake's submitTime/endTime have whole seconds), for benchmarks and dashboards.
+  if (j.start_time) out += ",\"startedAt\":" + JsonString(FormatInstant(*j.start_time));
+  if (j.end_time) out += ",\"endedAt\":" + JsonString(FormatInstant(*j.end_time));
+  out += ",\"progress\":{\"percent\":" + std::to_string(percent) +
          ",\"plannedResources\":" + std::to_string(v.planned_rows) +
          ",\"resourcesWritten\":" + std::to_string(v.written_rows) +
          ",\"bytesWritten\":" + std::to_string(v.written_bytes) + "}}";

@@ -379,9 +379,9 @@ Status ExportEngine::StartJob(store::ResourceStore* store, store::ExportJobRecor
     auto group = store->Read("Group", job.group_id);
     if (!group.ok() || group->deleted) return Status::NotFound("Group '" + job.group_id + "' no longer exists");
     ASSIGN_OR_RETURN(auto members, GroupMembers(group->json));
-    RETURN_IF_ERROR(store->MaterializeGroupScope(job.job_id, job.group_id, members, job.include_referenced));
+    RETURN_IF_ERROR(store->MaterializeGroupScope(job.job_id, job.group_id, members, job.include_referenced, snap));
   } else if (job.level == "patient" && job.include_referenced) {
-    RETURN_IF_ERROR(store->MaterializeReferencedScope(job.job_id));
+    RETURN_IF_ERROR(store->MaterializeReferencedScope(job.job_id, snap));
   }
   ASSIGN_OR_RETURN(auto tasks, PlanTasks(store, job));
   RETURN_IF_ERROR(store->ReplaceTasks(job.job_id, tasks));

@@ -159,7 +159,7 @@ class ResourceStore {
   virtual Result<StoredResource> ReadVersion(std::string_view type, std::string_view id, int64_t version) = 0;
   // Every version, newest first (tombstones included).
   virtual Result<std::vector<StoredResource>> History(std::string_view type, std::string_view id) = 0;
-  // Patient ids of the compartments a resource is in (tests and diagnostics).
+  // Patient ids of the compartments the current version of a resource is in (tests and diagnostics).
   virtual Result<std::vector<std::string>> CompartmentsOf(std::string_view type, std::string_view id) = 0;
   virtual Result<int64_t> CountCurrent() = 0;
   // Current (not deleted) resources in patient `patient_id`'s compartment, the Patient itself included,
@@ -178,10 +178,12 @@ class ResourceStore {
   };
   virtual Result<ScanProgress> Scan(const ScanRequest& request,
                                     const std::function<Status(const ScanRow&)>& on_row) = 0;
-  // Group exports and referenced resources: fills the job's scope table. Idempotent.
+  // Group exports and referenced resources: fills the job's scope table from compartment membership as of
+  // `snapshot`. Idempotent.
   virtual Status MaterializeGroupScope(const std::string& job_id, const std::string& group_id,
-                                       const std::vector<std::string>& patient_ids, bool include_referenced) = 0;
-  virtual Status MaterializeReferencedScope(const std::string& job_id) = 0;
+                                       const std::vector<std::string>& patient_ids, bool include_referenced,
+                                       const Snapshot& snapshot) = 0;
+  virtual Status MaterializeReferencedScope(const std::string& job_id, const Snapshot& snapshot) = 0;
   virtual Result<std::vector<std::string>> TypesInJobScope(const std::string& job_id) = 0;
 
   // --- export jobs ---

@@ -1,6 +1,8 @@
 // Schema versions:
 //   1  resources (current versions and tombstones), history, compartment, ext_ref, identifier, counters, meta
 //   2  + export_jobs, export_tasks, export_files, export_job_patients, export_scope (the bulk export engine)
+//   3  compartment rows carry the commit-sequence range they are valid for (exports read membership as of
+//      their snapshot); resources/history record how each version was written (op: 0 PUT, 1 POST)
 #include "store/sqlite_schema.h"
 
 #include <string>
@@ -20,7 +22,6 @@ CREATE TABLE resources(
   seq INTEGER NOT NULL,
   last_updated INTEGER NOT NULL,
   deleted INTEGER NOT NULL DEFAULT 0,
-  op INTEGER NOT NULL DEFAULT 0,
   json BLOB,
   UNIQUE(type, id)
 );
@@ -32,7 +33,6 @@ CREATE TABLE history(
   seq INTEGER NOT NULL,
   last_updated INTEGER NOT NULL,
   deleted INTEGER NOT NULL,
-  op INTEGER NOT NULL DEFAULT 0,
   json BLOB,
   UNIQUE(rid, version)
 );
@@ -99,6 +99,19 @@ CREATE TABLE export_scope(job_id TEXT NOT NULL, type TEXT NOT NULL, rid INTEGER 
   PRIMARY KEY(job_id, type, rid)) WITHOUT ROWID;
 )sql";
 
+constexpr const char* kMigrationV3 = R"sql(
+ALTER TABLE resources ADD COLUMN op INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE history ADD COLUMN op INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE compartment_v3(patient_id TEXT NOT NULL, rid INTEGER NOT NULL, since_seq INTEGER NOT NULL,
+  until_seq INTEGER, PRIMARY KEY(patient_id, rid, since_seq)) WITHOUT ROWID;
+INSERT INTO compartment_v3(patient_id, rid, since_seq, until_seq)
+  SELECT c.patient_id, c.rid, 0, CASE WHEN r.deleted THEN r.seq ELSE NULL END
+  FROM compartment c JOIN resources r ON r.rid = c.rid;
+DROP TABLE compartment;
+ALTER TABLE compartment_v3 RENAME TO compartment;
+CREATE INDEX compartment_rid ON compartment(rid);
+)sql";
+
 Status SetVersion(SqliteConnection& db, int version) {
   return db.Exec("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '" + std::to_string(version) +
                  "')");
@@ -106,7 +119,8 @@ Status SetVersion(SqliteConnection& db, int version) {
 
 Status ApplyMigration(SqliteConnection& db, int to_version) {
   RETURN_IF_ERROR(db.Exec("BEGIN IMMEDIATE"));
-  Status st = to_version == 1 ? db.Exec(kSchemaV1) : db.Exec(kMigrationV2);
+  const char* sql = to_version == 1 ? kSchemaV1 : to_version == 2 ? kMigrationV2 : kMigrationV3;
+  Status st = db.Exec(sql);
   if (st.ok()) st = SetVersion(db, to_version);
   if (st.ok()) return db.Exec("COMMIT");
   (void)db.Exec("ROLLBACK");

@@ -177,7 +177,7 @@ class SqliteTransaction final : public StoreTransaction {
       u->Bind(1, out.version).Bind(2, seq_).Bind(3, last_updated_).BindBlob(4, out.json).Bind(5, out.rid);
       u->Bind(6, static_cast<int64_t>(op));
       RETURN_IF_ERROR(u->Run());
-      RETURN_IF_ERROR(ClearIndexes(out.rid, /*keep_compartment=*/false));
+      RETURN_IF_ERROR(ClearIndexes(out.rid, /*keep_references=*/false));
     } else {
       if (if_match) {
         return Status::PreconditionFailed("If-Match given for " + parsed.type + "/" + std::string(id) +
@@ -209,8 +209,9 @@ class SqliteTransaction final : public StoreTransaction {
                                             "deleted=1, json=NULL, op=0 WHERE rid=?3"));
     u->Bind(1, seq_).Bind(2, last_updated_).Bind(3, current.rid);
     RETURN_IF_ERROR(u->Run());
-    // Compartment and reference rows stay: an export whose snapshot predates the delete still needs them.
-    RETURN_IF_ERROR(ClearIndexes(current.rid, /*keep_compartment=*/true));
+    // Reference rows stay, and compartment membership ends at this sequence number: an export whose snapshot
+    // predates the delete still finds the resource.
+    RETURN_IF_ERROR(ClearIndexes(current.rid, /*keep_references=*/true));
     current.version += 1;
     current.seq = seq_;
     current.last_updated = last_updated_;
@@ -249,11 +250,13 @@ class SqliteTransaction final : public StoreTransaction {
     return q->Run();
   }
 
-  Status ClearIndexes(int64_t rid, bool keep_compartment) {
-    if (!keep_compartment) {
-      ASSIGN_OR_RETURN(auto c, conn_->Prepare("DELETE FROM compartment WHERE rid=?1"));
-      c->Bind(1, rid);
-      RETURN_IF_ERROR(c->Run());
+  // Ends the current compartment membership of `rid` at this transaction's sequence number (exports with an
+  // earlier snapshot still see it) and drops its reference and identifier rows.
+  Status ClearIndexes(int64_t rid, bool keep_references) {
+    ASSIGN_OR_RETURN(auto c, conn_->Prepare("UPDATE compartment SET until_seq=?2 WHERE rid=?1 AND until_seq IS NULL"));
+    c->Bind(1, rid).Bind(2, seq_);
+    RETURN_IF_ERROR(c->Run());
+    if (!keep_references) {
       ASSIGN_OR_RETURN(auto x, conn_->Prepare("DELETE FROM ext_ref WHERE rid=?1"));
       x->Bind(1, rid);
       RETURN_IF_ERROR(x->Run());
@@ -265,13 +268,15 @@ class SqliteTransaction final : public StoreTransaction {
 
   Status WriteIndexes(const fhir::ParsedResource& parsed, std::string_view id, int64_t rid) {
     {
-      ASSIGN_OR_RETURN(auto c, conn_->Prepare("INSERT OR IGNORE INTO compartment(patient_id, rid) VALUES (?1, ?2)"));
+      ASSIGN_OR_RETURN(auto c, conn_->Prepare("INSERT OR REPLACE INTO compartment(patient_id, rid, since_seq, "
+                                              "until_seq) VALUES (?1, ?2, ?3, NULL)"));
       if (parsed.type == "Patient") {
-        c->Bind(1, id).Bind(2, rid);
+        c->Bind(1, id).Bind(2, rid).Bind(3, seq_);
         RETURN_IF_ERROR(c->Run());
       }
       for (const auto& p : parsed.compartment_patients) {
-        c->Bind(1, p).Bind(2, rid);
+        if (parsed.type == "Patient" && p == id) continue;
+        c->Bind(1, p).Bind(2, rid).Bind(3, seq_);
         RETURN_IF_ERROR(c->Run());
       }
     }
@@ -383,7 +388,8 @@ class SqliteStore final : public ResourceStore {
   Result<std::vector<std::string>> CompartmentsOf(std::string_view type, std::string_view id) override {
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
     ASSIGN_OR_RETURN(StoredResource current, ReadCurrent(*conn, type, id));
-    ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT patient_id FROM compartment WHERE rid=?1 ORDER BY patient_id"));
+    ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT patient_id FROM compartment WHERE rid=?1 AND until_seq IS NULL "
+                                           "ORDER BY patient_id"));
     q->Bind(1, current.rid);
     std::vector<std::string> out;
     while (true) {
@@ -405,7 +411,7 @@ class SqliteStore final : public ResourceStore {
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
     ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT r.rid, r.type, r.id, r.version, r.seq, r.last_updated, r.deleted, "
                                            "r.json, r.op FROM compartment c JOIN resources r ON r.rid=c.rid WHERE "
-                                           "c.patient_id=?1 AND r.deleted=0 AND (?2='' OR r.type=?2) ORDER BY r.rid"));
+                                           "c.until_seq IS NULL AND c.patient_id=?1 AND r.deleted=0 AND (?2='' OR r.type=?2) ORDER BY r.rid"));
     q->Bind(1, patient_id).Bind(2, type);
     std::vector<StoredResource> out;
     while (true) {
@@ -465,7 +471,8 @@ class SqliteStore final : public ResourceStore {
         break;
       case ScanScope::kAnyCompartment:
         sql = "SELECT rid, seq, deleted, last_updated, json FROM resources r WHERE type=?1 AND rid>?2 AND rid<=?3 "
-              "AND EXISTS (SELECT 1 FROM compartment c WHERE c.rid=r.rid)";
+              "AND EXISTS (SELECT 1 FROM compartment c WHERE c.rid=r.rid AND c.since_seq<=?7 AND "
+              "(c.until_seq IS NULL OR c.until_seq>?7))";
         break;
       case ScanScope::kJobScope:
         sql = "SELECT r.rid, r.seq, r.deleted, r.last_updated, r.json FROM export_scope s JOIN resources r "
@@ -478,6 +485,7 @@ class SqliteStore final : public ResourceStore {
     q->Bind(1, req.type).Bind(2, req.after_rid).Bind(3, req.max_rid).Bind(5, static_cast<int64_t>(req.max_rows));
     if (since) q->Bind(4, *req.since);
     if (req.scope == ScanScope::kJobScope) q->Bind(6, req.job_id);
+    if (req.scope == ScanScope::kAnyCompartment) q->Bind(7, req.snapshot.seq);
 
     // One read transaction for the batch (and its history lookups).
     RETURN_IF_ERROR(conn->Exec("BEGIN"));
@@ -533,7 +541,8 @@ class SqliteStore final : public ResourceStore {
   }
 
   Status MaterializeGroupScope(const std::string& job_id, const std::string& group_id,
-                               const std::vector<std::string>& patient_ids, bool include_referenced) override {
+                               const std::vector<std::string>& patient_ids, bool include_referenced,
+                               const Snapshot& snapshot) override {
     return WithWrite([&](SqliteConnection& c) -> Status {
       RETURN_IF_ERROR(DeleteJobRows(c, job_id, {"export_scope", "export_job_patients"}));
       {
@@ -552,12 +561,14 @@ class SqliteStore final : public ResourceStore {
           "JOIN resources r ON r.type='Patient' AND r.id=m.patient_id WHERE m.job_id=?1",
           "INSERT OR IGNORE INTO export_scope(job_id, type, rid) SELECT ?1, r.type, r.rid FROM export_job_patients m "
           "JOIN compartment c ON c.patient_id=m.patient_id JOIN resources r ON r.rid=c.rid "
-          "WHERE m.job_id=?1 AND r.type NOT IN ('Group', 'Patient')",
+          "WHERE m.job_id=?1 AND r.type NOT IN ('Group', 'Patient') AND c.since_seq<=?3 AND "
+          "(c.until_seq IS NULL OR c.until_seq>?3)",
       };
       for (const char* sql : kSteps) {
         ASSIGN_OR_RETURN(auto q, c.Prepare(sql));
         q->Bind(1, job_id);
         if (std::string_view(sql).find("?2") != std::string_view::npos) q->Bind(2, group_id);
+        if (std::string_view(sql).find("?3") != std::string_view::npos) q->Bind(3, snapshot.seq);
         RETURN_IF_ERROR(q->Run());
       }
       if (include_referenced) {
@@ -572,14 +583,15 @@ class SqliteStore final : public ResourceStore {
     });
   }
 
-  Status MaterializeReferencedScope(const std::string& job_id) override {
+  Status MaterializeReferencedScope(const std::string& job_id, const Snapshot& snapshot) override {
     return WithWrite([&](SqliteConnection& c) -> Status {
       RETURN_IF_ERROR(DeleteJobRows(c, job_id, {"export_scope"}));
       ASSIGN_OR_RETURN(auto q, c.Prepare("INSERT OR IGNORE INTO export_scope(job_id, type, rid) "
                                          "SELECT ?1, r.type, r.rid FROM ext_ref x JOIN resources r "
                                          "ON r.type=x.target_type AND r.id=x.target_id "
-                                         "WHERE EXISTS (SELECT 1 FROM compartment c WHERE c.rid=x.rid)"));
-      q->Bind(1, job_id);
+                                         "WHERE EXISTS (SELECT 1 FROM compartment c WHERE c.rid=x.rid AND "
+                                         "c.since_seq<=?2 AND (c.until_seq IS NULL OR c.until_seq>?2))"));
+      q->Bind(1, job_id).Bind(2, snapshot.seq);
       return q->Run();
     });
   }

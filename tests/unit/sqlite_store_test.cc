@@ -1,0 +1,1359 @@
+// Tests for the SQLite ResourceStore and DatastoreCatalog (src/store/resource_store.h, sqlite_store.cc,
+// sqlite_schema.h), each against a real database in a fresh temporary data directory.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <simdjson.h>
+
+#include <chrono>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "common/ids.h"
+#include "common/time.h"
+#include "fhir/resource_parser.h"
+#include "store/resource_store.h"
+#include "store/sqlite_db.h"
+#include "store/sqlite_schema.h"
+#include "test_util.h"
+
+namespace fhirlake::store {
+namespace {
+
+namespace fs = std::filesystem;
+using ::fhirlake::testutil::TempDir;
+
+// A snapshot of everything committed so far (what an export starting now would take).
+Snapshot NowSnapshot(ResourceStore* store) {
+  auto snap = store->TakeSnapshot();
+  EXPECT_TRUE(snap.ok()) << snap.status().ToString();
+  return snap.ok() ? *snap : Snapshot{};
+}
+using ::testing::ElementsAre;
+using ::testing::IsEmpty;
+using ::testing::UnorderedElementsAre;
+
+// What a scanned row holds, read back from its JSON.
+struct Row {
+  int64_t rid = 0;
+  std::string type;
+  std::string id;
+  std::string version;
+};
+
+Row RowFromJson(int64_t rid, std::string_view json) {
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  Row row;
+  row.rid = rid;
+  auto error = parser.parse(simdjson::padded_string(json)).get(doc);
+  EXPECT_EQ(error, simdjson::SUCCESS) << json;
+  if (error) return row;
+  std::string_view s;
+  if (!doc["resourceType"].get_string().get(s)) row.type = std::string(s);
+  if (!doc["id"].get_string().get(s)) row.id = std::string(s);
+  if (!doc.at_pointer("/meta/versionId").get_string().get(s)) row.version = std::string(s);
+  return row;
+}
+
+std::string Ref(const Row& r) { return r.type + "/" + r.id + "@" + r.version; }
+
+// prefix + number (appending, which also keeps GCC 12's -Wrestrict false positive on "lit" + string away).
+std::string Id(std::string_view prefix, int i) {
+  std::string s(prefix);
+  s.append(std::to_string(i));
+  return s;
+}
+
+class SqliteStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_NO_FATAL_FAILURE(OpenCatalog()); }
+
+  void OpenCatalog() {
+    catalog_.reset();
+    StoreOptions options;
+    options.data_dir = tmp_.str();
+    options.busy_timeout_ms = 5000;
+    auto catalog = OpenSqliteCatalog(options);
+    ASSERT_OK(catalog);
+    catalog_ = std::move(catalog).value();
+    store_ = catalog_->Default();
+    ASSERT_NE(store_, nullptr);
+  }
+
+  Result<fhir::ParsedResource> ParseJson(std::string_view json) { return parser_.Parse(json, nullptr); }
+
+  Result<StoredResource> Put(std::string_view json, std::string_view id, std::optional<int64_t> if_match = {}) {
+    ASSIGN_OR_RETURN(fhir::ParsedResource parsed, ParseJson(json));
+    ASSIGN_OR_RETURN(auto txn, store_->BeginWrite());
+    ASSIGN_OR_RETURN(StoredResource stored, txn->Put(parsed, id, if_match));
+    RETURN_IF_ERROR(txn->Commit());
+    return stored;
+  }
+
+  Result<StoredResource> Delete(std::string_view type, std::string_view id, std::optional<int64_t> if_match = {}) {
+    ASSIGN_OR_RETURN(auto txn, store_->BeginWrite());
+    ASSIGN_OR_RETURN(StoredResource stored, txn->Delete(type, id, if_match));
+    RETURN_IF_ERROR(txn->Commit());
+    return stored;
+  }
+
+  // Puts a resource whose JSON is built from type, id and extra members; fails the test on error.
+  StoredResource MustPut(const std::string& type, const std::string& id, const std::string& members = "") {
+    std::string json = R"({"resourceType":")" + type + R"(","id":")" + id + "\"";
+    if (!members.empty()) json += "," + members;
+    json += "}";
+    auto r = Put(json, id);
+    EXPECT_TRUE(r.ok()) << json << ": " << r.status().ToString();
+    return r.ok() ? std::move(r).value() : StoredResource{};
+  }
+
+  // Pages through a whole Scan with `max_rows` per call, checking the paging invariants on the way.
+  std::vector<Row> ScanAll(ScanRequest req, int* calls = nullptr) {
+    std::vector<Row> rows;
+    std::set<int64_t> seen;
+    int n = 0;
+    for (;;) {
+      ++n;
+      if (n > 10000) {
+        ADD_FAILURE() << "Scan does not terminate";
+        break;
+      }
+      size_t in_call = 0;
+      auto progress = store_->Scan(req, [&](const ScanRow& row) {
+        ++in_call;
+        EXPECT_GT(row.rid, req.after_rid);
+        EXPECT_LE(row.rid, req.max_rid);
+        EXPECT_TRUE(seen.insert(row.rid).second) << "rid " << row.rid << " returned twice";
+        rows.push_back(RowFromJson(row.rid, row.json));
+        return Status::Ok();
+      });
+      EXPECT_TRUE(progress.ok()) << progress.status().ToString();
+      if (!progress.ok()) break;
+      EXPECT_LE(in_call, req.max_rows);
+      EXPECT_GE(progress->last_rid, req.after_rid);
+      if (progress->exhausted) break;
+      EXPECT_GT(progress->last_rid, req.after_rid) << "a call that is not exhausted must make progress";
+      req.after_rid = progress->last_rid;
+    }
+    if (calls) *calls = n;
+    return rows;
+  }
+
+  std::vector<std::string> ScanRefs(const ScanRequest& req) {
+    std::vector<std::string> out;
+    for (const auto& r : ScanAll(req)) out.push_back(Ref(r));
+    return out;
+  }
+
+  ScanRequest Request(const std::string& type, const Snapshot& snap, ScanScope scope = ScanScope::kAll) {
+    ScanRequest req;
+    req.type = type;
+    req.scope = scope;
+    req.snapshot = snap;
+    return req;
+  }
+
+  Snapshot MustSnapshot() {
+    auto snap = store_->TakeSnapshot();
+    EXPECT_TRUE(snap.ok()) << snap.status().ToString();
+    return snap.ok() ? *snap : Snapshot{};
+  }
+
+  TempDir tmp_;
+  std::unique_ptr<DatastoreCatalog> catalog_;
+  ResourceStore* store_ = nullptr;
+  fhir::ResourceParser parser_;
+};
+
+// --- catalog ---
+
+TEST_F(SqliteStoreTest, DefaultDatastoreIsCreated) {
+  const DatastoreInfo& info = store_->info();
+  EXPECT_TRUE(IsHexId(info.id)) << info.id;
+  EXPECT_EQ(info.name, "fhirlake-default");
+  EXPECT_EQ(info.path, (tmp_.path() / "datastores" / info.id / "fhir.db").string());
+  EXPECT_TRUE(fs::exists(info.path));
+  EXPECT_GT(info.created_at, 0);
+  EXPECT_LE(info.created_at, Clock::System().NowMillis());
+  ASSERT_EQ(catalog_->All().size(), 1u);
+  EXPECT_EQ(catalog_->All()[0], store_);
+  EXPECT_EQ(catalog_->Find(info.id), store_);
+  EXPECT_EQ(catalog_->Find("00000000000000000000000000000000"), nullptr);
+  auto count = store_->CountCurrent();
+  ASSERT_OK(count);
+  EXPECT_EQ(*count, 0);
+}
+
+TEST_F(SqliteStoreTest, ReopenKeepsTheDatastoreIdentityAndData) {
+  const DatastoreInfo before = store_->info();
+  MustPut("Patient", "p1");
+  ASSERT_NO_FATAL_FAILURE(OpenCatalog());
+  EXPECT_EQ(catalog_->All().size(), 1u);
+  EXPECT_EQ(store_->info().id, before.id);
+  EXPECT_EQ(store_->info().name, before.name);
+  EXPECT_EQ(store_->info().created_at, before.created_at);
+  EXPECT_EQ(store_->info().path, before.path);
+  auto r = store_->Read("Patient", "p1");
+  ASSERT_OK(r);
+  EXPECT_EQ(r->version, 1);
+}
+
+TEST(SqliteCatalogTest, CustomDefaultName) {
+  TempDir tmp;
+  StoreOptions options;
+  options.data_dir = tmp.str();
+  options.default_datastore_name = "my store";
+  auto catalog = OpenSqliteCatalog(options);
+  ASSERT_OK(catalog);
+  EXPECT_EQ((*catalog)->Default()->info().name, "my store");
+}
+
+// --- writes, reads, versions ---
+
+TEST_F(SqliteStoreTest, PutCreatesVersionOne) {
+  auto r = Put(R"({"resourceType":"Patient","id":"p1","gender":"female"})", "p1");
+  ASSERT_OK(r);
+  EXPECT_GT(r->rid, 0);
+  EXPECT_EQ(r->type, "Patient");
+  EXPECT_EQ(r->id, "p1");
+  EXPECT_EQ(r->version, 1);
+  EXPECT_GT(r->seq, 0);
+  EXPECT_FALSE(r->deleted);
+  EXPECT_EQ(r->json, R"({"resourceType":"Patient","id":"p1","meta":{"versionId":"1","lastUpdated":")" +
+                         FormatInstant(r->last_updated) + R"("},"gender":"female"})");
+
+  auto read = store_->Read("Patient", "p1");
+  ASSERT_OK(read);
+  EXPECT_EQ(read->rid, r->rid);
+  EXPECT_EQ(read->version, 1);
+  EXPECT_EQ(read->seq, r->seq);
+  EXPECT_EQ(read->last_updated, r->last_updated);
+  EXPECT_FALSE(read->deleted);
+  EXPECT_EQ(read->json, r->json);
+  auto count = store_->CountCurrent();
+  ASSERT_OK(count);
+  EXPECT_EQ(*count, 1);
+}
+
+TEST_F(SqliteStoreTest, ReadUnknownIsNotFound) {
+  EXPECT_STATUS(store_->Read("Patient", "nope"), kNotFound, "Patient/nope");
+  MustPut("Patient", "p1");
+  EXPECT_STATUS(store_->Read("Observation", "p1"), kNotFound, "Observation/p1");
+  EXPECT_STATUS(store_->History("Patient", "nope"), kNotFound, "Patient/nope");
+  EXPECT_STATUS(store_->ReadVersion("Patient", "nope", 1), kNotFound, "Patient/nope");
+}
+
+TEST_F(SqliteStoreTest, UpdateCreatesVersionTwoWithHistory) {
+  StoredResource v1 = MustPut("Patient", "p1", R"("gender":"female")");
+  StoredResource v2 = MustPut("Patient", "p1", R"("gender":"male")");
+  EXPECT_EQ(v2.rid, v1.rid);
+  EXPECT_EQ(v2.version, 2);
+  EXPECT_GT(v2.seq, v1.seq);
+  EXPECT_GE(v2.last_updated, v1.last_updated);
+  EXPECT_THAT(v2.json, ::testing::HasSubstr(R"("versionId":"2")"));
+  EXPECT_THAT(v2.json, ::testing::HasSubstr(R"("gender":"male")"));
+
+  auto current = store_->Read("Patient", "p1");
+  ASSERT_OK(current);
+  EXPECT_EQ(current->version, 2);
+  EXPECT_EQ(current->json, v2.json);
+
+  auto old = store_->ReadVersion("Patient", "p1", 1);
+  ASSERT_OK(old);
+  EXPECT_EQ(old->rid, v1.rid);
+  EXPECT_EQ(old->type, "Patient");
+  EXPECT_EQ(old->id, "p1");
+  EXPECT_EQ(old->version, 1);
+  EXPECT_EQ(old->seq, v1.seq);
+  EXPECT_EQ(old->last_updated, v1.last_updated);
+  EXPECT_EQ(old->json, v1.json);
+  auto latest = store_->ReadVersion("Patient", "p1", 2);
+  ASSERT_OK(latest);
+  EXPECT_EQ(latest->json, v2.json);
+  EXPECT_STATUS(store_->ReadVersion("Patient", "p1", 3), kNotFound, "Version 3");
+  EXPECT_STATUS(store_->ReadVersion("Patient", "p1", 0), kNotFound, "Version 0");
+
+  auto count = store_->CountCurrent();
+  ASSERT_OK(count);
+  EXPECT_EQ(*count, 1);
+}
+
+TEST_F(SqliteStoreTest, HistoryIsNewestFirst) {
+  std::vector<StoredResource> puts;
+  for (int i = 0; i < 4; ++i) puts.push_back(MustPut("Observation", "o1", Id(R"("status":"s)", i) + "\""));
+  auto h = store_->History("Observation", "o1");
+  ASSERT_OK(h);
+  ASSERT_EQ(h->size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    const StoredResource& got = (*h)[i];
+    const StoredResource& want = puts[3 - i];
+    EXPECT_EQ(got.version, static_cast<int64_t>(4 - i));
+    EXPECT_EQ(got.rid, want.rid);
+    EXPECT_EQ(got.seq, want.seq);
+    EXPECT_EQ(got.json, want.json);
+    EXPECT_FALSE(got.deleted);
+  }
+}
+
+TEST_F(SqliteStoreTest, DeleteWritesATombstone) {
+  StoredResource v1 = MustPut("Patient", "p1");
+  auto d = Delete("Patient", "p1");
+  ASSERT_OK(d);
+  EXPECT_TRUE(d->deleted);
+  EXPECT_EQ(d->version, 2);
+  EXPECT_EQ(d->rid, v1.rid);
+  EXPECT_GT(d->seq, v1.seq);
+  EXPECT_TRUE(d->json.empty());
+
+  auto read = store_->Read("Patient", "p1");
+  ASSERT_OK(read);
+  EXPECT_TRUE(read->deleted);
+  EXPECT_EQ(read->version, 2);
+  EXPECT_TRUE(read->json.empty());
+
+  auto h = store_->History("Patient", "p1");
+  ASSERT_OK(h);
+  ASSERT_EQ(h->size(), 2u);
+  EXPECT_TRUE((*h)[0].deleted);
+  EXPECT_EQ((*h)[0].version, 2);
+  EXPECT_FALSE((*h)[1].deleted);
+  EXPECT_EQ((*h)[1].json, v1.json);
+
+  auto count = store_->CountCurrent();
+  ASSERT_OK(count);
+  EXPECT_EQ(*count, 0);
+}
+
+TEST_F(SqliteStoreTest, DeleteAgainIsNotAnErrorAndKeepsTheVersion) {
+  MustPut("Patient", "p1");
+  ASSERT_OK(Delete("Patient", "p1"));
+  auto again = Delete("Patient", "p1");
+  ASSERT_OK(again);
+  EXPECT_TRUE(again->deleted);
+  EXPECT_EQ(again->version, 2);
+  auto h = store_->History("Patient", "p1");
+  ASSERT_OK(h);
+  EXPECT_EQ(h->size(), 2u);
+}
+
+TEST_F(SqliteStoreTest, DeleteOfANeverCreatedResourceIsNotFound) {
+  EXPECT_STATUS(Delete("Patient", "ghost"), kNotFound, "Patient/ghost");
+}
+
+TEST_F(SqliteStoreTest, PutAfterDeleteContinuesTheVersions) {
+  StoredResource v1 = MustPut("Patient", "p1", R"("gender":"female")");
+  ASSERT_OK(Delete("Patient", "p1"));
+  StoredResource v3 = MustPut("Patient", "p1", R"("gender":"other")");
+  EXPECT_EQ(v3.version, 3);
+  EXPECT_EQ(v3.rid, v1.rid);
+  EXPECT_FALSE(v3.deleted);
+  EXPECT_THAT(v3.json, ::testing::HasSubstr(R"("versionId":"3")"));
+  auto read = store_->Read("Patient", "p1");
+  ASSERT_OK(read);
+  EXPECT_FALSE(read->deleted);
+  EXPECT_EQ(read->version, 3);
+  auto tomb = store_->ReadVersion("Patient", "p1", 2);
+  ASSERT_OK(tomb);
+  EXPECT_TRUE(tomb->deleted);
+  auto h = store_->History("Patient", "p1");
+  ASSERT_OK(h);
+  ASSERT_EQ(h->size(), 3u);
+  EXPECT_EQ((*h)[0].version, 3);
+  EXPECT_EQ((*h)[1].version, 2);
+  EXPECT_EQ((*h)[2].version, 1);
+}
+
+TEST_F(SqliteStoreTest, IfMatch) {
+  MustPut("Patient", "p1");
+  EXPECT_STATUS(Put(R"({"resourceType":"Patient"})", "p1", 2), kPreconditionFailed, "current version is 1");
+  auto ok = Put(R"({"resourceType":"Patient","active":true})", "p1", 1);
+  ASSERT_OK(ok);
+  EXPECT_EQ(ok->version, 2);
+  EXPECT_STATUS(Put(R"({"resourceType":"Patient"})", "new", 1), kPreconditionFailed, "Patient/new");
+  EXPECT_STATUS(store_->Read("Patient", "new"), kNotFound, "");
+  EXPECT_STATUS(Delete("Patient", "p1", 1), kPreconditionFailed, "current version is 2");
+  auto d = Delete("Patient", "p1", 2);
+  ASSERT_OK(d);
+  EXPECT_EQ(d->version, 3);
+  // The failed attempts changed nothing.
+  auto h = store_->History("Patient", "p1");
+  ASSERT_OK(h);
+  EXPECT_EQ(h->size(), 3u);
+}
+
+TEST_F(SqliteStoreTest, TransactionWithoutCommitRollsBack) {
+  auto parsed = ParseJson(R"({"resourceType":"Patient","id":"p1"})");
+  ASSERT_OK(parsed);
+  {
+    auto txn = store_->BeginWrite();
+    ASSERT_OK(txn);
+    ASSERT_OK((*txn)->Put(*parsed, "p1", std::nullopt));
+    auto inside = (*txn)->Read("Patient", "p1");
+    ASSERT_OK(inside);
+    EXPECT_EQ(inside->version, 1);
+  }
+  EXPECT_STATUS(store_->Read("Patient", "p1"), kNotFound, "");
+  // The writer lock was released: a new transaction can start.
+  ASSERT_OK(Put(R"({"resourceType":"Patient"})", "p1"));
+}
+
+TEST_F(SqliteStoreTest, WritesOfOneTransactionShareSeqAndLastUpdated) {
+  auto a = ParseJson(R"({"resourceType":"Patient"})");
+  auto b = ParseJson(R"({"resourceType":"Observation","subject":{"reference":"Patient/a"}})");
+  ASSERT_OK(a);
+  ASSERT_OK(b);
+  auto txn = store_->BeginWrite();
+  ASSERT_OK(txn);
+  auto ra = (*txn)->Put(*a, "a", std::nullopt);
+  auto rb = (*txn)->Put(*b, "b", std::nullopt);
+  ASSERT_OK(ra);
+  ASSERT_OK(rb);
+  EXPECT_EQ(ra->seq, (*txn)->seq());
+  EXPECT_EQ(rb->seq, (*txn)->seq());
+  EXPECT_EQ(ra->last_updated, (*txn)->last_updated());
+  EXPECT_EQ(rb->last_updated, (*txn)->last_updated());
+  EXPECT_NE(ra->rid, rb->rid);
+  ASSERT_OK((*txn)->Commit());
+  txn->reset();
+  StoredResource c = MustPut("Patient", "c");
+  EXPECT_GT(c.seq, ra->seq);
+  EXPECT_GE(c.last_updated, ra->last_updated);
+}
+
+TEST_F(SqliteStoreTest, FindByIdentifier) {
+  MustPut("Patient", "a", R"("identifier":[{"system":"urn:s1","value":"v1"},{"system":"urn:s1","value":"va"}])");
+  MustPut("Patient", "b", R"("identifier":[{"system":"urn:s2","value":"v1"}])");
+  MustPut("Patient", "c", R"("identifier":[{"value":"v1"}])");
+  MustPut("Observation", "o", R"("identifier":[{"system":"urn:s1","value":"v1"}])");
+  auto txn = store_->BeginWrite();
+  ASSERT_OK(txn);
+  auto& t = **txn;
+  auto r = t.FindByIdentifier("Patient", "urn:s1", "v1");
+  ASSERT_OK(r);
+  EXPECT_THAT(*r, ElementsAre("a"));
+  r = t.FindByIdentifier("Patient", "", "v1");  // any system
+  ASSERT_OK(r);
+  EXPECT_THAT(*r, ElementsAre("a", "b", "c"));
+  r = t.FindByIdentifier("Patient", "urn:s1", "va");
+  ASSERT_OK(r);
+  EXPECT_THAT(*r, ElementsAre("a"));
+  r = t.FindByIdentifier("Patient", "urn:s3", "v1");
+  ASSERT_OK(r);
+  EXPECT_THAT(*r, IsEmpty());
+  r = t.FindByIdentifier("Observation", "", "v1");
+  ASSERT_OK(r);
+  EXPECT_THAT(*r, ElementsAre("o"));
+  r = t.FindByIdentifier("Encounter", "", "v1");
+  ASSERT_OK(r);
+  EXPECT_THAT(*r, IsEmpty());
+
+  // Deleted resources and replaced identifiers are not found, in the same transaction too.
+  ASSERT_OK(t.Delete("Patient", "a", std::nullopt));
+  auto b2 = ParseJson(R"({"resourceType":"Patient","identifier":[{"system":"urn:s2","value":"v2"}]})");
+  ASSERT_OK(b2);
+  ASSERT_OK(t.Put(*b2, "b", std::nullopt));
+  r = t.FindByIdentifier("Patient", "", "v1");
+  ASSERT_OK(r);
+  EXPECT_THAT(*r, ElementsAre("c"));
+  r = t.FindByIdentifier("Patient", "urn:s2", "v2");
+  ASSERT_OK(r);
+  EXPECT_THAT(*r, ElementsAre("b"));
+  ASSERT_OK(t.Commit());
+}
+
+TEST_F(SqliteStoreTest, CompartmentsOfAndReadCompartment) {
+  StoredResource p1 = MustPut("Patient", "p1");
+  MustPut("Patient", "p2");
+  StoredResource o1 =
+      MustPut("Observation", "o1", R"("subject":{"reference":"Patient/p1"},"performer":[{"reference":"Patient/p2"}])");
+  StoredResource e1 = MustPut("Encounter", "e1", R"("subject":{"reference":"Patient/p1"})");
+  MustPut("Practitioner", "d1");
+  MustPut("Observation", "o2", R"("subject":{"reference":"Patient/p2"})");
+
+  auto c = store_->CompartmentsOf("Observation", "o1");
+  ASSERT_OK(c);
+  EXPECT_THAT(*c, ElementsAre("p1", "p2"));
+  c = store_->CompartmentsOf("Patient", "p1");
+  ASSERT_OK(c);
+  EXPECT_THAT(*c, ElementsAre("p1"));
+  c = store_->CompartmentsOf("Practitioner", "d1");
+  ASSERT_OK(c);
+  EXPECT_THAT(*c, IsEmpty());
+  EXPECT_STATUS(store_->CompartmentsOf("Observation", "nope"), kNotFound, "Observation/nope");
+
+  auto all = store_->ReadCompartment("p1", "");
+  ASSERT_OK(all);
+  ASSERT_EQ(all->size(), 3u);
+  EXPECT_EQ((*all)[0].rid, p1.rid);  // storage order
+  EXPECT_EQ((*all)[1].rid, o1.rid);
+  EXPECT_EQ((*all)[2].rid, e1.rid);
+  EXPECT_EQ((*all)[1].json, o1.json);
+  auto obs = store_->ReadCompartment("p1", "Observation");
+  ASSERT_OK(obs);
+  ASSERT_EQ(obs->size(), 1u);
+  EXPECT_EQ((*obs)[0].id, "o1");
+  auto p2obs = store_->ReadCompartment("p2", "Observation");
+  ASSERT_OK(p2obs);
+  ASSERT_EQ(p2obs->size(), 2u);
+  EXPECT_EQ((*p2obs)[0].id, "o1");
+  EXPECT_EQ((*p2obs)[1].id, "o2");
+  auto none = store_->ReadCompartment("nobody", "");
+  ASSERT_OK(none);
+  EXPECT_THAT(*none, IsEmpty());
+
+  // An update moves the resource to the compartments of its new content.
+  MustPut("Encounter", "e1", R"("subject":{"reference":"Patient/p2"})");
+  c = store_->CompartmentsOf("Encounter", "e1");
+  ASSERT_OK(c);
+  EXPECT_THAT(*c, ElementsAre("p2"));
+  // Deleted resources are not read.
+  ASSERT_OK(Delete("Observation", "o1"));
+  all = store_->ReadCompartment("p1", "");
+  ASSERT_OK(all);
+  ASSERT_EQ(all->size(), 1u);
+  EXPECT_EQ((*all)[0].id, "p1");
+}
+
+// --- snapshots and scans ---
+
+TEST_F(SqliteStoreTest, TakeSnapshotOrdersWrites) {
+  StoredResource before = MustPut("Patient", "a");
+  auto snap = store_->TakeSnapshot();
+  ASSERT_OK(snap);
+  EXPECT_GE(snap->seq, before.seq);
+  EXPECT_GE(snap->time, before.last_updated);
+  StoredResource after = MustPut("Patient", "b");
+  EXPECT_GT(after.seq, snap->seq);
+  EXPECT_GE(after.last_updated, snap->time);
+  auto later = store_->TakeSnapshot();
+  ASSERT_OK(later);
+  EXPECT_GE(later->seq, after.seq);
+}
+
+TEST_F(SqliteStoreTest, ScanWithASnapshotSeesTheResourcesAsOfTheSnapshot) {
+  MustPut("Patient", "p1", R"("gender":"female")");
+  MustPut("Patient", "p2");
+  MustPut("Patient", "p3");
+  MustPut("Patient", "gone");
+  ASSERT_OK(Delete("Patient", "gone"));
+  MustPut("Patient", "back");
+  ASSERT_OK(Delete("Patient", "back"));
+  Snapshot snap = MustSnapshot();
+
+  MustPut("Patient", "p1", R"("gender":"male")");  // updated twice after the snapshot
+  MustPut("Patient", "p1", R"("gender":"other")");
+  ASSERT_OK(Delete("Patient", "p2"));  // deleted after the snapshot
+  MustPut("Patient", "p4");            // created after the snapshot
+  MustPut("Patient", "back");          // re-created after the snapshot
+  MustPut("Patient", "p3");
+  ASSERT_OK(Delete("Patient", "p3"));
+  MustPut("Patient", "p3");  // deleted and re-created after the snapshot
+
+  EXPECT_THAT(ScanRefs(Request("Patient", snap)), ElementsAre("Patient/p1@1", "Patient/p2@1", "Patient/p3@1"));
+  // The old version's bytes are the ones returned.
+  std::vector<std::string> bodies;
+  auto progress = store_->Scan(Request("Patient", snap), [&](const ScanRow& row) {
+    bodies.emplace_back(row.json);
+    return Status::Ok();
+  });
+  ASSERT_OK(progress);
+  ASSERT_EQ(bodies.size(), 3u);
+  auto p1v1 = store_->ReadVersion("Patient", "p1", 1);
+  ASSERT_OK(p1v1);
+  EXPECT_EQ(bodies[0], p1v1->json);
+  EXPECT_THAT(bodies[0], ::testing::HasSubstr(R"("gender":"female")"));
+
+  Snapshot now = MustSnapshot();
+  EXPECT_THAT(ScanRefs(Request("Patient", now)),
+              ElementsAre("Patient/p1@3", "Patient/p3@4", "Patient/back@3", "Patient/p4@1"));
+}
+
+TEST_F(SqliteStoreTest, ScanOnlyReturnsTheRequestedType) {
+  MustPut("Patient", "p1");
+  MustPut("Observation", "o1");
+  MustPut("Patient", "p2");
+  Snapshot snap = MustSnapshot();
+  EXPECT_THAT(ScanRefs(Request("Patient", snap)), ElementsAre("Patient/p1@1", "Patient/p2@1"));
+  EXPECT_THAT(ScanRefs(Request("Observation", snap)), ElementsAre("Observation/o1@1"));
+  EXPECT_THAT(ScanRefs(Request("Encounter", snap)), IsEmpty());
+}
+
+TEST_F(SqliteStoreTest, ScanKeysetPagingVisitsEveryRowOnce) {
+  std::vector<std::string> expected;
+  for (int i = 0; i < 25; ++i) {
+    std::string id = Id("o", i);
+    MustPut("Observation", id);
+    MustPut("Patient", Id("p", i));  // interleaved rows of another type
+    if (i % 5 == 3) {
+      ASSERT_OK(Delete("Observation", id));  // skipped rows still advance the cursor
+    } else {
+      expected.push_back("Observation/" + id + "@1");
+    }
+  }
+  Snapshot snap = MustSnapshot();
+  for (size_t max_rows : {1u, 2u, 4u, 5u, 7u, 25u, 1000u}) {
+    ScanRequest req = Request("Observation", snap);
+    req.max_rows = max_rows;
+    int calls = 0;
+    std::vector<std::string> got;
+    for (const auto& r : ScanAll(req, &calls)) got.push_back(Ref(r));
+    EXPECT_EQ(got, expected) << "max_rows " << max_rows;
+    // 25 rows examined: ceil(25 / max_rows) calls, plus one that finds nothing when the last page is full.
+    EXPECT_EQ(calls, static_cast<int>(25 / max_rows) + 1) << "max_rows " << max_rows;
+  }
+}
+
+TEST_F(SqliteStoreTest, ScanReportsExhaustedOnlyAtTheEnd) {
+  for (int i = 0; i < 10; ++i) MustPut("Patient", Id("p", i));
+  Snapshot snap = MustSnapshot();
+  ScanRequest req = Request("Patient", snap);
+  req.max_rows = 3;
+  std::vector<std::pair<size_t, bool>> pages;  // (rows, exhausted)
+  for (int guard = 0; guard < 20; ++guard) {
+    size_t rows = 0;
+    auto progress = store_->Scan(req, [&](const ScanRow&) {
+      ++rows;
+      return Status::Ok();
+    });
+    ASSERT_OK(progress);
+    pages.emplace_back(rows, progress->exhausted);
+    if (progress->exhausted) break;
+    req.after_rid = progress->last_rid;
+  }
+  EXPECT_THAT(pages, ElementsAre(std::pair<size_t, bool>{3, false}, std::pair<size_t, bool>{3, false},
+                                 std::pair<size_t, bool>{3, false}, std::pair<size_t, bool>{1, true}));
+  // Past the end: nothing, exhausted.
+  auto last = store_->Scan(req, [](const ScanRow&) { return Status::Ok(); });
+  ASSERT_OK(last);
+  req.after_rid = last->last_rid;
+  size_t rows = 0;
+  auto progress = store_->Scan(req, [&](const ScanRow&) {
+    ++rows;
+    return Status::Ok();
+  });
+  ASSERT_OK(progress);
+  EXPECT_EQ(rows, 0u);
+  EXPECT_TRUE(progress->exhausted);
+  EXPECT_EQ(progress->last_rid, req.after_rid);
+}
+
+TEST_F(SqliteStoreTest, ScanStopsAtMaxBytes) {
+  for (int i = 0; i < 5; ++i) MustPut("Patient", Id("p", i));
+  Snapshot snap = MustSnapshot();
+  ScanRequest req = Request("Patient", snap);
+  req.max_bytes = 1;  // every row is over the budget: one row per call
+  int calls = 0;
+  auto rows = ScanAll(req, &calls);
+  EXPECT_EQ(rows.size(), 5u);
+  EXPECT_GE(calls, 5);
+}
+
+TEST_F(SqliteStoreTest, ScanRespectsTheRidRange) {
+  std::vector<int64_t> rids;
+  for (int i = 0; i < 10; ++i) rids.push_back(MustPut("Patient", Id("p", i)).rid);
+  Snapshot snap = MustSnapshot();
+  auto range = store_->RangeOf("Patient", ScanScope::kAll, "");
+  ASSERT_OK(range);
+  EXPECT_EQ(range->rows, 10);
+  EXPECT_EQ(range->min_rid, rids.front());
+  EXPECT_EQ(range->max_rid, rids.back());
+  // Two task ranges (min-1, mid] and (mid, max] cover everything once.
+  ScanRequest first = Request("Patient", snap);
+  first.after_rid = range->min_rid - 1;
+  first.max_rid = rids[4];
+  first.max_rows = 2;
+  ScanRequest second = Request("Patient", snap);
+  second.after_rid = rids[4];
+  second.max_rid = range->max_rid;
+  second.max_rows = 2;
+  auto a = ScanAll(first);
+  auto b = ScanAll(second);
+  ASSERT_EQ(a.size(), 5u);
+  ASSERT_EQ(b.size(), 5u);
+  for (size_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(a[i].rid, rids[i]);
+    EXPECT_EQ(b[i].rid, rids[5 + i]);
+  }
+}
+
+TEST_F(SqliteStoreTest, ScanCallbackErrorStopsTheScan) {
+  for (int i = 0; i < 3; ++i) MustPut("Patient", Id("p", i));
+  Snapshot snap = MustSnapshot();
+  int rows = 0;
+  auto progress = store_->Scan(Request("Patient", snap), [&](const ScanRow&) {
+    ++rows;
+    return Status::Unavailable("sink is down");
+  });
+  EXPECT_STATUS(progress, kUnavailable, "sink is down");
+  EXPECT_EQ(rows, 1);
+  // The store still works afterwards.
+  EXPECT_EQ(ScanAll(Request("Patient", snap)).size(), 3u);
+}
+
+TEST_F(SqliteStoreTest, ScanSinceFiltersByLastUpdated) {
+  StoredResource a = MustPut("Patient", "a");
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  StoredResource b = MustPut("Patient", "b");
+  ASSERT_GT(b.last_updated, a.last_updated);
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  StoredResource c = MustPut("Patient", "c");
+  ASSERT_GT(c.last_updated, b.last_updated);
+  Snapshot snap = MustSnapshot();
+
+  ScanRequest req = Request("Patient", snap);
+  req.since = b.last_updated;  // inclusive
+  EXPECT_THAT(ScanRefs(req), ElementsAre("Patient/b@1", "Patient/c@1"));
+  req.since = c.last_updated + 1;
+  EXPECT_THAT(ScanRefs(req), IsEmpty());
+  req.since = 0;
+  EXPECT_THAT(ScanRefs(req), ElementsAre("Patient/a@1", "Patient/b@1", "Patient/c@1"));
+
+  // `a` is updated after the snapshot: its current lastUpdated is after `since`, but the version as of the
+  // snapshot is older than `since`, so it is still left out.
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  MustPut("Patient", "a", R"("active":true)");
+  req.since = b.last_updated;
+  EXPECT_THAT(ScanRefs(req), ElementsAre("Patient/b@1", "Patient/c@1"));
+  // With a new snapshot, the new version of `a` is in.
+  req.snapshot = MustSnapshot();
+  EXPECT_THAT(ScanRefs(req), ElementsAre("Patient/a@2", "Patient/b@1", "Patient/c@1"));
+}
+
+TEST_F(SqliteStoreTest, RangeOf) {
+  auto empty = store_->RangeOf("Patient", ScanScope::kAll, "");
+  ASSERT_OK(empty);
+  EXPECT_EQ(empty->rows, 0);
+  EXPECT_EQ(empty->min_rid, 0);
+  EXPECT_EQ(empty->max_rid, 0);
+
+  StoredResource o1 = MustPut("Observation", "o1", R"("subject":{"reference":"Patient/p1"})");
+  StoredResource o2 = MustPut("Observation", "o2", R"("status":"final")");
+  StoredResource o3 = MustPut("Observation", "o3", R"("performer":[{"reference":"Patient/p2"}])");
+  MustPut("Patient", "p1");
+  auto all = store_->RangeOf("Observation", ScanScope::kAll, "");
+  ASSERT_OK(all);
+  EXPECT_EQ(all->rows, 3);
+  EXPECT_EQ(all->min_rid, o1.rid);
+  EXPECT_EQ(all->max_rid, o3.rid);
+  auto comp = store_->RangeOf("Observation", ScanScope::kAnyCompartment, "");
+  ASSERT_OK(comp);
+  EXPECT_EQ(comp->rows, 2);
+  EXPECT_EQ(comp->min_rid, o1.rid);
+  EXPECT_EQ(comp->max_rid, o3.rid);
+  auto noncomp = store_->RangeOf("Practitioner", ScanScope::kAnyCompartment, "");
+  ASSERT_OK(noncomp);
+  EXPECT_EQ(noncomp->rows, 0);
+  (void)o2;
+}
+
+TEST_F(SqliteStoreTest, ScanAnyCompartment) {
+  MustPut("Patient", "p1");
+  MustPut("Observation", "in", R"("subject":{"reference":"Patient/p1"})");
+  MustPut("Observation", "out", R"("status":"final")");
+  MustPut("Observation", "focus-only", R"("focus":[{"reference":"Patient/p1"}])");
+  MustPut("Observation", "performer", R"("performer":[{"reference":"Patient/p9"}])");
+  MustPut("Practitioner", "d1");
+  Snapshot snap = MustSnapshot();
+  EXPECT_THAT(ScanRefs(Request("Observation", snap, ScanScope::kAnyCompartment)),
+              ElementsAre("Observation/in@1", "Observation/performer@1"));
+  EXPECT_THAT(ScanRefs(Request("Patient", snap, ScanScope::kAnyCompartment)), ElementsAre("Patient/p1@1"));
+  EXPECT_THAT(ScanRefs(Request("Practitioner", snap, ScanScope::kAnyCompartment)), IsEmpty());
+  EXPECT_THAT(
+      ScanRefs(Request("Observation", snap, ScanScope::kAll)),
+      ElementsAre("Observation/in@1", "Observation/out@1", "Observation/focus-only@1", "Observation/performer@1"));
+}
+
+TEST_F(SqliteStoreTest, ScanAnyCompartmentKeepsResourcesDeletedAfterTheSnapshot) {
+  MustPut("Observation", "o1", R"("subject":{"reference":"Patient/p1"})");
+  Snapshot snap = MustSnapshot();
+  ASSERT_OK(Delete("Observation", "o1"));
+  EXPECT_THAT(ScanRefs(Request("Observation", snap, ScanScope::kAnyCompartment)), ElementsAre("Observation/o1@1"));
+}
+
+// A resource that was in a compartment at the snapshot and is updated afterwards out of it is part of a
+// patient-level export as of the snapshot (its snapshot version is in the compartment), just like one deleted
+// after the snapshot (ScanAnyCompartmentKeepsResourcesDeletedAfterTheSnapshot).
+TEST_F(SqliteStoreTest, ScanAnyCompartmentUsesCompartmentMembershipAsOfTheSnapshot) {
+  MustPut("Observation", "moved-out", R"("subject":{"reference":"Patient/p1"})");
+  MustPut("Observation", "moved-in", R"("status":"final")");
+  Snapshot snap = MustSnapshot();
+  MustPut("Observation", "moved-out", R"("status":"final")");
+  MustPut("Observation", "moved-in", R"("subject":{"reference":"Patient/p1"})");
+  EXPECT_THAT(ScanRefs(Request("Observation", snap, ScanScope::kAnyCompartment)),
+              ElementsAre("Observation/moved-out@1"));
+}
+
+// --- group scope ---
+
+class GroupScopeTest : public SqliteStoreTest {
+ protected:
+  void SetUp() override {
+    SqliteStoreTest::SetUp();
+    MustPut("Patient", "p1", R"("managingOrganization":{"reference":"Organization/org1"})");
+    MustPut("Patient", "p2");
+    MustPut("Patient", "p3");  // not a member
+    MustPut("Group", "g1",
+            R"("type":"person","actual":true,"member":[{"entity":{"reference":"Patient/p1"}},)"
+            R"({"entity":{"reference":"Patient/p2"}}],"managingEntity":{"reference":"Organization/org2"})");
+    MustPut("Group", "g2", R"("type":"person","actual":true,"member":[{"entity":{"reference":"Patient/p1"}}])");
+    MustPut("Observation", "o1",
+            R"("subject":{"reference":"Patient/p1"},"performer":[{"reference":"Practitioner/d1"}],)"
+            R"("encounter":{"reference":"Encounter/e9"})");
+    MustPut("Observation", "o2", R"("subject":{"reference":"Patient/p2"},"hasMember":[{"reference":"Patient/p3"}])");
+    MustPut("Observation", "o3",
+            R"("subject":{"reference":"Patient/p3"},"performer":[{"reference":"Practitioner/d2"}])");
+    MustPut("Encounter", "e1", R"("subject":{"reference":"Patient/p1"})");
+    MustPut("Encounter", "e9", R"("subject":{"reference":"Patient/p3"})");
+    MustPut("Practitioner", "d1",
+            R"("qualification":[{"code":{"text":"MD"},"issuer":{"reference":"Organization/org3"}}])");
+    MustPut("Practitioner", "d2");
+    MustPut("Organization", "org1");
+    MustPut("Organization", "org2");
+    MustPut("Organization", "org3");
+  }
+
+  std::map<std::string, std::vector<std::string>> ScopeContents(const std::string& job_id, const Snapshot& snap) {
+    std::map<std::string, std::vector<std::string>> out;
+    auto types = store_->TypesInJobScope(job_id);
+    EXPECT_TRUE(types.ok()) << types.status().ToString();
+    if (!types.ok()) return out;
+    for (const auto& type : *types) {
+      ScanRequest req = Request(type, snap, ScanScope::kJobScope);
+      req.job_id = job_id;
+      req.max_rows = 2;
+      for (const auto& r : ScanAll(req)) out[type].push_back(r.id);
+    }
+    return out;
+  }
+};
+
+TEST_F(GroupScopeTest, MembersTheirCompartmentsAndReferencedResourcesOneHop) {
+  ASSERT_OK(
+      store_->MaterializeGroupScope("job1", "g1", {"p1", "p2"}, /*include_referenced=*/true, NowSnapshot(store_)));
+  auto types = store_->TypesInJobScope("job1");
+  ASSERT_OK(types);
+  EXPECT_THAT(*types, ElementsAre("Encounter", "Group", "Observation", "Organization", "Patient", "Practitioner"));
+  Snapshot snap = MustSnapshot();
+  auto scope = ScopeContents("job1", snap);
+  EXPECT_THAT(scope["Group"], ElementsAre("g1"));                   // not g2, though p1 is in it
+  EXPECT_THAT(scope["Patient"], ElementsAre("p1", "p2"));           // not p3, though o2 points at it
+  EXPECT_THAT(scope["Observation"], ElementsAre("o1", "o2"));       // not o3
+  EXPECT_THAT(scope["Encounter"], ElementsAre("e1"));               // not e9 (p3's, referenced by o1)
+  EXPECT_THAT(scope["Practitioner"], ElementsAre("d1"));            // referenced by o1; not d2
+  EXPECT_THAT(scope["Organization"], ElementsAre("org1", "org2"));  // not org3 (two hops away)
+
+  auto range = store_->RangeOf("Observation", ScanScope::kJobScope, "job1");
+  ASSERT_OK(range);
+  EXPECT_EQ(range->rows, 2);
+  auto other_job = store_->RangeOf("Observation", ScanScope::kJobScope, "job2");
+  ASSERT_OK(other_job);
+  EXPECT_EQ(other_job->rows, 0);
+}
+
+TEST_F(GroupScopeTest, WithoutReferencedResources) {
+  ASSERT_OK(
+      store_->MaterializeGroupScope("job1", "g1", {"p1", "p2"}, /*include_referenced=*/false, NowSnapshot(store_)));
+  auto types = store_->TypesInJobScope("job1");
+  ASSERT_OK(types);
+  EXPECT_THAT(*types, ElementsAre("Encounter", "Group", "Observation", "Patient"));
+}
+
+TEST_F(GroupScopeTest, IsIdempotentAndPerJob) {
+  ASSERT_OK(store_->MaterializeGroupScope("job1", "g1", {"p1", "p2"}, true, NowSnapshot(store_)));
+  ASSERT_OK(store_->MaterializeGroupScope("job1", "g1", {"p1", "p2"}, true, NowSnapshot(store_)));
+  ASSERT_OK(store_->MaterializeGroupScope("job2", "g2", {"p1"}, false, NowSnapshot(store_)));
+  Snapshot snap = MustSnapshot();
+  auto job1 = ScopeContents("job1", snap);
+  EXPECT_THAT(job1["Patient"], ElementsAre("p1", "p2"));
+  EXPECT_THAT(job1["Observation"], ElementsAre("o1", "o2"));
+  auto job2 = ScopeContents("job2", snap);
+  EXPECT_THAT(job2["Group"], ElementsAre("g2"));
+  EXPECT_THAT(job2["Patient"], ElementsAre("p1"));
+  EXPECT_THAT(job2["Observation"], ElementsAre("o1"));
+  EXPECT_EQ(job2.count("Practitioner"), 0u);
+
+  // Re-materialising with fewer members replaces the scope.
+  ASSERT_OK(store_->MaterializeGroupScope("job1", "g1", {"p2"}, false, NowSnapshot(store_)));
+  job1 = ScopeContents("job1", snap);
+  EXPECT_THAT(job1["Patient"], ElementsAre("p2"));
+  EXPECT_THAT(job1["Observation"], ElementsAre("o2"));
+
+  ASSERT_OK(store_->DropJobScratch("job1"));
+  auto types = store_->TypesInJobScope("job1");
+  ASSERT_OK(types);
+  EXPECT_THAT(*types, IsEmpty());
+  types = store_->TypesInJobScope("job2");
+  ASSERT_OK(types);
+  EXPECT_THAT(*types, ::testing::Not(IsEmpty()));
+}
+
+TEST_F(GroupScopeTest, MemberWithoutAPatientResource) {
+  ASSERT_OK(store_->MaterializeGroupScope("job1", "g1", {"p1", "ghost"}, false, NowSnapshot(store_)));
+  Snapshot snap = MustSnapshot();
+  auto scope = ScopeContents("job1", snap);
+  EXPECT_THAT(scope["Patient"], ElementsAre("p1"));
+}
+
+TEST_F(GroupScopeTest, ReferencedScopeForPatientLevelExports) {
+  ASSERT_OK(store_->MaterializeReferencedScope("job3", NowSnapshot(store_)));
+  auto types = store_->TypesInJobScope("job3");
+  ASSERT_OK(types);
+  // Non-compartment resources referenced from resources in any compartment (Patient p1 and Group g1 included),
+  // one hop: org3 is only referenced by Practitioner d1, which is in no compartment.
+  EXPECT_THAT(*types, ElementsAre("Organization", "Practitioner"));
+  Snapshot snap = MustSnapshot();
+  auto scope = ScopeContents("job3", snap);
+  EXPECT_THAT(scope["Practitioner"], ElementsAre("d1", "d2"));
+  EXPECT_THAT(scope["Organization"], ElementsAre("org1", "org2"));
+}
+
+// --- export jobs ---
+
+ExportJobRecord SampleJob(const std::string& id) {
+  ExportJobRecord j;
+  j.job_id = id;
+  j.job_name = "name of " + id;
+  j.status = "SUBMITTED";
+  j.view = "healthlake";
+  j.level = "group";
+  j.group_id = "g1";
+  j.types = {"Patient", "Observation"};
+  j.since = 1682099882123;
+  j.output_format = "application/fhir+ndjson";
+  j.s3_uri = "s3://bucket/prefix";
+  j.kms_key_id = "alias/export";
+  j.data_access_role_arn = "arn:aws:iam::123456789012:role/Export";
+  j.request_url = "http://localhost:8080/datastore/x/r4/Group/g1/$export";
+  j.submit_time = 1700000000000;
+  j.message = "";
+  j.include_referenced = false;
+  return j;
+}
+
+void ExpectJobEq(const ExportJobRecord& got, const ExportJobRecord& want) {
+  EXPECT_EQ(got.job_id, want.job_id);
+  EXPECT_EQ(got.job_name, want.job_name);
+  EXPECT_EQ(got.status, want.status);
+  EXPECT_EQ(got.view, want.view);
+  EXPECT_EQ(got.level, want.level);
+  EXPECT_EQ(got.group_id, want.group_id);
+  EXPECT_EQ(got.types, want.types);
+  EXPECT_EQ(got.since, want.since);
+  EXPECT_EQ(got.output_format, want.output_format);
+  EXPECT_EQ(got.s3_uri, want.s3_uri);
+  EXPECT_EQ(got.kms_key_id, want.kms_key_id);
+  EXPECT_EQ(got.data_access_role_arn, want.data_access_role_arn);
+  EXPECT_EQ(got.request_url, want.request_url);
+  EXPECT_EQ(got.submit_time, want.submit_time);
+  EXPECT_EQ(got.start_time, want.start_time);
+  EXPECT_EQ(got.end_time, want.end_time);
+  ASSERT_EQ(got.snapshot.has_value(), want.snapshot.has_value());
+  if (got.snapshot) {
+    EXPECT_EQ(got.snapshot->seq, want.snapshot->seq);
+    EXPECT_EQ(got.snapshot->time, want.snapshot->time);
+  }
+  EXPECT_EQ(got.message, want.message);
+  EXPECT_EQ(got.include_referenced, want.include_referenced);
+  EXPECT_EQ(got.queue_order, want.queue_order);
+}
+
+TEST_F(SqliteStoreTest, InsertJobAssignsIncreasingQueueOrder) {
+  ExportJobRecord a = SampleJob("a"), b = SampleJob("b"), c = SampleJob("c");
+  ASSERT_OK(store_->InsertJob(&a));
+  ASSERT_OK(store_->InsertJob(&b));
+  ASSERT_OK(store_->InsertJob(&c));
+  EXPECT_GT(a.queue_order, 0);
+  EXPECT_GT(b.queue_order, a.queue_order);
+  EXPECT_GT(c.queue_order, b.queue_order);
+  ExportJobRecord dup = SampleJob("a");
+  EXPECT_FALSE(store_->InsertJob(&dup).ok());
+}
+
+TEST_F(SqliteStoreTest, JobRoundTripsEveryField) {
+  ExportJobRecord job = SampleJob("0123456789abcdef0123456789abcdef");
+  ASSERT_OK(store_->InsertJob(&job));
+  auto got = store_->GetJob(job.job_id);
+  ASSERT_OK(got);
+  ExpectJobEq(*got, job);
+
+  job.status = "IN_PROGRESS";
+  job.start_time = 1700000001000;
+  job.end_time = 1700000002000;
+  job.snapshot = Snapshot{42, 1700000000500};
+  job.types = {"Patient"};
+  job.since.reset();
+  job.message = "Export completed with 2 errors: \"quoted\"\nline";
+  job.include_referenced = true;
+  job.level = "system";
+  job.group_id = "";
+  ASSERT_OK(store_->UpdateJob(job));
+  got = store_->GetJob(job.job_id);
+  ASSERT_OK(got);
+  ExpectJobEq(*got, job);
+
+  job.types.clear();  // all types
+  job.snapshot.reset();
+  job.start_time.reset();
+  job.end_time.reset();
+  ASSERT_OK(store_->UpdateJob(job));
+  got = store_->GetJob(job.job_id);
+  ASSERT_OK(got);
+  ExpectJobEq(*got, job);
+  EXPECT_TRUE(got->types.empty());
+}
+
+TEST_F(SqliteStoreTest, UnknownJobs) {
+  EXPECT_STATUS(store_->GetJob("nope"), kNotFound, "nope");
+  EXPECT_STATUS(store_->UpdateJob(SampleJob("nope")), kNotFound, "nope");
+}
+
+TEST_F(SqliteStoreTest, JobsWithStatusInQueueOrder) {
+  std::vector<std::pair<std::string, std::string>> jobs = {
+      {"j1", "COMPLETED"}, {"j2", "SUBMITTED"}, {"j3", "IN_PROGRESS"}, {"j4", "SUBMITTED"}, {"j5", "FAILED"}};
+  for (const auto& [id, status] : jobs) {
+    ExportJobRecord j = SampleJob(id);
+    j.status = status;
+    ASSERT_OK(store_->InsertJob(&j));
+  }
+  auto active = store_->JobsWithStatus({"SUBMITTED", "IN_PROGRESS"});
+  ASSERT_OK(active);
+  std::vector<std::string> ids;
+  for (const auto& j : *active) ids.push_back(j.job_id);
+  EXPECT_THAT(ids, ElementsAre("j2", "j3", "j4"));
+  auto none = store_->JobsWithStatus({"CANCEL_SUBMITTED"});
+  ASSERT_OK(none);
+  EXPECT_THAT(*none, IsEmpty());
+  auto nothing = store_->JobsWithStatus({});
+  ASSERT_OK(nothing);
+  EXPECT_THAT(*nothing, IsEmpty());
+
+  // A status change moves a job between lists without changing its place in the queue.
+  ExportJobRecord j1 = *store_->GetJob("j1");
+  j1.status = "SUBMITTED";
+  ASSERT_OK(store_->UpdateJob(j1));
+  active = store_->JobsWithStatus({"SUBMITTED", "IN_PROGRESS"});
+  ASSERT_OK(active);
+  ids.clear();
+  for (const auto& j : *active) ids.push_back(j.job_id);
+  EXPECT_THAT(ids, ElementsAre("j1", "j2", "j3", "j4"));
+}
+
+ExportTaskRecord Task(const std::string& job, int no, const std::string& type, ScanScope scope, int64_t min,
+                      int64_t max) {
+  ExportTaskRecord t;
+  t.job_id = job;
+  t.task_no = no;
+  t.type = type;
+  t.scope = scope;
+  t.min_rid = min;
+  t.max_rid = max;
+  t.after_rid = min;
+  t.planned_rows = max - min;
+  return t;
+}
+
+void ExpectTaskEq(const ExportTaskRecord& got, const ExportTaskRecord& want) {
+  EXPECT_EQ(got.job_id, want.job_id);
+  EXPECT_EQ(got.task_no, want.task_no);
+  EXPECT_EQ(got.type, want.type);
+  EXPECT_EQ(got.scope, want.scope);
+  EXPECT_EQ(got.min_rid, want.min_rid);
+  EXPECT_EQ(got.max_rid, want.max_rid);
+  EXPECT_EQ(got.after_rid, want.after_rid);
+  EXPECT_EQ(got.planned_rows, want.planned_rows);
+  EXPECT_EQ(got.done, want.done);
+}
+
+TEST_F(SqliteStoreTest, ReplaceTasksAndTasks) {
+  std::vector<ExportTaskRecord> tasks = {Task("j", 2, "Observation", ScanScope::kAnyCompartment, 100, 200),
+                                         Task("j", 0, "Patient", ScanScope::kAll, 0, 50),
+                                         Task("j", 1, "Group", ScanScope::kJobScope, 10, 20)};
+  tasks[1].done = true;
+  ASSERT_OK(store_->ReplaceTasks("j", tasks));
+  ASSERT_OK(store_->ReplaceTasks("other", {Task("other", 0, "Patient", ScanScope::kAll, 0, 1)}));
+  auto got = store_->Tasks("j");
+  ASSERT_OK(got);
+  ASSERT_EQ(got->size(), 3u);
+  ExpectTaskEq((*got)[0], tasks[1]);  // ordered by task_no
+  ExpectTaskEq((*got)[1], tasks[2]);
+  ExpectTaskEq((*got)[2], tasks[0]);
+
+  ASSERT_OK(store_->ReplaceTasks("j", {Task("j", 0, "Encounter", ScanScope::kAll, 5, 6)}));
+  got = store_->Tasks("j");
+  ASSERT_OK(got);
+  ASSERT_EQ(got->size(), 1u);
+  EXPECT_EQ((*got)[0].type, "Encounter");
+  auto other = store_->Tasks("other");
+  ASSERT_OK(other);
+  EXPECT_EQ(other->size(), 1u);
+  auto none = store_->Tasks("none");
+  ASSERT_OK(none);
+  EXPECT_THAT(*none, IsEmpty());
+}
+
+ExportFileRecord File(const std::string& job, const std::string& kind, const std::string& type, int no, int task) {
+  ExportFileRecord f;
+  f.job_id = job;
+  f.kind = kind;
+  f.type = type;
+  f.file_no = no;
+  f.key = "prefix/" + job + "/" + type + "-" + std::to_string(no) + ".ndjson";
+  f.count = 10 + no;
+  f.bytes = 1000 + no;
+  f.task_no = task;
+  return f;
+}
+
+TEST_F(SqliteStoreTest, CommitFileAdvancesTheTaskCheckpoint) {
+  ASSERT_OK(store_->ReplaceTasks(
+      "j", {Task("j", 0, "Patient", ScanScope::kAll, 0, 100), Task("j", 1, "Observation", ScanScope::kAll, 0, 100)}));
+  ASSERT_OK(store_->CommitFile(File("j", "output", "Patient", 1, 0), 40, false));
+  auto tasks = store_->Tasks("j");
+  ASSERT_OK(tasks);
+  EXPECT_EQ((*tasks)[0].after_rid, 40);
+  EXPECT_FALSE((*tasks)[0].done);
+  EXPECT_EQ((*tasks)[1].after_rid, 0);
+
+  ASSERT_OK(store_->CommitFile(File("j", "output", "Patient", 2, 0), 100, true));
+  ASSERT_OK(store_->CommitFile(File("j", "error", "OperationOutcome", 1, 1), 7, false));
+  ASSERT_OK(store_->CommitFile(File("j", "output", "Observation", 1, 1), 8, false));
+  tasks = store_->Tasks("j");
+  ASSERT_OK(tasks);
+  EXPECT_EQ((*tasks)[0].after_rid, 100);
+  EXPECT_TRUE((*tasks)[0].done);
+  EXPECT_EQ((*tasks)[1].after_rid, 8);
+
+  ASSERT_OK(store_->MarkTaskDone("j", 1, 100));
+  tasks = store_->Tasks("j");
+  ASSERT_OK(tasks);
+  EXPECT_EQ((*tasks)[1].after_rid, 100);
+  EXPECT_TRUE((*tasks)[1].done);
+
+  auto files = store_->Files("j");
+  ASSERT_OK(files);
+  ASSERT_EQ(files->size(), 4u);
+  // Output files first (by type, then number), then error files.
+  std::vector<std::string> keys;
+  for (const auto& f : *files) keys.push_back(f.kind + ":" + f.type + ":" + std::to_string(f.file_no));
+  EXPECT_THAT(keys,
+              ElementsAre("output:Observation:1", "output:Patient:1", "output:Patient:2", "error:OperationOutcome:1"));
+  ExportFileRecord want = File("j", "output", "Patient", 2, 0);
+  const ExportFileRecord& got = (*files)[2];
+  EXPECT_EQ(got.job_id, want.job_id);
+  EXPECT_EQ(got.key, want.key);
+  EXPECT_EQ(got.count, want.count);
+  EXPECT_EQ(got.bytes, want.bytes);
+  EXPECT_EQ(got.task_no, want.task_no);
+  auto none = store_->Files("other");
+  ASSERT_OK(none);
+  EXPECT_THAT(*none, IsEmpty());
+}
+
+TEST_F(SqliteStoreTest, CommitFileIsAtomic) {
+  ASSERT_OK(store_->ReplaceTasks("j", {Task("j", 0, "Patient", ScanScope::kAll, 0, 100)}));
+  ASSERT_OK(store_->CommitFile(File("j", "output", "Patient", 1, 0), 40, false));
+  // The same file twice is refused, and the checkpoint does not move.
+  EXPECT_FALSE(store_->CommitFile(File("j", "output", "Patient", 1, 0), 90, true).ok());
+  auto tasks = store_->Tasks("j");
+  ASSERT_OK(tasks);
+  EXPECT_EQ((*tasks)[0].after_rid, 40);
+  EXPECT_FALSE((*tasks)[0].done);
+  auto files = store_->Files("j");
+  ASSERT_OK(files);
+  EXPECT_EQ(files->size(), 1u);
+}
+
+// --- schema versions ---
+
+struct RawDatastore {
+  std::string id;
+  fs::path path;
+};
+
+// Creates {data_dir}/datastores/{id}/fhir.db at schema `version` with the datastore meta rows.
+RawDatastore CreateRawDatastore(const fs::path& data_dir, int version, int64_t created_at = 1600000000000) {
+  RawDatastore ds;
+  ds.id = NewHexId();
+  fs::create_directories(data_dir / "datastores" / ds.id);
+  ds.path = data_dir / "datastores" / ds.id / "fhir.db";
+  auto conn = SqliteConnection::Open(ds.path.string(), 1000);
+  EXPECT_TRUE(conn.ok()) << conn.status().ToString();
+  if (!conn.ok()) return ds;
+  EXPECT_OK(CreateSchema(**conn, version));
+  EXPECT_OK((*conn)->Exec("INSERT INTO meta(key, value) VALUES ('datastore_id', '" + ds.id +
+                          "'), ('datastore_name', 'old one'), ('created_at', '" + std::to_string(created_at) + "')"));
+  return ds;
+}
+
+std::string SchemaVersionOf(const fs::path& db) {
+  auto conn = SqliteConnection::Open(db.string(), 1000);
+  EXPECT_TRUE(conn.ok());
+  if (!conn.ok()) return "";
+  auto q = (*conn)->Prepare("SELECT value FROM meta WHERE key='schema_version'");
+  EXPECT_TRUE(q.ok());
+  if (!q.ok()) return "";
+  auto row = (*q)->Step();
+  EXPECT_TRUE(row.ok() && *row);
+  return row.ok() && *row ? (*q)->Str(0) : "";
+}
+
+TEST(SqliteSchemaTest, NewDatabaseIsAtTheCurrentVersion) {
+  TempDir tmp;
+  StoreOptions options;
+  options.data_dir = tmp.str();
+  auto catalog = OpenSqliteCatalog(options);
+  ASSERT_OK(catalog);
+  std::string path = (*catalog)->Default()->info().path;
+  catalog->reset();
+  EXPECT_EQ(SchemaVersionOf(path), std::to_string(kSchemaVersion));
+}
+
+TEST(SqliteSchemaTest, VersionOneDatabaseIsMigrated) {
+  TempDir tmp;
+  RawDatastore ds = CreateRawDatastore(tmp.path(), 1);
+  {
+    auto conn = SqliteConnection::Open(ds.path.string(), 1000);
+    ASSERT_OK(conn);
+    // A resource written by the old version.
+    ASSERT_OK((*conn)->Exec(
+        "INSERT INTO resources(type, id, version, seq, last_updated, deleted, json) VALUES ('Patient', 'old', 1, 1, "
+        "1600000000000, 0, '{\"resourceType\":\"Patient\",\"id\":\"old\"}'); UPDATE counters SET value=1 WHERE "
+        "name='seq'"));
+  }
+  EXPECT_EQ(SchemaVersionOf(ds.path), "1");
+
+  StoreOptions options;
+  options.data_dir = tmp.str();
+  auto catalog = OpenSqliteCatalog(options);
+  ASSERT_OK(catalog);
+  ASSERT_EQ((*catalog)->All().size(), 1u);
+  ResourceStore* store = (*catalog)->Default();
+  EXPECT_EQ(store->info().id, ds.id);
+  EXPECT_EQ(store->info().name, "old one");
+  EXPECT_EQ(store->info().created_at, 1600000000000);
+  EXPECT_EQ(SchemaVersionOf(ds.path), std::to_string(kSchemaVersion));
+
+  auto old = store->Read("Patient", "old");
+  ASSERT_OK(old);
+  EXPECT_EQ(old->json, R"({"resourceType":"Patient","id":"old"})");
+  // The export tables exist and work.
+  ExportJobRecord job = SampleJob("j1");
+  ASSERT_OK(store->InsertJob(&job));
+  auto got = store->GetJob("j1");
+  ASSERT_OK(got);
+  ExpectJobEq(*got, job);
+  ASSERT_OK(store->ReplaceTasks("j1", {Task("j1", 0, "Patient", ScanScope::kAll, 0, 10)}));
+  ASSERT_OK(store->CommitFile(File("j1", "output", "Patient", 1, 0), 10, true));
+  auto files = store->Files("j1");
+  ASSERT_OK(files);
+  EXPECT_EQ(files->size(), 1u);
+  ASSERT_OK(store->MaterializeGroupScope("j1", "g", {"old"}, true, NowSnapshot(store)));
+  auto types = store->TypesInJobScope("j1");
+  ASSERT_OK(types);
+  EXPECT_THAT(*types, ElementsAre("Patient"));
+
+  // Opening again (already migrated) works too.
+  catalog->reset();
+  auto again = OpenSqliteCatalog(options);
+  ASSERT_OK(again);
+  EXPECT_EQ((*again)->Default()->info().id, ds.id);
+}
+
+TEST(SqliteSchemaTest, NewerSchemaIsRefused) {
+  TempDir tmp;
+  RawDatastore ds = CreateRawDatastore(tmp.path(), kSchemaVersion);
+  {
+    auto conn = SqliteConnection::Open(ds.path.string(), 1000);
+    ASSERT_OK(conn);
+    ASSERT_OK(
+        (*conn)->Exec("UPDATE meta SET value='" + std::to_string(kSchemaVersion + 1) + "' WHERE key='schema_version'"));
+  }
+  StoreOptions options;
+  options.data_dir = tmp.str();
+  auto catalog = OpenSqliteCatalog(options);
+  EXPECT_STATUS(catalog, kInvalid, "newer");
+  EXPECT_STATUS(catalog, kInvalid, ds.path.string());
+  EXPECT_STATUS(catalog, kInvalid, "schema version " + std::to_string(kSchemaVersion + 1));
+  EXPECT_STATUS(catalog, kInvalid, "run a newer fhirlake");
+  // Nothing was changed.
+  EXPECT_EQ(SchemaVersionOf(ds.path), std::to_string(kSchemaVersion + 1));
+}
+
+TEST(SqliteSchemaTest, ForeignDatabaseIsRefused) {
+  TempDir tmp;
+  std::string id = NewHexId();
+  fs::create_directories(tmp.path() / "datastores" / id);
+  fs::path path = tmp.path() / "datastores" / id / "fhir.db";
+  {
+    auto conn = SqliteConnection::Open(path.string(), 1000);
+    ASSERT_OK(conn);
+    ASSERT_OK((*conn)->Exec("CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT)"));
+  }
+  StoreOptions options;
+  options.data_dir = tmp.str();
+  auto catalog = OpenSqliteCatalog(options);
+  EXPECT_STATUS(catalog, kInvalid, "not a fhirlake datastore database");
+  EXPECT_STATUS(catalog, kInvalid, path.string());
+}
+
+TEST(SqliteSchemaTest, MetaTableWithoutSchemaVersionIsRefused) {
+  TempDir tmp;
+  std::string id = NewHexId();
+  fs::create_directories(tmp.path() / "datastores" / id);
+  fs::path path = tmp.path() / "datastores" / id / "fhir.db";
+  {
+    auto conn = SqliteConnection::Open(path.string(), 1000);
+    ASSERT_OK(conn);
+    ASSERT_OK(
+        (*conn)->Exec("CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+                      "INSERT INTO meta VALUES ('something', 'else')"));
+  }
+  StoreOptions options;
+  options.data_dir = tmp.str();
+  EXPECT_STATUS(OpenSqliteCatalog(options), kInvalid, "not a fhirlake datastore database");
+}
+
+TEST(SqliteSchemaTest, CreateSchemaBuildsExactlyTheRequestedVersion) {
+  TempDir tmp;
+  auto conn = SqliteConnection::Open((tmp.path() / "x.db").string(), 1000);
+  ASSERT_OK(conn);
+  ASSERT_OK(CreateSchema(**conn, 1));
+  auto q = (*conn)->Prepare("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='export_jobs'");
+  ASSERT_OK(q);
+  auto row = (*q)->Step();
+  ASSERT_OK(row);
+  ASSERT_TRUE(*row);
+  EXPECT_EQ((*q)->Int(0), 0);
+  q->reset();
+  ASSERT_OK(EnsureSchema(**conn, "x.db"));
+  auto q2 = (*conn)->Prepare("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='export_jobs'");
+  ASSERT_OK(q2);
+  row = (*q2)->Step();
+  ASSERT_OK(row);
+  ASSERT_TRUE(*row);
+  EXPECT_EQ((*q2)->Int(0), 1);
+}
+
+TEST(SqliteCatalogTest, SeveralDatastoresDefaultIsTheOldest) {
+  TempDir tmp;
+  RawDatastore newer = CreateRawDatastore(tmp.path(), kSchemaVersion, 1700000000000);
+  RawDatastore older = CreateRawDatastore(tmp.path(), 1, 1500000000000);
+  StoreOptions options;
+  options.data_dir = tmp.str();
+  auto catalog = OpenSqliteCatalog(options);
+  ASSERT_OK(catalog);
+  ASSERT_EQ((*catalog)->All().size(), 2u);
+  EXPECT_EQ((*catalog)->Default()->info().id, older.id);
+  ASSERT_NE((*catalog)->Find(newer.id), nullptr);
+  EXPECT_EQ((*catalog)->Find(newer.id)->info().created_at, 1700000000000);
+}
+
+}  // namespace
+}  // namespace fhirlake::store
