@@ -1,13 +1,20 @@
 // The loader runs in two passes over the inputs: the first reads only Bundle fullUrls and the type/id of
-// their resources (to map urn:uuid:X -> Type/id across files), the second parses, validates and writes
-// everything in large transactions.
+// their resources (to map urn:uuid:X -> Type/id across files), the second parses and validates on this thread
+// while a writer thread stores the parsed batches in large transactions (a bounded queue between them keeps
+// memory flat; ndjson files are read in chunks, never whole).
 #include "app/load_command.h"
 
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -88,9 +95,105 @@ std::string IdFor(const fhir::TypedId& peek, std::string_view full_url) {
   return NewUuid();
 }
 
+// Stores parsed resources on its own thread, in transactions of `batch_size` resources.
+class StoreWriter {
+ public:
+  struct Item {
+    fhir::ParsedResource parsed;
+    std::string id;
+  };
+  using Batch = std::vector<Item>;
+
+  StoreWriter(store::ResourceStore* store, size_t batch_size) : store_(store), batch_size_(batch_size) {
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~StoreWriter() { (void)Finish(); }
+
+  // Blocks while the queue is full. Returns the writer's error, if it failed.
+  Status Push(Batch batch) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return queue_.size() < kMaxQueued || !status_.ok(); });
+    if (!status_.ok()) return status_;
+    queue_.push_back(std::move(batch));
+    cv_.notify_all();
+    return Status::Ok();
+  }
+
+  // Writes what is queued, commits, and stops the thread.
+  Status Finish() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+      cv_.notify_all();
+    }
+    if (thread_.joinable()) thread_.join();
+    std::lock_guard<std::mutex> lock(mu_);
+    return status_;
+  }
+
+  int64_t written() const { return written_; }
+
+ private:
+  static constexpr size_t kMaxQueued = 8;
+
+  void Run() {
+    std::unique_ptr<store::StoreTransaction> txn;
+    size_t in_txn = 0;
+    Status st;
+    while (st.ok()) {
+      Batch batch;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return !queue_.empty() || done_; });
+        if (queue_.empty()) break;
+        batch = std::move(queue_.front());
+        queue_.pop_front();
+        cv_.notify_all();
+      }
+      for (auto& item : batch) {
+        if (!txn) {
+          auto t = store_->BeginWrite();
+          if (!t.ok()) {
+            st = t.status();
+            break;
+          }
+          txn = std::move(*t);
+        }
+        auto stored = txn->Put(item.parsed, item.id, std::nullopt);
+        if (!stored.ok()) {
+          st = stored.status();
+          break;
+        }
+        ++written_;
+        if (++in_txn >= batch_size_) {
+          st = txn->Commit();
+          txn.reset();
+          in_txn = 0;
+          if (!st.ok()) break;
+        }
+      }
+    }
+    if (st.ok() && txn) st = txn->Commit();
+    std::lock_guard<std::mutex> lock(mu_);
+    status_ = st;
+    cv_.notify_all();
+  }
+
+  store::ResourceStore* store_;
+  size_t batch_size_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Batch> queue_;  // GUARDED_BY(mu_)
+  bool done_ = false;        // GUARDED_BY(mu_)
+  Status status_;            // GUARDED_BY(mu_)
+  std::atomic<int64_t> written_{0};
+  std::thread thread_;
+};
+
 class Loader {
  public:
-  Loader(store::ResourceStore* store, const LoadOptions& options) : store_(store), options_(options) {}
+  Loader(store::ResourceStore* store, const LoadOptions& options)
+      : options_(options), writer_(store, options.batch_size) {}
 
   void Error(const std::string& file, size_t line, const Status& st) {
     ++errors_;
@@ -114,27 +217,54 @@ class Loader {
     }
   }
 
+  // Reads an ndjson file in chunks; each complete line is one resource.
+  Status LoadNdjson(const std::string& path) {
+    std::FILE* f = std::fopen(path.c_str(), "rb");
+    if (f == nullptr) {
+      Error(path, 0, Status::NotFound("cannot open " + path));
+      return Status::Ok();
+    }
+    ++files_;
+    constexpr size_t kChunk = 8 << 20;
+    std::string buf;
+    size_t filled = 0, line = 0;
+    bool eof = false;
+    Status st;
+    while (st.ok() && !eof) {
+      if (buf.size() < filled + kChunk + simdjson::SIMDJSON_PADDING) buf.resize(filled + kChunk + simdjson::SIMDJSON_PADDING);
+      size_t n = std::fread(buf.data() + filled, 1, kChunk, f);
+      filled += n;
+      eof = n < kChunk;
+      std::string_view data(buf.data(), filled);
+      size_t end = eof ? filled : data.rfind('\n');
+      if (end == std::string_view::npos) continue;  // one line longer than a chunk: read more
+      const char* alloc_end = buf.data() + buf.size();
+      size_t pos = 0;
+      while (pos < end && st.ok()) {
+        size_t nl = data.find('\n', pos);
+        if (nl == std::string_view::npos || nl > end) nl = end;
+        ++line;
+        std::string_view text = data.substr(pos, nl - pos);
+        pos = nl + 1;
+        if (text.find_first_not_of(" \t\r") == std::string_view::npos) continue;
+        st = LoadOne(path, line, text, alloc_end, "");
+      }
+      size_t keep = end < filled ? filled - (end + 1) : 0;
+      std::memmove(buf.data(), buf.data() + filled - keep, keep);
+      filled = keep;
+    }
+    std::fclose(f);
+    return st;
+  }
+
   Status LoadFile(const std::string& path) {
+    if (IsNdjson(path)) return LoadNdjson(path);
     auto file = ReadFile(path);
     if (!file.ok()) {
       Error(path, 0, file.status());
       return Status::Ok();
     }
     ++files_;
-    if (IsNdjson(path)) {
-      std::string_view all = file->view();
-      size_t line = 0, pos = 0;
-      while (pos < all.size()) {
-        size_t nl = all.find('\n', pos);
-        if (nl == std::string_view::npos) nl = all.size();
-        ++line;
-        std::string_view text = all.substr(pos, nl - pos);
-        pos = nl + 1;
-        if (text.find_first_not_of(" \t\r") == std::string_view::npos) continue;
-        RETURN_IF_ERROR(LoadOne(path, line, text, file->end(), ""));
-      }
-      return Status::Ok();
-    }
     auto peek = parser_.PeekTypeAndId(file->view(), file->end());
     if (!peek.ok()) {
       Error(path, 1, peek.status());
@@ -167,48 +297,50 @@ class Loader {
     }
     std::string id = IdFor(fhir::TypedId{parsed->type, parsed->id}, full_url);
     unresolved_ += parsed->unresolved_urn_references;
-    if (!txn_) {
-      ASSIGN_OR_RETURN(txn_, store_->BeginWrite());
-    }
-    ASSIGN_OR_RETURN(auto stored, txn_->Put(*parsed, id, std::nullopt));
-    (void)stored;
     types_.insert(parsed->type);
-    ++loaded_;
-    if (++in_txn_ >= options_.batch_size) RETURN_IF_ERROR(Flush());
+    batch_.push_back(StoreWriter::Item{std::move(*parsed), std::move(id)});
+    ++parsed_;
+    if (batch_.size() >= kBatchItems) RETURN_IF_ERROR(PushBatch());
     MaybeProgress();
     return Status::Ok();
   }
 
-  Status Flush() {
-    if (txn_) {
-      RETURN_IF_ERROR(txn_->Commit());
-      txn_.reset();
-    }
-    in_txn_ = 0;
-    return Status::Ok();
+  Status PushBatch() {
+    if (batch_.empty()) return Status::Ok();
+    StoreWriter::Batch b;
+    b.swap(batch_);
+    return writer_.Push(std::move(b));
   }
 
+  // Stores everything parsed so far and waits for the writer.
+  Status Flush() {
+    RETURN_IF_ERROR(PushBatch());
+    return writer_.Finish();
+  }
+
+  int64_t loaded() const { return writer_.written(); }
+
   void MaybeProgress() {
-    if (!options_.progress || !isatty(STDERR_FILENO) || (loaded_ % 2000) != 0) return;
+    if (!options_.progress || !isatty(STDERR_FILENO) || (parsed_ % 5000) != 0) return;
     double s = Seconds();
-    std::fprintf(stderr, "\r%lld resources, %.0f resources/s   ", static_cast<long long>(loaded_),
-                 s > 0 ? loaded_ / s : 0.0);
+    std::fprintf(stderr, "\r%lld resources, %.0f resources/s   ", static_cast<long long>(loaded()),
+                 s > 0 ? loaded() / s : 0.0);
   }
 
   double Seconds() const {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   }
 
-  int64_t loaded_ = 0, unresolved_ = 0, errors_ = 0, files_ = 0;
+  int64_t parsed_ = 0, unresolved_ = 0, errors_ = 0, files_ = 0;
   std::set<std::string> types_;
   std::unordered_map<std::string, std::string> urns_;
 
  private:
-  store::ResourceStore* store_;
+  static constexpr size_t kBatchItems = 1000;
   const LoadOptions& options_;
   fhir::ResourceParser parser_;
-  std::unique_ptr<store::StoreTransaction> txn_;
-  size_t in_txn_ = 0;
+  StoreWriter writer_;
+  StoreWriter::Batch batch_;
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
 };
 
@@ -267,8 +399,8 @@ int RunLoad(const LoadOptions& options) {
   if (options.progress && isatty(STDERR_FILENO)) std::fprintf(stderr, "\r%60s\r", "");
   std::printf("loaded %lld resources of %zu types from %lld files into datastore %s in %.2f s (%.0f resources/s); "
               "%lld unresolved references kept as they are; %lld errors\n",
-              static_cast<long long>(loader.loaded_), loader.types_.size(), static_cast<long long>(loader.files_),
-              store->info().id.c_str(), s, s > 0 ? loader.loaded_ / s : 0.0,
+              static_cast<long long>(loader.loaded()), loader.types_.size(), static_cast<long long>(loader.files_),
+              store->info().id.c_str(), s, s > 0 ? loader.loaded() / s : 0.0,
               static_cast<long long>(loader.unresolved_), static_cast<long long>(loader.errors_));
   return loader.errors_ > 0 ? 1 : 0;
 }

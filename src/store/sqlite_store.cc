@@ -75,7 +75,7 @@ class ConnectionPool {
     }
     ASSIGN_OR_RETURN(auto conn, SqliteConnection::Open(path_, busy_timeout_ms_));
     RETURN_IF_ERROR(conn->Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF;"
-                               " PRAGMA temp_store=MEMORY; PRAGMA cache_size=-32768; PRAGMA mmap_size=268435456;"));
+                               " PRAGMA temp_store=MEMORY; PRAGMA cache_size=-32768;"));
     return Lease(this, std::move(conn));
   }
 
