@@ -547,6 +547,19 @@ void ExportEngine::TaskFinished(const std::shared_ptr<ActiveJob>& job, TaskOutco
 void ExportEngine::Finalize(const std::shared_ptr<ActiveJob>& job) {
   store::ResourceStore* store = job->store;
   bool keep_running = false;
+  bool ends_without_output;
+  {
+    std::lock_guard<std::mutex> lock(job->mu);
+    ends_without_output = !job->failure.empty() || job->record.status == js::kCancelSubmitted ||
+                          job->record.status == js::kCancelInProgress;
+  }
+  if (ends_without_output) {
+    // The writers aborted their unfinished objects; sweep again, before the final status is visible, in case an
+    // abort could not reach the object store then (e.g. S3 multipart uploads while the endpoint was down).
+    // Not under job->mu: the S3 sink retries for a while and Cancel/Describe must not wait for it.
+    Status swept = sink_->AbortIncomplete(job->write_ctx, job->output.bucket, job->key_prefix);
+    if (!swept.ok()) spdlog::warn("event=export_cleanup_failed job={} reason=\"{}\"", job->job_id, swept.message());
+  }
   {
     std::lock_guard<std::mutex> lock(job->mu);
     auto& rec = job->record;
@@ -586,13 +599,7 @@ void ExportEngine::Finalize(const std::shared_ptr<ActiveJob>& job) {
       }
     }
   }
-  if (!keep_running) {
-    (void)store->DropJobScratch(job->job_id);
-    // A failed or cancelled job's writers aborted their unfinished objects; sweep again in case an abort could
-    // not reach the object store at that moment (e.g. S3 multipart uploads while the endpoint was down).
-    Status swept = sink_->AbortIncomplete(job->write_ctx, job->output.bucket, job->key_prefix);
-    if (!swept.ok()) spdlog::warn("event=export_cleanup_failed job={} reason=\"{}\"", job->job_id, swept.message());
-  }
+  if (!keep_running) (void)store->DropJobScratch(job->job_id);
   {
     std::lock_guard<std::mutex> lock(mu_);
     active_.erase(job->job_id);

@@ -113,14 +113,19 @@ class S3Client {
     return nullptr;
   }
 
-  // Sends one S3 request, retrying retryable failures with exponential backoff and full jitter.
+  // Sends one S3 request, retrying retryable failures with exponential backoff and full jitter: at least
+  // max_attempts attempts, and more until `retry_for` has passed (cleanup requests use it to outlast an outage).
   Result<S3Response> Send(const AwsCredentials& creds, const std::string& method, const std::string& bucket,
                           const std::string& key, const std::vector<std::pair<std::string, std::string>>& query,
-                          const std::vector<std::pair<std::string, std::string>>& extra_headers,
-                          std::string_view body) {
+                          const std::vector<std::pair<std::string, std::string>>& extra_headers, std::string_view body,
+                          std::chrono::milliseconds retry_for = {}, int max_attempts = 0) {
     std::string last_error;
     std::string payload_hash = Sha256Hex(body);
-    for (int attempt = 1; attempt <= options_.max_attempts; ++attempt) {
+    auto start = std::chrono::steady_clock::now();
+    int attempt = 1;
+    for (;; ++attempt) {
+      const int attempts = max_attempts > 0 ? max_attempts : options_.max_attempts;
+      if (attempt > attempts && std::chrono::steady_clock::now() - start >= retry_for) break;
       if (attempt > 1) Backoff(attempt);
       S3Response resp;
       std::string curl_error;
@@ -139,12 +144,12 @@ class S3Client {
       return resp;
     }
     return Status::Unavailable("S3 " + method + " s3://" + bucket + "/" + key + " failed after " +
-                               std::to_string(options_.max_attempts) + " attempts: " + last_error);
+                               std::to_string(attempt - 1) + " attempts: " + last_error);
   }
 
  private:
   void Backoff(int attempt) {
-    int64_t cap = std::min<int64_t>(5000, static_cast<int64_t>(options_.base_backoff_ms) << (attempt - 2));
+    int64_t cap = std::min<int64_t>(5000, static_cast<int64_t>(options_.base_backoff_ms) << std::min(attempt - 2, 16));
     thread_local std::mt19937 rng(std::random_device{}());
     int64_t ms = std::uniform_int_distribution<int64_t>(cap / 2, cap)(rng);
     std::this_thread::sleep_for(std::chrono::milliseconds(ms));
@@ -222,6 +227,11 @@ class S3Client {
   std::string host_;
 };
 
+// Aborting a multipart upload (and listing the ones to abort) keeps retrying this long past max_attempts: an
+// upload left behind is invisible but stored (and billed) until a bucket lifecycle rule removes it, so cleanup
+// after a failure caused by an S3 outage waits for the endpoint to come back.
+constexpr std::chrono::milliseconds kCleanupRetryFor{30000};
+
 std::vector<std::pair<std::string, std::string>> SseHeaders(const WriteContext& ctx) {
   return {{"x-amz-server-side-encryption", "aws:kms"}, {"x-amz-server-side-encryption-aws-kms-key-id", ctx.kms_key_id}};
 }
@@ -281,7 +291,8 @@ class S3Writer final : public ObjectWriter {
     closed_ = true;
     buffer_.clear();
     if (upload_id_.empty()) return;
-    auto r = client_->Send(role_->credentials, "DELETE", bucket_, key_, {{"uploadId", upload_id_}}, {}, "");
+    auto r = client_->Send(role_->credentials, "DELETE", bucket_, key_, {{"uploadId", upload_id_}}, {}, "",
+                           kCleanupRetryFor);
     if (!r.ok() || (r->status != 204 && r->status != 200 && r->status != 404)) {
       spdlog::warn("event=s3_abort_failed bucket={} key={} reason=\"{}\"", bucket_, key_,
                    r.ok() ? ErrorText(*r) : r.status().message());
@@ -352,7 +363,8 @@ class S3Sink final : public ObjectSink {
       return Status::Invalid("Role " + role->role_arn + " may not write to bucket '" + bucket +
                              "'; its buckets are listed in the --s3-roles file");
     }
-    auto r = client_.Send(role->credentials, "HEAD", bucket, "", {}, {}, "");
+    // Two attempts only: a kick-off answers quickly even when S3 is down.
+    auto r = client_.Send(role->credentials, "HEAD", bucket, "", {}, {}, "", {}, 2);
     if (!r.ok()) return Status::Invalid("S3 bucket '" + bucket + "' cannot be reached: " + r.status().message());
     if (r->status == 404) return Status::Invalid("S3 bucket '" + bucket + "' does not exist");
     if (r->status == 403) {
@@ -405,7 +417,7 @@ class S3Sink final : public ObjectSink {
     ASSIGN_OR_RETURN(const S3Role* role, Role(ctx));
     while (true) {
       ASSIGN_OR_RETURN(S3Response r, client_.Send(role->credentials, "GET", bucket, "",
-                                                  {{"uploads", ""}, {"prefix", prefix}}, {}, ""));
+                                                  {{"uploads", ""}, {"prefix", prefix}}, {}, "", kCleanupRetryFor));
       if (r.status != 200) {
         return Status::Unavailable("ListMultipartUploads s3://" + bucket + "/" + prefix + ": " + ErrorText(r));
       }
@@ -416,7 +428,8 @@ class S3Sink final : public ObjectSink {
         if (upload.empty()) break;
         std::string key = XmlTag(upload, "Key");
         std::string id = XmlTag(upload, "UploadId");
-        ASSIGN_OR_RETURN(S3Response a, client_.Send(role->credentials, "DELETE", bucket, key, {{"uploadId", id}}, {}, ""));
+        ASSIGN_OR_RETURN(S3Response a, client_.Send(role->credentials, "DELETE", bucket, key, {{"uploadId", id}}, {},
+                                                    "", kCleanupRetryFor));
         if (a.status != 204 && a.status != 200 && a.status != 404) {
           return Status::Unavailable("AbortMultipartUpload s3://" + bucket + "/" + key + ": " + ErrorText(a));
         }

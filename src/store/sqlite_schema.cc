@@ -100,8 +100,6 @@ CREATE TABLE export_scope(job_id TEXT NOT NULL, type TEXT NOT NULL, rid INTEGER 
 )sql";
 
 constexpr const char* kMigrationV3 = R"sql(
-ALTER TABLE resources ADD COLUMN op INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE history ADD COLUMN op INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE compartment_v3(patient_id TEXT NOT NULL, rid INTEGER NOT NULL, since_seq INTEGER NOT NULL,
   until_seq INTEGER, PRIMARY KEY(patient_id, rid, since_seq)) WITHOUT ROWID;
 INSERT INTO compartment_v3(patient_id, rid, since_seq, until_seq)
@@ -117,10 +115,27 @@ Status SetVersion(SqliteConnection& db, int version) {
                  "')");
 }
 
+Result<bool> HasColumn(SqliteConnection& db, const std::string& table, const std::string& column) {
+  ASSIGN_OR_RETURN(auto q, db.Prepare("SELECT count(*) FROM pragma_table_info(?1) WHERE name=?2"));
+  q->Bind(1, table).Bind(2, column);
+  ASSIGN_OR_RETURN(bool row, q->Step());
+  return row && q->Int(0) > 0;
+}
+
+// v3 adds `op` to resources and history (skipped where a development build of v2 already had it).
+Status AddOpColumns(SqliteConnection& db) {
+  for (const char* table : {"resources", "history"}) {
+    ASSIGN_OR_RETURN(bool has, HasColumn(db, table, "op"));
+    if (!has) RETURN_IF_ERROR(db.Exec(std::string("ALTER TABLE ") + table + " ADD COLUMN op INTEGER NOT NULL DEFAULT 0"));
+  }
+  return Status::Ok();
+}
+
 Status ApplyMigration(SqliteConnection& db, int to_version) {
   RETURN_IF_ERROR(db.Exec("BEGIN IMMEDIATE"));
   const char* sql = to_version == 1 ? kSchemaV1 : to_version == 2 ? kMigrationV2 : kMigrationV3;
-  Status st = db.Exec(sql);
+  Status st = to_version == 3 ? AddOpColumns(db) : Status::Ok();
+  if (st.ok()) st = db.Exec(sql);
   if (st.ok()) st = SetVersion(db, to_version);
   if (st.ok()) return db.Exec("COMMIT");
   (void)db.Exec("ROLLBACK");
