@@ -16,9 +16,24 @@ using http::PathParams;
 using http::Request;
 using http::Response;
 
+// RFC 7240: Prefer is a comma-separated list of preferences (each possibly with ;parameters), names compared
+// case-insensitively; every Prefer header counts.
 bool PrefersAsync(const Request& req) {
-  std::string_view prefer = req.headers.Get("Prefer");
-  return prefer.find("respond-async") != std::string_view::npos;
+  for (const auto& [name, value] : req.headers.items()) {
+    if (!http::EqualsIgnoreCase(name, "Prefer")) continue;
+    std::string_view rest = value;
+    while (!rest.empty()) {
+      size_t comma = rest.find(',');
+      std::string_view pref = rest.substr(0, comma);
+      pref = pref.substr(0, pref.find(';'));
+      while (!pref.empty() && (pref.front() == ' ' || pref.front() == '\t')) pref.remove_prefix(1);
+      while (!pref.empty() && (pref.back() == ' ' || pref.back() == '\t')) pref.remove_suffix(1);
+      if (http::EqualsIgnoreCase(pref, "respond-async")) return true;
+      if (comma == std::string_view::npos) break;
+      rest.remove_prefix(comma + 1);
+    }
+  }
+  return false;
 }
 
 Response KickOff(const ApiContext& ctx, const Request& req, const PathParams& p, bulk::ExportLevel level) {
@@ -95,8 +110,9 @@ std::string RenderDescribe(const bulk::JobView& v, const std::string& datastore_
          ",\"resourcesWritten\":" + std::to_string(v.written_rows) +
          ",\"bytesWritten\":" + std::to_string(v.written_bytes) + "}}";
   if (done || j.status == js::kCancelCompleted) {
-    out += ",\"transactionTime\":" + JsonString(j.snapshot ? FormatInstant(j.snapshot->time) : "") +
-           ",\"request\":" + JsonString(j.request_url) + ",\"requiresAccessToken\":false,\"output\":[";
+    // A job cancelled before it started has no snapshot, hence no transactionTime.
+    if (j.snapshot) out += ",\"transactionTime\":" + JsonString(FormatInstant(j.snapshot->time));
+    out += ",\"request\":" + JsonString(j.request_url) + ",\"requiresAccessToken\":false,\"output\":[";
     auto out_loc = bulk::ExportEngine::JobOutput(j);
     std::string bucket = out_loc.ok() ? out_loc->bucket : "";
     std::string errors;

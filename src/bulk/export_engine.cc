@@ -492,8 +492,8 @@ ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::Exp
         if (job.error_lines.size() < kMaxErrorLines) {
           job.error_lines.push_back(fhir::OperationOutcome(
               "error", "exception",
-              task.type + " row " + std::to_string(row.rid) +
-                  " could not be exported: its stored bytes are not a " + task.type + " resource"));
+              task.type + "/" + std::string(row.id) + " could not be exported: its stored bytes are not a " +
+                  task.type + " resource (the datastore is damaged; restore it, or PUT the resource again)"));
         }
         return Status::Ok();
       }

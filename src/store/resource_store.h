@@ -93,6 +93,7 @@ struct ScanRequest {
 
 struct ScanRow {
   int64_t rid;
+  std::string_view id;    // the resource id; valid during the callback
   std::string_view json;  // the bytes of the version current at the snapshot; valid during the callback
 };
 

@@ -467,15 +467,15 @@ class SqliteStore final : public ResourceStore {
     const bool since = req.since.has_value();
     switch (req.scope) {
       case ScanScope::kAll:
-        sql = "SELECT rid, seq, deleted, last_updated, json FROM resources r WHERE type=?1 AND rid>?2 AND rid<=?3";
+        sql = "SELECT rid, seq, deleted, last_updated, json, id FROM resources r WHERE type=?1 AND rid>?2 AND rid<=?3";
         break;
       case ScanScope::kAnyCompartment:
-        sql = "SELECT rid, seq, deleted, last_updated, json FROM resources r WHERE type=?1 AND rid>?2 AND rid<=?3 "
+        sql = "SELECT rid, seq, deleted, last_updated, json, id FROM resources r WHERE type=?1 AND rid>?2 AND rid<=?3 "
               "AND EXISTS (SELECT 1 FROM compartment c WHERE c.rid=r.rid AND c.since_seq<=?7 AND "
               "(c.until_seq IS NULL OR c.until_seq>?7))";
         break;
       case ScanScope::kJobScope:
-        sql = "SELECT r.rid, r.seq, r.deleted, r.last_updated, r.json FROM export_scope s JOIN resources r "
+        sql = "SELECT r.rid, r.seq, r.deleted, r.last_updated, r.json, r.id FROM export_scope s JOIN resources r "
               "ON r.rid=s.rid WHERE s.job_id=?6 AND s.type=?1 AND s.rid>?2 AND s.rid<=?3";
         break;
     }
@@ -530,7 +530,7 @@ class SqliteStore final : public ResourceStore {
         json = old_json;
       }
       bytes += json.size();
-      st = on_row(ScanRow{rid, json});
+      st = on_row(ScanRow{rid, q->Text(5), json});
       if (!st.ok()) break;
       if (bytes >= req.max_bytes) break;
     }
