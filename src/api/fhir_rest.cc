@@ -81,6 +81,19 @@ Result<Response> Create(store::ResourceStore& store, const std::string& base, co
   RETURN_IF_ERROR(CheckType(type));
   ASSIGN_OR_RETURN(fhir::ParsedResource parsed, ParseBody(req, type));
   ASSIGN_OR_RETURN(auto txn, store.BeginWrite());
+  if (req.headers.Has("If-None-Exist")) {  // conditional create
+    std::string_view cond = req.headers.Get("If-None-Exist");
+    if (size_t q = cond.find('?'); q != std::string_view::npos) cond = cond.substr(q + 1);
+    ASSIGN_OR_RETURN(auto ids, FindByCondition(*txn, type, cond, "If-None-Exist '" + std::string(cond) + "'"));
+    if (ids.size() > 1) {
+      return Status::PreconditionFailed("If-None-Exist '" + std::string(cond) + "' matches " +
+                                        std::to_string(ids.size()) + " resources; it must match at most one");
+    }
+    if (ids.size() == 1) {
+      ASSIGN_OR_RETURN(auto existing, txn->Read(type, ids[0]));
+      return ResourceResponse(200, existing, base, true);
+    }
+  }
   ASSIGN_OR_RETURN(auto stored, txn->Put(parsed, NewUuid(), std::nullopt, store::WriteOp::kPost));
   RETURN_IF_ERROR(txn->Commit());
   return ResourceResponse(201, stored, base, true);

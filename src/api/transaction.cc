@@ -40,16 +40,11 @@ class BundleResolver final : public fhir::ReferenceResolver {
     size_t q = ref.find('?');
     if (q == std::string_view::npos) return std::optional<std::string>();
     std::string_view type = ref.substr(0, q);
-    std::string_view query = ref.substr(q + 1);
-    if (!fhir::IsKnownResourceType(type) || !query.starts_with("identifier=")) {
-      return Status::Invalid("Conditional reference '" + std::string(ref) +
-                             "' is not supported; only Type?identifier=system|value is");
+    if (!fhir::IsKnownResourceType(type)) {
+      return Status::Invalid("Conditional reference '" + std::string(ref) + "' does not start with a resource type");
     }
-    std::string token = http::PercentDecode(query.substr(11), false);
-    size_t bar = token.find('|');
-    std::string system = bar == std::string::npos ? "" : token.substr(0, bar);
-    std::string value = bar == std::string::npos ? token : token.substr(bar + 1);
-    ASSIGN_OR_RETURN(auto ids, txn_->FindByIdentifier(type, system, value));
+    ASSIGN_OR_RETURN(auto ids, FindByCondition(*txn_, type, ref.substr(q + 1),
+                                               "Conditional reference '" + std::string(ref) + "'"));
     if (ids.empty()) return Status::Invalid("Conditional reference '" + std::string(ref) + "' matches no resource");
     if (ids.size() > 1) {
       return Status::PreconditionFailed("Conditional reference '" + std::string(ref) + "' matches " +
@@ -159,14 +154,9 @@ Result<EntryResult> RunEntry(fhir::ResourceParser& parser, const fhir::BundleEnt
   if (plan.method == "POST" && !plan.if_none_exist.empty()) {
     std::string_view cond = plan.if_none_exist;
     if (size_t q = cond.find('?'); q != std::string_view::npos) cond = cond.substr(q + 1);
-    if (!cond.starts_with("identifier=")) {
-      return Status::Invalid(EntryName(plan.index) + ".request.ifNoneExist '" + plan.if_none_exist +
-                             "' is not supported; only identifier=system|value is");
-    }
-    std::string token = http::PercentDecode(cond.substr(11), false);
-    size_t bar = token.find('|');
-    ASSIGN_OR_RETURN(auto ids, txn->FindByIdentifier(plan.type, bar == std::string::npos ? "" : token.substr(0, bar),
-                                                     bar == std::string::npos ? token : token.substr(bar + 1)));
+    ASSIGN_OR_RETURN(auto ids, FindByCondition(*txn, plan.type, cond,
+                                               EntryName(plan.index) + ".request.ifNoneExist '" + plan.if_none_exist +
+                                                   "'"));
     if (ids.size() > 1) {
       return Status::PreconditionFailed(EntryName(plan.index) + ": ifNoneExist '" + plan.if_none_exist + "' matches " +
                                         std::to_string(ids.size()) + " resources");
@@ -229,6 +219,19 @@ std::string StatusLine(int code) {
 }
 
 }  // namespace
+
+Result<std::vector<std::string>> FindByCondition(store::StoreTransaction& txn, std::string_view type,
+                                                 std::string_view criterion, std::string_view what) {
+  if (!criterion.starts_with("identifier=") || criterion.find('&') != std::string_view::npos) {
+    return Status::Invalid(std::string(what) + " is not supported; only identifier=system|value is");
+  }
+  std::string token = http::PercentDecode(criterion.substr(11), false);
+  size_t bar = token.find('|');
+  std::string system = bar == std::string::npos ? "" : token.substr(0, bar);
+  std::string value = bar == std::string::npos ? token : token.substr(bar + 1);
+  if (value.empty()) return Status::Invalid(std::string(what) + " has no identifier value");
+  return txn.FindByIdentifier(type, system, value);
+}
 
 Result<std::string> ProcessBundle(store::ResourceStore& store, std::string_view body) {
   thread_local fhir::ResourceParser parser;

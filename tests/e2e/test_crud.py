@@ -276,6 +276,28 @@ def test_if_match(server, http):
     assert http.get(base + "/Observation/ifm-1").json()["status"] == "cancelled"
 
 
+def test_conditional_create_if_none_exist(server, http):
+    base = server.base
+    patient = {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "ine-42"}],
+               "name": [{"family": "Once"}]}
+    r1 = http.fhir("POST", base + "/Patient", patient, headers={"If-None-Exist": "identifier=urn:mrn|ine-42"})
+    assert r1.status_code == 201, describe_response(r1)
+    first_id = r1.json()["id"]
+    # a match: no second resource, 200 with the existing one
+    r2 = http.fhir("POST", base + "/Patient", dict(patient, name=[{"family": "Twice"}]),
+                   headers={"If-None-Exist": "identifier=urn:mrn|ine-42"})
+    assert r2.status_code == 200, describe_response(r2)
+    assert r2.json()["id"] == first_id and r2.json()["name"] == [{"family": "Once"}]
+    assert r2.headers.get("Content-Location", "").endswith(f"/Patient/{first_id}/_history/1")
+    # two matches -> 412; an unsupported criterion -> 400
+    http.fhir("POST", base + "/Patient", patient)
+    assert_outcome(http.fhir("POST", base + "/Patient", patient, headers={"If-None-Exist": "identifier=urn:mrn|ine-42"}),
+                   412)
+    r = http.fhir("POST", base + "/Patient", patient, headers={"If-None-Exist": "name=Once"})
+    assert_outcome(r, 400)
+    assert "If-None-Exist" in r.json()["issue"][0]["diagnostics"]
+
+
 def test_meta_is_set_by_server(server, http):
     base = server.base
     sent = patient(meta={"versionId": "42", "lastUpdated": "2001-02-03T04:05:06.789Z",
