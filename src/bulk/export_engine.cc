@@ -29,6 +29,7 @@ struct ExportEngine::ActiveJob {
   std::atomic<bool> cancel{false};  // user cancel or failure: stop at the next batch
   std::atomic<int64_t> written_rows{0};
   std::atomic<int64_t> written_bytes{0};
+  std::atomic<bool> has_errors{false};  // some error file is recorded
   int64_t planned_rows = 0;
 
   std::mutex mu;
@@ -36,12 +37,11 @@ struct ExportEngine::ActiveJob {
   int tasks_remaining = 0;                // GUARDED_BY(mu)
   std::map<std::string, int> last_file_no;  // GUARDED_BY(mu)
   std::string failure;                    // GUARDED_BY(mu)
-  std::vector<std::string> error_lines;   // GUARDED_BY(mu)
 };
 
 namespace {
 
-constexpr size_t kMaxErrorLines = 10000;
+constexpr size_t kMaxErrorLinesPerFile = 10000;
 
 bool IsTerminal(std::string_view s) {
   return s == js::kCompleted || s == js::kCompletedWithErrors || s == js::kFailed || s == js::kCancelCompleted ||
@@ -117,6 +117,7 @@ Status ExportEngine::Start() {
       if (!st.ok()) {
         job.message = "The server restarted during this export and could not resume it: " + st.message();
         (void)SetStatus(store, &job, job.status == js::kInProgress ? js::kFailed : js::kCancelFailed);
+        (void)store->DropJobScratch(job.job_id);
       }
     }
   }
@@ -165,7 +166,8 @@ Status ExportEngine::Resume(store::ResourceStore* store, store::ExportJobRecord 
   RETURN_IF_ERROR(CleanupOutput(store, job));
   if (job.status != js::kInProgress) {
     if (job.status == js::kCancelSubmitted) RETURN_IF_ERROR(SetStatus(store, &job, js::kCancelInProgress));
-    return SetStatus(store, &job, js::kCancelCompleted);
+    RETURN_IF_ERROR(SetStatus(store, &job, js::kCancelCompleted));
+    return store->DropJobScratch(job.job_id);
   }
   ASSIGN_OR_RETURN(auto tasks, store->Tasks(job.job_id));
   ASSIGN_OR_RETURN(auto files, store->Files(job.job_id));
@@ -176,9 +178,12 @@ Status ExportEngine::Resume(store::ResourceStore* store, store::ExportJobRecord 
   active->key_prefix = JobKeyPrefix(job, store->info().id);
   active->write_ctx = {job.data_access_role_arn, job.kms_key_id};
   for (const auto& f : files) {
-    if (f.kind != "output") continue;
-    int& n = active->last_file_no[f.type];
+    int& n = active->last_file_no[f.type];  // error files share OperationOutcome's numbering
     n = std::max(n, f.file_no);
+    if (f.kind != "output") {
+      active->has_errors = true;
+      continue;
+    }
     active->written_rows += f.count;
     active->written_bytes += f.bytes;
   }
@@ -257,12 +262,14 @@ Result<JobView> ExportEngine::Describe(store::ResourceStore* store, std::string_
 }
 
 Result<store::ExportJobRecord> ExportEngine::Cancel(store::ResourceStore* store, std::string_view job_id) {
+  // mu_ serialises this with the scheduler's last step of starting a job (which re-reads the status).
   std::lock_guard<std::mutex> lock(mu_);
   auto it = active_.find(job_id);
   if (it != active_.end()) {
     ActiveJob& job = *it->second;
     std::lock_guard<std::mutex> job_lock(job.mu);
-    if (job.record.status != js::kInProgress || !job.failure.empty()) {
+    // A job whose last task has finished is being finalised: too late to cancel.
+    if (job.record.status != js::kInProgress || !job.failure.empty() || job.tasks_remaining == 0) {
       return Status::NotSupported("Interaction not supported.");
     }
     RETURN_IF_ERROR(SetStatus(store, &job.record, js::kCancelSubmitted));
@@ -288,11 +295,16 @@ void ExportEngine::SchedulerLoop() {
   }
 }
 
+// Runs on the scheduler thread only. The engine lock is held for decisions and status changes, never while a job
+// is being planned (snapshot, scope, task ranges can take seconds on a large store), so describe, kick-off and
+// cancel stay fast.
 void ExportEngine::ScheduleOnce() {
-  std::lock_guard<std::mutex> lock(mu_);
-  for (auto& [id, job] : active_) {
-    std::lock_guard<std::mutex> job_lock(job->mu);
-    if (job->record.status == js::kCancelSubmitted) (void)SetStatus(job->store, &job->record, js::kCancelInProgress);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [id, job] : active_) {
+      std::lock_guard<std::mutex> job_lock(job->mu);
+      if (job->record.status == js::kCancelSubmitted) (void)SetStatus(job->store, &job->record, js::kCancelInProgress);
+    }
   }
   for (auto* store : catalog_->All()) {
     if (stopping_) return;
@@ -301,27 +313,39 @@ void ExportEngine::ScheduleOnce() {
       spdlog::error("event=export_schedule_failed datastore={} reason=\"{}\"", store->info().id, jobs.status().message());
       continue;
     }
-    int running = 0;
-    for (const auto& [id, job] : active_) running += job->store == store ? 1 : 0;
     for (auto& job : *jobs) {
-      if (active_.count(job.job_id)) continue;
-      if (job.status == js::kCancelSubmitted) {
-        if (SetStatus(store, &job, js::kCancelInProgress).ok()) (void)SetStatus(store, &job, js::kCancelCompleted);
-        continue;
-      }
-      if (running < options_.jobs_per_datastore) {
-        ++running;
-        Status st = StartJob(store, job);
-        if (!st.ok()) {
-          spdlog::error("event=export_start_failed job={} reason=\"{}\"", job.job_id, st.message());
-          job.message = "The export could not start: " + st.message();
-          (void)SetStatus(store, &job, js::kFailed);
+      if (stopping_) return;
+      int running = 0;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (active_.count(job.job_id)) continue;
+        for (const auto& [id, a] : active_) running += a->store == store ? 1 : 0;
+        if (job.status == js::kCancelSubmitted) {
+          if (SetStatus(store, &job, js::kCancelInProgress).ok()) (void)SetStatus(store, &job, js::kCancelCompleted);
           (void)store->DropJobScratch(job.job_id);
-          --running;
+          continue;
         }
-      } else if (job.status == js::kSubmitted) {
-        (void)SetStatus(store, &job, js::kQueued);
+        if (running >= options_.jobs_per_datastore) {
+          auto fresh = store->GetJob(job.job_id);  // Cancel may have changed it since the list was read
+          if (fresh.ok() && fresh->status == js::kSubmitted) (void)SetStatus(store, &*fresh, js::kQueued);
+          continue;
+        }
       }
+      Status st = StartJob(store, job);
+      if (st.ok()) continue;
+      if (st.code() == StatusCode::kUnavailable) {
+        // Busy or briefly unavailable store (e.g. a concurrent `fhirlake load`): try again at the next tick.
+        spdlog::warn("event=export_start_deferred job={} reason=\"{}\"", job.job_id, st.message());
+        return;
+      }
+      spdlog::error("event=export_start_failed job={} reason=\"{}\"", job.job_id, st.message());
+      std::lock_guard<std::mutex> lock(mu_);
+      auto fresh = store->GetJob(job.job_id);
+      if (fresh.ok() && (fresh->status == js::kSubmitted || fresh->status == js::kQueued)) {
+        fresh->message = "The export could not start: " + st.message();
+        (void)SetStatus(store, &*fresh, js::kFailed);
+      }
+      (void)store->DropJobScratch(job.job_id);
     }
   }
 }
@@ -370,7 +394,7 @@ Result<std::vector<store::ExportTaskRecord>> ExportEngine::PlanTasks(store::Reso
   return tasks;
 }
 
-// Called with mu_ held.
+// Called without mu_: plans the job, then takes mu_ for the transition to IN_PROGRESS.
 Status ExportEngine::StartJob(store::ResourceStore* store, store::ExportJobRecord job) {
   ASSIGN_OR_RETURN(store::Snapshot snap, store->TakeSnapshot());
   job.snapshot = snap;
@@ -385,6 +409,16 @@ Status ExportEngine::StartJob(store::ResourceStore* store, store::ExportJobRecor
   }
   ASSIGN_OR_RETURN(auto tasks, PlanTasks(store, job));
   RETURN_IF_ERROR(store->ReplaceTasks(job.job_id, tasks));
+
+  std::lock_guard<std::mutex> lock(mu_);
+  ASSIGN_OR_RETURN(store::ExportJobRecord fresh, store->GetJob(job.job_id));
+  if (fresh.status != js::kSubmitted && fresh.status != js::kQueued) {
+    // Cancelled while it was being planned.
+    if (fresh.status == js::kCancelSubmitted && SetStatus(store, &fresh, js::kCancelInProgress).ok()) {
+      (void)SetStatus(store, &fresh, js::kCancelCompleted);
+    }
+    return store->DropJobScratch(job.job_id);
+  }
   RETURN_IF_ERROR(SetStatus(store, &job, js::kInProgress));
   auto active = std::make_shared<ActiveJob>();
   active->store = store;
@@ -443,28 +477,55 @@ void ExportEngine::WorkerLoop() {
 ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::ExportTaskRecord& task,
                                                 std::string* failure) {
   const std::string expected_prefix = "{\"resourceType\":\"" + task.type + "\"";
+  // The open output file and the errors met since the last commit. Both are committed together with the task
+  // checkpoint in one store transaction, so a restart neither loses nor repeats an error.
   std::unique_ptr<sink::ObjectWriter> writer;
   store::ExportFileRecord file;
+  std::vector<std::string> errors;
   int64_t after = task.after_rid;
 
-  auto open_file = [&]() -> Status {
-    file = store::ExportFileRecord{};
-    file.job_id = job.job_id;
-    file.kind = "output";
-    file.type = task.type;
-    file.task_no = task.task_no;
+  auto new_file = [&](std::string_view kind, const std::string& type) {
+    store::ExportFileRecord f;
+    f.job_id = job.job_id;
+    f.kind = std::string(kind);
+    f.type = type;
+    f.task_no = task.task_no;
     {
       std::lock_guard<std::mutex> lock(job.mu);
-      file.file_no = ++job.last_file_no[task.type];
+      f.file_no = ++job.last_file_no[type];
     }
-    file.key = job.key_prefix + "/" + task.type + "/" + task.type + "-" + std::to_string(file.file_no) + ".ndjson";
+    f.key = job.key_prefix + "/" + type + "/" + type + "-" + std::to_string(f.file_no) + ".ndjson";
+    return f;
+  };
+  auto open_file = [&]() -> Status {
+    file = new_file("output", task.type);
     ASSIGN_OR_RETURN(writer, sink_->Create(job.write_ctx, job.output.bucket, file.key));
     return Status::Ok();
   };
-  auto commit_file = [&](bool done) -> Status {
-    RETURN_IF_ERROR(writer->Commit());
-    writer.reset();
-    return job.store->CommitFile(file, after, done);
+  // Commits the open file (if any) and the pending errors (if any), then records them with the checkpoint.
+  auto commit = [&](bool done) -> Status {
+    std::vector<store::ExportFileRecord> records;
+    if (!errors.empty()) {
+      store::ExportFileRecord ef = new_file("error", "OperationOutcome");
+      ASSIGN_OR_RETURN(auto ew, sink_->Create(job.write_ctx, job.output.bucket, ef.key));
+      for (const auto& line : errors) {
+        RETURN_IF_ERROR(ew->Append(line));
+        RETURN_IF_ERROR(ew->Append("\n"));
+        ef.count += 1;
+        ef.bytes += static_cast<int64_t>(line.size() + 1);
+      }
+      RETURN_IF_ERROR(ew->Commit());
+      records.push_back(std::move(ef));
+    }
+    if (writer) {
+      RETURN_IF_ERROR(writer->Commit());
+      writer.reset();
+      records.push_back(file);
+    }
+    RETURN_IF_ERROR(job.store->CommitFiles(records, job.job_id, task.task_no, after, done));
+    if (!errors.empty()) job.has_errors = true;
+    errors.clear();
+    return Status::Ok();
   };
 
   store::ScanRequest req;
@@ -485,16 +546,12 @@ ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::Exp
       return TaskOutcome::kStopped;
     }
     req.after_rid = after;
-    Status row_status;
     auto progress = job.store->Scan(req, [&](const store::ScanRow& row) -> Status {
       if (!std::string_view(row.json).starts_with(expected_prefix)) {
-        std::lock_guard<std::mutex> lock(job.mu);
-        if (job.error_lines.size() < kMaxErrorLines) {
-          job.error_lines.push_back(fhir::OperationOutcome(
-              "error", "exception",
-              task.type + "/" + std::string(row.id) + " could not be exported: its stored bytes are not a " +
-                  task.type + " resource (the datastore is damaged; restore it, or PUT the resource again)"));
-        }
+        errors.push_back(fhir::OperationOutcome(
+            "error", "exception",
+            task.type + "/" + std::string(row.id) + " could not be exported: its stored bytes are not a " +
+                task.type + " resource (the datastore is damaged; restore it, or PUT the resource again)"));
         return Status::Ok();
       }
       if (!writer) RETURN_IF_ERROR(open_file());
@@ -513,17 +570,19 @@ ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::Exp
     }
     after = progress->last_rid;
     if (progress->exhausted) break;
-    if (writer && static_cast<size_t>(file.bytes) >= options_.file_bytes) {
-      Status st = commit_file(false);
+    if ((writer && static_cast<size_t>(file.bytes) >= options_.file_bytes) || errors.size() >= kMaxErrorLinesPerFile) {
+      Status st = commit(false);
       if (!st.ok()) {
+        if (writer) writer->Abort();
         *failure = st.message();
         return TaskOutcome::kFailed;
       }
     }
     if (options_.batch_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(options_.batch_delay_ms));
   }
-  Status st = writer ? commit_file(true) : job.store->MarkTaskDone(job.job_id, task.task_no, after);
+  Status st = commit(true);
   if (!st.ok()) {
+    if (writer) writer->Abort();
     *failure = st.message();
     return TaskOutcome::kFailed;
   }
@@ -572,31 +631,7 @@ void ExportEngine::Finalize(const std::shared_ptr<ActiveJob>& job) {
     } else if (stopping_) {
       keep_running = true;  // resumed by the next Start()
     } else {
-      Status st;
-      if (!job->error_lines.empty()) {
-        store::ExportFileRecord f;
-        f.job_id = job->job_id;
-        f.kind = "error";
-        f.type = "OperationOutcome";
-        f.file_no = 1;
-        f.task_no = -1;
-        f.key = job->key_prefix + "/OperationOutcome/OperationOutcome-1.ndjson";
-        auto writer = sink_->Create(job->write_ctx, job->output.bucket, f.key);
-        st = writer.status();
-        for (size_t i = 0; st.ok() && i < job->error_lines.size(); ++i) {
-          st = (*writer)->Append(job->error_lines[i] + "\n");
-          f.count += 1;
-          f.bytes += static_cast<int64_t>(job->error_lines[i].size() + 1);
-        }
-        if (st.ok()) st = (*writer)->Commit();
-        if (st.ok()) st = store->CommitFile(f, 0, false);
-      }
-      if (!st.ok()) {
-        rec.message = "The export failed: " + st.message();
-        (void)SetStatus(store, &rec, js::kFailed);
-      } else {
-        (void)SetStatus(store, &rec, job->error_lines.empty() ? js::kCompleted : js::kCompletedWithErrors);
-      }
+      (void)SetStatus(store, &rec, job->has_errors ? js::kCompletedWithErrors : js::kCompleted);
     }
   }
   if (!keep_running) (void)store->DropJobScratch(job->job_id);

@@ -133,8 +133,11 @@ class LocalDirSink final : public ObjectSink {
     if (!fs::exists(dir, ec)) return out;
     for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator();
          it.increment(ec)) {
-      if (!it->is_regular_file() || IsPartName(it->path().filename().string())) continue;
-      out.push_back({fs::relative(it->path(), base).string(), static_cast<int64_t>(it->file_size())});
+      std::error_code e2;
+      if (!it->is_regular_file(e2) || IsPartName(it->path().filename().string())) continue;
+      auto size = it->file_size(e2);
+      std::string rel = it->path().string().substr(base.string().size() + 1);
+      out.push_back({rel, e2 ? 0 : static_cast<int64_t>(size)});
     }
     if (ec) return Status::Unavailable("cannot list " + dir.string() + ": " + ec.message());
     return out;
@@ -154,7 +157,8 @@ class LocalDirSink final : public ObjectSink {
     std::vector<fs::path> parts;
     for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator();
          it.increment(ec)) {
-      if (it->is_regular_file() && IsPartName(it->path().filename().string())) parts.push_back(it->path());
+      std::error_code e2;
+      if (it->is_regular_file(e2) && IsPartName(it->path().filename().string())) parts.push_back(it->path());
     }
     for (const auto& p : parts) fs::remove(p, ec);
     return Status::Ok();

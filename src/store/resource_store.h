@@ -196,9 +196,12 @@ class ResourceStore {
   // Atomically replaces the job's tasks (planning).
   virtual Status ReplaceTasks(const std::string& job_id, const std::vector<ExportTaskRecord>& tasks) = 0;
   virtual Result<std::vector<ExportTaskRecord>> Tasks(const std::string& job_id) = 0;
-  // Records a completed file and advances the task checkpoint in one transaction.
-  virtual Status CommitFile(const ExportFileRecord& file, int64_t task_after_rid, bool task_done) = 0;
-  virtual Status MarkTaskDone(const std::string& job_id, int task_no, int64_t after_rid) = 0;
+  // Records completed files (any number, also none) and advances the task's checkpoint, in one transaction.
+  virtual Status CommitFiles(const std::vector<ExportFileRecord>& files, const std::string& job_id, int task_no,
+                             int64_t task_after_rid, bool task_done) = 0;
+  Status CommitFile(const ExportFileRecord& file, int64_t task_after_rid, bool task_done) {
+    return CommitFiles({file}, file.job_id, file.task_no, task_after_rid, task_done);
+  }
   virtual Result<std::vector<ExportFileRecord>> Files(const std::string& job_id) = 0;
   // Removes the per-job scope rows (after the job has finished).
   virtual Status DropJobScratch(const std::string& job_id) = 0;

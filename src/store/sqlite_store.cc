@@ -20,7 +20,7 @@
 namespace fhirlake::store {
 namespace {
 
-constexpr size_t kMaxPooledConnections = 16;
+constexpr size_t kMaxPooledConnections = 8;
 
 std::string JoinTypes(const std::vector<std::string>& types) {
   std::string out;
@@ -75,12 +75,15 @@ class ConnectionPool {
     }
     ASSIGN_OR_RETURN(auto conn, SqliteConnection::Open(path_, busy_timeout_ms_));
     RETURN_IF_ERROR(conn->Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF;"
-                               " PRAGMA temp_store=MEMORY; PRAGMA cache_size=-32768;"));
+                               " PRAGMA temp_store=MEMORY; PRAGMA cache_size=-16384;"));
     return Lease(this, std::move(conn));
   }
 
  private:
   void Release(std::unique_ptr<SqliteConnection> c) {
+    // A lease given back inside a transaction (an error path, or an exception unwinding) must not hand a frozen
+    // snapshot or a held write lock to the next user.
+    if (!sqlite3_get_autocommit(c->raw()) && !c->Exec("ROLLBACK").ok()) return;
     std::lock_guard<std::mutex> lock(mu_);
     if (idle_.size() < kMaxPooledConnections) idle_.push_back(std::move(c));
   }
@@ -315,8 +318,13 @@ class SqliteStore final : public ResourceStore {
 
   // Opens (creating when `create`) the database and reads the datastore identity from it.
   Status Open(bool create) {
+    if (create) {
+      // The page size must be set before the database becomes a WAL database (it cannot change afterwards), so
+      // the first connection to a new file sets it before any pooled connection switches to WAL.
+      ASSIGN_OR_RETURN(auto first, SqliteConnection::Open(info_.path, 1000));
+      RETURN_IF_ERROR(first->Exec("PRAGMA page_size=65536; PRAGMA journal_mode=WAL;"));
+    }
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
-    if (create) RETURN_IF_ERROR(conn->Exec("PRAGMA page_size=65536"));
     RETURN_IF_ERROR(EnsureSchema(*conn, info_.path));
     if (create) {
       ASSIGN_OR_RETURN(auto ins, conn->Prepare("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)"));
@@ -333,7 +341,18 @@ class SqliteStore final : public ResourceStore {
       if (!row) break;
       if (q->Text(0) == "datastore_id") info_.id = q->Str(1);
       if (q->Text(0) == "datastore_name") info_.name = q->Str(1);
-      if (q->Text(0) == "created_at") info_.created_at = std::stoll(q->Str(1));
+      if (q->Text(0) == "created_at") info_.created_at = std::strtoll(q->Str(1).c_str(), nullptr, 10);
+    }
+    q.reset();
+    if (info_.id.empty()) {
+      // A crash while creating the datastore (after the schema, before its identity): the folder name is the id.
+      std::string dir_id = std::filesystem::path(info_.path).parent_path().filename().string();
+      if (IsHexId(dir_id)) {
+        ASSIGN_OR_RETURN(auto ins, conn->Prepare("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)"));
+        ins->Bind(1, "datastore_id").Bind(2, dir_id);
+        RETURN_IF_ERROR(ins->Run());
+        info_.id = dir_id;
+      }
     }
     if (!IsHexId(info_.id)) return Status::Invalid(info_.path + " does not record a valid datastore id");
     return Status::Ok();
@@ -356,6 +375,7 @@ class SqliteStore final : public ResourceStore {
 
   Result<StoredResource> ReadVersion(std::string_view type, std::string_view id, int64_t version) override {
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    RETURN_IF_ERROR(conn->Exec("BEGIN"));  // one snapshot for both reads (ended by the lease)
     ASSIGN_OR_RETURN(StoredResource current, ReadCurrent(*conn, type, id));
     if (current.version == version) return current;
     ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT version, seq, last_updated, deleted, json, op FROM history "
@@ -371,6 +391,7 @@ class SqliteStore final : public ResourceStore {
 
   Result<std::vector<StoredResource>> History(std::string_view type, std::string_view id) override {
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    RETURN_IF_ERROR(conn->Exec("BEGIN"));  // current row and history from one snapshot (ended by the lease)
     ASSIGN_OR_RETURN(StoredResource current, ReadCurrent(*conn, type, id));
     std::vector<StoredResource> out;
     ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT version, seq, last_updated, deleted, json, op FROM history "
@@ -706,19 +727,18 @@ class SqliteStore final : public ResourceStore {
     return out;
   }
 
-  Status CommitFile(const ExportFileRecord& f, int64_t task_after_rid, bool task_done) override {
+  Status CommitFiles(const std::vector<ExportFileRecord>& files, const std::string& job_id, int task_no,
+                     int64_t task_after_rid, bool task_done) override {
     return WithWrite([&](SqliteConnection& c) -> Status {
       ASSIGN_OR_RETURN(auto ins, c.Prepare("INSERT INTO export_files(job_id, kind, type, file_no, key, count, bytes, "
                                            "task_no) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"));
-      ins->Bind(1, f.job_id).Bind(2, f.kind).Bind(3, f.type).Bind(4, f.file_no).Bind(5, f.key).Bind(6, f.count);
-      ins->Bind(7, f.bytes).Bind(8, f.task_no);
-      RETURN_IF_ERROR(ins->Run());
-      return UpdateTask(c, f.job_id, f.task_no, task_after_rid, task_done);
+      for (const auto& f : files) {
+        ins->Bind(1, f.job_id).Bind(2, f.kind).Bind(3, f.type).Bind(4, f.file_no).Bind(5, f.key).Bind(6, f.count);
+        ins->Bind(7, f.bytes).Bind(8, f.task_no);
+        RETURN_IF_ERROR(ins->Run());
+      }
+      return UpdateTask(c, job_id, task_no, task_after_rid, task_done);
     });
-  }
-
-  Status MarkTaskDone(const std::string& job_id, int task_no, int64_t after_rid) override {
-    return WithWrite([&](SqliteConnection& c) { return UpdateTask(c, job_id, task_no, after_rid, true); });
   }
 
   Result<std::vector<ExportFileRecord>> Files(const std::string& job_id) override {
@@ -866,8 +886,9 @@ Result<std::unique_ptr<DatastoreCatalog>> OpenSqliteCatalog(const StoreOptions& 
   if (ec) return Status::Unavailable("cannot create data directory " + root.string() + ": " + ec.message());
   auto catalog = std::make_unique<SqliteCatalog>();
   std::vector<fs::path> dirs;
-  for (const auto& entry : fs::directory_iterator(root, ec)) {
-    if (entry.is_directory() && fs::exists(entry.path() / "fhir.db")) dirs.push_back(entry.path());
+  for (auto it = fs::directory_iterator(root, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    std::error_code e2;
+    if (it->is_directory(e2) && fs::exists(it->path() / "fhir.db", e2)) dirs.push_back(it->path());
   }
   if (ec) return Status::Unavailable("cannot list " + root.string() + ": " + ec.message());
   std::sort(dirs.begin(), dirs.end());

@@ -282,6 +282,38 @@ def test_corrupt_row_completes_with_errors(tpl, servers, tmp_path):
     assert d["exportJobProperties"]["progress"]["percent"] == 100
 
 
+def test_errors_survive_kill9(tpl, servers, tmp_path):
+    """A damaged row met before a crash is still reported after the restart: its error file was committed with
+    the task checkpoint, so the resumed job ends COMPLETED_WITH_ERRORS exactly like a clean run."""
+    data = tpl.clone(tmp_path / "data")
+    m = tpl.model()
+    early = next(t for t in ("AllergyIntolerance", "CarePlan", "CareTeam", "Claim") if m.ids(t))
+    bad_id = m.ids(early)[0]
+    first = servers.start(data)
+    db = first.db_path()
+    first.stop()
+    out = subprocess.run(["sqlite3", str(db), f"UPDATE resources SET json='not json' WHERE type='{early}' "
+                          f"AND id='{bad_id}'; SELECT changes();"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "1", (out.stdout, out.stderr)
+
+    srv = servers.start(data, SLOW + SMALL_FILES)
+    job = start_export(srv.sess, srv.base, "system")
+    wait_status(srv.sess, srv.base, job, "IN_PROGRESS", timeout=20)
+    wait_committed(srv, job, min_rows=300)  # past the early type (types run in name order)
+    d0 = describe(srv.sess, srv.base, job)
+    assert d0["exportJobProperties"]["jobStatus"] == "IN_PROGRESS"
+    srv.kill9()
+
+    srv2 = servers.start(data)
+    d = wait_done(srv2.sess, srv2.base, job, timeout=90, expect="COMPLETED_WITH_ERRORS")
+    expected = expected_system(m.state)
+    del expected[(early, bad_id, m.get(early, bad_id).version)]
+    res = verify_export(srv2, job, expected, tpl, expect_status="COMPLETED_WITH_ERRORS", d=d)
+    lines = [line for f in res.error_files.values() for line in f]
+    assert len(lines) == 1, lines
+    assert f"{early}/{bad_id}" in json.loads(lines[0])["issue"][0]["diagnostics"]
+
+
 def test_restart_with_cancelling_and_queued_jobs(tpl, servers, tmp_path):
     """kill -9 while one job is being cancelled and two wait QUEUED (one of them cancelled): after the restart
     the cancelling job ends CANCEL_COMPLETED with its completed files listed, the cancelled queued job stays

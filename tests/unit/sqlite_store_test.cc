@@ -1130,7 +1130,7 @@ TEST_F(SqliteStoreTest, CommitFileAdvancesTheTaskCheckpoint) {
   EXPECT_TRUE((*tasks)[0].done);
   EXPECT_EQ((*tasks)[1].after_rid, 8);
 
-  ASSERT_OK(store_->MarkTaskDone("j", 1, 100));
+  ASSERT_OK(store_->CommitFiles({}, "j", 1, 100, /*task_done=*/true));
   tasks = store_->Tasks("j");
   ASSERT_OK(tasks);
   EXPECT_EQ((*tasks)[1].after_rid, 100);
