@@ -116,7 +116,7 @@ Result<Response> Update(store::ResourceStore& store, const std::string& base, co
   ASSIGN_OR_RETURN(auto txn, store.BeginWrite());
   ASSIGN_OR_RETURN(auto stored, txn->Put(parsed, id, if_match));
   RETURN_IF_ERROR(txn->Commit());
-  return ResourceResponse(stored.version == 1 ? 201 : 200, stored, base, true);
+  return ResourceResponse(stored.created ? 201 : 200, stored, base, true);
 }
 
 Result<Response> Read(store::ResourceStore& store, const std::string& base, const std::string& type,

@@ -17,7 +17,8 @@ namespace fhirlake::api {
 namespace {
 
 struct EntryResult {
-  std::string status;  // "201 Created"
+  std::string resource;  // the resource, for GET entries
+  std::string status;    // "201 Created"
   std::string location;
   std::string etag;
   EpochMillis last_modified = 0;
@@ -65,6 +66,7 @@ struct EntryPlan {
   std::string id;  // target id (assigned for POST)
   std::optional<int64_t> if_match;
   std::string if_none_exist;
+  bool matched_existing = false;  // ifNoneExist found a resource: `id` is that resource, nothing is created
 };
 
 int MethodOrder(std::string_view m) {
@@ -131,14 +133,37 @@ std::string HistoryLocation(std::string_view type, std::string_view id, int64_t 
   return std::string(type) + "/" + std::string(id) + "/_history/" + std::to_string(version);
 }
 
+// Conditional create: when a POST's ifNoneExist matches one resource, the entry becomes that resource (its
+// fullUrl then maps to it) and nothing is created. Done for all entries before any runs, so references to the
+// entry from anywhere in the Bundle resolve to the resource that will exist.
+Status ResolveConditionalCreate(store::StoreTransaction* txn, const fhir::BundleEntryView& e, EntryPlan* plan,
+                                std::map<std::string, std::string, std::less<>>* urns) {
+  if (plan->method != "POST" || plan->if_none_exist.empty()) return Status::Ok();
+  std::string_view cond = plan->if_none_exist;
+  if (size_t q = cond.find('?'); q != std::string_view::npos) cond = cond.substr(q + 1);
+  ASSIGN_OR_RETURN(auto ids, FindByCondition(*txn, plan->type, cond,
+                                             EntryName(plan->index) + ".request.ifNoneExist '" + plan->if_none_exist +
+                                                 "'"));
+  if (ids.size() > 1) {
+    return Status::PreconditionFailed(EntryName(plan->index) + ": ifNoneExist '" + plan->if_none_exist +
+                                      "' matches " + std::to_string(ids.size()) + " resources");
+  }
+  if (ids.size() == 1) {
+    plan->id = ids[0];
+    plan->matched_existing = true;
+    if (!e.full_url.empty()) (*urns)[e.full_url] = plan->type + "/" + ids[0];
+  }
+  return Status::Ok();
+}
+
 // Runs one planned entry inside `txn`.
 Result<EntryResult> RunEntry(fhir::ResourceParser& parser, const fhir::BundleEntryView& e, const EntryPlan& plan,
-                             const char* allocation_end, store::StoreTransaction* txn, BundleResolver* resolver,
-                             std::map<std::string, std::string, std::less<>>* urns) {
+                             const char* allocation_end, store::StoreTransaction* txn, BundleResolver* resolver) {
   EntryResult r;
   if (plan.method == "GET") {
     ASSIGN_OR_RETURN(auto cur, txn->Read(plan.type, plan.id));
     if (cur.deleted) return Status::Gone(plan.type + "/" + plan.id + " was deleted");
+    r.resource = std::move(cur.json);
     r.status = "200 OK";
     r.location = HistoryLocation(plan.type, plan.id, cur.version);
     r.etag = "W/\"" + std::to_string(cur.version) + "\"";
@@ -151,30 +176,18 @@ Result<EntryResult> RunEntry(fhir::ResourceParser& parser, const fhir::BundleEnt
     r.etag = "W/\"" + std::to_string(del.version) + "\"";
     return r;
   }
-  if (plan.method == "POST" && !plan.if_none_exist.empty()) {
-    std::string_view cond = plan.if_none_exist;
-    if (size_t q = cond.find('?'); q != std::string_view::npos) cond = cond.substr(q + 1);
-    ASSIGN_OR_RETURN(auto ids, FindByCondition(*txn, plan.type, cond,
-                                               EntryName(plan.index) + ".request.ifNoneExist '" + plan.if_none_exist +
-                                                   "'"));
-    if (ids.size() > 1) {
-      return Status::PreconditionFailed(EntryName(plan.index) + ": ifNoneExist '" + plan.if_none_exist + "' matches " +
-                                        std::to_string(ids.size()) + " resources");
-    }
-    if (ids.size() == 1) {
-      ASSIGN_OR_RETURN(auto cur, txn->Read(plan.type, ids[0]));
-      if (!e.full_url.empty()) (*urns)[e.full_url] = plan.type + "/" + ids[0];
-      r.status = "200 OK";
-      r.location = HistoryLocation(plan.type, ids[0], cur.version);
-      r.etag = "W/\"" + std::to_string(cur.version) + "\"";
-      r.last_modified = cur.last_updated;
-      return r;
-    }
+  if (plan.matched_existing) {
+    ASSIGN_OR_RETURN(auto cur, txn->Read(plan.type, plan.id));
+    r.status = "200 OK";
+    r.location = HistoryLocation(plan.type, plan.id, cur.version);
+    r.etag = "W/\"" + std::to_string(cur.version) + "\"";
+    r.last_modified = cur.last_updated;
+    return r;
   }
   ASSIGN_OR_RETURN(fhir::ParsedResource parsed, parser.ParseInBuffer(e.resource_json, allocation_end, resolver));
   ASSIGN_OR_RETURN(auto stored, txn->Put(parsed, plan.id, plan.if_match,
                                           plan.method == "POST" ? store::WriteOp::kPost : store::WriteOp::kPut));
-  r.status = stored.version == 1 ? "201 Created" : "200 OK";
+  r.status = stored.created ? "201 Created" : "200 OK";
   r.location = HistoryLocation(plan.type, plan.id, stored.version);
   r.etag = "W/\"" + std::to_string(stored.version) + "\"";
   r.last_modified = stored.last_updated;
@@ -187,7 +200,9 @@ std::string RenderResponse(const std::string& bundle_type, const std::vector<Ent
   for (size_t i = 0; i < results.size(); ++i) {
     const auto& r = results[i];
     if (i) out.push_back(',');
-    out += "{\"response\":{\"status\":";
+    out += "{";
+    if (!r.resource.empty()) out += "\"resource\":" + r.resource + ",";
+    out += "\"response\":{\"status\":";
     AppendJsonString(&out, r.status);
     if (!r.location.empty()) {
       out += ",\"location\":";
@@ -265,7 +280,12 @@ Result<std::string> ProcessBundle(store::ResourceStore& store, std::string_view 
         continue;
       }
       BundleResolver resolver(&urns, txn->get());
-      auto r = RunEntry(parser, e, *plan, end, txn->get(), &resolver, &urns);
+      Status cc = ResolveConditionalCreate(txn->get(), e, &*plan, &urns);
+      if (!cc.ok()) {
+        fail(cc);
+        continue;
+      }
+      auto r = RunEntry(parser, e, *plan, end, txn->get(), &resolver);
       if (r.ok()) {
         Status st = (*txn)->Commit();
         if (st.ok()) {
@@ -297,9 +317,12 @@ Result<std::string> ProcessBundle(store::ResourceStore& store, std::string_view 
   std::stable_sort(order.begin(), order.end(),
                    [&](size_t a, size_t b) { return MethodOrder(plans[a].method) < MethodOrder(plans[b].method); });
   ASSIGN_OR_RETURN(auto txn, store.BeginWrite());
+  for (size_t i = 0; i < plans.size(); ++i) {
+    RETURN_IF_ERROR(ResolveConditionalCreate(txn.get(), bundle.entries[i], &plans[i], &urns));
+  }
   BundleResolver resolver(&urns, txn.get());
   for (size_t i : order) {
-    auto r = RunEntry(parser, bundle.entries[i], plans[i], end, txn.get(), &resolver, &urns);
+    auto r = RunEntry(parser, bundle.entries[i], plans[i], end, txn.get(), &resolver);
     if (!r.ok()) return r.status().WithContext(EntryName(i) + " (" + plans[i].method + " " + plans[i].type + ")");
     results[i] = std::move(*r);
   }

@@ -36,6 +36,7 @@ struct StoredResource {
   EpochMillis last_updated = 0;
   bool deleted = false;
   bool created_by_post = false;  // this version was written by a create (POST) rather than an update (PUT)
+  bool created = false;          // set by Put: there was no current version before (new, or after a delete)
   std::string json;  // the stored bytes; empty for a tombstone
 };
 

@@ -172,6 +172,7 @@ class SqliteTransaction final : public StoreTransaction {
                                           std::to_string(current->version));
       }
       RETURN_IF_ERROR(ArchiveCurrent(current->rid));
+      out.created = current->deleted;
       out.rid = current->rid;
       out.version = current->version + 1;
       out.json = fhir::RenderResource(parsed, id, out.version, last_updated_text_);
@@ -187,6 +188,7 @@ class SqliteTransaction final : public StoreTransaction {
                                           ", which does not exist");
       }
       out.version = 1;
+      out.created = true;
       out.json = fhir::RenderResource(parsed, id, out.version, last_updated_text_);
       ASSIGN_OR_RETURN(auto ins, conn_->Prepare("INSERT INTO resources(type, id, version, seq, last_updated, deleted, "
                                                 "json, op) VALUES (?1, ?2, 1, ?3, ?4, 0, ?5, ?6)"));

@@ -215,6 +215,33 @@ def test_transaction_conditional_create(server, http):
     assert parse_location(b3["entry"][0])[1] != pid
 
 
+def test_transaction_conditional_create_referenced_earlier(server, http):
+    """An entry that refers to a conditionally created Patient BEFORE that Patient's entry must end up pointing
+    at the existing Patient, not at an id that is never created."""
+    r = http.fhir("PUT", server.base + "/Patient/cc-early-1", patient("cc-early", id="cc-early-1"))
+    assert r.status_code == 201, describe_response(r)
+    tx = bundle("transaction",
+                post_entry(observation(PAT_URN), OBS_URN),
+                post_entry(patient("cc-early"), PAT_URN, if_none_exist=f"identifier={MRN}|cc-early"))
+    b = ok_bundle(submit(http, server, tx), "transaction-response")
+    assert status_code(b["entry"][0]) == 201 and status_code(b["entry"][1]) == 200, b
+    assert parse_location(b["entry"][1]) == ("Patient", "cc-early-1", 1), b
+    _, oid, _ = parse_location(b["entry"][0])
+    assert get(http, server, f"Observation/{oid}").json()["subject"]["reference"] == "Patient/cc-early-1"
+    comp = get(http, server, "Patient/cc-early-1/Observation").json()
+    assert [e["resource"]["id"] for e in comp.get("entry", [])] == [oid], comp
+
+
+def test_batch_get_entry_returns_the_resource(server, http):
+    r = http.fhir("PUT", server.base + "/Patient/batch-get-1", patient(id="batch-get-1"))
+    assert r.status_code == 201
+    b = ok_bundle(submit(http, server, bundle("batch", {"request": {"method": "GET", "url": "Patient/batch-get-1"}})),
+                  "batch-response")
+    e = b["entry"][0]
+    assert status_code(e) == 200, e
+    assert e["resource"] == get(http, server, "Patient/batch-get-1").json()
+
+
 def test_transaction_conditional_reference(server, http):
     r = http.fhir("PUT", server.base + "/Patient/cref-1", patient("cref-mrn", id="cref-1"))
     assert r.status_code == 201, describe_response(r)

@@ -276,6 +276,18 @@ def test_if_match(server, http):
     assert http.get(base + "/Observation/ifm-1").json()["status"] == "cancelled"
 
 
+def test_put_after_delete_recreates_with_201(server, http):
+    base = server.base
+    r = http.fhir("PUT", base + "/Patient/recreate-1", {"resourceType": "Patient", "id": "recreate-1"})
+    assert r.status_code == 201, describe_response(r)
+    assert http.delete(base + "/Patient/recreate-1").status_code in (200, 204)
+    r = http.fhir("PUT", base + "/Patient/recreate-1", {"resourceType": "Patient", "id": "recreate-1", "active": True})
+    assert r.status_code == 201, describe_response(r)  # a new current resource, version 3 (after the tombstone)
+    assert r.json()["meta"]["versionId"] == "3"
+    r = http.fhir("PUT", base + "/Patient/recreate-1", {"resourceType": "Patient", "id": "recreate-1", "active": False})
+    assert r.status_code == 200, describe_response(r)
+
+
 def test_conditional_create_if_none_exist(server, http):
     base = server.base
     patient = {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "ine-42"}],
