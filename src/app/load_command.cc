@@ -367,6 +367,7 @@ int RunLoad(const LoadOptions& options) {
   }
   store::StoreOptions so;
   so.data_dir = options.data_dir;
+  so.writer_cache_bytes = int64_t{256} << 20;  // random index inserts: the more of the indexes in memory, the better
   auto catalog = store::OpenSqliteCatalog(so);
   if (!catalog.ok()) {
     std::fprintf(stderr, "fhirlake load: %s\n", catalog.status().ToString().c_str());

@@ -44,6 +44,7 @@ int RunServe(const ServeOptions& options) {
 
   store::StoreOptions so;
   so.data_dir = options.data_dir;
+  so.writer_cache_bytes = options.sqlite_writer_cache_bytes;
   auto catalog = store::OpenSqliteCatalog(so);
   if (!catalog.ok()) {
     spdlog::error("event=start_failed reason=\"{}\"", catalog.status().ToString());

@@ -13,6 +13,7 @@ struct ServeOptions {
   std::string public_url;  // empty: http://{listen}
   int http_threads = 4;
   size_t max_body_bytes = 64 << 20;
+  int64_t sqlite_writer_cache_bytes = 16 << 20;
   // Export engine settings (docs/EXPORT.md).
   int export_workers = 0;          // 0: number of cores
   int export_jobs_per_datastore = 1;

@@ -221,6 +221,9 @@ struct StoreOptions {
   std::string data_dir;
   std::string default_datastore_name = "fhirlake-default";
   int busy_timeout_ms = 60000;
+  // Page cache of the (single) writer connection: large for bulk loads (random index inserts), modest for a
+  // server, whose RSS it bounds. Readers use 4 MiB each.
+  int64_t writer_cache_bytes = 16 << 20;
 };
 
 Result<std::unique_ptr<DatastoreCatalog>> OpenSqliteCatalog(const StoreOptions& options);

@@ -321,8 +321,11 @@ class SqliteTransaction final : public StoreTransaction {
 
 class SqliteStore final : public ResourceStore {
  public:
-  SqliteStore(DatastoreInfo info, int busy_timeout_ms, const Clock& clock)
-      : info_(std::move(info)), pool_(info_.path, busy_timeout_ms), clock_(clock) {}
+  SqliteStore(DatastoreInfo info, const StoreOptions& options, const Clock& clock)
+      : info_(std::move(info)),
+        pool_(info_.path, options.busy_timeout_ms),
+        writer_cache_kib_(std::max<int64_t>(1, options.writer_cache_bytes >> 10)),
+        clock_(clock) {}
 
   // Opens (creating when `create`) the database and reads the datastore identity from it.
   Status Open(bool create) {
@@ -860,12 +863,12 @@ class SqliteStore final : public ResourceStore {
     return r;
   }
 
-  // The one connection that writes (single writer): a larger page cache for index inserts; readers use the pool's
-  // connections with small caches (exports scan in storage order and gain nothing from a large one).
+  // The one connection that writes (single writer), with its own page cache size (StoreOptions); readers use the
+  // pool's connections with small caches (exports scan in storage order and gain nothing from a large one).
   Result<SqliteConnection*> Writer() {
     if (!writer_) {
       ASSIGN_OR_RETURN(writer_, pool_.Open());
-      RETURN_IF_ERROR(writer_->Exec("PRAGMA cache_size=-65536"));
+      RETURN_IF_ERROR(writer_->Exec("PRAGMA cache_size=-" + std::to_string(writer_cache_kib_)));
     }
     if (!sqlite3_get_autocommit(writer_->raw())) RETURN_IF_ERROR(writer_->Exec("ROLLBACK"));
     return writer_.get();
@@ -873,6 +876,7 @@ class SqliteStore final : public ResourceStore {
 
   DatastoreInfo info_;
   ConnectionPool pool_;
+  int64_t writer_cache_kib_;
   std::unique_ptr<SqliteConnection> writer_;  // GUARDED_BY(write_mu_)
   const Clock& clock_;
   std::mutex write_mu_;
@@ -915,7 +919,7 @@ Result<std::unique_ptr<DatastoreCatalog>> OpenSqliteCatalog(const StoreOptions& 
   for (const auto& dir : dirs) {
     DatastoreInfo info;
     info.path = (dir / "fhir.db").string();
-    auto store = std::make_unique<SqliteStore>(info, options.busy_timeout_ms, Clock::System());
+    auto store = std::make_unique<SqliteStore>(info, options, Clock::System());
     RETURN_IF_ERROR(store->Open(/*create=*/false));
     catalog->stores_.push_back(std::move(store));
   }
@@ -928,7 +932,7 @@ Result<std::unique_ptr<DatastoreCatalog>> OpenSqliteCatalog(const StoreOptions& 
     fs::create_directories(dir, ec);
     if (ec) return Status::Unavailable("cannot create " + dir.string() + ": " + ec.message());
     info.path = (dir / "fhir.db").string();
-    auto store = std::make_unique<SqliteStore>(info, options.busy_timeout_ms, Clock::System());
+    auto store = std::make_unique<SqliteStore>(info, options, Clock::System());
     RETURN_IF_ERROR(store->Open(/*create=*/true));
     catalog->stores_.push_back(std::move(store));
   }
