@@ -2,11 +2,11 @@
 // HealthLake JSON body), describe and cancel. Parsing produces an ExportRequest; the engine does the rest.
 #include "api/bulk_export.h"
 
+#include <map>
+
 #include "api/fhir_response.h"
 #include "bulk/export_engine.h"
 #include "common/json_escape.h"
-#include <map>
-
 #include "fhir/operation_outcome.h"
 
 namespace fhirlake::api {
@@ -51,8 +51,9 @@ Response KickOff(const ApiContext& ctx, const Request& req, const PathParams& p,
   auto job = ctx.exports->Submit(*store, *request);
   if (!job.ok()) return FhirError(job.status());
   std::string ds = (*store)->info().id;
-  Response resp = Response::Json(202, "{\"datastoreId\":" + JsonString(ds) + ",\"jobStatus\":\"" + job->status +
-                                          "\",\"jobId\":" + JsonString(job->job_id) + "}",
+  Response resp = Response::Json(202,
+                                 "{\"datastoreId\":" + JsonString(ds) + ",\"jobStatus\":\"" + job->status +
+                                     "\",\"jobId\":" + JsonString(job->job_id) + "}",
                                  "application/json");
   resp.headers.Set("Content-Location", ctx.FhirBase(ds) + "/export/" + job->job_id);
   return resp;
@@ -89,9 +90,9 @@ std::string RenderDescribe(const bulk::JobView& v, const std::string& datastore_
     committed_bytes += f.bytes;
   }
   bool done = j.status == js::kCompleted || j.status == js::kCompletedWithErrors;
-  int percent = done ? 100
-                     : (v.planned_rows > 0 ? static_cast<int>(std::min<int64_t>(99, v.written_rows * 100 / v.planned_rows))
-                                           : 0);
+  int percent =
+      done ? 100
+           : (v.planned_rows > 0 ? static_cast<int>(std::min<int64_t>(99, v.written_rows * 100 / v.planned_rows)) : 0);
   out += ",\"exportedResourceCount\":" + std::to_string(committed_rows) +
          ",\"exportedBytes\":" + std::to_string(committed_bytes) + ",\"exportedResources\":[";
   bool first = true;
@@ -165,21 +166,19 @@ Response Cancel(const ApiContext& ctx, const PathParams& p) {
 void RegisterBulkExport(http::Router& router, const ApiContext& ctx) {
   const ApiContext* c = &ctx;
   const std::string r4 = "/datastore/{ds}/r4";
-  router.Add("POST", r4 + "/$export", [c](const Request& req, const PathParams& p) {
-    return KickOff(*c, req, p, bulk::ExportLevel::kSystem);
-  });
-  router.Add("POST", r4 + "/Patient/$export", [c](const Request& req, const PathParams& p) {
-    return KickOff(*c, req, p, bulk::ExportLevel::kPatient);
-  });
-  router.Add("POST", r4 + "/Group/{id}/$export", [c](const Request& req, const PathParams& p) {
-    return KickOff(*c, req, p, bulk::ExportLevel::kGroup);
-  });
+  router.Add("POST", r4 + "/$export",
+             [c](const Request& req, const PathParams& p) { return KickOff(*c, req, p, bulk::ExportLevel::kSystem); });
+  router.Add("POST", r4 + "/Patient/$export",
+             [c](const Request& req, const PathParams& p) { return KickOff(*c, req, p, bulk::ExportLevel::kPatient); });
+  router.Add("POST", r4 + "/Group/{id}/$export",
+             [c](const Request& req, const PathParams& p) { return KickOff(*c, req, p, bulk::ExportLevel::kGroup); });
   // The Bulk Data IG's GET kick-off is not served yet: say so instead of treating "$export" as a resource id.
   for (const std::string path : {r4 + "/$export", r4 + "/Patient/$export", r4 + "/Group/{id}/$export"}) {
     router.Add("GET", path, [](const Request& req, const PathParams&) {
       Response resp = FhirError(405, "not-supported",
-                                "GET " + req.path + " (the Bulk Data IG kick-off) is not supported; use POST with "
-                                "the HealthLake JSON body and 'Prefer: respond-async'");
+                                "GET " + req.path +
+                                    " (the Bulk Data IG kick-off) is not supported; use POST with "
+                                    "the HealthLake JSON body and 'Prefer: respond-async'");
       resp.headers.Set("Allow", "POST");
       return resp;
     });

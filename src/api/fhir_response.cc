@@ -30,10 +30,11 @@ Status CheckJsonContentType(const http::Request& request) {
   if (http::EqualsIgnoreCase(media, "application/fhir+json") || http::EqualsIgnoreCase(media, "application/json")) {
     return Status::Ok();
   }
-  return Status::UnsupportedMediaType(
-      ct.empty() ? "The request has no Content-Type; send the body as application/fhir+json"
-                 : "Content-Type '" + std::string(ct) + "' is not supported; send application/fhir+json (or "
-                                                         "application/json)");
+  return Status::UnsupportedMediaType(ct.empty()
+                                          ? "The request has no Content-Type; send the body as application/fhir+json"
+                                          : "Content-Type '" + std::string(ct) +
+                                                "' is not supported; send application/fhir+json (or "
+                                                "application/json)");
 }
 
 }  // namespace fhirlake::api

@@ -26,7 +26,8 @@ fhir::ResourceParser& Parser() {
 
 Status CheckType(std::string_view type) {
   if (!fhir::IsKnownResourceType(type)) {
-    return Status::NotFound("Unknown resource type '" + std::string(type) + "'; expected an R4 resource type such as "
+    return Status::NotFound("Unknown resource type '" + std::string(type) +
+                            "'; expected an R4 resource type such as "
                             "Patient or Observation");
   }
   return Status::Ok();
@@ -168,8 +169,8 @@ Result<Response> History(store::ResourceStore& store, const std::string& base, c
   RETURN_IF_ERROR(CheckType(type));
   RETURN_IF_ERROR(CheckId(id));
   ASSIGN_OR_RETURN(auto versions, store.History(type, id));
-  std::string out = "{\"resourceType\":\"Bundle\",\"id\":\"" + NewUuid() + "\",\"type\":\"history\",\"total\":" +
-                    std::to_string(versions.size()) + ",\"entry\":[";
+  std::string out = "{\"resourceType\":\"Bundle\",\"id\":\"" + NewUuid() +
+                    "\",\"type\":\"history\",\"total\":" + std::to_string(versions.size()) + ",\"entry\":[";
   for (size_t i = 0; i < versions.size(); ++i) {
     const auto& v = versions[i];
     if (i) out.push_back(',');
@@ -197,12 +198,12 @@ Result<Response> Compartment(store::ResourceStore& store, const std::string& bas
     }
   }
   ASSIGN_OR_RETURN(auto rows, store.ReadCompartment(patient_id, type == "*" ? "" : type));
-  std::string out = "{\"resourceType\":\"Bundle\",\"id\":\"" + NewUuid() + "\",\"type\":\"searchset\",\"total\":" +
-                    std::to_string(rows.size()) + ",\"entry\":[";
+  std::string out = "{\"resourceType\":\"Bundle\",\"id\":\"" + NewUuid() +
+                    "\",\"type\":\"searchset\",\"total\":" + std::to_string(rows.size()) + ",\"entry\":[";
   for (size_t i = 0; i < rows.size(); ++i) {
     if (i) out.push_back(',');
-    out += "{\"fullUrl\":" + JsonString(base + "/" + rows[i].type + "/" + rows[i].id) + ",\"resource\":" +
-           rows[i].json + ",\"search\":{\"mode\":\"match\"}}";
+    out += "{\"fullUrl\":" + JsonString(base + "/" + rows[i].type + "/" + rows[i].id) +
+           ",\"resource\":" + rows[i].json + ",\"search\":{\"mode\":\"match\"}}";
   }
   out += "]}";
   return Response::Json(200, std::move(out));
@@ -248,7 +249,8 @@ Result<int64_t> ParseVersionTag(std::string_view tag) {
   int64_t v = 0;
   auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
   if (s.empty() || ec != std::errc() || ptr != s.data() + s.size() || v < 1) {
-    return Status::Invalid("Version tag '" + std::string(tag) + "' is not valid; expected W/\"<version>\", e.g. W/\"2\"");
+    return Status::Invalid("Version tag '" + std::string(tag) +
+                           "' is not valid; expected W/\"<version>\", e.g. W/\"2\"");
   }
   return v;
 }
@@ -287,9 +289,8 @@ void RegisterFhirRest(http::Router& router, const ApiContext& ctx) {
     });
   });
   router.Add("GET", r4 + "/Patient/{id}/*", [c](const Request&, const PathParams& p) {
-    return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
-      return Compartment(s, base, p.at("id"), "*");
-    });
+    return WithStore(
+        *c, p, [&](store::ResourceStore& s, const std::string& base) { return Compartment(s, base, p.at("id"), "*"); });
   });
   router.Add("GET", r4 + "/{type}/{id}/_history/{vid}", [c](const Request&, const PathParams& p) {
     return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
@@ -317,14 +318,12 @@ void RegisterFhirRest(http::Router& router, const ApiContext& ctx) {
     });
   });
   router.Add("DELETE", r4 + "/{type}/{id}", [c](const Request& req, const PathParams& p) {
-    return WithStore(*c, p, [&](store::ResourceStore& s, const std::string&) {
-      return Delete(s, req, p.at("type"), p.at("id"));
-    });
+    return WithStore(
+        *c, p, [&](store::ResourceStore& s, const std::string&) { return Delete(s, req, p.at("type"), p.at("id")); });
   });
   router.Add("POST", r4 + "/{type}", [c](const Request& req, const PathParams& p) {
-    return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
-      return Create(s, base, req, p.at("type"));
-    });
+    return WithStore(
+        *c, p, [&](store::ResourceStore& s, const std::string& base) { return Create(s, base, req, p.at("type")); });
   });
 }
 

@@ -44,8 +44,8 @@ class BundleResolver final : public fhir::ReferenceResolver {
     if (!fhir::IsKnownResourceType(type)) {
       return Status::Invalid("Conditional reference '" + std::string(ref) + "' does not start with a resource type");
     }
-    ASSIGN_OR_RETURN(auto ids, FindByCondition(*txn_, type, ref.substr(q + 1),
-                                               "Conditional reference '" + std::string(ref) + "'"));
+    ASSIGN_OR_RETURN(
+        auto ids, FindByCondition(*txn_, type, ref.substr(q + 1), "Conditional reference '" + std::string(ref) + "'"));
     if (ids.empty()) return Status::Invalid("Conditional reference '" + std::string(ref) + "' matches no resource");
     if (ids.size() > 1) {
       return Status::PreconditionFailed("Conditional reference '" + std::string(ref) + "' matches " +
@@ -105,7 +105,8 @@ Result<EntryPlan> PlanEntry(fhir::ResourceParser& parser, const fhir::BundleEntr
   }
   plan.if_none_exist = e.if_none_exist;
   if (plan.method == "POST") {
-    if (!plan.id.empty()) return Status::Invalid(EntryName(i) + ": a POST url is just the type, got '" + e.request_url + "'");
+    if (!plan.id.empty())
+      return Status::Invalid(EntryName(i) + ": a POST url is just the type, got '" + e.request_url + "'");
     plan.id = NewUuid();
   } else if (plan.id.empty() || plan.id.find('/') != std::string::npos || q != std::string_view::npos) {
     return Status::Invalid(EntryName(i) + ".request.url '" + e.request_url + "' must be Type/id for " + plan.method);
@@ -122,8 +123,8 @@ Result<EntryPlan> PlanEntry(fhir::ResourceParser& parser, const fhir::BundleEntr
                              plan.type + "'");
     }
     if (plan.method == "PUT" && !peek->id.empty() && peek->id != plan.id) {
-      return Status::Invalid(EntryName(i) + ": the resource id '" + peek->id + "' differs from the id in request.url '" +
-                             plan.id + "'");
+      return Status::Invalid(EntryName(i) + ": the resource id '" + peek->id +
+                             "' differs from the id in request.url '" + plan.id + "'");
     }
   }
   return plan;
@@ -141,12 +142,12 @@ Status ResolveConditionalCreate(store::StoreTransaction* txn, const fhir::Bundle
   if (plan->method != "POST" || plan->if_none_exist.empty()) return Status::Ok();
   std::string_view cond = plan->if_none_exist;
   if (size_t q = cond.find('?'); q != std::string_view::npos) cond = cond.substr(q + 1);
-  ASSIGN_OR_RETURN(auto ids, FindByCondition(*txn, plan->type, cond,
-                                             EntryName(plan->index) + ".request.ifNoneExist '" + plan->if_none_exist +
-                                                 "'"));
+  ASSIGN_OR_RETURN(auto ids,
+                   FindByCondition(*txn, plan->type, cond,
+                                   EntryName(plan->index) + ".request.ifNoneExist '" + plan->if_none_exist + "'"));
   if (ids.size() > 1) {
-    return Status::PreconditionFailed(EntryName(plan->index) + ": ifNoneExist '" + plan->if_none_exist +
-                                      "' matches " + std::to_string(ids.size()) + " resources");
+    return Status::PreconditionFailed(EntryName(plan->index) + ": ifNoneExist '" + plan->if_none_exist + "' matches " +
+                                      std::to_string(ids.size()) + " resources");
   }
   if (ids.size() == 1) {
     plan->id = ids[0];
@@ -186,7 +187,7 @@ Result<EntryResult> RunEntry(fhir::ResourceParser& parser, const fhir::BundleEnt
   }
   ASSIGN_OR_RETURN(fhir::ParsedResource parsed, parser.ParseInBuffer(e.resource_json, allocation_end, resolver));
   ASSIGN_OR_RETURN(auto stored, txn->Put(parsed, plan.id, plan.if_match,
-                                          plan.method == "POST" ? store::WriteOp::kPost : store::WriteOp::kPut));
+                                         plan.method == "POST" ? store::WriteOp::kPost : store::WriteOp::kPut));
   r.status = stored.created ? "201 Created" : "200 OK";
   r.location = HistoryLocation(plan.type, plan.id, stored.version);
   r.etag = "W/\"" + std::to_string(stored.version) + "\"";
@@ -195,8 +196,8 @@ Result<EntryResult> RunEntry(fhir::ResourceParser& parser, const fhir::BundleEnt
 }
 
 std::string RenderResponse(const std::string& bundle_type, const std::vector<EntryResult>& results) {
-  std::string out = "{\"resourceType\":\"Bundle\",\"id\":\"" + NewUuid() + "\",\"type\":\"" + bundle_type +
-                    "-response\",\"entry\":[";
+  std::string out =
+      "{\"resourceType\":\"Bundle\",\"id\":\"" + NewUuid() + "\",\"type\":\"" + bundle_type + "-response\",\"entry\":[";
   for (size_t i = 0; i < results.size(); ++i) {
     const auto& r = results[i];
     if (i) out.push_back(',');
@@ -222,14 +223,22 @@ std::string RenderResponse(const std::string& bundle_type, const std::vector<Ent
 
 std::string StatusLine(int code) {
   switch (code) {
-    case 400: return "400 Bad Request";
-    case 404: return "404 Not Found";
-    case 409: return "409 Conflict";
-    case 410: return "410 Gone";
-    case 412: return "412 Precondition Failed";
-    case 422: return "422 Unprocessable Entity";
-    case 503: return "503 Service Unavailable";
-    default: return std::to_string(code) + (code >= 500 ? " Internal Server Error" : " Error");
+    case 400:
+      return "400 Bad Request";
+    case 404:
+      return "404 Not Found";
+    case 409:
+      return "409 Conflict";
+    case 410:
+      return "410 Gone";
+    case 412:
+      return "412 Precondition Failed";
+    case 422:
+      return "422 Unprocessable Entity";
+    case 503:
+      return "503 Service Unavailable";
+    default:
+      return std::to_string(code) + (code >= 500 ? " Internal Server Error" : " Error");
   }
 }
 

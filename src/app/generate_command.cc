@@ -26,6 +26,7 @@
 #include "common/json_escape.h"
 #include "common/status.h"
 #include "fhir/bundle.h"
+#include "fhir/json_values.h"
 #include "fhir/resource_parser.h"
 
 namespace fhirlake::app {
@@ -45,9 +46,7 @@ bool IsSharedType(std::string_view type) {
   return type == "Organization" || type == "Practitioner" || type == "PractitionerRole" || type == "Location";
 }
 
-Status JsonError(simdjson::error_code e) {
-  return Status::Invalid(std::string("Invalid JSON: ") + simdjson::error_message(e));
-}
+using fhir::JsonError;
 
 struct StringHash {
   using is_transparent = void;
@@ -209,31 +208,9 @@ class TemplateWriter {
         WriteString(s, is_reference);
         return Status::Ok();
       }
-      case od::json_type::number: {
-        std::string_view raw = value.raw_json_token();
-        while (!raw.empty() && (raw.back() == ' ' || raw.back() == '\n' || raw.back() == '\r' || raw.back() == '\t')) {
-          raw.remove_suffix(1);
-        }
-        double ignored;
-        if (auto e = value.get_double().get(ignored)) return JsonError(e);
-        out_->append(raw);
-        return Status::Ok();
-      }
-      case od::json_type::boolean: {
-        bool b;
-        if (auto e = value.get_bool().get(b)) return JsonError(e);
-        out_->append(b ? "true" : "false");
-        return Status::Ok();
-      }
-      case od::json_type::null: {
-        bool is_null = false;
-        if (auto e = value.is_null().get(is_null)) return JsonError(e);
-        if (!is_null) return Status::Invalid("Invalid JSON: bad literal");
-        out_->append("null");
-        return Status::Ok();
-      }
+      default:
+        return fhir::AppendScalar(value, type, out_);
     }
-    return Status::Invalid("Invalid JSON value");
   }
 
   void AddSlot(uint32_t local) { slots_->push_back(Slot{static_cast<uint32_t>(out_->size()), local}); }
@@ -281,25 +258,7 @@ class TemplateWriter {
   std::vector<Slot>* slots_;
 };
 
-struct PaddedFile {
-  std::string bytes;  // content followed by SIMDJSON_PADDING zero bytes
-  size_t size = 0;
-  std::string_view view() const { return std::string_view(bytes.data(), size); }
-  const char* end() const { return bytes.data() + bytes.size(); }
-};
-
-Result<PaddedFile> ReadPadded(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::NotFound("cannot open " + path);
-  PaddedFile f;
-  in.seekg(0, std::ios::end);
-  f.size = static_cast<size_t>(in.tellg());
-  in.seekg(0);
-  f.bytes.resize(f.size + simdjson::SIMDJSON_PADDING);
-  in.read(f.bytes.data(), static_cast<std::streamsize>(f.size));
-  if (!in) return Status::Unavailable("cannot read " + path);
-  return f;
-}
+using fhir::PaddedFile;
 
 struct Entry {
   std::string full_url;
@@ -368,7 +327,7 @@ class Source {
   }
 
   Status MapUrls(const std::string& path) {
-    ASSIGN_OR_RETURN(PaddedFile file, ReadPadded(path));
+    ASSIGN_OR_RETURN(PaddedFile file, fhir::ReadPaddedFile(path));
     bool is_bundle = false;
     ASSIGN_OR_RETURN(std::vector<Entry> entries, Entries(file, &is_bundle));
     for (const auto& e : entries) {
@@ -378,7 +337,7 @@ class Source {
   }
 
   Status ReadFile(const std::string& path) {
-    ASSIGN_OR_RETURN(PaddedFile file, ReadPadded(path));
+    ASSIGN_OR_RETURN(PaddedFile file, fhir::ReadPaddedFile(path));
     bool is_bundle = false;
     ASSIGN_OR_RETURN(std::vector<Entry> entries, Entries(file, &is_bundle));
     size_t patient_count = 0;

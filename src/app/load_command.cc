@@ -10,19 +10,20 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <deque>
-#include <mutex>
-#include <thread>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <set>
+#include <thread>
 #include <unordered_map>
 
 #include "common/ids.h"
 #include "fhir/bundle.h"
+#include "fhir/json_values.h"
 #include "fhir/resource_parser.h"
 #include "store/resource_store.h"
 
@@ -31,25 +32,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct PaddedFile {
-  std::string bytes;  // content followed by SIMDJSON_PADDING zero bytes
-  size_t size = 0;
-  std::string_view view() const { return std::string_view(bytes.data(), size); }
-  const char* end() const { return bytes.data() + bytes.size(); }
-};
-
-Result<PaddedFile> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::NotFound("cannot open " + path);
-  PaddedFile f;
-  in.seekg(0, std::ios::end);
-  f.size = static_cast<size_t>(in.tellg());
-  in.seekg(0);
-  f.bytes.resize(f.size + simdjson::SIMDJSON_PADDING);
-  in.read(f.bytes.data(), static_cast<std::streamsize>(f.size));
-  if (!in) return Status::Unavailable("cannot read " + path);
-  return f;
-}
+using fhir::PaddedFile;
 
 // Line numbers of increasing positions in one file, counted incrementally (entries come in file order).
 class LineCounter {
@@ -70,9 +53,7 @@ class LineCounter {
   size_t line_ = 1;
 };
 
-bool IsNdjson(const std::string& path) {
-  return path.ends_with(".ndjson") || path.ends_with(".jsonl");
-}
+bool IsNdjson(const std::string& path) { return path.ends_with(".ndjson") || path.ends_with(".jsonl"); }
 
 class UrnResolver final : public fhir::ReferenceResolver {
  public:
@@ -202,7 +183,7 @@ class Loader {
 
   // Pass 1: fullUrl -> Type/id for every Bundle entry.
   void MapBundle(const std::string& path) {
-    auto file = ReadFile(path);
+    auto file = fhir::ReadPaddedFile(path);
     if (!file.ok()) return;  // reported in pass 2
     auto peek = parser_.PeekTypeAndId(file->view(), file->end());
     if (!peek.ok() || peek->type != "Bundle") return;
@@ -231,7 +212,8 @@ class Loader {
     bool eof = false;
     Status st;
     while (st.ok() && !eof) {
-      if (buf.size() < filled + kChunk + simdjson::SIMDJSON_PADDING) buf.resize(filled + kChunk + simdjson::SIMDJSON_PADDING);
+      if (buf.size() < filled + kChunk + simdjson::SIMDJSON_PADDING)
+        buf.resize(filled + kChunk + simdjson::SIMDJSON_PADDING);
       size_t n = std::fread(buf.data() + filled, 1, kChunk, f);
       filled += n;
       eof = n < kChunk;
@@ -259,7 +241,7 @@ class Loader {
 
   Status LoadFile(const std::string& path) {
     if (IsNdjson(path)) return LoadNdjson(path);
-    auto file = ReadFile(path);
+    auto file = fhir::ReadPaddedFile(path);
     if (!file.ok()) {
       Error(path, 0, file.status());
       return Status::Ok();
@@ -327,9 +309,7 @@ class Loader {
                  s > 0 ? loaded() / s : 0.0);
   }
 
-  double Seconds() const {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  }
+  double Seconds() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
 
   int64_t parsed_ = 0, unresolved_ = 0, errors_ = 0, files_ = 0;
   std::set<std::string> types_;
@@ -398,11 +378,12 @@ int RunLoad(const LoadOptions& options) {
   }
   double s = loader.Seconds();
   if (options.progress && isatty(STDERR_FILENO)) std::fprintf(stderr, "\r%60s\r", "");
-  std::printf("loaded %lld resources of %zu types from %lld files into datastore %s in %.2f s (%.0f resources/s); "
-              "%lld unresolved references kept as they are; %lld errors\n",
-              static_cast<long long>(loader.loaded()), loader.types_.size(), static_cast<long long>(loader.files_),
-              store->info().id.c_str(), s, s > 0 ? loader.loaded() / s : 0.0,
-              static_cast<long long>(loader.unresolved_), static_cast<long long>(loader.errors_));
+  std::printf(
+      "loaded %lld resources of %zu types from %lld files into datastore %s in %.2f s (%.0f resources/s); "
+      "%lld unresolved references kept as they are; %lld errors\n",
+      static_cast<long long>(loader.loaded()), loader.types_.size(), static_cast<long long>(loader.files_),
+      store->info().id.c_str(), s, s > 0 ? loader.loaded() / s : 0.0, static_cast<long long>(loader.unresolved_),
+      static_cast<long long>(loader.errors_));
   return loader.errors_ > 0 ? 1 : 0;
 }
 

@@ -78,7 +78,9 @@ int main(int argc, char** argv) {
   s->add_option("--s3-endpoint", serve.s3_endpoint,
                 "S3-compatible endpoint for export output (e.g. http://127.0.0.1:7480); default: local directory")
       ->envname("FHIRLAKE_S3_ENDPOINT");
-  s->add_option("--s3-region", serve.s3_region, "S3 signing region")->envname("FHIRLAKE_S3_REGION")->capture_default_str();
+  s->add_option("--s3-region", serve.s3_region, "S3 signing region")
+      ->envname("FHIRLAKE_S3_REGION")
+      ->capture_default_str();
   s->add_flag("--s3-virtual-hosted", serve.s3_virtual_hosted, "Address buckets as bucket.host (default: host/bucket)")
       ->envname("FHIRLAKE_S3_VIRTUAL_HOSTED");
   s->add_option("--s3-roles", serve.s3_roles_file,

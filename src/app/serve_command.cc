@@ -13,10 +13,10 @@
 #include "api/api_context.h"
 #include "api/routes.h"
 #include "bulk/export_engine.h"
-#include "sink/object_sink.h"
-#include "sink/s3_sink.h"
 #include "fhir/operation_outcome.h"
 #include "http/server.h"
+#include "sink/object_sink.h"
+#include "sink/s3_sink.h"
 #include "store/resource_store.h"
 
 namespace fhirlake::app {

@@ -15,12 +15,12 @@ struct ServeOptions {
   size_t max_body_bytes = 64 << 20;
   int64_t sqlite_writer_cache_bytes = 16 << 20;
   // Export engine settings (docs/EXPORT.md).
-  int export_workers = 0;          // 0: number of cores
+  int export_workers = 0;  // 0: number of cores
   int export_jobs_per_datastore = 1;
   size_t export_file_bytes = 256 << 20;
   size_t export_batch_rows = 2000;
   size_t export_batch_bytes = 8 << 20;
-  int export_batch_delay_ms = 0;   // test-only: slows each batch down
+  int export_batch_delay_ms = 0;  // test-only: slows each batch down
   bool export_include_referenced = true;
   int64_t export_task_rows = 200000;
   // S3 output (docs/EXPORT.md "S3"); with no endpoint, s3:// URIs map to {data_dir}/s3/.

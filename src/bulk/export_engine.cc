@@ -33,10 +33,10 @@ struct ExportEngine::ActiveJob {
   int64_t planned_rows = 0;
 
   std::mutex mu;
-  store::ExportJobRecord record;          // GUARDED_BY(mu)
-  int tasks_remaining = 0;                // GUARDED_BY(mu)
+  store::ExportJobRecord record;            // GUARDED_BY(mu)
+  int tasks_remaining = 0;                  // GUARDED_BY(mu)
   std::map<std::string, int> last_file_no;  // GUARDED_BY(mu)
-  std::string failure;                    // GUARDED_BY(mu)
+  std::string failure;                      // GUARDED_BY(mu)
 };
 
 namespace {
@@ -162,6 +162,17 @@ Status ExportEngine::CleanupOutput(store::ResourceStore* store, const store::Exp
   return Status::Ok();
 }
 
+Result<std::shared_ptr<ExportEngine::ActiveJob>> ExportEngine::MakeActiveJob(store::ResourceStore* store,
+                                                                             const store::ExportJobRecord& job) {
+  auto active = std::make_shared<ActiveJob>();
+  active->store = store;
+  active->job_id = job.job_id;
+  ASSIGN_OR_RETURN(active->output, JobOutput(job));
+  active->key_prefix = JobKeyPrefix(job, store->info().id);
+  active->write_ctx = {job.data_access_role_arn, job.kms_key_id};
+  return active;
+}
+
 Status ExportEngine::Resume(store::ResourceStore* store, store::ExportJobRecord job) {
   RETURN_IF_ERROR(CleanupOutput(store, job));
   if (job.status != js::kInProgress) {
@@ -171,12 +182,7 @@ Status ExportEngine::Resume(store::ResourceStore* store, store::ExportJobRecord 
   }
   ASSIGN_OR_RETURN(auto tasks, store->Tasks(job.job_id));
   ASSIGN_OR_RETURN(auto files, store->Files(job.job_id));
-  auto active = std::make_shared<ActiveJob>();
-  active->store = store;
-  active->job_id = job.job_id;
-  ASSIGN_OR_RETURN(active->output, JobOutput(job));
-  active->key_prefix = JobKeyPrefix(job, store->info().id);
-  active->write_ctx = {job.data_access_role_arn, job.kms_key_id};
+  ASSIGN_OR_RETURN(auto active, MakeActiveJob(store, job));
   for (const auto& f : files) {
     int& n = active->last_file_no[f.type];  // error files share OperationOutcome's numbering
     n = std::max(n, f.file_no);
@@ -279,7 +285,8 @@ Result<store::ExportJobRecord> ExportEngine::Cancel(store::ResourceStore* store,
     return job.record;
   }
   ASSIGN_OR_RETURN(store::ExportJobRecord job, store->GetJob(job_id));
-  if (job.status != js::kSubmitted && job.status != js::kQueued) return Status::NotSupported("Interaction not supported.");
+  if (job.status != js::kSubmitted && job.status != js::kQueued)
+    return Status::NotSupported("Interaction not supported.");
   RETURN_IF_ERROR(SetStatus(store, &job, js::kCancelSubmitted));
   wake_ = true;
   scheduler_cv_.notify_all();
@@ -310,7 +317,8 @@ void ExportEngine::ScheduleOnce() {
     if (stopping_) return;
     auto jobs = store->JobsWithStatus({js::kSubmitted, js::kQueued, js::kCancelSubmitted});
     if (!jobs.ok()) {
-      spdlog::error("event=export_schedule_failed datastore={} reason=\"{}\"", store->info().id, jobs.status().message());
+      spdlog::error("event=export_schedule_failed datastore={} reason=\"{}\"", store->info().id,
+                    jobs.status().message());
       continue;
     }
     for (auto& job : *jobs) {
@@ -351,7 +359,7 @@ void ExportEngine::ScheduleOnce() {
 }
 
 Result<std::vector<store::ExportTaskRecord>> ExportEngine::PlanTasks(store::ResourceStore* store,
-                                                                    const store::ExportJobRecord& job) {
+                                                                     const store::ExportJobRecord& job) {
   std::vector<std::string> types = job.types;
   if (types.empty()) {
     for (std::string_view t : fhir::AllResourceTypes()) types.emplace_back(t);
@@ -420,12 +428,7 @@ Status ExportEngine::StartJob(store::ResourceStore* store, store::ExportJobRecor
     return store->DropJobScratch(job.job_id);
   }
   RETURN_IF_ERROR(SetStatus(store, &job, js::kInProgress));
-  auto active = std::make_shared<ActiveJob>();
-  active->store = store;
-  active->job_id = job.job_id;
-  ASSIGN_OR_RETURN(active->output, JobOutput(job));
-  active->key_prefix = JobKeyPrefix(job, store->info().id);
-  active->write_ctx = {job.data_access_role_arn, job.kms_key_id};
+  ASSIGN_OR_RETURN(auto active, MakeActiveJob(store, job));
   for (const auto& t : tasks) active->planned_rows += t.planned_rows;
   active->record = std::move(job);
   Launch(active, tasks);
@@ -550,8 +553,8 @@ ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::Exp
       if (!std::string_view(row.json).starts_with(expected_prefix)) {
         errors.push_back(fhir::OperationOutcome(
             "error", "exception",
-            task.type + "/" + std::string(row.id) + " could not be exported: its stored bytes are not a " +
-                task.type + " resource (the datastore is damaged; restore it, or PUT the resource again)"));
+            task.type + "/" + std::string(row.id) + " could not be exported: its stored bytes are not a " + task.type +
+                " resource (the datastore is damaged; restore it, or PUT the resource again)"));
         return Status::Ok();
       }
       if (!writer) RETURN_IF_ERROR(open_file());

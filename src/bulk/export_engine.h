@@ -26,14 +26,14 @@
 namespace fhirlake::bulk {
 
 struct EngineOptions {
-  int workers = 2;                   // tasks running at once, across all jobs
-  int jobs_per_datastore = 1;        // running jobs per datastore (HealthLake: 1); the rest wait QUEUED
-  size_t file_bytes = 256 << 20;     // a file is closed at the first batch boundary past this size
-  size_t batch_rows = 2000;          // rows per read transaction
-  size_t batch_bytes = 8 << 20;      // bytes per read transaction
-  int batch_delay_ms = 0;            // test-only: sleep after every batch (makes jobs observably IN_PROGRESS)
-  bool include_referenced = true;    // Patient/Group: add the non-compartment resources they reference
-  int64_t task_rows = 200000;        // split a type into rid ranges of about this many rows
+  int workers = 2;                 // tasks running at once, across all jobs
+  int jobs_per_datastore = 1;      // running jobs per datastore (HealthLake: 1); the rest wait QUEUED
+  size_t file_bytes = 256 << 20;   // a file is closed at the first batch boundary past this size
+  size_t batch_rows = 2000;        // rows per read transaction
+  size_t batch_bytes = 8 << 20;    // bytes per read transaction
+  int batch_delay_ms = 0;          // test-only: sleep after every batch (makes jobs observably IN_PROGRESS)
+  bool include_referenced = true;  // Patient/Group: add the non-compartment resources they reference
+  int64_t task_rows = 200000;      // split a type into rid ranges of about this many rows
 };
 
 // Job statuses (HealthLake's names).
@@ -55,7 +55,7 @@ struct JobView {
   store::ExportJobRecord job;
   std::vector<store::ExportFileRecord> files;  // committed files only
   int64_t planned_rows = 0;
-  int64_t written_rows = 0;   // including rows in files not yet committed
+  int64_t written_rows = 0;  // including rows in files not yet committed
   int64_t written_bytes = 0;
 };
 
@@ -95,7 +95,9 @@ class ExportEngine {
   void WorkerLoop();
   void ScheduleOnce();
   Status StartJob(store::ResourceStore* store, store::ExportJobRecord job);
-  Result<std::vector<store::ExportTaskRecord>> PlanTasks(store::ResourceStore* store, const store::ExportJobRecord& job);
+  Result<std::vector<store::ExportTaskRecord>> PlanTasks(store::ResourceStore* store,
+                                                         const store::ExportJobRecord& job);
+  Result<std::shared_ptr<ActiveJob>> MakeActiveJob(store::ResourceStore* store, const store::ExportJobRecord& job);
   Status Resume(store::ResourceStore* store, store::ExportJobRecord job);
   Status CleanupOutput(store::ResourceStore* store, const store::ExportJobRecord& job);
   TaskOutcome RunTask(ActiveJob& job, const store::ExportTaskRecord& task, std::string* failure);

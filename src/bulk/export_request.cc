@@ -38,19 +38,31 @@ Status CheckBucketName(std::string_view b, std::string_view uri) {
 
 bool IsPatientLevelType(std::string_view type) {
   // Outside the compartment, these are what clinical resources point at; they are exported one hop deep.
-  static constexpr std::string_view kReferenced[] = {
-      "BiologicallyDerivedProduct", "Device",   "DeviceDefinition", "Endpoint",     "HealthcareService",
-      "Location",                   "Medication", "Organization",   "OrganizationAffiliation", "Practitioner",
-      "PractitionerRole",           "Questionnaire", "Substance"};
+  static constexpr std::string_view kReferenced[] = {"BiologicallyDerivedProduct",
+                                                     "Device",
+                                                     "DeviceDefinition",
+                                                     "Endpoint",
+                                                     "HealthcareService",
+                                                     "Location",
+                                                     "Medication",
+                                                     "Organization",
+                                                     "OrganizationAffiliation",
+                                                     "Practitioner",
+                                                     "PractitionerRole",
+                                                     "Questionnaire",
+                                                     "Substance"};
   if (fhir::IsPatientCompartmentType(type)) return true;
   return std::find(std::begin(kReferenced), std::end(kReferenced), type) != std::end(kReferenced);
 }
 
 std::string_view LevelName(ExportLevel level) {
   switch (level) {
-    case ExportLevel::kSystem: return "system";
-    case ExportLevel::kPatient: return "patient";
-    case ExportLevel::kGroup: return "group";
+    case ExportLevel::kSystem:
+      return "system";
+    case ExportLevel::kPatient:
+      return "patient";
+    case ExportLevel::kGroup:
+      return "group";
   }
   return "system";
 }
@@ -79,7 +91,8 @@ Result<S3Location> ParseS3Uri(std::string_view uri) {
     }
     for (char c : seg) {
       if (static_cast<unsigned char>(c) < 0x20 || c == '\\') {
-        return Status::Invalid(field + " '" + std::string(uri) + "': the key prefix contains a control character or '\\'");
+        return Status::Invalid(field + " '" + std::string(uri) +
+                               "': the key prefix contains a control character or '\\'");
       }
     }
     if (next == std::string_view::npos) break;
@@ -138,7 +151,8 @@ Result<ExportRequest> ParseHealthLakeKickoff(ExportLevel level, std::string grou
           return Status::Invalid("_type names '" + type + "', which is not an R4 resource type");
         }
         if (level != ExportLevel::kSystem && !IsPatientLevelType(type)) {
-          return Status::Invalid("_type names '" + type + "', which is neither in the Patient compartment nor a type "
+          return Status::Invalid("_type names '" + type +
+                                 "', which is neither in the Patient compartment nor a type "
                                  "exported with it (Practitioner, Organization, Location, Medication, Device, ...); "
                                  "use a system-level $export for it");
         }
@@ -161,8 +175,9 @@ Result<ExportRequest> ParseHealthLakeKickoff(ExportLevel level, std::string grou
   }
 
   if (body.empty()) {
-    return Status::Invalid("The request has no body; send {\"DataAccessRoleArn\": ..., \"OutputDataConfig\": "
-                           "{\"S3Configuration\": {\"S3Uri\": ..., \"KmsKeyId\": ...}}}");
+    return Status::Invalid(
+        "The request has no body; send {\"DataAccessRoleArn\": ..., \"OutputDataConfig\": "
+        "{\"S3Configuration\": {\"S3Uri\": ..., \"KmsKeyId\": ...}}}");
   }
   nlohmann::json j = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return Status::Invalid("The request body is not valid JSON");

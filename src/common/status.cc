@@ -5,21 +5,36 @@ namespace fhirlake {
 
 std::string_view StatusCodeName(StatusCode code) {
   switch (code) {
-    case StatusCode::kOk: return "OK";
-    case StatusCode::kInvalid: return "Invalid";
-    case StatusCode::kNotFound: return "NotFound";
-    case StatusCode::kGone: return "Gone";
-    case StatusCode::kConflict: return "Conflict";
-    case StatusCode::kPreconditionFailed: return "PreconditionFailed";
-    case StatusCode::kUnsupportedMediaType: return "UnsupportedMediaType";
-    case StatusCode::kPayloadTooLarge: return "PayloadTooLarge";
-    case StatusCode::kMethodNotAllowed: return "MethodNotAllowed";
-    case StatusCode::kNotSupported: return "NotSupported";
-    case StatusCode::kUnauthorized: return "Unauthorized";
-    case StatusCode::kForbidden: return "Forbidden";
-    case StatusCode::kTooManyRequests: return "TooManyRequests";
-    case StatusCode::kUnavailable: return "Unavailable";
-    case StatusCode::kInternal: return "Internal";
+    case StatusCode::kOk:
+      return "OK";
+    case StatusCode::kInvalid:
+      return "Invalid";
+    case StatusCode::kNotFound:
+      return "NotFound";
+    case StatusCode::kGone:
+      return "Gone";
+    case StatusCode::kConflict:
+      return "Conflict";
+    case StatusCode::kPreconditionFailed:
+      return "PreconditionFailed";
+    case StatusCode::kUnsupportedMediaType:
+      return "UnsupportedMediaType";
+    case StatusCode::kPayloadTooLarge:
+      return "PayloadTooLarge";
+    case StatusCode::kMethodNotAllowed:
+      return "MethodNotAllowed";
+    case StatusCode::kNotSupported:
+      return "NotSupported";
+    case StatusCode::kUnauthorized:
+      return "Unauthorized";
+    case StatusCode::kForbidden:
+      return "Forbidden";
+    case StatusCode::kTooManyRequests:
+      return "TooManyRequests";
+    case StatusCode::kUnavailable:
+      return "Unavailable";
+    case StatusCode::kInternal:
+      return "Internal";
   }
   return "Unknown";
 }

@@ -13,20 +13,20 @@ namespace fhirlake {
 
 enum class StatusCode {
   kOk = 0,
-  kInvalid,          // bad input from the caller (400)
-  kNotFound,         // no such thing (404)
-  kGone,             // existed, now deleted (410)
-  kConflict,         // state does not allow it (409)
-  kPreconditionFailed,  // If-Match and friends (412)
+  kInvalid,               // bad input from the caller (400)
+  kNotFound,              // no such thing (404)
+  kGone,                  // existed, now deleted (410)
+  kConflict,              // state does not allow it (409)
+  kPreconditionFailed,    // If-Match and friends (412)
   kUnsupportedMediaType,  // 415
-  kPayloadTooLarge,  // 413
-  kMethodNotAllowed,  // 405
-  kNotSupported,     // the interaction is not supported in this state
+  kPayloadTooLarge,       // 413
+  kMethodNotAllowed,      // 405
+  kNotSupported,          // the interaction is not supported in this state
   kUnauthorized,
   kForbidden,
   kTooManyRequests,
-  kUnavailable,      // a dependency is down or busy; retry may help
-  kInternal,         // a bug or an unexpected environment failure
+  kUnavailable,  // a dependency is down or busy; retry may help
+  kInternal,     // a bug or an unexpected environment failure
 };
 
 std::string_view StatusCodeName(StatusCode code);
@@ -68,8 +68,8 @@ class [[nodiscard]] Status {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}          // NOLINT(google-explicit-constructor)
-  Result(Status status) : v_(std::move(status)) {    // NOLINT(google-explicit-constructor)
+  Result(T value) : v_(std::move(value)) {}        // NOLINT(google-explicit-constructor)
+  Result(Status status) : v_(std::move(status)) {  // NOLINT(google-explicit-constructor)
     assert(!std::get<Status>(v_).ok() && "Result constructed from an OK status");
   }
 
@@ -95,10 +95,10 @@ class [[nodiscard]] Result {
 #define FHIRLAKE_CONCAT_INNER(a, b) a##b
 #define FHIRLAKE_CONCAT(a, b) FHIRLAKE_CONCAT_INNER(a, b)
 
-#define RETURN_IF_ERROR(expr)                      \
-  do {                                             \
-    ::fhirlake::Status _st = (expr);               \
-    if (!_st.ok()) return _st;                     \
+#define RETURN_IF_ERROR(expr)        \
+  do {                               \
+    ::fhirlake::Status _st = (expr); \
+    if (!_st.ok()) return _st;       \
   } while (0)
 
 #define ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \

@@ -2,14 +2,12 @@
 // bytes (validated later, when ResourceParser parses it).
 #include "fhir/bundle.h"
 
+#include "fhir/json_values.h"
+
 namespace fhirlake::fhir {
 namespace {
 
 namespace od = simdjson::ondemand;
-
-Status JsonError(simdjson::error_code e) {
-  return Status::Invalid(std::string("Invalid JSON: ") + simdjson::error_message(e));
-}
 
 Status ReadString(od::value v, std::string_view what, std::string* out) {
   std::string_view s;
@@ -94,7 +92,8 @@ Result<BundleView> ParseBundle(ResourceParser& parser, std::string_view json, co
       }
     }
   }
-  if (doc.current_location().error() != simdjson::OUT_OF_BOUNDS) return Status::Invalid("Invalid JSON: unexpected content after the Bundle");
+  if (doc.current_location().error() != simdjson::OUT_OF_BOUNDS)
+    return Status::Invalid("Invalid JSON: unexpected content after the Bundle");
   if (!is_bundle) return Status::Invalid("The resource has no resourceType 'Bundle'");
   return out;
 }

@@ -8,6 +8,7 @@
 
 #include "common/ids.h"
 #include "common/json_escape.h"
+#include "fhir/json_values.h"
 #include "fhir/r4.h"
 
 namespace fhirlake::fhir {
@@ -15,10 +16,6 @@ namespace {
 
 namespace od = simdjson::ondemand;
 constexpr int kMaxDepth = 64;
-
-Status JsonError(simdjson::error_code e) {
-  return Status::Invalid(std::string("Invalid JSON: ") + simdjson::error_message(e));
-}
 
 class Walker {
  public:
@@ -56,31 +53,9 @@ class Walker {
         AppendJsonString(dst, s);
         return Status::Ok();
       }
-      case od::json_type::number: {
-        std::string_view raw = value.raw_json_token();
-        while (!raw.empty() && (raw.back() == ' ' || raw.back() == '\n' || raw.back() == '\r' || raw.back() == '\t')) {
-          raw.remove_suffix(1);
-        }
-        double ignored;
-        if (auto e = value.get_double().get(ignored)) return JsonError(e);
-        dst->append(raw);
-        return Status::Ok();
-      }
-      case od::json_type::boolean: {
-        bool b;
-        if (auto e = value.get_bool().get(b)) return JsonError(e);
-        dst->append(b ? "true" : "false");
-        return Status::Ok();
-      }
-      case od::json_type::null: {
-        bool is_null = false;
-        if (auto e = value.is_null().get(is_null)) return JsonError(e);
-        if (!is_null) return Status::Invalid("Invalid JSON: bad literal");
-        dst->append("null");
-        return Status::Ok();
-      }
+      default:
+        return AppendScalar(value, type, dst);
     }
-    return Status::Invalid("Invalid JSON value");
   }
 
   // Writes `{...}`; `path_` is the element path of this object (e.g. "participant.member").
@@ -193,9 +168,8 @@ class Walker {
     if (value.starts_with("urn:uuid:")) ++out_->unresolved_urn_references;
     AppendJsonString(dst, value);
     if (auto ref = ParseLiteralReference(value)) {
-      if (ref->type == "Patient" &&
-          std::find(compartment_paths_.begin(), compartment_paths_.end(), std::string_view(path_)) !=
-              compartment_paths_.end()) {
+      if (ref->type == "Patient" && std::find(compartment_paths_.begin(), compartment_paths_.end(),
+                                              std::string_view(path_)) != compartment_paths_.end()) {
         out_->compartment_patients.push_back(ref->id);
       }
       out_->references.push_back(std::move(*ref));
@@ -300,7 +274,8 @@ Result<ParsedResource> ResourceParser::ParseInBuffer(std::string_view json, cons
     std::string_view s;
     if (rt.get_string().get(s)) return Status::Invalid("resourceType must be a JSON string");
     if (!IsKnownResourceType(s)) {
-      return Status::Invalid("Unknown resource type '" + std::string(s) + "'; expected an R4 resource type such as Patient");
+      return Status::Invalid("Unknown resource type '" + std::string(s) +
+                             "'; expected an R4 resource type such as Patient");
     }
     out.type.assign(s);
   }
@@ -309,9 +284,11 @@ Result<ParsedResource> ResourceParser::ParseInBuffer(std::string_view json, cons
   if (auto e = doc.get_object().get(obj)) return JsonError(e);
   Walker walker(&out, PatientCompartmentPaths(out.type), resolver);
   RETURN_IF_ERROR(walker.WriteResource(obj));
-  if (doc.current_location().error() != simdjson::OUT_OF_BOUNDS) return Status::Invalid("Invalid JSON: unexpected content after the resource object");
+  if (doc.current_location().error() != simdjson::OUT_OF_BOUNDS)
+    return Status::Invalid("Invalid JSON: unexpected content after the resource object");
   if (!out.id.empty() && !IsValidFhirId(out.id)) {
-    return Status::Invalid("Invalid resource id '" + out.id + "': an id is 1-64 characters of A-Z, a-z, 0-9, '-' and '.'");
+    return Status::Invalid("Invalid resource id '" + out.id +
+                           "': an id is 1-64 characters of A-Z, a-z, 0-9, '-' and '.'");
   }
   SortUnique(&out.compartment_patients);
   SortUnique(&out.references);

@@ -3,9 +3,10 @@
 // store needs to render the final stored bytes. One ResourceParser per thread (it owns a simdjson parser).
 #pragma once
 
+#include <simdjson.h>
+
 #include <cstdint>
 #include <optional>
-#include <simdjson.h>
 #include <string>
 #include <string_view>
 #include <utility>

@@ -35,10 +35,10 @@ struct QueryParam {
 };
 
 struct Request {
-  std::string method;        // "GET", "POST", ... (upper case as sent)
-  std::string target;        // raw request target, e.g. "/datastore/x/r4/Patient?name=a"
-  std::string path;          // percent-decoded path without the query string
-  std::string raw_query;     // the query string as sent (without '?')
+  std::string method;     // "GET", "POST", ... (upper case as sent)
+  std::string target;     // raw request target, e.g. "/datastore/x/r4/Patient?name=a"
+  std::string path;       // percent-decoded path without the query string
+  std::string raw_query;  // the query string as sent (without '?')
   std::vector<QueryParam> query;
   Headers headers;
   std::string body;

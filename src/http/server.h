@@ -18,8 +18,8 @@ using RequestHandler = std::function<Response(const Request&)>;
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
-  uint16_t port = 8080;           // 0 picks a free port (see Server::port())
-  int threads = 2;                // worker threads running the io_context
+  uint16_t port = 8080;  // 0 picks a free port (see Server::port())
+  int threads = 2;       // worker threads running the io_context
   size_t max_body_bytes = 64 << 20;
   int keep_alive_seconds = 60;
   // Builds the response for a request the server rejects itself: 413 body too large, 400 malformed.

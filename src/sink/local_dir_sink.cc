@@ -118,7 +118,8 @@ class LocalDirSink final : public ObjectSink {
     if (ec) {
       return Status::Unavailable("cannot create directory " + final_path.parent_path().string() + ": " + ec.message());
     }
-    fs::path tmp = final_path.parent_path() / ("." + final_path.filename().string() + ".part-" + NewHexId().substr(0, 8));
+    fs::path tmp =
+        final_path.parent_path() / ("." + final_path.filename().string() + ".part-" + NewHexId().substr(0, 8));
     int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) return ErrnoStatus("cannot create " + tmp.string(), errno);
     return std::unique_ptr<ObjectWriter>(std::make_unique<LocalWriter>(fd, tmp, final_path));
@@ -170,6 +171,8 @@ class LocalDirSink final : public ObjectSink {
 
 }  // namespace
 
-std::unique_ptr<ObjectSink> NewLocalDirSink(std::string root) { return std::make_unique<LocalDirSink>(std::move(root)); }
+std::unique_ptr<ObjectSink> NewLocalDirSink(std::string root) {
+  return std::make_unique<LocalDirSink>(std::move(root));
+}
 
 }  // namespace fhirlake::sink

@@ -131,14 +131,14 @@ class S3Client {
       std::string curl_error;
       if (!SendOnce(creds, method, bucket, key, query, extra_headers, body, payload_hash, &resp, &curl_error)) {
         last_error = curl_error;
-        spdlog::warn("event=s3_retry method={} bucket={} key={} attempt={} reason=\"{}\"", method, bucket, key,
-                     attempt, curl_error);
+        spdlog::warn("event=s3_retry method={} bucket={} key={} attempt={} reason=\"{}\"", method, bucket, key, attempt,
+                     curl_error);
         continue;
       }
       if (Retryable(resp)) {
         last_error = ErrorText(resp);
-        spdlog::warn("event=s3_retry method={} bucket={} key={} attempt={} reason=\"{}\"", method, bucket, key,
-                     attempt, last_error);
+        spdlog::warn("event=s3_retry method={} bucket={} key={} attempt={} reason=\"{}\"", method, bucket, key, attempt,
+                     last_error);
         continue;
       }
       return resp;
@@ -168,9 +168,10 @@ class S3Client {
     req.headers.emplace_back("host", host);
     for (const auto& h : extra_headers) req.headers.push_back(h);
     req.payload_sha256 = payload_hash;
-    SignS3Request(&req, creds, options_.region, std::chrono::duration_cast<std::chrono::milliseconds>(
-                                                     std::chrono::system_clock::now().time_since_epoch())
-                                                     .count());
+    SignS3Request(
+        &req, creds, options_.region,
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count());
     std::string url = scheme_ + "://" + host + UriEncode(path, false);
     if (!query.empty()) {
       url.push_back('?');
@@ -237,9 +238,8 @@ std::vector<std::pair<std::string, std::string>> SseHeaders(const WriteContext& 
 }
 
 Status SseError(const S3Response& r, const WriteContext& ctx, const std::string& what) {
-  return Status::Unavailable(what + " was refused by S3 (" + ErrorText(r) + "); check that KMS key '" +
-                             ctx.kms_key_id + "' exists and that role " + ctx.data_access_role_arn +
-                             " may use it");
+  return Status::Unavailable(what + " was refused by S3 (" + ErrorText(r) + "); check that KMS key '" + ctx.kms_key_id +
+                             "' exists and that role " + ctx.data_access_role_arn + " may use it");
 }
 
 class S3Writer final : public ObjectWriter {
@@ -310,7 +310,8 @@ class S3Writer final : public ObjectWriter {
       if (upload_id_.empty()) return Status::Unavailable("CreateMultipartUpload answered without an UploadId");
     }
     if (parts_.size() >= 10000) {
-      return Status::Invalid("s3://" + bucket_ + "/" + key_ + " would need more than 10,000 parts; raise "
+      return Status::Invalid("s3://" + bucket_ + "/" + key_ +
+                             " would need more than 10,000 parts; raise "
                              "--s3-part-bytes or lower --export-file-bytes");
     }
     std::string part_number = std::to_string(parts_.size() + 1);
@@ -390,7 +391,8 @@ class S3Sink final : public ObjectSink {
       std::vector<std::pair<std::string, std::string>> q{{"list-type", "2"}, {"prefix", prefix}};
       if (!token.empty()) q.emplace_back("continuation-token", token);
       ASSIGN_OR_RETURN(S3Response r, client_.Send(role->credentials, "GET", bucket, "", q, {}, ""));
-      if (r.status != 200) return Status::Unavailable("ListObjectsV2 s3://" + bucket + "/" + prefix + ": " + ErrorText(r));
+      if (r.status != 200)
+        return Status::Unavailable("ListObjectsV2 s3://" + bucket + "/" + prefix + ": " + ErrorText(r));
       size_t pos = 0;
       while (true) {
         std::string contents = XmlTag(r.body, "Contents", &pos);
@@ -451,7 +453,8 @@ Result<std::vector<S3Role>> LoadS3Roles(const std::string& path) {
   if (!in) return Status::Invalid("cannot read the S3 roles file " + path);
   nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
   if (j.is_discarded() || !j.is_object() || !j.contains("roles") || !j["roles"].is_array()) {
-    return Status::Invalid(path + ": expected {\"roles\": [{\"roleArn\", \"accessKeyId\", \"secretAccessKey\", "
+    return Status::Invalid(path +
+                           ": expected {\"roles\": [{\"roleArn\", \"accessKeyId\", \"secretAccessKey\", "
                            "\"sessionToken\"?, \"buckets\": [...]}]}");
   }
   std::vector<S3Role> roles;

@@ -21,7 +21,7 @@
 namespace fhirlake::store {
 
 struct DatastoreInfo {
-  std::string id;    // 32 lowercase hex characters
+  std::string id;  // 32 lowercase hex characters
   std::string name;
   EpochMillis created_at = 0;
   std::string path;  // the database file
@@ -37,7 +37,7 @@ struct StoredResource {
   bool deleted = false;
   bool created_by_post = false;  // this version was written by a create (POST) rather than an update (PUT)
   bool created = false;          // set by Put: there was no current version before (new, or after a delete)
-  std::string json;  // the stored bytes; empty for a tombstone
+  std::string json;              // the stored bytes; empty for a tombstone
 };
 
 // How a version was written, for history entries' request.method.
@@ -58,7 +58,8 @@ class StoreTransaction {
                                      std::optional<int64_t> if_match, WriteOp op = WriteOp::kPut) = 0;
   // Writes a tombstone. Deleting a missing or already deleted resource is not an error (FHIR: 200/204);
   // returns the tombstone, or kNotFound when the resource never existed.
-  virtual Result<StoredResource> Delete(std::string_view type, std::string_view id, std::optional<int64_t> if_match) = 0;
+  virtual Result<StoredResource> Delete(std::string_view type, std::string_view id,
+                                        std::optional<int64_t> if_match) = 0;
   // Ids of current (not deleted) resources of `type` having identifier system|value (system may be empty
   // to match any system).
   virtual Result<std::vector<std::string>> FindByIdentifier(std::string_view type, std::string_view system,
@@ -83,9 +84,9 @@ enum class ScanScope {
 struct ScanRequest {
   std::string type;
   ScanScope scope = ScanScope::kAll;
-  std::string job_id;               // for kJobScope
-  int64_t after_rid = 0;            // exclusive lower bound (keyset paging)
-  int64_t max_rid = INT64_MAX;      // inclusive upper bound (task key range)
+  std::string job_id;                // for kJobScope
+  int64_t after_rid = 0;             // exclusive lower bound (keyset paging)
+  int64_t max_rid = INT64_MAX;       // inclusive upper bound (task key range)
   std::optional<EpochMillis> since;  // only versions with lastUpdated >= since
   Snapshot snapshot;
   size_t max_rows = 1000;

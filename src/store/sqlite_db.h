@@ -18,11 +18,17 @@ namespace fhirlake::store {
 class SqliteStmt {
  public:
   SqliteStmt(sqlite3_stmt* stmt, sqlite3* db) : stmt_(stmt), db_(db) {}
-  ~SqliteStmt() { sqlite3_reset(stmt_); sqlite3_clear_bindings(stmt_); }
+  ~SqliteStmt() {
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
+  }
   SqliteStmt(const SqliteStmt&) = delete;
   SqliteStmt& operator=(const SqliteStmt&) = delete;
 
-  SqliteStmt& Bind(int i, int64_t v) { Check(sqlite3_bind_int64(stmt_, i, v)); return *this; }
+  SqliteStmt& Bind(int i, int64_t v) {
+    Check(sqlite3_bind_int64(stmt_, i, v));
+    return *this;
+  }
   SqliteStmt& Bind(int i, std::string_view v) {
     Check(sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
     return *this;
@@ -35,7 +41,10 @@ class SqliteStmt {
     Check(sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC));
     return *this;
   }
-  SqliteStmt& BindNull(int i) { Check(sqlite3_bind_null(stmt_, i)); return *this; }
+  SqliteStmt& BindNull(int i) {
+    Check(sqlite3_bind_null(stmt_, i));
+    return *this;
+  }
   SqliteStmt& Bind(int i, std::optional<int64_t> v) { return v ? Bind(i, *v) : BindNull(i); }
 
   // Returns true when a row is available, false when done.
@@ -55,7 +64,9 @@ class SqliteStmt {
   std::string Str(int col) const { return std::string(Text(col)); }
 
  private:
-  void Check(int rc) { if (rc != SQLITE_OK && bind_error_.ok()) bind_error_ = Status::Internal(sqlite3_errmsg(db_)); }
+  void Check(int rc) {
+    if (rc != SQLITE_OK && bind_error_.ok()) bind_error_ = Status::Internal(sqlite3_errmsg(db_));
+  }
   sqlite3_stmt* stmt_;
   sqlite3* db_;
   Status bind_error_;

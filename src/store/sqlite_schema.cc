@@ -126,7 +126,8 @@ Result<bool> HasColumn(SqliteConnection& db, const std::string& table, const std
 Status AddOpColumns(SqliteConnection& db) {
   for (const char* table : {"resources", "history"}) {
     ASSIGN_OR_RETURN(bool has, HasColumn(db, table, "op"));
-    if (!has) RETURN_IF_ERROR(db.Exec(std::string("ALTER TABLE ") + table + " ADD COLUMN op INTEGER NOT NULL DEFAULT 0"));
+    if (!has)
+      RETURN_IF_ERROR(db.Exec(std::string("ALTER TABLE ") + table + " ADD COLUMN op INTEGER NOT NULL DEFAULT 0"));
   }
   return Status::Ok();
 }
@@ -170,7 +171,8 @@ Status EnsureSchema(SqliteConnection& db, const std::string& path) {
   bool numeric = !found.empty() && found.find_first_not_of("0123456789") == std::string::npos && found.size() < 6;
   if (numeric) version = std::stoi(found);
   if (!numeric || version < 1) {
-    return Status::Invalid(path + " is not a fhirlake datastore database (no schema_version); move it out of the "
+    return Status::Invalid(path +
+                           " is not a fhirlake datastore database (no schema_version); move it out of the "
                            "data directory or point --data-dir at another directory");
   }
   if (version > kSchemaVersion) {

@@ -80,8 +80,9 @@ class ConnectionPool {
   // A new connection, not pooled.
   Result<std::unique_ptr<SqliteConnection>> Open() {
     ASSIGN_OR_RETURN(auto conn, SqliteConnection::Open(path_, busy_timeout_ms_));
-    RETURN_IF_ERROR(conn->Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF;"
-                               " PRAGMA temp_store=MEMORY; PRAGMA cache_size=-4096;"));
+    RETURN_IF_ERROR(
+        conn->Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF;"
+                   " PRAGMA temp_store=MEMORY; PRAGMA cache_size=-4096;"));
     return conn;
   }
 
@@ -161,8 +162,8 @@ class SqliteTransaction final : public StoreTransaction {
     return ReadCurrent(*conn_, type, id);
   }
 
-  Result<StoredResource> Put(const fhir::ParsedResource& parsed, std::string_view id,
-                             std::optional<int64_t> if_match, WriteOp op) override {
+  Result<StoredResource> Put(const fhir::ParsedResource& parsed, std::string_view id, std::optional<int64_t> if_match,
+                             WriteOp op) override {
     auto current = ReadCurrent(*conn_, parsed.type, id);
     if (!current.ok() && current.status().code() != StatusCode::kNotFound) return current.status();
     StoredResource out;
@@ -441,9 +442,11 @@ class SqliteStore final : public ResourceStore {
 
   Result<std::vector<StoredResource>> ReadCompartment(std::string_view patient_id, std::string_view type) override {
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
-    ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT r.rid, r.type, r.id, r.version, r.seq, r.last_updated, r.deleted, "
-                                           "r.json, r.op FROM compartment c JOIN resources r ON r.rid=c.rid WHERE "
-                                           "c.until_seq IS NULL AND c.patient_id=?1 AND r.deleted=0 AND (?2='' OR r.type=?2) ORDER BY r.rid"));
+    ASSIGN_OR_RETURN(
+        auto q, conn->Prepare(
+                    "SELECT r.rid, r.type, r.id, r.version, r.seq, r.last_updated, r.deleted, "
+                    "r.json, r.op FROM compartment c JOIN resources r ON r.rid=c.rid WHERE "
+                    "c.until_seq IS NULL AND c.patient_id=?1 AND r.deleted=0 AND (?2='' OR r.type=?2) ORDER BY r.rid"));
     q->Bind(1, patient_id).Bind(2, type);
     std::vector<StoredResource> out;
     while (true) {
@@ -473,8 +476,9 @@ class SqliteStore final : public ResourceStore {
         sql = "SELECT count(*), min(rid), max(rid) FROM resources WHERE type=?1";
         break;
       case ScanScope::kAnyCompartment:
-        sql = "SELECT count(*), min(rid), max(rid) FROM resources r WHERE type=?1 AND "
-              "EXISTS (SELECT 1 FROM compartment c WHERE c.rid=r.rid)";
+        sql =
+            "SELECT count(*), min(rid), max(rid) FROM resources r WHERE type=?1 AND "
+            "EXISTS (SELECT 1 FROM compartment c WHERE c.rid=r.rid)";
         break;
       case ScanScope::kJobScope:
         sql = "SELECT count(*), min(rid), max(rid) FROM export_scope WHERE job_id=?2 AND type=?1";
@@ -502,13 +506,15 @@ class SqliteStore final : public ResourceStore {
         sql = "SELECT rid, seq, deleted, last_updated, json, id FROM resources r WHERE type=?1 AND rid>?2 AND rid<=?3";
         break;
       case ScanScope::kAnyCompartment:
-        sql = "SELECT rid, seq, deleted, last_updated, json, id FROM resources r WHERE type=?1 AND rid>?2 AND rid<=?3 "
-              "AND EXISTS (SELECT 1 FROM compartment c WHERE c.rid=r.rid AND c.since_seq<=?7 AND "
-              "(c.until_seq IS NULL OR c.until_seq>?7))";
+        sql =
+            "SELECT rid, seq, deleted, last_updated, json, id FROM resources r WHERE type=?1 AND rid>?2 AND rid<=?3 "
+            "AND EXISTS (SELECT 1 FROM compartment c WHERE c.rid=r.rid AND c.since_seq<=?7 AND "
+            "(c.until_seq IS NULL OR c.until_seq>?7))";
         break;
       case ScanScope::kJobScope:
-        sql = "SELECT r.rid, r.seq, r.deleted, r.last_updated, r.json, r.id FROM export_scope s JOIN resources r "
-              "ON r.rid=s.rid WHERE s.job_id=?6 AND s.type=?1 AND s.rid>?2 AND s.rid<=?3";
+        sql =
+            "SELECT r.rid, r.seq, r.deleted, r.last_updated, r.json, r.id FROM export_scope s JOIN resources r "
+            "ON r.rid=s.rid WHERE s.job_id=?6 AND s.type=?1 AND s.rid>?2 AND s.rid<=?3";
         break;
     }
     if (since) sql += " AND r.last_updated>=?4";
@@ -544,8 +550,9 @@ class SqliteStore final : public ResourceStore {
         json = q->Text(4);
       } else {
         // Changed after the snapshot: the version as of the snapshot lives in history.
-        auto h = conn->Prepare("SELECT deleted, last_updated, json FROM history WHERE rid=?1 AND seq<=?2 "
-                               "ORDER BY version DESC LIMIT 1");
+        auto h = conn->Prepare(
+            "SELECT deleted, last_updated, json FROM history WHERE rid=?1 AND seq<=?2 "
+            "ORDER BY version DESC LIMIT 1");
         if (!h.ok()) {
           st = h.status();
           break;
@@ -604,10 +611,10 @@ class SqliteStore final : public ResourceStore {
         RETURN_IF_ERROR(q->Run());
       }
       if (include_referenced) {
-        ASSIGN_OR_RETURN(auto q, c.Prepare(
-                                     "INSERT OR IGNORE INTO export_scope(job_id, type, rid) SELECT ?1, r.type, r.rid "
-                                     "FROM export_scope s JOIN ext_ref x ON x.rid=s.rid JOIN resources r "
-                                     "ON r.type=x.target_type AND r.id=x.target_id WHERE s.job_id=?1"));
+        ASSIGN_OR_RETURN(auto q,
+                         c.Prepare("INSERT OR IGNORE INTO export_scope(job_id, type, rid) SELECT ?1, r.type, r.rid "
+                                   "FROM export_scope s JOIN ext_ref x ON x.rid=s.rid JOIN resources r "
+                                   "ON r.type=x.target_type AND r.id=x.target_id WHERE s.job_id=?1"));
         q->Bind(1, job_id);
         RETURN_IF_ERROR(q->Run());
       }
@@ -647,12 +654,12 @@ class SqliteStore final : public ResourceStore {
       ASSIGN_OR_RETURN(bool row, q->Step());
       job->queue_order = row ? q->Int(0) : 1;
       q.reset();
-      ASSIGN_OR_RETURN(auto ins, c.Prepare(
-                                     "INSERT INTO export_jobs(job_id, queue_order, job_name, status, view, level, "
-                                     "group_id, types, since, output_format, s3_uri, kms_key_id, role_arn, "
-                                     "request_url, submit_time, start_time, end_time, snapshot_seq, snapshot_time, "
-                                     "message, include_referenced) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, "
-                                     "?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"));
+      ASSIGN_OR_RETURN(auto ins,
+                       c.Prepare("INSERT INTO export_jobs(job_id, queue_order, job_name, status, view, level, "
+                                 "group_id, types, since, output_format, s3_uri, kms_key_id, role_arn, "
+                                 "request_url, submit_time, start_time, end_time, snapshot_seq, snapshot_time, "
+                                 "message, include_referenced) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, "
+                                 "?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"));
       BindJob(*ins, *job);
       return ins->Run();
     });
@@ -660,12 +667,12 @@ class SqliteStore final : public ResourceStore {
 
   Status UpdateJob(const ExportJobRecord& job) override {
     return WithWrite([&](SqliteConnection& c) -> Status {
-      ASSIGN_OR_RETURN(auto u, c.Prepare(
-                                   "UPDATE export_jobs SET queue_order=?2, job_name=?3, status=?4, view=?5, level=?6, "
-                                   "group_id=?7, types=?8, since=?9, output_format=?10, s3_uri=?11, kms_key_id=?12, "
-                                   "role_arn=?13, request_url=?14, submit_time=?15, start_time=?16, end_time=?17, "
-                                   "snapshot_seq=?18, snapshot_time=?19, message=?20, include_referenced=?21 "
-                                   "WHERE job_id=?1"));
+      ASSIGN_OR_RETURN(auto u,
+                       c.Prepare("UPDATE export_jobs SET queue_order=?2, job_name=?3, status=?4, view=?5, level=?6, "
+                                 "group_id=?7, types=?8, since=?9, output_format=?10, s3_uri=?11, kms_key_id=?12, "
+                                 "role_arn=?13, request_url=?14, submit_time=?15, start_time=?16, end_time=?17, "
+                                 "snapshot_seq=?18, snapshot_time=?19, message=?20, include_referenced=?21 "
+                                 "WHERE job_id=?1"));
       BindJob(*u, job);
       RETURN_IF_ERROR(u->Run());
       if (sqlite3_changes(c.raw()) != 1) return Status::NotFound("export job " + job.job_id + " is not known");
@@ -702,8 +709,9 @@ class SqliteStore final : public ResourceStore {
   Status ReplaceTasks(const std::string& job_id, const std::vector<ExportTaskRecord>& tasks) override {
     return WithWrite([&](SqliteConnection& c) -> Status {
       RETURN_IF_ERROR(DeleteJobRows(c, job_id, {"export_tasks"}));
-      ASSIGN_OR_RETURN(auto ins, c.Prepare("INSERT INTO export_tasks(job_id, task_no, type, scope, min_rid, max_rid, "
-                                           "after_rid, planned_rows, done) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"));
+      ASSIGN_OR_RETURN(auto ins,
+                       c.Prepare("INSERT INTO export_tasks(job_id, task_no, type, scope, min_rid, max_rid, "
+                                 "after_rid, planned_rows, done) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"));
       for (const auto& t : tasks) {
         ins->Bind(1, job_id).Bind(2, t.task_no).Bind(3, t.type).Bind(4, static_cast<int64_t>(t.scope));
         ins->Bind(5, t.min_rid).Bind(6, t.max_rid).Bind(7, t.after_rid).Bind(8, t.planned_rows);
@@ -828,7 +836,8 @@ class SqliteStore final : public ResourceStore {
     return u->Run();
   }
 
-  static Status DeleteJobRows(SqliteConnection& c, const std::string& job_id, std::initializer_list<const char*> tables) {
+  static Status DeleteJobRows(SqliteConnection& c, const std::string& job_id,
+                              std::initializer_list<const char*> tables) {
     for (const char* table : tables) {
       ASSIGN_OR_RETURN(auto d, c.Prepare(std::string("DELETE FROM ") + table + " WHERE job_id=?1"));
       d->Bind(1, job_id);
