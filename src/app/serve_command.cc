@@ -21,6 +21,27 @@
 
 namespace fhirlake::app {
 
+namespace {
+
+// The export output: the local bucket directory under the data dir, or S3 when an endpoint is configured.
+Result<std::unique_ptr<sink::ObjectSink>> MakeSink(const ServeOptions& options) {
+  if (options.s3_endpoint.empty()) {
+    return sink::NewLocalDirSink((std::filesystem::path(options.data_dir) / "s3").string());
+  }
+  sink::S3Options s3;
+  s3.endpoint = options.s3_endpoint;
+  s3.region = options.s3_region;
+  s3.virtual_hosted = options.s3_virtual_hosted;
+  s3.part_bytes = options.s3_part_bytes;
+  s3.max_attempts = options.s3_max_attempts;
+  if (!options.s3_roles_file.empty()) {
+    ASSIGN_OR_RETURN(s3.roles, sink::LoadS3Roles(options.s3_roles_file));
+  }
+  return sink::NewS3Sink(std::move(s3));
+}
+
+}  // namespace
+
 int RunServe(const ServeOptions& options) {
   std::string host = options.listen;
   uint16_t port = 8080;
@@ -52,30 +73,10 @@ int RunServe(const ServeOptions& options) {
     return 2;
   }
 
-  std::unique_ptr<sink::ObjectSink> sink;
-  if (options.s3_endpoint.empty()) {
-    sink = sink::NewLocalDirSink((std::filesystem::path(options.data_dir) / "s3").string());
-  } else {
-    sink::S3Options s3;
-    s3.endpoint = options.s3_endpoint;
-    s3.region = options.s3_region;
-    s3.virtual_hosted = options.s3_virtual_hosted;
-    s3.part_bytes = options.s3_part_bytes;
-    s3.max_attempts = options.s3_max_attempts;
-    if (!options.s3_roles_file.empty()) {
-      auto roles = sink::LoadS3Roles(options.s3_roles_file);
-      if (!roles.ok()) {
-        std::fprintf(stderr, "fhirlake serve: %s\n", roles.status().ToString().c_str());
-        return 2;
-      }
-      s3.roles = std::move(*roles);
-    }
-    auto s3_sink = sink::NewS3Sink(std::move(s3));
-    if (!s3_sink.ok()) {
-      std::fprintf(stderr, "fhirlake serve: %s\n", s3_sink.status().ToString().c_str());
-      return 2;
-    }
-    sink = std::move(*s3_sink);
+  auto sink = MakeSink(options);
+  if (!sink.ok()) {
+    std::fprintf(stderr, "fhirlake serve: %s\n", sink.status().ToString().c_str());
+    return 2;
   }
   bulk::EngineOptions eo;
   eo.workers = options.export_workers;
@@ -86,7 +87,7 @@ int RunServe(const ServeOptions& options) {
   eo.batch_delay_ms = options.export_batch_delay_ms;
   eo.include_referenced = options.export_include_referenced;
   eo.task_rows = options.export_task_rows;
-  bulk::ExportEngine engine(catalog->get(), sink.get(), eo, Clock::System());
+  bulk::ExportEngine engine(catalog->get(), sink->get(), eo, Clock::System());
   Status started = engine.Start();
   if (!started.ok()) {
     std::fprintf(stderr, "fhirlake serve: export engine: %s\n", started.ToString().c_str());

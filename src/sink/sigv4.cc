@@ -223,6 +223,22 @@ std::string CanonicalRequest(const SigV4Request& r, bool double_encode_path) {
   return BuildCanonicalRequest(r, double_encode_path, &signed_headers);
 }
 
+namespace {
+
+// "20150830/us-east-1/service/aws4_request"
+std::string CredentialScope(std::string_view amz_date, std::string_view region, std::string_view service) {
+  std::string out(DatePart(amz_date));
+  out.push_back('/');
+  out += region;
+  out.push_back('/');
+  out += service;
+  out.push_back('/');
+  out += kTerminator;
+  return out;
+}
+
+}  // namespace
+
 std::string StringToSign(std::string_view canonical_request, std::string_view amz_date, std::string_view region,
                          std::string_view service) {
   std::string out;
@@ -230,13 +246,7 @@ std::string StringToSign(std::string_view canonical_request, std::string_view am
   out.push_back('\n');
   out += amz_date;
   out.push_back('\n');
-  out += DatePart(amz_date);
-  out.push_back('/');
-  out += region;
-  out.push_back('/');
-  out += service;
-  out.push_back('/');
-  out += kTerminator;
+  out += CredentialScope(amz_date, region, service);
   out.push_back('\n');
   out += Sha256Hex(canonical_request);
   return out;
@@ -262,13 +272,7 @@ std::string AuthorizationHeader(const SigV4Request& r, const AwsCredentials& c, 
   out += " Credential=";
   out += c.access_key_id;
   out.push_back('/');
-  out += DatePart(amz_date);
-  out.push_back('/');
-  out += region;
-  out.push_back('/');
-  out += service;
-  out.push_back('/');
-  out += kTerminator;
+  out += CredentialScope(amz_date, region, service);
   out += ", SignedHeaders=";
   out += signed_headers;
   out += ", Signature=";

@@ -36,6 +36,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from fhirlake_helpers import rewrite_references
+
 E2E_DIR = Path(__file__).resolve().parent
 REPO = E2E_DIR.parents[1]
 SAMPLE_DIR = REPO / "data" / "synthea-r4-100"
@@ -209,20 +211,6 @@ class Entry:
             self.refs = frozenset()
 
 
-def _resolve_urns(value, urn_map):
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            if k == "reference" and isinstance(v, str) and v in urn_map:
-                out[k] = urn_map[v]
-            else:
-                out[k] = _resolve_urns(v, urn_map)
-        return out
-    if isinstance(value, list):
-        return [_resolve_urns(v, urn_map) for v in value]
-    return value
-
-
 class SampleData:
     """Sample files (or a subset) in the loader's order: files sorted by path, entries in file order."""
 
@@ -240,7 +228,7 @@ class SampleData:
         for d in docs:
             items = [e["resource"] for e in d["entry"]] if d.get("resourceType") == "Bundle" else [d]
             for r in items:
-                self.resources.append(_resolve_urns(r, urn_map))
+                self.resources.append(rewrite_references(r, urn_map))
 
     def initial_state(self) -> dict:
         state = {}
