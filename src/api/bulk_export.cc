@@ -5,6 +5,7 @@
 #include <map>
 
 #include "api/fhir_response.h"
+#include "api/healthlake_kickoff.h"
 #include "bulk/export_engine.h"
 #include "common/json_escape.h"
 #include "fhir/operation_outcome.h"
@@ -12,8 +13,8 @@
 namespace fhirlake::api {
 namespace {
 
-using http::PathParams;
 using http::Request;
+using http::RequestContext;
 using http::Response;
 
 // RFC 7240: Prefer is a comma-separated list of preferences (each possibly with ;parameters), names compared
@@ -36,16 +37,16 @@ bool PrefersAsync(const Request& req) {
   return false;
 }
 
-Response KickOff(const ApiContext& ctx, const Request& req, const PathParams& p, bulk::ExportLevel level) {
-  auto store = FindDatastore(ctx, p.at("ds"));
+Response KickOff(const ApiContext& ctx, const Request& req, const RequestContext& p, bulk::ExportLevel level) {
+  auto store = FindDatastore(ctx, p.param("ds"));
   if (!store.ok()) return FhirError(store.status());
   if (!PrefersAsync(req)) {
     return FhirError(Status::Invalid("$export runs asynchronously: send the header 'Prefer: respond-async'"));
   }
   Status st = CheckJsonContentType(req);
   if (!st.ok()) return FhirError(st);
-  std::string group_id = level == bulk::ExportLevel::kGroup ? p.at("id") : "";
-  auto request = bulk::ParseHealthLakeKickoff(level, group_id, req.query, req.body, Clock::System().NowMillis());
+  std::string group_id = level == bulk::ExportLevel::kGroup ? p.param("id") : "";
+  auto request = ParseHealthLakeKickoff(level, group_id, req.query, req.body, Clock::System().NowMillis());
   if (!request.ok()) return FhirError(request.status());
   request->request_url = ctx.public_base_url + req.target;
   auto job = ctx.exports->Submit(*store, *request);
@@ -136,18 +137,18 @@ std::string RenderDescribe(const bulk::JobView& v, const std::string& datastore_
   return out;
 }
 
-Response Describe(const ApiContext& ctx, const PathParams& p) {
-  auto store = FindDatastore(ctx, p.at("ds"));
+Response Describe(const ApiContext& ctx, const RequestContext& p) {
+  auto store = FindDatastore(ctx, p.param("ds"));
   if (!store.ok()) return FhirError(store.status());
-  auto view = ctx.exports->Describe(*store, p.at("job"));
+  auto view = ctx.exports->Describe(*store, p.param("job"));
   if (!view.ok()) return FhirError(view.status());
   return Response::Json(200, RenderDescribe(*view, (*store)->info().id), "application/json");
 }
 
-Response Cancel(const ApiContext& ctx, const PathParams& p) {
-  auto store = FindDatastore(ctx, p.at("ds"));
+Response Cancel(const ApiContext& ctx, const RequestContext& p) {
+  auto store = FindDatastore(ctx, p.param("ds"));
   if (!store.ok()) return FhirError(store.status());
-  auto job = ctx.exports->Cancel(*store, p.at("job"));
+  auto job = ctx.exports->Cancel(*store, p.param("job"));
   if (!job.ok()) {
     if (job.status().code() == StatusCode::kNotSupported) {
       // HealthLake's answer for a job that can no longer be cancelled (documented: 400).
@@ -166,25 +167,31 @@ Response Cancel(const ApiContext& ctx, const PathParams& p) {
 void RegisterBulkExport(http::Router& router, const ApiContext& ctx) {
   const ApiContext* c = &ctx;
   const std::string r4 = "/datastore/{ds}/r4";
-  router.Add("POST", r4 + "/$export",
-             [c](const Request& req, const PathParams& p) { return KickOff(*c, req, p, bulk::ExportLevel::kSystem); });
-  router.Add("POST", r4 + "/Patient/$export",
-             [c](const Request& req, const PathParams& p) { return KickOff(*c, req, p, bulk::ExportLevel::kPatient); });
-  router.Add("POST", r4 + "/Group/{id}/$export",
-             [c](const Request& req, const PathParams& p) { return KickOff(*c, req, p, bulk::ExportLevel::kGroup); });
+  router.Add(
+      "POST", r4 + "/$export", http::RouteInfo{"healthlake:StartFHIRExportJobWithPost"},
+      [c](const Request& req, const RequestContext& p) { return KickOff(*c, req, p, bulk::ExportLevel::kSystem); });
+  router.Add(
+      "POST", r4 + "/Patient/$export", http::RouteInfo{"healthlake:StartFHIRExportJobWithPost"},
+      [c](const Request& req, const RequestContext& p) { return KickOff(*c, req, p, bulk::ExportLevel::kPatient); });
+  router.Add(
+      "POST", r4 + "/Group/{id}/$export", http::RouteInfo{"healthlake:StartFHIRExportJobWithPost"},
+      [c](const Request& req, const RequestContext& p) { return KickOff(*c, req, p, bulk::ExportLevel::kGroup); });
   // The Bulk Data IG's GET kick-off is not served yet: say so instead of treating "$export" as a resource id.
   for (const std::string path : {r4 + "/$export", r4 + "/Patient/$export", r4 + "/Group/{id}/$export"}) {
-    router.Add("GET", path, [](const Request& req, const PathParams&) {
-      Response resp = FhirError(405, "not-supported",
-                                "GET " + req.path +
-                                    " (the Bulk Data IG kick-off) is not supported; use POST with "
-                                    "the HealthLake JSON body and 'Prefer: respond-async'");
-      resp.headers.Set("Allow", "POST");
-      return resp;
-    });
+    router.Add("GET", path, http::RouteInfo{"healthlake:StartFHIRExportJobWithGet"},
+               [](const Request& req, const RequestContext&) {
+                 Response resp = FhirError(405, "not-supported",
+                                           "GET " + req.path +
+                                               " (the Bulk Data IG kick-off) is not supported; use POST with "
+                                               "the HealthLake JSON body and 'Prefer: respond-async'");
+                 resp.headers.Set("Allow", "POST");
+                 return resp;
+               });
   }
-  router.Add("GET", r4 + "/export/{job}", [c](const Request&, const PathParams& p) { return Describe(*c, p); });
-  router.Add("DELETE", r4 + "/export/{job}", [c](const Request&, const PathParams& p) { return Cancel(*c, p); });
+  router.Add("GET", r4 + "/export/{job}", http::RouteInfo{"healthlake:DescribeFHIRExportJobWithGet"},
+             [c](const Request&, const RequestContext& p) { return Describe(*c, p); });
+  router.Add("DELETE", r4 + "/export/{job}", http::RouteInfo{"healthlake:CancelFHIRExportJobWithDelete"},
+             [c](const Request&, const RequestContext& p) { return Cancel(*c, p); });
 }
 
 }  // namespace fhirlake::api

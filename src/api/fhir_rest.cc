@@ -15,8 +15,8 @@
 namespace fhirlake::api {
 namespace {
 
-using http::PathParams;
 using http::Request;
+using http::RequestContext;
 using http::Response;
 
 fhir::ResourceParser& Parser() {
@@ -58,8 +58,8 @@ Response ResourceResponse(int status, const store::StoredResource& r, const std:
 
 // Runs `fn` with the datastore named in the path, turning any Status into an OperationOutcome response.
 template <typename Fn>
-Response WithStore(const ApiContext& ctx, const PathParams& p, Fn fn) {
-  auto store = FindDatastore(ctx, p.at("ds"));
+Response WithStore(const ApiContext& ctx, const RequestContext& p, Fn fn) {
+  auto store = FindDatastore(ctx, p.param("ds"));
   if (!store.ok()) return FhirError(store.status());
   Result<Response> r = fn(**store, ctx.FhirBase((*store)->info().id));
   if (!r.ok()) return FhirError(r.status());
@@ -257,7 +257,7 @@ Result<int64_t> ParseVersionTag(std::string_view tag) {
 
 void RegisterFhirRest(http::Router& router, const ApiContext& ctx) {
   const ApiContext* c = &ctx;
-  router.Add("GET", "/healthz", [c](const Request&, const PathParams&) {
+  router.Add("GET", "/healthz", http::RouteInfo{"", true}, [c](const Request&, const RequestContext&) {
     std::string out = "{\"status\":\"ok\",\"version\":" + JsonString(c->version) + ",\"datastores\":[";
     bool first = true;
     for (auto* s : c->catalog->All()) {
@@ -270,17 +270,20 @@ void RegisterFhirRest(http::Router& router, const ApiContext& ctx) {
     return Response::Json(200, std::move(out), "application/json");
   });
   const std::string r4 = "/datastore/{ds}/r4";
-  router.Add("GET", r4 + "/metadata", [c](const Request&, const PathParams& p) {
-    return WithStore(*c, p, [&](store::ResourceStore& s, const std::string&) -> Result<Response> {
-      return Response::Json(200, CapabilityStatement(*c, s));
-    });
-  });
-  router.Add("*", r4 + "/metadata", [](const Request& req, const PathParams&) {
-    Response resp = FhirError(405, "not-supported", "Method " + req.method + " is not allowed on /metadata; use GET");
-    resp.headers.Set("Allow", "GET");
-    return resp;
-  });
-  router.Add("POST", r4, [c](const Request& req, const PathParams& p) {
+  router.Add("GET", r4 + "/metadata", http::RouteInfo{"healthlake:GetCapabilities"},
+             [c](const Request&, const RequestContext& p) {
+               return WithStore(*c, p, [&](store::ResourceStore& s, const std::string&) -> Result<Response> {
+                 return Response::Json(200, CapabilityStatement(*c, s));
+               });
+             });
+  router.Add("*", r4 + "/metadata", http::RouteInfo{"healthlake:GetCapabilities"},
+             [](const Request& req, const RequestContext&) {
+               Response resp =
+                   FhirError(405, "not-supported", "Method " + req.method + " is not allowed on /metadata; use GET");
+               resp.headers.Set("Allow", "GET");
+               return resp;
+             });
+  router.Add("POST", r4, http::RouteInfo{"healthlake:ProcessBundle"}, [c](const Request& req, const RequestContext& p) {
     return WithStore(*c, p, [&](store::ResourceStore& s, const std::string&) -> Result<Response> {
       RETURN_IF_ERROR(CheckJsonContentType(req));
       if (req.body.empty()) return Status::Invalid("The request has no body; POST a transaction or batch Bundle");
@@ -288,43 +291,54 @@ void RegisterFhirRest(http::Router& router, const ApiContext& ctx) {
       return Response::Json(200, std::move(out));
     });
   });
-  router.Add("GET", r4 + "/Patient/{id}/*", [c](const Request&, const PathParams& p) {
-    return WithStore(
-        *c, p, [&](store::ResourceStore& s, const std::string& base) { return Compartment(s, base, p.at("id"), "*"); });
-  });
-  router.Add("GET", r4 + "/{type}/{id}/_history/{vid}", [c](const Request&, const PathParams& p) {
-    return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
-      return VRead(s, base, p.at("type"), p.at("id"), p.at("vid"));
-    });
-  });
-  router.Add("GET", r4 + "/{type}/{id}/_history", [c](const Request&, const PathParams& p) {
-    return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
-      return History(s, base, p.at("type"), p.at("id"));
-    });
-  });
-  router.Add("GET", r4 + "/Patient/{id}/{ctype}", [c](const Request&, const PathParams& p) {
-    return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
-      return Compartment(s, base, p.at("id"), p.at("ctype"));
-    });
-  });
-  router.Add("GET", r4 + "/{type}/{id}", [c](const Request&, const PathParams& p) {
-    return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
-      return Read(s, base, p.at("type"), p.at("id"));
-    });
-  });
-  router.Add("PUT", r4 + "/{type}/{id}", [c](const Request& req, const PathParams& p) {
-    return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
-      return Update(s, base, req, p.at("type"), p.at("id"));
-    });
-  });
-  router.Add("DELETE", r4 + "/{type}/{id}", [c](const Request& req, const PathParams& p) {
-    return WithStore(
-        *c, p, [&](store::ResourceStore& s, const std::string&) { return Delete(s, req, p.at("type"), p.at("id")); });
-  });
-  router.Add("POST", r4 + "/{type}", [c](const Request& req, const PathParams& p) {
-    return WithStore(
-        *c, p, [&](store::ResourceStore& s, const std::string& base) { return Create(s, base, req, p.at("type")); });
-  });
+  router.Add("GET", r4 + "/Patient/{id}/*", http::RouteInfo{"healthlake:SearchWithGet"},
+             [c](const Request&, const RequestContext& p) {
+               return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
+                 return Compartment(s, base, p.param("id"), "*");
+               });
+             });
+  router.Add("GET", r4 + "/{type}/{id}/_history/{vid}", http::RouteInfo{"healthlake:ReadResource"},
+             [c](const Request&, const RequestContext& p) {
+               return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
+                 return VRead(s, base, p.param("type"), p.param("id"), p.param("vid"));
+               });
+             });
+  router.Add("GET", r4 + "/{type}/{id}/_history", http::RouteInfo{"healthlake:ReadResource"},
+             [c](const Request&, const RequestContext& p) {
+               return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
+                 return History(s, base, p.param("type"), p.param("id"));
+               });
+             });
+  router.Add("GET", r4 + "/Patient/{id}/{ctype}", http::RouteInfo{"healthlake:SearchWithGet"},
+             [c](const Request&, const RequestContext& p) {
+               return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
+                 return Compartment(s, base, p.param("id"), p.param("ctype"));
+               });
+             });
+  router.Add("GET", r4 + "/{type}/{id}", http::RouteInfo{"healthlake:ReadResource"},
+             [c](const Request&, const RequestContext& p) {
+               return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
+                 return Read(s, base, p.param("type"), p.param("id"));
+               });
+             });
+  router.Add("PUT", r4 + "/{type}/{id}", http::RouteInfo{"healthlake:UpdateResource"},
+             [c](const Request& req, const RequestContext& p) {
+               return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
+                 return Update(s, base, req, p.param("type"), p.param("id"));
+               });
+             });
+  router.Add("DELETE", r4 + "/{type}/{id}", http::RouteInfo{"healthlake:DeleteResource"},
+             [c](const Request& req, const RequestContext& p) {
+               return WithStore(*c, p, [&](store::ResourceStore& s, const std::string&) {
+                 return Delete(s, req, p.param("type"), p.param("id"));
+               });
+             });
+  router.Add("POST", r4 + "/{type}", http::RouteInfo{"healthlake:CreateResource"},
+             [c](const Request& req, const RequestContext& p) {
+               return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
+                 return Create(s, base, req, p.param("type"));
+               });
+             });
 }
 
 }  // namespace fhirlake::api

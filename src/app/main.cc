@@ -4,11 +4,13 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <thread>
 
 #include "app/generate_command.h"
 #include "app/load_command.h"
 #include "app/serve_command.h"
+#include "common/failpoint.h"
 
 int main(int argc, char** argv) {
   CLI::App cli{"fhirlake: a self-hosted FHIR R4 data store with HealthLake-compatible bulk export"};
@@ -121,6 +123,11 @@ int main(int argc, char** argv) {
   CLI11_PARSE(cli, argc, argv);
   spdlog::set_level(spdlog::level::from_str(log_level));
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%eZ level=%l %v", spdlog::pattern_time_type::utc);
+  if (auto st = fhirlake::failpoint::Init(); !st.ok()) {
+    std::fprintf(stderr, "fhirlake: %s\n", st.message().c_str());
+    return 2;
+  }
+  if (fhirlake::failpoint::Enabled()) spdlog::warn("event=failpoints_armed spec=\"{}\"", std::getenv("FHIRLAKE_FAILPOINTS"));
   if (s->parsed()) return fhirlake::app::RunServe(serve);
   if (l->parsed()) return fhirlake::app::RunLoad(load);
   if (g->parsed()) return fhirlake::app::RunGenerate(generate);

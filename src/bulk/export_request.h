@@ -9,7 +9,6 @@
 
 #include "common/status.h"
 #include "common/time.h"
-#include "http/http_types.h"
 
 namespace fhirlake::bulk {
 
@@ -43,10 +42,5 @@ bool IsKmsKeyId(std::string_view key);
 bool IsJobName(std::string_view name);
 // Types a Patient- or Group-level export can contain: compartment types and the types they reference.
 bool IsPatientLevelType(std::string_view type);
-
-// Validates the query parameters and the HealthLake JSON body of a kick-off. `now` bounds `_since`.
-Result<ExportRequest> ParseHealthLakeKickoff(ExportLevel level, std::string group_id,
-                                             const std::vector<http::QueryParam>& query, std::string_view body,
-                                             EpochMillis now);
 
 }  // namespace fhirlake::bulk

@@ -7,7 +7,7 @@
 
 namespace fhirlake {
 
-// 32 lowercase hex characters from a CSPRNG-seeded generator (thread-safe).
+// 32 lowercase hex characters from the kernel CSPRNG (getrandom; thread-safe, fork-safe).
 std::string NewHexId();
 // RFC 4122 version 4 UUID, lowercase.
 std::string NewUuid();

@@ -2,10 +2,20 @@
 // segments; "{name}" captures one segment; every other segment matches literally. The first matching
 // pattern wins, so specific routes ("Patient/$export") are registered before generic ones ("{type}/{id}").
 // A path that matches some pattern but not with this method answers 405 with an Allow header.
+//
+// The request path (raw, as sent) is split into segments before each segment is percent-decoded, so an
+// encoded '/' ("%2F") stays inside its segment and can never create a route ("Patient/a%2F_history" is the
+// id "a/_history", which handlers reject, never the history of "a").
+//
+// The request path: match -> RequestContext (request id, the matched route and its action, path parameters,
+// datastore, principal) -> the authorization step (one function, set once; it sees the matched route) ->
+// handler. The authorization step may answer instead of the handler (401/403) and fills the principal.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -15,31 +25,78 @@
 namespace fhirlake::http {
 
 using PathParams = std::map<std::string, std::string, std::less<>>;
-using Handler = std::function<Response(const Request&, const PathParams&)>;
+
+// Who sent the request, as established by the authorization step. "anonymous" until auth exists.
+struct Principal {
+  std::string kind = "anonymous";  // "anonymous", later "sigv4", "smart"
+  std::string id = "anonymous";    // access key id, client id, ...
+};
+
+// What a route is, for the authorization step and for logs.
+struct RouteInfo {
+  std::string action;      // what the route does, e.g. "healthlake:StartFHIRExportJobWithPost"; empty: public
+  bool inline_ok = false;  // cheap and non-blocking: the server may run it on an I/O thread (/healthz)
+};
+
+struct RequestContext {
+  std::string request_id;           // unique per request (also the X-Request-Id response header)
+  std::string route;                // the matched pattern, e.g. "GET /datastore/{ds}/r4/{type}/{id}"
+  const RouteInfo* info = nullptr;  // the matched route's info (never null in a handler)
+  PathParams params;                // decoded captures
+  std::string datastore_id;         // params["ds"] when the route has one
+  Principal principal;
+
+  // A capture of the matched pattern (handlers ask only for captures their pattern has).
+  const std::string& param(std::string_view name) const { return params.find(name)->second; }
+};
+
+using Handler = std::function<Response(const Request&, const RequestContext&)>;
 // Builds the error response for router-level failures (404 unknown route, 405 wrong method).
 // status is 404 or 405; `message` is a human-readable diagnostics line.
 using ErrorResponder = std::function<Response(const Request&, int status, const std::string& message)>;
+// Runs after a route matched and before its handler: authenticates (fills ctx->principal) and authorizes
+// ctx->info->action on ctx->datastore_id. Returning a response answers the request instead of the handler.
+using Authorizer = std::function<std::optional<Response>(const Request&, RequestContext*)>;
 
 class Router {
  public:
   explicit Router(ErrorResponder on_error) : on_error_(std::move(on_error)) {}
 
   // method "*" matches any method. Call before serving starts (not thread-safe with Dispatch).
-  void Add(std::string method, std::string_view pattern, Handler handler);
+  void Add(std::string method, std::string_view pattern, Handler handler, RouteInfo info = {});
+  void Add(std::string method, std::string_view pattern, RouteInfo info, Handler handler) {
+    Add(std::move(method), pattern, std::move(handler), std::move(info));
+  }
+  // Call before serving starts. Without one, every request is anonymous and allowed.
+  void SetAuthorizer(Authorizer authorizer) { authorizer_ = std::move(authorizer); }
 
-  // Thread-safe after setup. Never throws: a handler's exception becomes a 500 via on_error-like path
-  // in the server, not here.
+  // Thread-safe after setup. A handler's exception propagates (the server turns it into a 500).
   Response Dispatch(const Request& request) const;
+  // Whether the request would be routed to an inline_ok route (the server runs those on its I/O threads).
+  bool IsInline(const Request& request) const;
+
+  // The segments of a raw path, each percent-decoded after splitting. Leading/trailing '/' are dropped.
+  static std::vector<std::string> Segments(std::string_view raw_path);
 
  private:
   struct Route {
     std::string method;
+    std::string name;  // "METHOD /pattern"
     std::vector<std::string> segments;
     Handler handler;
+    RouteInfo info;
   };
-  static std::vector<std::string_view> Split(std::string_view path);
+  struct Match {
+    const Route* route = nullptr;
+    PathParams params;
+    std::vector<std::string> allowed;  // methods of routes whose path matched
+  };
+  Match Find(const Request& request) const;
+
   std::vector<Route> routes_;
   ErrorResponder on_error_;
+  Authorizer authorizer_;
+  mutable std::atomic<uint64_t> next_request_{1};
 };
 
 }  // namespace fhirlake::http

@@ -3,8 +3,14 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <random>
 #include <regex>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -48,6 +54,78 @@ TEST(NewHexIdTest, UniqueAcrossThreads) {
   std::set<std::string> seen;
   for (const auto& r : results) seen.insert(r.begin(), r.end());
   EXPECT_EQ(seen.size(), static_cast<size_t>(kThreads * kPerThread));
+}
+
+// Inverts mt19937_64's output tempering, giving back the state word an output came from.
+uint64_t UndoXorShiftRight(uint64_t y, int shift, uint64_t mask) {
+  uint64_t x = y;
+  for (int i = 0; i < 64 / shift + 1; ++i) x = y ^ ((x >> shift) & mask);
+  return x;
+}
+uint64_t UndoXorShiftLeft(uint64_t y, int shift, uint64_t mask) {
+  uint64_t x = y;
+  for (int i = 0; i < 64 / shift + 1; ++i) x = y ^ ((x << shift) & mask);
+  return x;
+}
+uint64_t Untemper(uint64_t y) {
+  y = UndoXorShiftRight(y, 43, ~uint64_t{0});
+  y = UndoXorShiftLeft(y, 37, 0xFFF7EEE000000000ULL);
+  y = UndoXorShiftLeft(y, 17, 0x71D67FFFEDA60000ULL);
+  y = UndoXorShiftRight(y, 29, 0x5555555555555555ULL);
+  return y;
+}
+uint64_t HexWord(const std::string& s) { return std::stoull(s, nullptr, 16); }
+
+// Regression (hardening issue): ids came from a seeded mt19937_64, whose whole state follows from 312 outputs, so
+// anyone who saw 156 job ids could compute the next ones. With a CSPRNG the reconstruction predicts nothing.
+TEST(NewHexIdTest, NextIdCannotBePredictedFromPreviousOnes) {
+  // First the attack itself, against a real mt19937_64, to show it works.
+  std::mt19937_64 victim(12345);
+  std::vector<uint64_t> seen(312);
+  for (auto& w : seen) w = victim();
+  std::stringstream state;
+  for (uint64_t w : seen) state << Untemper(w) << ' ';
+  state << 312;
+  std::mt19937_64 clone;
+  state >> clone;
+  ASSERT_FALSE(state.fail());
+  ASSERT_EQ(clone(), victim());  // predicted
+
+  // Then against NewHexId: 156 ids are 312 consecutive 64-bit outputs of one thread.
+  std::stringstream ids_state;
+  for (int i = 0; i < 156; ++i) {
+    std::string id = NewHexId();
+    ids_state << Untemper(HexWord(id.substr(0, 16))) << ' ' << Untemper(HexWord(id.substr(16))) << ' ';
+  }
+  ids_state << 312;
+  std::mt19937_64 predictor;
+  ids_state >> predictor;
+  ASSERT_FALSE(ids_state.fail());
+  std::string next = NewHexId();
+  uint64_t predicted_hi = predictor();
+  EXPECT_NE(HexWord(next.substr(0, 16)), predicted_hi) << "the next id was predicted from the previous 156";
+}
+
+// A forked child must not hand out the ids its parent will (a per-thread buffer copied by fork would).
+TEST(NewHexIdTest, ForkedChildGetsOtherIds) {
+  (void)NewHexId();  // fill this thread's buffer before forking
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::string id = NewHexId();
+    (void)!write(fds[1], id.data(), id.size());
+    _exit(0);
+  }
+  close(fds[1]);
+  std::string parent_id = NewHexId();
+  char buf[32];
+  ASSERT_EQ(read(fds[0], buf, sizeof buf), 32);
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_NE(std::string(buf, 32), parent_id);
 }
 
 TEST(NewHexIdTest, UsesAllHexDigits) {

@@ -31,10 +31,10 @@ Router MakeRouter() {
 
 // A handler that reports which route ran and the captured params ("name=value;" in map order).
 Handler Tag(std::string tag) {
-  return [tag](const Request&, const PathParams& params) {
+  return [tag](const Request&, const RequestContext& ctx) {
     Response r;
     r.body = tag;
-    for (const auto& [k, v] : params) r.body += ";" + k + "=" + v;
+    for (const auto& [k, v] : ctx.params) r.body += ";" + k + "=" + v;
     return r;
   };
 }
@@ -136,8 +136,8 @@ TEST(RouterTest, RootPath) {
 
 TEST(RouterTest, HandlerSeesTheRequest) {
   Router router = MakeRouter();
-  router.Add("POST", "/{type}", [](const Request& req, const PathParams& params) {
-    return Response::Json(201, params.at("type") + ":" + req.body);
+  router.Add("POST", "/{type}", [](const Request& req, const RequestContext& ctx) {
+    return Response::Json(201, ctx.param("type") + ":" + req.body);
   });
   Request req = MakeRequest("POST", "/Patient");
   req.body = "{}";
@@ -145,6 +145,77 @@ TEST(RouterTest, HandlerSeesTheRequest) {
   EXPECT_EQ(r.status, 201);
   EXPECT_EQ(r.body, "Patient:{}");
   EXPECT_EQ(r.headers.Get("Content-Type"), "application/fhir+json");
+}
+
+// Regression (hardening issue, defect 7): "%2F" was decoded before routing, so "Patient%2Fx" read Patient/x and
+// "Patient/a%2F_history" listed the history of "a". The path is split first; each segment is decoded after.
+TEST(RouterTest, EncodedSlashStaysInsideItsSegment) {
+  Router router = MakeRouter();
+  router.Add("GET", "/{type}/{id}/_history", Tag("history"));
+  router.Add("GET", "/{type}/{id}", Tag("read"));
+  router.Add("GET", "/{type}", Tag("type"));
+  EXPECT_EQ(router.Dispatch(MakeRequest("GET", "/Patient/a%2F_history")).body, "read;id=a/_history;type=Patient");
+  EXPECT_EQ(router.Dispatch(MakeRequest("GET", "/Patient%2Fx")).body, "type;type=Patient/x");
+  EXPECT_EQ(router.Dispatch(MakeRequest("GET", "/Patient/a%2f_history")).body, "read;id=a/_history;type=Patient");
+  // Other escapes are decoded within the segment.
+  EXPECT_EQ(router.Dispatch(MakeRequest("GET", "/Patient/a%2Db")).body, "read;id=a-b;type=Patient");
+  EXPECT_EQ(Router::Segments("/a%2Fb/c/"), (std::vector<std::string>{"a/b", "c"}));
+}
+
+TEST(RouterTest, ContextCarriesRouteActionDatastoreAndRequestId) {
+  Router router = MakeRouter();
+  router.Add("GET", "/datastore/{ds}/r4/{type}/{id}", RouteInfo{"healthlake:ReadResource"},
+             [](const Request&, const RequestContext& ctx) {
+               Response r;
+               r.body = ctx.route + "|" + ctx.info->action + "|" + ctx.datastore_id + "|" + ctx.principal.kind;
+               return r;
+             });
+  Response r = router.Dispatch(MakeRequest("GET", "/datastore/d1/r4/Patient/p"));
+  EXPECT_EQ(r.body, "GET /datastore/{ds}/r4/{type}/{id}|healthlake:ReadResource|d1|anonymous");
+  EXPECT_EQ(r.headers.Get("X-Request-Id").size(), 16u);
+  Response r2 = router.Dispatch(MakeRequest("GET", "/datastore/d1/r4/Patient/p"));
+  EXPECT_NE(r.headers.Get("X-Request-Id"), r2.headers.Get("X-Request-Id"));
+}
+
+// The authorization step runs after matching (it sees the route) and before the handler, which it can replace.
+TEST(RouterTest, AuthorizerSeesTheMatchedRouteAndCanAnswer) {
+  Router router = MakeRouter();
+  int handler_runs = 0;
+  router.Add("DELETE", "/datastore/{ds}/r4/{type}/{id}", RouteInfo{"healthlake:DeleteResource"},
+             [&](const Request&, const RequestContext& ctx) {
+               ++handler_runs;
+               Response r;
+               r.body = "deleted by " + ctx.principal.id;
+               return r;
+             });
+  router.Add("GET", "/healthz", RouteInfo{"", true}, Tag("health"));
+  std::vector<std::string> seen;
+  router.SetAuthorizer([&](const Request& req, RequestContext* ctx) -> std::optional<Response> {
+    seen.push_back(ctx->info->action + "@" + ctx->datastore_id);
+    if (req.headers.Get("Authorization") != "ok") {
+      Response r;
+      r.status = 403;
+      r.body = "denied";
+      return r;
+    }
+    ctx->principal.kind = "test";
+    ctx->principal.id = "alice";
+    return std::nullopt;
+  });
+  Response denied = router.Dispatch(MakeRequest("DELETE", "/datastore/d9/r4/Patient/p"));
+  EXPECT_EQ(denied.status, 403);
+  EXPECT_EQ(handler_runs, 0);
+  Request ok = MakeRequest("DELETE", "/datastore/d9/r4/Patient/p");
+  ok.headers.Add("Authorization", "ok");
+  EXPECT_EQ(router.Dispatch(ok).body, "deleted by alice");
+  EXPECT_EQ(handler_runs, 1);
+  EXPECT_EQ(seen, (std::vector<std::string>{"healthlake:DeleteResource@d9", "healthlake:DeleteResource@d9"}));
+  // Unmatched routes never reach the authorizer (404 first).
+  EXPECT_EQ(router.Dispatch(MakeRequest("GET", "/nope")).status, 404);
+  EXPECT_EQ(seen.size(), 2u);
+  EXPECT_TRUE(router.IsInline(MakeRequest("GET", "/healthz")));
+  EXPECT_FALSE(router.IsInline(MakeRequest("DELETE", "/datastore/d9/r4/Patient/p")));
+  EXPECT_FALSE(router.IsInline(MakeRequest("GET", "/nope")));
 }
 
 TEST(PercentDecodeTest, DecodesEscapes) {
