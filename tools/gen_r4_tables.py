@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Generate src/fhir/r4_tables_generated.cc from the official FHIR R4 4.0.1 definitions.
+"""Generate src/fhir/r4_tables_generated.cc and src/fhir/r4_elements_generated.cc from the FHIR R4 4.0.1 definitions.
 
 Inputs (relative to the repository root, see third_party/fhir-r4/README.md):
   third_party/fhir-r4/compartmentdefinition-patient.json  the Patient CompartmentDefinition; its
@@ -7,10 +7,13 @@ Inputs (relative to the repository root, see third_party/fhir-r4/README.md):
       resource of that type to its patient (absent for types outside the compartment).
   third_party/fhir-r4/search-parameters.json  a Bundle of every R4 SearchParameter; each compartment
       param is resolved to element paths through the SearchParameter's FHIRPath expression.
+  third_party/fhir-r4/elements.json  the element types of every resource and data type, extracted from the
+      official StructureDefinitions by tools/extract_r4_elements.py (the 35 MB originals are not committed).
 
-Output: src/fhir/r4_tables_generated.cc, implementing src/fhir/r4.h with constant, sorted tables
-(emitted already clang-format clean, so the output needs no formatter and is byte-for-byte
-deterministic).
+Output: src/fhir/r4_tables_generated.cc (resource types, Patient compartment) and
+src/fhir/r4_elements_generated.cc (where numbers of the checked primitive types integer, positiveInt,
+unsignedInt and decimal can occur), implementing src/fhir/r4.h with constant, sorted tables (emitted already
+clang-format clean, so the output needs no formatter and is byte-for-byte deterministic).
 
 The script fails (non-zero exit) rather than guess: a compartment param without a SearchParameter,
 an expression alternative other than dotted identifiers with an optional trailing
@@ -18,7 +21,7 @@ an expression alternative other than dotted identifiers with an optional trailin
 
 Usage:
   tools/gen_r4_tables.py            regenerate the output file
-  tools/gen_r4_tables.py --check    exit 1 if the committed output differs from a fresh generation (CI)
+  tools/gen_r4_tables.py --check    exit 1 if a committed output differs from a fresh generation (CI)
 
 Standard library only (Python 3.11).
 """
@@ -36,6 +39,8 @@ COLUMN_LIMIT = 120  # .clang-format ColumnLimit
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INPUT_DIR = "third_party/fhir-r4"
 DEFAULT_OUTPUT = "src/fhir/r4_tables_generated.cc"
+DEFAULT_ELEMENTS_OUTPUT = "src/fhir/r4_elements_generated.cc"
+ELEMENTS_FILE = "elements.json"
 COMPARTMENT_FILE = "compartmentdefinition-patient.json"
 SEARCH_PARAMETERS_FILE = "search-parameters.json"
 
@@ -260,29 +265,209 @@ def render(rows):
     return "\n".join(out) + "\n"
 
 
-def main(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, default=REPO_ROOT, help="repository root (default: %(default)s)")
-    parser.add_argument(
-        "--input-dir", default=DEFAULT_INPUT_DIR, help="input directory, relative to --root (default: %(default)s)"
-    )
-    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="output file, relative to --root (default: %(default)s)")
-    parser.add_argument(
-        "--check", action="store_true", help="do not write; exit 1 if the output file is missing or out of date"
-    )
-    args = parser.parse_args(argv)
+# --- element types: where checked numbers can occur ---
 
-    input_dir = args.root / args.input_dir
-    output = args.root / args.output
-    try:
-        compartment = load_compartment(input_dir / COMPARTMENT_FILE)
-        sp_index = load_search_parameters(input_dir / SEARCH_PARAMETERS_FILE)
-        text = render(build_tables(compartment, sp_index))
-    except GenError as e:
-        print(f"gen_r4_tables: error: {e}", file=sys.stderr)
-        return 2
+NUMBER_KINDS = {"integer": "kInteger", "positiveInt": "kPositiveInt", "unsignedInt": "kUnsignedInt",
+                "decimal": "kDecimal"}
+# Every element's extensions; the C++ side maps these names to the Extension context in any context.
+EXTENSION_MEMBERS = ("extension", "modifierExtension")
 
-    if args.check:
+
+def load_elements(path, resource_types):
+    doc = load_json(path)
+    if doc.get("fhirVersion") != FHIR_VERSION:
+        raise GenError(f"{path}: fhirVersion {doc.get('fhirVersion')!r}, expected {FHIR_VERSION}")
+    contexts = doc.get("contexts")
+    primitives = doc.get("primitives")
+    if not isinstance(contexts, dict) or not isinstance(primitives, list):
+        raise GenError(f"{path}: no contexts or primitives")
+    for t in NUMBER_KINDS:
+        if t not in primitives:
+            raise GenError(f"{path}: primitive type {t} missing")
+    missing = sorted(t for t in resource_types if t not in contexts)
+    if missing:
+        raise GenError(f"{path}: no element types for resource types {missing[:5]}")
+    if "Extension" not in contexts or "Parameters" not in contexts:
+        raise GenError(f"{path}: no Extension or Parameters context")
+    for name, members in contexts.items():
+        for member in EXTENSION_MEMBERS:
+            if member in members and members[member] != "Extension[]":
+                raise GenError(f"{path}: {name}.{member} is {members[member]!r}, expected Extension[]")
+        for member, t in members.items():
+            base = t[:-2] if t.endswith("[]") else t
+            target = base[1:] if base.startswith("#") else base
+            known = base in primitives or base.startswith("System.") or base == "Resource" or target in contexts
+            if not known:
+                raise GenError(f"{path}: {name}.{member} has unknown type {t!r}")
+    return contexts
+
+
+def element_rows(contexts, resource_types):
+    """Returns (sorted context rows [(name, [(member, kind, target context)])], sorted resource rows)."""
+
+    def classify(t):
+        base = t[:-2] if t.endswith("[]") else t
+        if base in NUMBER_KINDS:
+            return NUMBER_KINDS[base], None
+        if base == "Resource":
+            return "kResource", None
+        target = base[1:] if base.startswith("#") else base
+        if target in contexts:
+            return "kComplex", target
+        return None, None  # other primitives: nothing to check
+
+    # A context matters when a member, other than its extensions (checked everywhere), is a checked number, any
+    # resource, or a complex element whose context matters. Every other element is opaque.
+    relevant = set()
+    changed = True
+    while changed:
+        changed = False
+        for name, members in contexts.items():
+            if name in relevant:
+                continue
+            for member, t in members.items():
+                kind, target = classify(t)
+                if member in EXTENSION_MEMBERS or kind is None:
+                    continue
+                if kind != "kComplex" or target in relevant:
+                    relevant.add(name)
+                    changed = True
+                    break
+    names = sorted(relevant)
+    index = {name: i + 1 for i, name in enumerate(names)}  # 0 is the opaque context
+    rows = []
+    for name in names:
+        members = []
+        for member, t in sorted(contexts[name].items()):
+            kind, target = classify(t)
+            if member in EXTENSION_MEMBERS or kind is None or (kind == "kComplex" and target not in relevant):
+                continue
+            members.append((member, kind, index[target] if target else 0))
+        rows.append((name, members))
+    resources = sorted(t for t in list(resource_types) + ["Parameters"] if t in relevant)
+    return rows, index, resources
+
+
+def cpp_ident(context_name, index):
+    """The members array of a context, named by its index (paths are too long for names)."""
+    if not re.match(r"^[A-Za-z][A-Za-z0-9.]*$", context_name):
+        raise GenError(f"unexpected characters in context {context_name!r}")
+    return f"kMembers{index[context_name]}"
+
+
+def render_elements(rows, index, resources):
+    out = []
+    emit = out.append
+    n_members = sum(len(m) for _, m in rows)
+    emit("// Generated by tools/gen_r4_tables.py from FHIR R4 4.0.1; do not edit.")
+    emit("// Source: third_party/fhir-r4/elements.json (extracted from the StructureDefinitions by")
+    emit("// tools/extract_r4_elements.py).")
+    emit(f"// {len(rows)} element contexts that can hold a checked number (integer, positiveInt, unsignedInt, decimal)")
+    emit(f"// other than in extensions, with {n_members} members: the members that are such a number, any resource, or a")
+    emit("// complex element of such a context. Members not listed are opaque (only their extensions are checked).")
+    emit("#include <algorithm>")
+    emit("#include <cstddef>")
+    emit("#include <iterator>")
+    emit("#include <span>")
+    emit("#include <string_view>")
+    emit("")
+    emit('#include "fhir/r4.h"')
+    emit("")
+    emit("namespace fhirlake::fhir {")
+    emit("namespace {")
+    emit("")
+    emit("using enum ElementKind;")
+    emit("")
+    emit("struct Member {")
+    emit("  std::string_view name;")
+    emit("  ElementKind kind;")
+    emit("  ElementContext context;  // kComplex: the members' context")
+    emit("};")
+    emit("")
+    emit("// One member per line, for readable diffs of the generated tables.")
+    emit("// clang-format off")
+    for name, members in rows:
+        emit(f"// {name}")
+        if not members:
+            raise GenError(f"{name}: relevant but no members")
+        emit(f"constexpr Member {cpp_ident(name, index)}[] = {{")
+        for member, kind, target_index in members:
+            emit(f'    {{{cpp_string(member)}, {kind}, {target_index}}},')
+        emit("};")
+    emit("")
+    emit("struct Context {")
+    emit("  std::string_view name;")
+    emit("  std::span<const Member> members;")
+    emit("};")
+    emit("")
+    emit("// Indexed by ElementContext; sorted by name (byte order), 0 being the opaque context.")
+    emit("constexpr Context kContexts[] = {")
+    emit('    {"", {}},')
+    for name, _ in rows:
+        emit(f"    {{{cpp_string(name)}, {cpp_ident(name, index)}}},")
+    emit("};")
+    emit("")
+    emit("struct ResourceEntry {")
+    emit("  std::string_view type;")
+    emit("  ElementContext context;")
+    emit("};")
+    emit("")
+    emit("// Resource types whose context is not opaque, sorted.")
+    emit("constexpr ResourceEntry kResources[] = {")
+    for t in resources:
+        emit(f"    {{{cpp_string(t)}, {index[t]}}},")
+    emit("};")
+    emit("// clang-format on")
+    emit("")
+    emit("constexpr bool TablesAreSorted() {")
+    emit("  for (std::size_t i = 1; i < std::size(kContexts); ++i) {")
+    emit("    if (!(kContexts[i - 1].name < kContexts[i].name)) return false;")
+    emit("    const auto& m = kContexts[i].members;")
+    emit("    for (std::size_t j = 1; j < m.size(); ++j) {")
+    emit("      if (!(m[j - 1].name < m[j].name)) return false;")
+    emit("    }")
+    emit("  }")
+    emit("  for (std::size_t i = 1; i < std::size(kResources); ++i) {")
+    emit("    if (!(kResources[i - 1].type < kResources[i].type)) return false;")
+    emit("  }")
+    emit("  return true;")
+    emit("}")
+    emit("")
+    emit(f"static_assert(std::size(kContexts) == {len(rows) + 1});")
+    emit("static_assert(TablesAreSorted());")
+    emit(f"static_assert(kContexts[{index['Extension']}].name == \"Extension\");")
+    emit("")
+    emit("}  // namespace")
+    emit("")
+    emit(f"ElementContext ExtensionContext() {{ return {index['Extension']}; }}")
+    emit("")
+    emit("ElementContext ResourceContext(std::string_view type) {")
+    emit("  auto it = std::ranges::lower_bound(kResources, type, {}, &ResourceEntry::type);")
+    emit("  return it != std::ranges::end(kResources) && it->type == type ? it->context : kOpaqueContext;")
+    emit("}")
+    emit("")
+    emit("ElementType MemberType(ElementContext context, std::string_view name) {")
+    emit('  if (name == "extension" || name == "modifierExtension") return {kComplex, ExtensionContext()};')
+    emit("  if (context == kOpaqueContext || context >= std::size(kContexts)) return {};")
+    emit("  const auto& members = kContexts[context].members;")
+    emit("  auto it = std::ranges::lower_bound(members, name, {}, &Member::name);")
+    emit("  if (it == members.end() || it->name != name) return {};")
+    emit("  return {it->kind, it->context};")
+    emit("}")
+    emit("")
+    emit("std::string_view ContextName(ElementContext context) {")
+    emit("  return context < std::size(kContexts) ? kContexts[context].name : std::string_view();")
+    emit("}")
+    emit("")
+    emit("}  // namespace fhirlake::fhir")
+    for line in out:
+        if len(line) > COLUMN_LIMIT:
+            raise GenError(f"generated line exceeds {COLUMN_LIMIT} columns: {line!r}")
+    return "\n".join(out) + "\n"
+
+
+def write_or_check(output, text, check):
+    if check:
         try:
             current = output.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:
@@ -293,7 +478,6 @@ def main(argv):
             return 1
         print(f"gen_r4_tables: {output} is up to date")
         return 0
-
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.exists() and output.read_bytes() == text.encode("utf-8"):
         print(f"gen_r4_tables: {output} unchanged")
@@ -301,6 +485,38 @@ def main(argv):
         output.write_bytes(text.encode("utf-8"))
         print(f"gen_r4_tables: wrote {output}")
     return 0
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=REPO_ROOT, help="repository root (default: %(default)s)")
+    parser.add_argument(
+        "--input-dir", default=DEFAULT_INPUT_DIR, help="input directory, relative to --root (default: %(default)s)"
+    )
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="output file, relative to --root (default: %(default)s)")
+    parser.add_argument(
+        "--elements-output",
+        default=DEFAULT_ELEMENTS_OUTPUT,
+        help="element tables output file, relative to --root (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="do not write; exit 1 if an output file is missing or out of date"
+    )
+    args = parser.parse_args(argv)
+
+    input_dir = args.root / args.input_dir
+    try:
+        compartment = load_compartment(input_dir / COMPARTMENT_FILE)
+        sp_index = load_search_parameters(input_dir / SEARCH_PARAMETERS_FILE)
+        text = render(build_tables(compartment, sp_index))
+        contexts = load_elements(input_dir / ELEMENTS_FILE, compartment.keys())
+        elements_text = render_elements(*element_rows(contexts, compartment.keys()))
+    except GenError as e:
+        print(f"gen_r4_tables: error: {e}", file=sys.stderr)
+        return 2
+
+    rc = write_or_check(args.root / args.output, text, args.check)
+    return max(rc, write_or_check(args.root / args.elements_output, elements_text, args.check))
 
 
 if __name__ == "__main__":

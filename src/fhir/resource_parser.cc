@@ -4,7 +4,10 @@
 #include "fhir/resource_parser.h"
 
 #include <algorithm>
+#include <charconv>
+#include <memory>
 #include <span>
+#include <unordered_set>
 
 #include "common/ids.h"
 #include "common/json_escape.h"
@@ -16,33 +19,131 @@ namespace {
 
 namespace od = simdjson::ondemand;
 constexpr int kMaxDepth = 64;
+// Objects with more keys than this check duplicates with a hash set instead of a linear scan (FHIR objects
+// rarely have more than a few dozen members; a hostile one may have a million).
+constexpr size_t kLinearKeyScan = 32;
+
+// The keys of one JSON object, to reject duplicates. Keys of nested objects share one stack: an object's keys
+// are contiguous on it while the object's own members are being read (a nested object pops its keys before the
+// next key of its parent is pushed). The views point into simdjson's string buffer, valid for the document.
+class ObjectKeys {
+ public:
+  explicit ObjectKeys(std::vector<std::string_view>* stack) : stack_(stack), mark_(stack->size()) {}
+  ~ObjectKeys() { stack_->resize(mark_); }
+  ObjectKeys(const ObjectKeys&) = delete;
+  ObjectKeys& operator=(const ObjectKeys&) = delete;
+
+  // False when the object already has `key`.
+  bool Insert(std::string_view key) {
+    if (large_) return large_->insert(key).second;
+    for (size_t i = mark_; i < stack_->size(); ++i) {
+      if ((*stack_)[i] == key) return false;
+    }
+    if (stack_->size() - mark_ < kLinearKeyScan) {
+      stack_->push_back(key);
+      return true;
+    }
+    large_ = std::make_unique<std::unordered_set<std::string_view>>(stack_->begin() + mark_, stack_->end());
+    stack_->resize(mark_);
+    return large_->insert(key).second;
+  }
+
+ private:
+  std::vector<std::string_view>* stack_;
+  size_t mark_;
+  std::unique_ptr<std::unordered_set<std::string_view>> large_;
+};
+
+std::string_view TrimRawNumber(std::string_view raw) {
+  while (!raw.empty() && (raw.back() == ' ' || raw.back() == '\n' || raw.back() == '\r' || raw.back() == '\t')) {
+    raw.remove_suffix(1);
+  }
+  return raw;
+}
+
+// The type name of a contained resource from the raw JSON token of its resourceType (quotes included), without
+// unescaping it through simdjson: the value is unescaped once more when the object's members are walked, and
+// simdjson's string buffer only has room for each string once. A type name is ASCII letters, so \u00XX is the
+// only escape that can be part of one; any other escape makes the name unknown.
+std::string ContainedTypeName(std::string_view raw) {
+  raw = TrimRawNumber(raw);
+  std::string out;
+  if (raw.size() < 2 || raw.front() != '"' || raw.back() != '"') return out;
+  raw = raw.substr(1, raw.size() - 2);
+  for (size_t i = 0; i < raw.size(); ++i) {
+    if (raw[i] != '\\') {
+      out.push_back(raw[i]);
+      continue;
+    }
+    unsigned code = 0;
+    if (i + 6 > raw.size() || raw[i + 1] != 'u' ||
+        std::from_chars(raw.data() + i + 2, raw.data() + i + 6, code, 16).ptr != raw.data() + i + 6 || code >= 0x80) {
+      return {};
+    }
+    out.push_back(static_cast<char>(code));
+    i += 5;
+  }
+  return out;
+}
+
+std::string_view KindName(ElementKind kind) {
+  switch (kind) {
+    case ElementKind::kInteger:
+      return "integer";
+    case ElementKind::kPositiveInt:
+      return "positiveInt";
+    case ElementKind::kUnsignedInt:
+      return "unsignedInt";
+    case ElementKind::kDecimal:
+      return "decimal";
+    default:
+      return "element";
+  }
+}
+
+bool IsNumberKind(ElementKind kind) {
+  return kind == ElementKind::kInteger || kind == ElementKind::kPositiveInt || kind == ElementKind::kUnsignedInt ||
+         kind == ElementKind::kDecimal;
+}
 
 class Walker {
  public:
   Walker(ParsedResource* out, std::span<const std::string_view> compartment_paths, ReferenceResolver* resolver)
       : out_(out), compartment_paths_(compartment_paths), resolver_(resolver) {}
 
-  Status WriteValue(od::value value, std::string* dst, int depth) {
+  Status WriteValue(od::value value, std::string* dst, int depth, ElementType element) {
     if (depth > kMaxDepth) return Status::Invalid("JSON nesting is deeper than 64 levels");
     od::json_type type;
     if (auto e = value.type().get(type)) return JsonError(e);
+    if (IsNumberKind(element.kind) && type != od::json_type::number && type != od::json_type::array &&
+        type != od::json_type::null) {
+      return Status::Invalid(Where() + " must be a JSON number (FHIR " + std::string(KindName(element.kind)) +
+                             "), not " + JsonTypeName(type));
+    }
     switch (type) {
       case od::json_type::object: {
         od::object obj;
         if (auto e = value.get_object().get(obj)) return JsonError(e);
-        return WriteObject(obj, dst, depth);
+        ElementContext context = element.kind == ElementKind::kComplex ? element.context : kOpaqueContext;
+        if (element.kind == ElementKind::kResource) RETURN_IF_ERROR(ContainedContext(obj, &context));
+        return WriteObject(obj, dst, depth, context);
       }
       case od::json_type::array: {
         od::array arr;
         if (auto e = value.get_array().get(arr)) return JsonError(e);
         dst->push_back('[');
-        bool first = true;
-        for (auto element : arr) {
+        size_t index = 0;
+        const size_t mark = path_.size();
+        for (auto item : arr) {
           od::value v;
-          if (auto e = element.get(v)) return JsonError(e);
-          if (!first) dst->push_back(',');
-          first = false;
-          RETURN_IF_ERROR(WriteValue(v, dst, depth + 1));
+          if (auto e = item.get(v)) return JsonError(e);
+          if (index != 0) dst->push_back(',');
+          path_.push_back('[');
+          path_.append(std::to_string(index++));
+          path_.push_back(']');
+          Status st = WriteValue(v, dst, depth + 1, element);
+          path_.resize(mark);
+          RETURN_IF_ERROR(st);
         }
         dst->push_back(']');
         return Status::Ok();
@@ -53,21 +154,29 @@ class Walker {
         AppendJsonString(dst, s);
         return Status::Ok();
       }
+      case od::json_type::number:
+        if (element.kind != ElementKind::kDecimal && IsNumberKind(element.kind)) {
+          return WriteInteger(value, element.kind, dst);
+        }
+        [[fallthrough]];
       default:
         return AppendScalar(value, type, dst);
     }
   }
 
-  // Writes `{...}`; `path_` is the element path of this object (e.g. "participant.member").
-  Status WriteObject(od::object obj, std::string* dst, int depth) {
+  // Writes `{...}`; `path_` is the location of this object (e.g. "participant[0].member"), `context` the element
+  // context of its members.
+  Status WriteObject(od::object obj, std::string* dst, int depth, ElementContext context) {
     dst->push_back('{');
     bool first = true;
-    const bool is_identifier = path_ == "identifier";
+    const bool is_identifier = IsTopLevelIdentifier();
     std::string system, value;
     bool has_value = false;
+    ObjectKeys keys(&keys_);
     for (auto field : obj) {
       std::string_view key;
       if (auto e = field.unescaped_key().get(key)) return JsonError(e);
+      if (!keys.Insert(key)) return DuplicateKey(key);
       if (!first) dst->push_back(',');
       first = false;
       AppendJsonString(dst, key);
@@ -93,10 +202,10 @@ class Walker {
           continue;
         }
       }
-      size_t mark = path_.size();
+      const size_t mark = path_.size();
       if (!path_.empty()) path_.push_back('.');
       path_.append(key);
-      Status st = WriteValue(v, dst, depth + 1);
+      Status st = WriteValue(v, dst, depth + 1, MemberType(context, key));
       path_.resize(mark);
       RETURN_IF_ERROR(st);
     }
@@ -107,14 +216,17 @@ class Walker {
 
   // Writes the top-level members of the resource into the ParsedResource parts.
   Status WriteResource(od::object obj) {
+    const ElementContext context = ResourceContext(out_->type);
+    ObjectKeys keys(&keys_);
     for (auto field : obj) {
       std::string_view key;
       if (auto e = field.unescaped_key().get(key)) return JsonError(e);
+      if (!keys.Insert(key)) return DuplicateKey(key);
       od::value v = field.value();
       if (key == "resourceType") {
         std::string_view s;
         if (v.get_string().get(s)) return Status::Invalid("resourceType must be a string");
-        continue;  // already known
+        continue;  // already known (and, keys being unique, the same value)
       }
       if (key == "id") {
         std::string_view s;
@@ -126,9 +238,11 @@ class Walker {
         od::object meta;
         if (v.get_object().get(meta)) return Status::Invalid("Resource meta must be a JSON object");
         path_ = "meta";
+        ObjectKeys meta_keys(&keys_);
         for (auto mf : meta) {
           std::string_view mkey;
           if (auto e = mf.unescaped_key().get(mkey)) return JsonError(e);
+          if (!meta_keys.Insert(mkey)) return DuplicateKey(mkey);
           od::value mv = mf.value();
           std::string scratch;
           std::string* dst = (mkey == "versionId" || mkey == "lastUpdated") ? &scratch : &out_->meta_rest;
@@ -138,7 +252,7 @@ class Walker {
           size_t mark = path_.size();
           path_.push_back('.');
           path_.append(mkey);
-          Status st = WriteValue(mv, dst, 2);
+          Status st = WriteValue(mv, dst, 2, MemberType(kOpaqueContext, mkey));
           path_.resize(mark);
           RETURN_IF_ERROR(st);
         }
@@ -150,13 +264,98 @@ class Walker {
       AppendJsonString(dst, key);
       dst->push_back(':');
       path_.assign(key);
-      RETURN_IF_ERROR(WriteValue(v, dst, 1));
+      RETURN_IF_ERROR(WriteValue(v, dst, 1, MemberType(context, key)));
       path_.clear();
     }
     return Status::Ok();
   }
 
  private:
+  // The element being written, for diagnostics: "Observation.component[1].valueInteger".
+  std::string Where() const { return path_.empty() ? out_->type : out_->type + "." + path_; }
+
+  Status DuplicateKey(std::string_view key) const {
+    return Status::Invalid("Duplicate JSON key '" + std::string(key) + "' in " + Where() +
+                           "; a key may appear only once in an object");
+  }
+
+  static std::string JsonTypeName(od::json_type type) {
+    switch (type) {
+      case od::json_type::object:
+        return "an object";
+      case od::json_type::array:
+        return "an array";
+      case od::json_type::string:
+        return "a string";
+      case od::json_type::boolean:
+        return "a boolean";
+      default:
+        return "null";
+    }
+  }
+
+  // integer, positiveInt and unsignedInt: a JSON number without fraction or exponent, in the type's range.
+  Status WriteInteger(od::value value, ElementKind kind, std::string* dst) {
+    std::string_view raw = TrimRawNumber(value.raw_json_token());
+    const bool negative = raw.starts_with('-');
+    std::string_view digits = raw.substr(negative ? 1 : 0);
+    const bool plain = !digits.empty() && (digits.size() == 1 || digits[0] != '0') &&
+                       std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; });
+    if (!plain) {
+      double ignored;
+      if (auto e = value.get_double().get(ignored)) return JsonError(e);
+      return Status::Invalid(Where() + ": " + std::string(raw) + " is not a FHIR " + std::string(KindName(kind)) +
+                             "; write a whole number without fraction or exponent");
+    }
+    constexpr int64_t kMax = 2147483647;
+    int64_t n = kMax + 1;  // more digits than an int64 holds are out of range anyway
+    if (digits.size() <= 12) std::from_chars(digits.data(), digits.data() + digits.size(), n);
+    if (negative) n = -n;
+    const int64_t min = kind == ElementKind::kInteger ? -kMax - 1 : kind == ElementKind::kPositiveInt ? 1 : 0;
+    if (n < min || n > kMax || (negative && kind != ElementKind::kInteger)) {
+      return Status::Invalid(Where() + ": " + std::string(raw) + " is out of range for FHIR " +
+                             std::string(KindName(kind)) + " (" + std::to_string(min) + " to " + std::to_string(kMax) +
+                             ")");
+    }
+    dst->append(raw);
+    return Status::Ok();
+  }
+
+  // The element context of a resource nested in this one (contained, Bundle.entry.resource), from its
+  // resourceType, which may come after other members: looked up first, then the object is walked from its start.
+  Status ContainedContext(od::object& obj, ElementContext* context) {
+    od::value rt;
+    auto err = obj.find_field_unordered("resourceType").get(rt);
+    if (err && err != simdjson::NO_SUCH_FIELD) return JsonError(err);
+    *context = err ? kOpaqueContext : ResourceContext(ContainedTypeName(rt.raw_json_token()));
+    bool ignored;
+    if (auto e = obj.reset().get(ignored)) return JsonError(e);
+    return Status::Ok();
+  }
+
+  // The path of the object being written is the top-level `identifier` (or one of its array items).
+  bool IsTopLevelIdentifier() const {
+    std::string_view p = path_;
+    if (!p.starts_with("identifier")) return false;
+    p.remove_prefix(10);
+    return p.empty() || (p.front() == '[' && p.back() == ']' && p.find('.') == std::string_view::npos &&
+                         p.find(']') == p.size() - 1);
+  }
+
+  // The current path without array indices ("participant[0].member" -> "participant.member").
+  std::string_view ElementPath() {
+    plain_path_.clear();
+    for (size_t i = 0; i < path_.size(); ++i) {
+      if (path_[i] == '[') {
+        i = path_.find(']', i);
+        if (i == std::string::npos) break;
+        continue;
+      }
+      plain_path_.push_back(path_[i]);
+    }
+    return plain_path_;
+  }
+
   Status WriteReference(od::value v, std::string* dst) {
     std::string_view s;
     if (auto e = v.get_string().get(s)) return JsonError(e);
@@ -168,8 +367,8 @@ class Walker {
     if (value.starts_with("urn:uuid:")) ++out_->unresolved_urn_references;
     AppendJsonString(dst, value);
     if (auto ref = ParseLiteralReference(value)) {
-      if (ref->type == "Patient" && std::find(compartment_paths_.begin(), compartment_paths_.end(),
-                                              std::string_view(path_)) != compartment_paths_.end()) {
+      if (ref->type == "Patient" && !compartment_paths_.empty() &&
+          std::find(compartment_paths_.begin(), compartment_paths_.end(), ElementPath()) != compartment_paths_.end()) {
         out_->compartment_patients.push_back(ref->id);
       }
       out_->references.push_back(std::move(*ref));
@@ -181,6 +380,8 @@ class Walker {
   std::span<const std::string_view> compartment_paths_;
   ReferenceResolver* resolver_;
   std::string path_;
+  std::string plain_path_;
+  std::vector<std::string_view> keys_;
 };
 
 template <typename T>
@@ -242,10 +443,15 @@ Result<TypedId> ResourceParser::PeekTypeAndId(std::string_view json, const char*
   od::object obj;
   if (doc.get_object().get(obj)) return Status::Invalid("The JSON is not an object");
   TypedId out;
+  bool seen_type = false, seen_id = false;
   for (auto field : obj) {
     std::string_view key;
     if (auto e = field.unescaped_key().get(key)) return JsonError(e);
     if (key == "resourceType" || key == "id") {
+      bool& seen = key == "id" ? seen_id : seen_type;
+      // Which of two values a reader takes is arbitrary: the resource is rejected instead.
+      if (seen) return Status::Invalid("Duplicate JSON key '" + std::string(key) + "' in the resource");
+      seen = true;
       std::string_view s;
       if (field.value().get_string().get(s)) return Status::Invalid(std::string(key) + " must be a string");
       (key == "id" ? out.id : out.type).assign(s);

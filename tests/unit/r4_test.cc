@@ -1,4 +1,4 @@
-// Tests for the generated FHIR R4 tables (src/fhir/r4.h, r4_tables_generated.cc).
+// Tests for the generated FHIR R4 tables (src/fhir/r4.h, r4_tables_generated.cc, r4_elements_generated.cc).
 #include "fhir/r4.h"
 
 #include <gmock/gmock.h>
@@ -113,6 +113,73 @@ TEST(R4Test, ReturnedViewsPointAtStaticStorage) {
   std::string type = "Observation";  // lookups work with non-literal, non-NUL-terminated input
   EXPECT_THAT(Paths(std::string_view(type)), ElementsAre("performer", "subject"));
   EXPECT_TRUE(IsKnownResourceType(std::string_view("Patients").substr(0, 7)));
+}
+
+// --- element types (r4_elements_generated.cc) ---
+
+ElementType Member(std::string_view context_name, std::string_view member) {
+  ElementContext context = ResourceContext(context_name);
+  EXPECT_NE(context, kOpaqueContext) << context_name;
+  return MemberType(context, member);
+}
+
+TEST(R4ElementsTest, NumbersOfResourcesAndDataTypes) {
+  EXPECT_EQ(Member("Observation", "valueInteger").kind, ElementKind::kInteger);
+  EXPECT_EQ(Member("Patient", "multipleBirthInteger").kind, ElementKind::kInteger);
+  EXPECT_EQ(Member("Bundle", "total").kind, ElementKind::kUnsignedInt);
+  ElementType quantity = Member("Observation", "valueQuantity");
+  ASSERT_EQ(quantity.kind, ElementKind::kComplex);
+  EXPECT_EQ(ContextName(quantity.context), "Quantity");
+  EXPECT_EQ(MemberType(quantity.context, "value").kind, ElementKind::kDecimal);
+  EXPECT_EQ(MemberType(quantity.context, "unit").kind, ElementKind::kOpaque);  // a string: nothing to check
+  ElementType telecom = Member("Patient", "telecom");
+  EXPECT_EQ(ContextName(telecom.context), "ContactPoint");
+  EXPECT_EQ(MemberType(telecom.context, "rank").kind, ElementKind::kPositiveInt);
+}
+
+TEST(R4ElementsTest, BackboneElementsAndContentReferences) {
+  ElementType component = Member("Observation", "component");
+  ASSERT_EQ(component.kind, ElementKind::kComplex);
+  EXPECT_EQ(ContextName(component.context), "Observation.component");
+  EXPECT_EQ(MemberType(component.context, "valueInteger").kind, ElementKind::kInteger);
+  ElementType item = Member("Questionnaire", "item");
+  EXPECT_EQ(ContextName(item.context), "Questionnaire.item");
+  EXPECT_EQ(MemberType(item.context, "item").context, item.context);  // #Questionnaire.item
+  EXPECT_EQ(MemberType(item.context, "maxLength").kind, ElementKind::kInteger);
+  ElementType dosage = Member("MedicationRequest", "dosageInstruction");
+  EXPECT_EQ(ContextName(dosage.context), "Dosage");
+  ElementType timing = MemberType(dosage.context, "timing");
+  EXPECT_EQ(ContextName(timing.context), "Timing");
+  ElementType repeat = MemberType(timing.context, "repeat");  // an Element inside a data type
+  EXPECT_EQ(ContextName(repeat.context), "Timing.repeat");
+  EXPECT_EQ(MemberType(repeat.context, "count").kind, ElementKind::kPositiveInt);
+}
+
+TEST(R4ElementsTest, ExtensionsEverywhereAndResources) {
+  for (ElementContext context : {kOpaqueContext, ResourceContext("Patient"), ExtensionContext()}) {
+    EXPECT_EQ(MemberType(context, "extension").context, ExtensionContext());
+    EXPECT_EQ(MemberType(context, "modifierExtension").context, ExtensionContext());
+  }
+  EXPECT_EQ(ContextName(ExtensionContext()), "Extension");
+  EXPECT_EQ(MemberType(ExtensionContext(), "valueUnsignedInt").kind, ElementKind::kUnsignedInt);
+  EXPECT_EQ(MemberType(ExtensionContext(), "valueString").kind, ElementKind::kOpaque);
+  EXPECT_EQ(Member("Patient", "contained").kind, ElementKind::kResource);
+  EXPECT_EQ(MemberType(MemberType(ResourceContext("Bundle"), "entry").context, "resource").kind,
+            ElementKind::kResource);
+  EXPECT_NE(ResourceContext("Parameters"), kOpaqueContext);  // not in AllResourceTypes(), but a resource
+  EXPECT_EQ(ResourceContext("Quantity"), kOpaqueContext);    // a data type, not a resource
+  EXPECT_EQ(ResourceContext("Nope"), kOpaqueContext);
+  EXPECT_EQ(MemberType(kOpaqueContext, "value").kind, ElementKind::kOpaque);
+  EXPECT_EQ(MemberType(ResourceContext("Patient"), "noSuchMember").kind, ElementKind::kOpaque);
+  for (std::string_view type : AllResourceTypes()) {
+    ElementContext context = ResourceContext(type);
+    // Every DomainResource has `contained`, so every resource but Binary (no member holds a number) has a context.
+    if (type == "Binary") {
+      EXPECT_EQ(context, kOpaqueContext);
+    } else {
+      EXPECT_EQ(ContextName(context), type);
+    }
+  }
 }
 
 }  // namespace

@@ -296,6 +296,189 @@ TEST_F(ResourceParserTest, ParserIsReusableAfterAnError) {
   EXPECT_EQ(r->id, "ok");
 }
 
+// --- duplicate keys (regression: a second resourceType overrode the one checked against the URL) ---
+
+TEST_F(ResourceParserTest, RejectsADuplicateResourceTypeOrId) {
+  EXPECT_STATUS(Parse(R"({"resourceType":"Patient","id":"victim","resourceType":"Observation"})"), kInvalid,
+                "Duplicate JSON key 'resourceType' in Patient");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Patient","resourceType":"Patient"})"), kInvalid,
+                "Duplicate JSON key 'resourceType'");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Patient","id":"a","id":"b"})"), kInvalid, "Duplicate JSON key 'id'");
+  // The same key written with an escape is the same key.
+  EXPECT_STATUS(Parse(R"({"resourceType":"Patient","id":"a","\u0069d":"b"})"), kInvalid, "Duplicate JSON key 'id'");
+}
+
+TEST_F(ResourceParserTest, RejectsDuplicateKeysAtAnyDepthAndSaysWhere) {
+  EXPECT_STATUS(Parse(R"({"resourceType":"Patient","active":true,"active":false})"), kInvalid,
+                "Duplicate JSON key 'active' in Patient;");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Patient","meta":{"source":"a","source":"b"}})"), kInvalid,
+                "Duplicate JSON key 'source' in Patient.meta;");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Patient","meta":{"versionId":"1","versionId":"2"}})"), kInvalid,
+                "'versionId' in Patient.meta");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Patient","name":[{"family":"a"},{"family":"b","family":"c"}]})"), kInvalid,
+                "Duplicate JSON key 'family' in Patient.name[1];");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Observation","valueQuantity":{"value":1,"unit":"mg","value":2}})"), kInvalid,
+                "'value' in Observation.valueQuantity;");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Patient","contained":[{"resourceType":"Patient","resourceType":"Basic"}]})"),
+                kInvalid, "'resourceType' in Patient.contained[0];");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Basic","x":{"a":{"b":[{"c":1,"c":1}]}}})"), kInvalid,
+                "'c' in Basic.x.a.b[0];");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Patient","identifier":[{"value":"1","value":"2"}]})"), kInvalid,
+                "'value' in Patient.identifier[0]");
+  // Equal keys in different objects are fine, and so is a key equal to one of the parent's.
+  EXPECT_OK(Parse(R"({"resourceType":"Basic","a":{"a":{"a":1}},"b":[{"a":1},{"a":2}],"c":{"b":1}})"));
+}
+
+TEST_F(ResourceParserTest, DuplicateKeysInLargeObjects) {
+  // Past the linear scan's limit the check switches to a set: duplicates are still found, wherever they are.
+  auto object = [](int keys, int duplicate_of) {
+    std::string json = R"({"resourceType":"Basic","big":{)";
+    for (int i = 0; i < keys; ++i) json += (i ? ",\"k" : "\"k") + std::to_string(i) + "\":" + std::to_string(i);
+    if (duplicate_of >= 0) json += ",\"k" + std::to_string(duplicate_of) + "\":0";
+    return json + "}}";
+  };
+  for (int keys : {31, 32, 33, 100, 5000}) {
+    SCOPED_TRACE(keys);
+    EXPECT_OK(Parse(object(keys, -1)));
+    EXPECT_STATUS(Parse(object(keys, 0)), kInvalid, "Duplicate JSON key 'k0' in Basic.big") << keys;
+    EXPECT_STATUS(Parse(object(keys, keys - 1)), kInvalid, "Duplicate JSON key 'k" + std::to_string(keys - 1) + "'")
+        << keys;
+  }
+  // The top level too.
+  std::string top = R"({"resourceType":"Basic")";
+  for (int i = 0; i < 100; ++i) top += ",\"m" + std::to_string(i) + "\":true";
+  EXPECT_OK(Parse(top + "}"));
+  EXPECT_STATUS(Parse(top + R"(,"resourceType":"Basic"})"), kInvalid, "Duplicate JSON key 'resourceType'");
+}
+
+TEST_F(ResourceParserTest, PeekTypeAndIdRejectsADuplicateResourceTypeOrId) {
+  auto peek = [&](std::string json) {
+    size_t size = json.size();
+    json.append(simdjson::SIMDJSON_PADDING, '\0');
+    return parser_.PeekTypeAndId(std::string_view(json.data(), size), json.data() + json.size());
+  };
+  EXPECT_STATUS(peek(R"({"resourceType":"Patient","id":"v","resourceType":"Observation"})"), kInvalid,
+                "Duplicate JSON key 'resourceType'");
+  EXPECT_STATUS(peek(R"({"id":"a","resourceType":"Patient","id":"b"})"), kInvalid, "Duplicate JSON key 'id'");
+}
+
+// --- numbers of the FHIR primitive types integer, positiveInt, unsignedInt and decimal ---
+
+TEST_F(ResourceParserTest, IntegerRangesAtTheirBoundaries) {
+  // Observation.valueInteger: integer; Patient.telecom.rank: positiveInt; Patient.photo.size: unsignedInt.
+  EXPECT_OK(Parse(R"({"resourceType":"Observation","valueInteger":2147483647})"));
+  EXPECT_OK(Parse(R"({"resourceType":"Observation","valueInteger":-2147483648})"));
+  EXPECT_OK(Parse(R"({"resourceType":"Observation","valueInteger":-0})"));
+  EXPECT_STATUS(Parse(R"({"resourceType":"Observation","valueInteger":2147483648})"), kInvalid,
+                "Observation.valueInteger: 2147483648 is out of range for FHIR integer (-2147483648 to 2147483647)");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Observation","valueInteger":-2147483649})"), kInvalid,
+                "Observation.valueInteger: -2147483649 is out of range");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Observation","valueInteger":99999999999999999999999})"), kInvalid,
+                "out of range for FHIR integer");
+  EXPECT_OK(Parse(R"({"resourceType":"Patient","telecom":[{"rank":1},{"rank":2147483647}]})"));
+  EXPECT_STATUS(Parse(R"({"resourceType":"Patient","telecom":[{"rank":1},{"rank":0}]})"), kInvalid,
+                "Patient.telecom[1].rank: 0 is out of range for FHIR positiveInt (1 to 2147483647)");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Patient","telecom":[{"rank":2147483648}]})"), kInvalid, "positiveInt");
+  EXPECT_OK(Parse(R"({"resourceType":"Patient","photo":[{"size":0},{"size":2147483647}]})"));
+  EXPECT_STATUS(Parse(R"({"resourceType":"Patient","photo":[{"size":-1}]})"), kInvalid,
+                "Patient.photo[0].size: -1 is out of range for FHIR unsignedInt (0 to 2147483647)");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Patient","photo":[{"size":-0}]})"), kInvalid, "unsignedInt");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Patient","photo":[{"size":4294967296}]})"), kInvalid, "unsignedInt");
+}
+
+TEST_F(ResourceParserTest, IntegersHaveNoFractionOrExponent) {
+  for (const char* value : {"1.0", "1e3", "1E3", "-2.5", "0.0", "1e0"}) {
+    EXPECT_STATUS(Parse(std::string(R"({"resourceType":"Observation","valueInteger":)") + value + "}"), kInvalid,
+                  std::string("Observation.valueInteger: ") + value +
+                      " is not a FHIR integer; write a whole number without fraction or exponent")
+        << value;
+  }
+  // Still invalid JSON first.
+  EXPECT_STATUS(Parse(R"({"resourceType":"Observation","valueInteger":01})"), kInvalid, "Invalid JSON");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Observation","valueInteger":1.})"), kInvalid, "Invalid JSON");
+}
+
+TEST_F(ResourceParserTest, CheckedNumbersMustBeJsonNumbers) {
+  EXPECT_STATUS(Parse(R"({"resourceType":"Observation","valueInteger":"5"})"), kInvalid,
+                "Observation.valueInteger must be a JSON number (FHIR integer), not a string");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Observation","valueQuantity":{"value":"1.5"}})"), kInvalid,
+                "Observation.valueQuantity.value must be a JSON number (FHIR decimal), not a string");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Observation","valueQuantity":{"value":true}})"), kInvalid, "not a boolean");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Observation","valueQuantity":{"value":{}}})"), kInvalid, "not an object");
+  // decimal: any JSON number, kept as written.
+  auto out = ParseAndRender(R"({"resourceType":"Observation","valueQuantity":{"value":-1.50e+2}})");
+  EXPECT_THAT(out, ::testing::HasSubstr(R"("valueQuantity":{"value":-1.50e+2})"));
+  // Arrays of a checked type are checked item by item; null items (paired with `_x` extensions) stay allowed.
+  EXPECT_OK(Parse(R"({"resourceType":"ClaimResponse","item":[{"noteNumber":[1,null,3]}]})"));
+  EXPECT_STATUS(Parse(R"({"resourceType":"ClaimResponse","item":[{"noteNumber":[1,0]}]})"), kInvalid,
+                "ClaimResponse.item[0].noteNumber[1]: 0 is out of range for FHIR positiveInt");
+  // Numbers of other or unknown elements keep what they had: copied as written, whatever their form.
+  EXPECT_OK(Parse(R"({"resourceType":"Observation","status":5,"x":1e300,"y":1.5})"));
+}
+
+TEST_F(ResourceParserTest, NumbersAreCheckedThroughDataTypesBackbonesAndContentReferences) {
+  // Timing.repeat (an Element in a data type) inside Dosage inside MedicationRequest.
+  EXPECT_STATUS(
+      Parse(R"({"resourceType":"MedicationRequest","dosageInstruction":[{"timing":{"repeat":{"count":0}}}]})"),
+      kInvalid, "MedicationRequest.dosageInstruction[0].timing.repeat.count: 0 is out of range for FHIR positiveInt");
+  // Questionnaire.item.item is a contentReference to Questionnaire.item.
+  EXPECT_STATUS(Parse(R"({"resourceType":"Questionnaire","item":[{"item":[{"item":[{"maxLength":1.5}]}]}]})"), kInvalid,
+                "Questionnaire.item[0].item[0].item[0].maxLength: 1.5 is not a FHIR integer");
+  // Observation.component.valueQuantity (a backbone element, then a data type).
+  EXPECT_STATUS(Parse(R"({"resourceType":"Observation","component":[{"valueQuantity":{"value":"7"}}]})"), kInvalid,
+                "Observation.component[0].valueQuantity.value must be a JSON number");
+  // Quantity profiles (Age) are checked as Quantity.
+  EXPECT_STATUS(Parse(R"({"resourceType":"Condition","onsetAge":{"value":"40"}})"), kInvalid,
+                "Condition.onsetAge.value must be a JSON number");
+}
+
+TEST_F(ResourceParserTest, NumbersAreCheckedInExtensionsEverywhere) {
+  // An extension of an element whose own members hold no checked number (CodeableConcept, Coding).
+  EXPECT_STATUS(Parse(R"({"resourceType":"Observation","code":{"coding":[{"extension":[{"url":"u",)"
+                      R"("valuePositiveInt":0}]}]}})"),
+                kInvalid, "Observation.code.coding[0].extension[0].valuePositiveInt: 0 is out of range");
+  // Nested extensions, modifierExtension, meta and primitive extensions (`_birthDate`).
+  EXPECT_STATUS(Parse(R"({"resourceType":"Patient","extension":[{"url":"a","extension":[{"url":"b",)"
+                      R"("valueUnsignedInt":-1}]}]})"),
+                kInvalid, "Patient.extension[0].extension[0].valueUnsignedInt: -1 is out of range");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Patient","modifierExtension":[{"url":"a","valueInteger":1e2}]})"), kInvalid,
+                "Patient.modifierExtension[0].valueInteger: 1e2 is not a FHIR integer");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Patient","meta":{"extension":[{"url":"a","valueDecimal":"1"}]}})"), kInvalid,
+                "Patient.meta.extension[0].valueDecimal must be a JSON number");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Patient","birthDate":"2000-01-01","_birthDate":{"extension":)"
+                      R"([{"url":"a","valueInteger":2147483648}]}})"),
+                kInvalid, "Patient._birthDate.extension[0].valueInteger: 2147483648 is out of range");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Patient","extension":[{"url":"a","valueQuantity":{"value":"1"}}]})"),
+                kInvalid, "Patient.extension[0].valueQuantity.value must be a JSON number");
+}
+
+TEST_F(ResourceParserTest, NumbersAreCheckedInContainedAndNestedResources) {
+  // The contained resource's type comes after the member that needs it.
+  EXPECT_STATUS(Parse(R"({"resourceType":"MedicationRequest","contained":[{"valueInteger":2147483648,)"
+                      R"("resourceType":"Observation","id":"o"}]})"),
+                kInvalid, "MedicationRequest.contained[0].valueInteger: 2147483648 is out of range");
+  // An escaped resourceType names the same type.
+  EXPECT_STATUS(Parse(R"({"resourceType":"Patient","contained":[{"resourceType":"Observ\u0061tion",)"
+                      R"("valueInteger":1.5}]})"),
+                kInvalid, "Patient.contained[0].valueInteger: 1.5 is not a FHIR integer");
+  // A Bundle resource: Bundle.total is an unsignedInt, Bundle.entry.resource any resource.
+  EXPECT_STATUS(Parse(R"({"resourceType":"Bundle","type":"collection","total":-1})"), kInvalid,
+                "Bundle.total: -1 is out of range for FHIR unsignedInt");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Bundle","type":"collection","entry":[{"resource":)"
+                      R"({"resourceType":"Patient","multipleBirthInteger":"2"}}]})"),
+                kInvalid, "Bundle.entry[0].resource.multipleBirthInteger must be a JSON number");
+  // Contained resources of unknown type, or without one, are walked as before (extensions still checked).
+  EXPECT_OK(Parse(R"({"resourceType":"Patient","contained":[{"resourceType":"Nope","valueInteger":1.5},)"
+                  R"({"valueInteger":1.5}]})"));
+  EXPECT_STATUS(Parse(R"({"resourceType":"Patient","contained":[{"resourceType":"Nope","extension":)"
+                      R"([{"url":"a","valueInteger":1.5}]}]})"),
+                kInvalid, "not a FHIR integer");
+  // Valid contained resources render as they were written.
+  auto out = ParseAndRender(R"({"resourceType":"Patient","contained":[{"valueInteger":5,)"
+                            R"("resourceType":"Observation"}]})");
+  EXPECT_THAT(out, ::testing::HasSubstr(R"("contained":[{"valueInteger":5,"resourceType":"Observation"}])"));
+}
+
 // --- references and compartments ---
 
 TEST_F(ResourceParserTest, ObservationCompartmentFromSubjectAndPerformerOnly) {
