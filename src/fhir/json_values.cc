@@ -41,6 +41,73 @@ Status AppendScalar(od::value value, od::json_type type, std::string* out) {
   }
 }
 
+bool ObjectKeys::Insert(std::string_view key) {
+  if (large_) return large_->insert(key).second;
+  for (size_t i = mark_; i < stack_->size(); ++i) {
+    if ((*stack_)[i] == key) return false;
+  }
+  if (stack_->size() - mark_ < kLinearScan) {
+    stack_->push_back(key);
+    return true;
+  }
+  large_ = std::make_unique<std::unordered_set<std::string_view>>(stack_->begin() + mark_, stack_->end());
+  stack_->resize(mark_);
+  return large_->insert(key).second;
+}
+
+Status DuplicateKeyError(std::string_view key, std::string_view where) {
+  return Status::Invalid("Duplicate JSON key '" + std::string(key) + "' in " + std::string(where) +
+                         "; a key may appear only once in an object");
+}
+
+Status ValidateJsonValue(od::value value, int depth, std::string* path, std::vector<std::string_view>* keys) {
+  if (depth > kMaxJsonDepth) return Status::Invalid("JSON nesting is deeper than 64 levels at " + *path);
+  od::json_type type;
+  if (auto e = value.type().get(type)) return JsonError(e);
+  const size_t mark = path->size();
+  switch (type) {
+    case od::json_type::object: {
+      od::object obj;
+      if (auto e = value.get_object().get(obj)) return JsonError(e);
+      ObjectKeys seen(keys);
+      for (auto field : obj) {
+        std::string_view key;
+        if (auto e = field.unescaped_key().get(key)) return JsonError(e);
+        if (!seen.Insert(key)) return DuplicateKeyError(key, *path);
+        path->push_back('.');
+        path->append(key);
+        Status st = ValidateJsonValue(field.value(), depth + 1, path, keys);
+        path->resize(mark);
+        RETURN_IF_ERROR(st);
+      }
+      return Status::Ok();
+    }
+    case od::json_type::array: {
+      od::array arr;
+      if (auto e = value.get_array().get(arr)) return JsonError(e);
+      size_t index = 0;
+      for (auto item : arr) {
+        od::value v;
+        if (auto e = item.get(v)) return JsonError(e);
+        path->append("[" + std::to_string(index++) + "]");
+        Status st = ValidateJsonValue(v, depth + 1, path, keys);
+        path->resize(mark);
+        RETURN_IF_ERROR(st);
+      }
+      return Status::Ok();
+    }
+    case od::json_type::string: {
+      std::string_view s;
+      if (auto e = value.get_string().get(s)) return JsonError(e);
+      return Status::Ok();
+    }
+    default: {
+      std::string ignored;
+      return AppendScalar(value, type, &ignored);
+    }
+  }
+}
+
 Result<PaddedFile> ReadPaddedFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return Status::NotFound("cannot open " + path);

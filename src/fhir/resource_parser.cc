@@ -5,9 +5,7 @@
 
 #include <algorithm>
 #include <charconv>
-#include <memory>
 #include <span>
-#include <unordered_set>
 
 #include "common/ids.h"
 #include "common/json_escape.h"
@@ -18,41 +16,7 @@ namespace fhirlake::fhir {
 namespace {
 
 namespace od = simdjson::ondemand;
-constexpr int kMaxDepth = 64;
-// Objects with more keys than this check duplicates with a hash set instead of a linear scan (FHIR objects
-// rarely have more than a few dozen members; a hostile one may have a million).
-constexpr size_t kLinearKeyScan = 32;
-
-// The keys of one JSON object, to reject duplicates. Keys of nested objects share one stack: an object's keys
-// are contiguous on it while the object's own members are being read (a nested object pops its keys before the
-// next key of its parent is pushed). The views point into simdjson's string buffer, valid for the document.
-class ObjectKeys {
- public:
-  explicit ObjectKeys(std::vector<std::string_view>* stack) : stack_(stack), mark_(stack->size()) {}
-  ~ObjectKeys() { stack_->resize(mark_); }
-  ObjectKeys(const ObjectKeys&) = delete;
-  ObjectKeys& operator=(const ObjectKeys&) = delete;
-
-  // False when the object already has `key`.
-  bool Insert(std::string_view key) {
-    if (large_) return large_->insert(key).second;
-    for (size_t i = mark_; i < stack_->size(); ++i) {
-      if ((*stack_)[i] == key) return false;
-    }
-    if (stack_->size() - mark_ < kLinearKeyScan) {
-      stack_->push_back(key);
-      return true;
-    }
-    large_ = std::make_unique<std::unordered_set<std::string_view>>(stack_->begin() + mark_, stack_->end());
-    stack_->resize(mark_);
-    return large_->insert(key).second;
-  }
-
- private:
-  std::vector<std::string_view>* stack_;
-  size_t mark_;
-  std::unique_ptr<std::unordered_set<std::string_view>> large_;
-};
+constexpr int kMaxDepth = kMaxJsonDepth;
 
 std::string_view TrimRawNumber(std::string_view raw) {
   while (!raw.empty() && (raw.back() == ' ' || raw.back() == '\n' || raw.back() == '\r' || raw.back() == '\t')) {
@@ -274,10 +238,7 @@ class Walker {
   // The element being written, for diagnostics: "Observation.component[1].valueInteger".
   std::string Where() const { return path_.empty() ? out_->type : out_->type + "." + path_; }
 
-  Status DuplicateKey(std::string_view key) const {
-    return Status::Invalid("Duplicate JSON key '" + std::string(key) + "' in " + Where() +
-                           "; a key may appear only once in an object");
-  }
+  Status DuplicateKey(std::string_view key) const { return DuplicateKeyError(key, Where()); }
 
   static std::string JsonTypeName(od::json_type type) {
     switch (type) {

@@ -163,5 +163,64 @@ TEST_F(BundleTest, UnpaddedBufferIsAnInternalError) {
   EXPECT_STATUS(ParseBundle(parser_, json, json.data() + json.size()), kInternal, "padded");
 }
 
+// --- members the server does not use are validated (regression: malformed JSON and 100,000-deep nesting there were
+// accepted) ---
+
+std::string NestedArrays(int arrays) {
+  return std::string(static_cast<size_t>(arrays), '[') + "1" + std::string(static_cast<size_t>(arrays), ']');
+}
+
+TEST_F(BundleTest, MalformedJsonInUnusedMembersIsRejected) {
+  for (std::string member : {R"("meta":{"tag":[tru]})", R"("identifier":{"value":01})", R"("total":1.2.3)",
+                             R"("timestamp":"bad \x escape")", R"("link":[{"url":nul}])", R"("signature":{"a" 1})"}) {
+    EXPECT_STATUS(Parse(R"({"resourceType":"Bundle","type":"batch",)" + member + "}"), kInvalid, "Invalid JSON")
+        << member;
+  }
+  for (std::string member : {R"("search":{"mode":tru})", R"("response":{"status":"200","etag":01})",
+                             R"("link":[{"relation":"self","url":"x"},{"url":nul}])"}) {
+    EXPECT_STATUS(Parse(R"({"resourceType":"Bundle","type":"batch","entry":[{"fullUrl":"a",)" + member + "}]}"),
+                  kInvalid, "Invalid JSON")
+        << member;
+  }
+  EXPECT_STATUS(Parse(R"({"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"x",)"
+                      R"("ifModifiedSince":[1,]}}]})"),
+                kInvalid, "Invalid JSON");
+}
+
+TEST_F(BundleTest, DeepNestingInUnusedMembersIsRejected) {
+  // Levels count from the Bundle: a top-level member's value is at 1, like a resource's.
+  EXPECT_OK(Parse(R"({"resourceType":"Bundle","meta":)" + NestedArrays(63) + "}"));
+  EXPECT_STATUS(Parse(R"({"resourceType":"Bundle","meta":)" + NestedArrays(64) + "}"), kInvalid,
+                "JSON nesting is deeper than 64 levels at Bundle.meta[0]");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Bundle","meta":)" + NestedArrays(100000) + "}"), kInvalid, "deeper than 64");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Bundle","x":{"a":)" + NestedArrays(100000) + "}}"), kInvalid,
+                "deeper than 64 levels at Bundle.x.a");
+  // entry members are at level 3, request members at 4.
+  EXPECT_OK(Parse(R"({"resourceType":"Bundle","entry":[{"search":)" + NestedArrays(61) + "}]}"));
+  EXPECT_STATUS(Parse(R"({"resourceType":"Bundle","entry":[{"search":)" + NestedArrays(62) + "}]}"), kInvalid,
+                "deeper than 64 levels at Bundle.entry[0].search");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Bundle","entry":[{"response":)" + NestedArrays(100000) + "}]}"), kInvalid,
+                "at Bundle.entry[0].response");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Bundle","entry":[{"request":{"method":"GET","ifNoneMatch":)" +
+                      NestedArrays(100000) + "}}]}"),
+                kInvalid, "at Bundle.entry[0].request.ifNoneMatch");
+}
+
+TEST_F(BundleTest, DuplicateKeysAnywhereInTheBundleAreRejected) {
+  EXPECT_STATUS(Parse(R"({"resourceType":"Bundle","type":"batch","type":"transaction"})"), kInvalid,
+                "Duplicate JSON key 'type' in Bundle;");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Bundle","entry":[],"entry":[]})"), kInvalid, "Duplicate JSON key 'entry'");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Patient"},)"
+                      R"("resource":{"resourceType":"Observation"}}]})"),
+                kInvalid, "Duplicate JSON key 'resource' in Bundle.entry[0];");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Bundle","entry":[{},{"request":{"method":"PUT","url":"Patient/a",)"
+                      R"("url":"Patient/b"}}]})"),
+                kInvalid, "Duplicate JSON key 'url' in Bundle.entry[1].request;");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Bundle","meta":{"tag":[{"code":"a","code":"b"}]}})"), kInvalid,
+                "Duplicate JSON key 'code' in Bundle.meta.tag[0];");
+  EXPECT_STATUS(Parse(R"({"resourceType":"Bundle","entry":[{"response":{"status":"1","status":"2"}}]})"), kInvalid,
+                "'status' in Bundle.entry[0].response;");
+}
+
 }  // namespace
 }  // namespace fhirlake::fhir
