@@ -49,8 +49,15 @@ Response KickOff(const ApiContext& ctx, const Request& req, const RequestContext
   auto request = ParseHealthLakeKickoff(level, group_id, req.query, req.body, Clock::System().NowMillis());
   if (!request.ok()) return FhirError(request.status());
   request->request_url = ctx.public_base_url + req.target;
+  request->view = "healthlake";
+  request->owner = p.principal.id;
   auto job = ctx.exports->Submit(*store, *request);
-  if (!job.ok()) return FhirError(job.status());
+  if (!job.ok()) {
+    Response resp = FhirError(job.status());
+    // The queue is full: a client should come back later (the control plane answers ThrottlingException).
+    if (job.status().code() == StatusCode::kTooManyRequests) resp.headers.Set("Retry-After", "30");
+    return resp;
+  }
   std::string ds = (*store)->info().id;
   Response resp = Response::Json(202,
                                  "{\"datastoreId\":" + JsonString(ds) + ",\"jobStatus\":\"" + job->status +

@@ -73,6 +73,16 @@ int main(int argc, char** argv) {
       ->envname("FHIRLAKE_EXPORT_TASK_ROWS")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 40))
       ->capture_default_str();
+  s->add_option("--export-queue-limit", serve.export_queue_limit,
+                "Export jobs that may wait (SUBMITTED + QUEUED) per datastore; further kick-offs get 429")
+      ->envname("FHIRLAKE_EXPORT_QUEUE_LIMIT")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  s->add_option("--export-min-free-bytes", serve.export_min_free_bytes,
+                "Local output: refuse kick-offs (507) when less than this is free on its file system (0: no check)")
+      ->envname("FHIRLAKE_EXPORT_MIN_FREE_BYTES")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 50))
+      ->capture_default_str();
   s->add_flag("!--export-no-referenced", serve.export_include_referenced,
               "Patient/Group exports: do not add the Practitioners, Organizations, ... that exported resources "
               "reference")

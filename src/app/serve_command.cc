@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <thread>
@@ -87,6 +88,21 @@ int RunServe(const ServeOptions& options) {
   eo.batch_delay_ms = options.export_batch_delay_ms;
   eo.include_referenced = options.export_include_referenced;
   eo.task_rows = options.export_task_rows;
+  eo.queue_limit = options.export_queue_limit;
+  eo.min_free_bytes = options.export_min_free_bytes;
+  if (options.s3_endpoint.empty()) eo.local_output_dir = (std::filesystem::path(options.data_dir) / "s3").string();
+  eo.journal_dir = (std::filesystem::path(options.data_dir) / "journal").string();
+  {
+    // Never shown to clients: the data directory as given and as resolved.
+    std::error_code ec;
+    eo.redact_paths.push_back(std::filesystem::absolute(options.data_dir, ec).lexically_normal().string());
+    auto canonical = std::filesystem::weakly_canonical(options.data_dir, ec);
+    if (!ec) eo.redact_paths.push_back(canonical.string());
+    eo.redact_paths.push_back(options.data_dir);
+    std::sort(eo.redact_paths.begin(), eo.redact_paths.end(),
+              [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
+    while (!eo.redact_paths.empty() && eo.redact_paths.back().size() < 2) eo.redact_paths.pop_back();
+  }
   bulk::ExportEngine engine(catalog->get(), sink->get(), eo, Clock::System());
   Status started = engine.Start();
   if (!started.ok()) {

@@ -23,6 +23,8 @@ struct ServeOptions {
   int export_batch_delay_ms = 0;  // test-only: slows each batch down
   bool export_include_referenced = true;
   int64_t export_task_rows = 200000;
+  int export_queue_limit = 25;                       // SUBMITTED + QUEUED per datastore; beyond: 429
+  int64_t export_min_free_bytes = int64_t{1} << 30;  // local output: refuse kick-offs below this (507)
   // S3 output (docs/EXPORT.md "S3"); with no endpoint, s3:// URIs map to {data_dir}/s3/.
   std::string s3_endpoint;
   std::string s3_region = "us-east-1";

@@ -1,7 +1,13 @@
 // Export engine. A job's life: Submit (SUBMITTED) → scheduler: QUEUED while over quota, then StartJob takes the
-// snapshot, materialises the scope (Group / referenced resources), plans tasks and persists IN_PROGRESS →
+// snapshot, materialises the scope (Group / referenced resources), plans tasks and moves the job to IN_PROGRESS →
 // workers stream rows into files (commit file, then record it with the task checkpoint) → the last task to
 // finish finalises the job (COMPLETED[_WITH_ERRORS], FAILED or CANCEL_COMPLETED).
+//
+// The store decides every transition (compare-and-set), so the engine's in-memory copy of a job is never written
+// back: a job cancelled while the scheduler plans it, or while its last task finishes, ends CANCEL_COMPLETED once.
+// Failpoints (common/failpoint.h) mark the places a crash test kills the process: export.plan, export.scope,
+// export.mid_file, export.after_sink_commit, export.after_store_commit, export.finalize, export.cancel;
+// export.persist_final=error makes the final state write fail (the journal path).
 #include "bulk/export_engine.h"
 
 #include <spdlog/spdlog.h>
@@ -10,8 +16,13 @@
 #include <chrono>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <filesystem>
 #include <set>
+#include <thread>
 
+#include <sys/statvfs.h>
+
+#include "common/failpoint.h"
 #include "common/ids.h"
 #include "fhir/operation_outcome.h"
 #include "fhir/r4.h"
@@ -27,13 +38,14 @@ struct ExportEngine::ActiveJob {
   std::string key_prefix;
   sink::WriteContext write_ctx;
   std::atomic<bool> cancel{false};  // user cancel or failure: stop at the next batch
+  std::atomic<bool> cancel_requested{false};  // a user's DELETE (the job ends CANCEL_*)
   std::atomic<int64_t> written_rows{0};
   std::atomic<int64_t> written_bytes{0};
   std::atomic<bool> has_errors{false};  // some error file is recorded
   int64_t planned_rows = 0;
 
   std::mutex mu;
-  store::ExportJobRecord record;            // GUARDED_BY(mu)
+  store::ExportJobRecord record;            // GUARDED_BY(mu); as the job started (never written back)
   int tasks_remaining = 0;                  // GUARDED_BY(mu)
   std::map<std::string, int> last_file_no;  // GUARDED_BY(mu)
   std::string failure;                      // GUARDED_BY(mu)
@@ -95,29 +107,118 @@ std::string ExportEngine::JobKeyPrefix(const store::ExportJobRecord& job, std::s
 
 Result<S3Location> ExportEngine::JobOutput(const store::ExportJobRecord& job) { return ParseS3Uri(job.s3_uri); }
 
-Status ExportEngine::SetStatus(store::ResourceStore* store, store::ExportJobRecord* job, const char* status) {
-  std::string previous = job->status;
-  job->status = status;
-  if (IsTerminal(status)) job->end_time = clock_.NowMillis();
-  Status st = store->UpdateJob(*job);
-  if (!st.ok()) {
-    job->status = previous;
-    return st;
+std::string ExportEngine::Redact(std::string message) const {
+  for (const auto& path : options_.redact_paths) {
+    if (path.empty()) continue;
+    for (size_t at = message.find(path); at != std::string::npos; at = message.find(path, at)) {
+      message.replace(at, path.size(), "<data-dir>");
+    }
   }
-  spdlog::info("event=export_job_status datastore={} job={} status={}", store->info().id, job->job_id, status);
+  return message;
+}
+
+Result<store::ExportJobRecord> ExportEngine::Transition(store::ResourceStore* store, std::string_view job_id,
+                                                        std::initializer_list<std::string_view> from,
+                                                        std::string_view to, store::JobUpdate update) {
+  if (IsTerminal(to) && !update.end_time) update.end_time = clock_.NowMillis();
+  if (update.message) update.message = Redact(*update.message);
+  int delay_ms = std::max(1, options_.state_retry_initial_ms);
+  for (int attempt = 1;; ++attempt) {
+    Status st = IsTerminal(to) ? failpoint::Hit("export.persist_final") : Status::Ok();
+    Result<store::ExportJobRecord> r = st.ok() ? store->jobs().TransitionJob(job_id, from, to, update) : st;
+    if (r.ok()) {
+      spdlog::info("event=export_job_status datastore={} job={} status={}", store->info().id, job_id, to);
+      return r;
+    }
+    const StatusCode code = r.status().code();
+    if (code == StatusCode::kConflict || code == StatusCode::kNotFound || attempt >= options_.state_write_attempts) {
+      if (code != StatusCode::kConflict) {
+        spdlog::error("event=export_state_write_failed datastore={} job={} to={} attempts={} reason=\"{}\"",
+                      store->info().id, job_id, to, attempt, r.status().message());
+      }
+      return r;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    delay_ms = std::min(delay_ms * 2, 5000);
+  }
+}
+
+void ExportEngine::FailJob(store::ResourceStore* store, const std::string& job_id, const std::string& message) {
+  auto current = store->jobs().GetJob(job_id);
+  const bool cancelling =
+      current.ok() && (current->status == js::kCancelSubmitted || current->status == js::kCancelInProgress);
+  const char* to = cancelling ? js::kCancelFailed : js::kFailed;
+  store::JobUpdate update;
+  update.message = message;
+  auto r = Transition(store, job_id,
+                      {js::kSubmitted, js::kQueued, js::kInProgress, js::kCancelSubmitted, js::kCancelInProgress}, to,
+                      update);
+  if (r.ok()) {
+    DropScratch(store, job_id);
+    return;
+  }
+  if (r.status().code() == StatusCode::kConflict || r.status().code() == StatusCode::kNotFound) return;  // ended
+  // The store cannot take it now. The journal (preallocated) can, so a restart reports the truth; meanwhile the
+  // scheduler keeps trying, and describe keeps showing the last state that was really recorded.
+  std::string recorded = Redact(message + " (recorded after a failed state write: " + r.status().message() + ")");
+  if (has_journal_) {
+    Status j = journal_.Record(store->info().id, job_id, to, recorded);
+    if (!j.ok()) spdlog::error("event=export_journal_failed job={} reason=\"{}\"", job_id, j.message());
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  pending_finals_.push_back(PendingFinal{store, job_id, to, recorded});
+}
+
+void ExportEngine::DropScratch(store::ResourceStore* store, const std::string& job_id) {
+  Status st = store->jobs().DropJobScratch(job_id);
+  if (!st.ok()) {
+    // Harmless to keep (the job is final); JobsWithScratch finds it at the next start.
+    spdlog::warn("event=export_scratch_drop_failed job={} reason=\"{}\"", job_id, st.message());
+  }
+}
+
+// Applies the outcomes that earlier processes could not write to their stores.
+Status ExportEngine::ApplyJournal() {
+  if (!has_journal_) return Status::Ok();
+  ASSIGN_OR_RETURN(auto entries, journal_.ReadAll());
+  for (const auto& e : entries) {
+    store::ResourceStore* store = catalog_->Find(e.datastore_id);
+    bool applied = store == nullptr;  // a datastore that is gone has nothing left to correct
+    if (store != nullptr) {
+      store::JobUpdate update;
+      update.message = e.message;
+      auto r = Transition(store, e.job_id,
+                          {js::kSubmitted, js::kQueued, js::kInProgress, js::kCancelSubmitted, js::kCancelInProgress},
+                          e.status == js::kCancelFailed ? js::kCancelFailed : js::kFailed, update);
+      applied = r.ok() || r.status().code() == StatusCode::kConflict || r.status().code() == StatusCode::kNotFound;
+      if (r.ok()) spdlog::warn("event=export_job_failed_from_journal job={} message=\"{}\"", e.job_id, e.message);
+      if (!applied) return r.status().WithContext("applying the export journal");
+    }
+    RETURN_IF_ERROR(journal_.Clear(e.slot));
+  }
   return Status::Ok();
 }
 
 Status ExportEngine::Start() {
+  if (!options_.journal_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(options_.journal_dir, ec);
+    if (ec) return Status::Unavailable("cannot create the export journal directory: " + ec.message());
+    RETURN_IF_ERROR(journal_.Open(options_.journal_dir + "/final-states.journal"));
+    has_journal_ = true;
+  }
+  RETURN_IF_ERROR(ApplyJournal());
   for (auto* store : catalog_->All()) {
-    ASSIGN_OR_RETURN(auto jobs, store->JobsWithStatus({js::kInProgress, js::kCancelSubmitted, js::kCancelInProgress}));
+    // Scratch of finished jobs whose drop failed last time.
+    ASSIGN_OR_RETURN(auto leftovers, store->jobs().JobsWithScratch());
+    for (const auto& id : leftovers) DropScratch(store, id);
+    ASSIGN_OR_RETURN(auto jobs,
+                     store->jobs().JobsWithStatus({js::kInProgress, js::kCancelSubmitted, js::kCancelInProgress}));
     for (auto& job : jobs) {
       if (job.status == js::kCancelSubmitted && !job.snapshot) continue;  // cancelled while queued: scheduler
       Status st = Resume(store, job);
       if (!st.ok()) {
-        job.message = "The server restarted during this export and could not resume it: " + st.message();
-        (void)SetStatus(store, &job, job.status == js::kInProgress ? js::kFailed : js::kCancelFailed);
-        (void)store->DropJobScratch(job.job_id);
+        FailJob(store, job.job_id, "The server restarted during this export and could not resume it: " + st.message());
       }
     }
   }
@@ -142,22 +243,22 @@ void ExportEngine::Stop() {
   workers_.clear();
 }
 
-// Removes what a crashed process may have left under the job's prefix: unfinished files, and finished files
-// that were never recorded (the crash fell between the sink commit and the store commit).
+// Removes what a crashed, failed or cancelled run left under the job's prefix: unfinished files, and finished
+// files that were never recorded (a crash between the sink commit and the store commit). Only keys under the job's
+// own folder are ever touched.
 Status ExportEngine::CleanupOutput(store::ResourceStore* store, const store::ExportJobRecord& job) {
   ASSIGN_OR_RETURN(S3Location out, JobOutput(job));
   sink::WriteContext ctx{job.data_access_role_arn, job.kms_key_id};
   std::string prefix = JobKeyPrefix(job, store->info().id);
   RETURN_IF_ERROR(sink_->AbortIncomplete(ctx, out.bucket, prefix));
-  ASSIGN_OR_RETURN(auto listed, sink_->List(ctx, out.bucket, prefix));
-  ASSIGN_OR_RETURN(auto files, store->Files(job.job_id));
+  ASSIGN_OR_RETURN(auto listed, sink_->List(ctx, out.bucket, prefix + "/"));
+  ASSIGN_OR_RETURN(auto files, store->jobs().Files(job.job_id));
   std::set<std::string> known;
   for (const auto& f : files) known.insert(f.key);
   for (const auto& o : listed) {
-    if (!known.count(o.key)) {
-      spdlog::info("event=export_orphan_removed job={} key={}", job.job_id, o.key);
-      RETURN_IF_ERROR(sink_->Delete(ctx, out.bucket, o.key));
-    }
+    if (!o.key.starts_with(prefix + "/") || known.count(o.key)) continue;
+    spdlog::info("event=export_orphan_removed job={} key={}", job.job_id, o.key);
+    RETURN_IF_ERROR(sink_->Delete(ctx, out.bucket, o.key));
   }
   return Status::Ok();
 }
@@ -170,18 +271,15 @@ Result<std::shared_ptr<ExportEngine::ActiveJob>> ExportEngine::MakeActiveJob(sto
   ASSIGN_OR_RETURN(active->output, JobOutput(job));
   active->key_prefix = JobKeyPrefix(job, store->info().id);
   active->write_ctx = {job.data_access_role_arn, job.kms_key_id};
+  active->record = job;
   return active;
 }
 
-Status ExportEngine::Resume(store::ResourceStore* store, store::ExportJobRecord job) {
+Status ExportEngine::Resume(store::ResourceStore* store, const store::ExportJobRecord& job) {
+  if (job.status != js::kInProgress) return CompleteCancel(store, job);
   RETURN_IF_ERROR(CleanupOutput(store, job));
-  if (job.status != js::kInProgress) {
-    if (job.status == js::kCancelSubmitted) RETURN_IF_ERROR(SetStatus(store, &job, js::kCancelInProgress));
-    RETURN_IF_ERROR(SetStatus(store, &job, js::kCancelCompleted));
-    return store->DropJobScratch(job.job_id);
-  }
-  ASSIGN_OR_RETURN(auto tasks, store->Tasks(job.job_id));
-  ASSIGN_OR_RETURN(auto files, store->Files(job.job_id));
+  ASSIGN_OR_RETURN(auto tasks, store->jobs().Tasks(job.job_id));
+  ASSIGN_OR_RETURN(auto files, store->jobs().Files(job.job_id));
   ASSIGN_OR_RETURN(auto active, MakeActiveJob(store, job));
   for (const auto& f : files) {
     int& n = active->last_file_no[f.type];  // error files share OperationOutcome's numbering
@@ -198,15 +296,40 @@ Status ExportEngine::Resume(store::ResourceStore* store, store::ExportJobRecord 
     active->planned_rows += t.planned_rows;
     if (!t.done) pending.push_back(t);
   }
-  active->record = job;
   spdlog::info("event=export_job_resumed datastore={} job={} pending_tasks={}", store->info().id, job.job_id,
                pending.size());
   std::lock_guard<std::mutex> lock(mu_);
+  active_[job.job_id] = active;
   Launch(active, pending);
   return Status::Ok();
 }
 
+namespace {
+
+// The longest key a job writes below its prefix: "/{ds}-FHIR_EXPORT-{job}/{Type}/{Type}-{n}.ndjson".
+size_t LongestJobKeySuffix() {
+  size_t longest_type = 0;
+  for (std::string_view t : fhir::AllResourceTypes()) longest_type = std::max(longest_type, t.size());
+  longest_type = std::max(longest_type, std::string_view("OperationOutcome").size());
+  return 1 + 32 + std::string_view("-FHIR_EXPORT-").size() + 32 + 1 + longest_type + 1 + longest_type + 1 + 10 +
+         std::string_view(".ndjson").size();
+}
+
+std::string HumanBytes(int64_t b) {
+  if (b >= (int64_t{1} << 30)) return std::to_string(b >> 20 >> 10) + " GiB";
+  if (b >= (int64_t{1} << 20)) return std::to_string(b >> 20) + " MiB";
+  return std::to_string(b) + " bytes";
+}
+
+}  // namespace
+
 Result<store::ExportJobRecord> ExportEngine::Submit(store::ResourceStore* store, const ExportRequest& request) {
+  if (request.output.prefix.size() + LongestJobKeySuffix() > 1024) {
+    return Status::Invalid("OutputDataConfig.S3Configuration.S3Uri: the key prefix '" + request.output.prefix +
+                           "' is too long: with the job folder and file names below it, keys would exceed S3's 1024 "
+                           "bytes (the prefix may have at most " +
+                           std::to_string(1024 - LongestJobKeySuffix()) + " bytes)");
+  }
   if (request.level == ExportLevel::kGroup) {
     auto group = store->Read("Group", request.group_id);
     if (!group.ok() || group->deleted) {
@@ -214,12 +337,25 @@ Result<store::ExportJobRecord> ExportEngine::Submit(store::ResourceStore* store,
                               (group.ok() ? " (it was deleted)" : ""));
     }
   }
+  if (!options_.local_output_dir.empty() && options_.min_free_bytes > 0) {
+    struct statvfs fs {};
+    if (::statvfs(options_.local_output_dir.c_str(), &fs) == 0) {
+      const int64_t free_bytes = static_cast<int64_t>(fs.f_bavail) * static_cast<int64_t>(fs.f_frsize);
+      if (free_bytes < options_.min_free_bytes) {
+        return Status::InsufficientStorage(
+            "The server has only " + HumanBytes(free_bytes) +
+            " free where export files are written and needs at least " + HumanBytes(options_.min_free_bytes) +
+            " (--export-min-free-bytes) to start an export; retry when space has been freed");
+      }
+    }
+  }
   RETURN_IF_ERROR(sink_->CheckWritable({request.data_access_role_arn, request.kms_key_id}, request.output.bucket));
   store::ExportJobRecord job;
   job.job_id = NewHexId();
   job.job_name = request.job_name;
   job.status = js::kSubmitted;
-  job.view = "healthlake";
+  job.view = request.view;
+  job.owner = request.owner;
   job.level = std::string(LevelName(request.level));
   job.group_id = request.group_id;
   job.types = request.types;
@@ -231,8 +367,9 @@ Result<store::ExportJobRecord> ExportEngine::Submit(store::ResourceStore* store,
   job.request_url = request.request_url;
   job.submit_time = clock_.NowMillis();
   job.include_referenced = options_.include_referenced;
-  RETURN_IF_ERROR(store->InsertJob(&job));
-  spdlog::info("event=export_job_submitted datastore={} job={} level={}", store->info().id, job.job_id, job.level);
+  RETURN_IF_ERROR(store->jobs().InsertJob(&job, options_.queue_limit));
+  spdlog::info("event=export_job_submitted datastore={} job={} level={} owner={}", store->info().id, job.job_id,
+               job.level, job.owner);
   {
     std::lock_guard<std::mutex> lock(mu_);
     wake_ = true;
@@ -243,8 +380,8 @@ Result<store::ExportJobRecord> ExportEngine::Submit(store::ResourceStore* store,
 
 Result<JobView> ExportEngine::Describe(store::ResourceStore* store, std::string_view job_id) {
   JobView view;
-  ASSIGN_OR_RETURN(view.job, store->GetJob(job_id));
-  ASSIGN_OR_RETURN(view.files, store->Files(view.job.job_id));
+  ASSIGN_OR_RETURN(view.job, store->jobs().GetJob(job_id));
+  ASSIGN_OR_RETURN(view.files, store->jobs().Files(view.job.job_id));
   std::shared_ptr<ActiveJob> active;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -256,7 +393,7 @@ Result<JobView> ExportEngine::Describe(store::ResourceStore* store, std::string_
     view.written_rows = active->written_rows;
     view.written_bytes = active->written_bytes;
   } else {
-    ASSIGN_OR_RETURN(auto tasks, store->Tasks(view.job.job_id));
+    ASSIGN_OR_RETURN(auto tasks, store->jobs().Tasks(view.job.job_id));
     for (const auto& t : tasks) view.planned_rows += t.planned_rows;
     for (const auto& f : view.files) {
       if (f.kind != "output") continue;
@@ -267,93 +404,124 @@ Result<JobView> ExportEngine::Describe(store::ResourceStore* store, std::string_
   return view;
 }
 
+// The store decides: the cancel lands only if the job is still waiting or running. A job being planned or
+// finalised notices at its own next transition (which then fails the compare-and-set) and ends CANCEL_COMPLETED.
 Result<store::ExportJobRecord> ExportEngine::Cancel(store::ResourceStore* store, std::string_view job_id) {
-  // mu_ serialises this with the scheduler's last step of starting a job (which re-reads the status).
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = active_.find(job_id);
-  if (it != active_.end()) {
-    ActiveJob& job = *it->second;
-    std::lock_guard<std::mutex> job_lock(job.mu);
-    // A job whose last task has finished is being finalised: too late to cancel.
-    if (job.record.status != js::kInProgress || !job.failure.empty() || job.tasks_remaining == 0) {
-      return Status::NotSupported("Interaction not supported.");
-    }
-    RETURN_IF_ERROR(SetStatus(store, &job.record, js::kCancelSubmitted));
-    job.cancel = true;
-    wake_ = true;
-    scheduler_cv_.notify_all();
-    return job.record;
+  auto r = Transition(store, job_id, {js::kSubmitted, js::kQueued, js::kInProgress}, js::kCancelSubmitted);
+  if (!r.ok()) {
+    if (r.status().code() == StatusCode::kConflict) return Status::NotSupported("Interaction not supported.");
+    return r.status();
   }
-  ASSIGN_OR_RETURN(store::ExportJobRecord job, store->GetJob(job_id));
-  if (job.status != js::kSubmitted && job.status != js::kQueued)
-    return Status::NotSupported("Interaction not supported.");
-  RETURN_IF_ERROR(SetStatus(store, &job, js::kCancelSubmitted));
-  wake_ = true;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = active_.find(job_id);
+    if (it != active_.end()) {
+      it->second->cancel_requested = true;
+      it->second->cancel = true;
+    }
+    wake_ = true;
+  }
   scheduler_cv_.notify_all();
-  return job;
+  return r;
+}
+
+Status ExportEngine::CompleteCancel(store::ResourceStore* store, const store::ExportJobRecord& job) {
+  if (job.status == js::kCancelSubmitted) {
+    auto r = Transition(store, job.job_id, {js::kCancelSubmitted}, js::kCancelInProgress);
+    if (!r.ok() && r.status().code() != StatusCode::kConflict) return r.status();
+  }
+  RETURN_IF_ERROR(failpoint::Hit("export.cancel"));
+  if (job.snapshot) {
+    // It ran: remove what it wrote but never recorded. An object store that is down now must not keep the job
+    // cancelling forever; what is left is unlisted, and a later sweep of the same prefix removes it.
+    Status swept = CleanupOutput(store, job);
+    if (!swept.ok()) spdlog::warn("event=export_cleanup_failed job={} reason=\"{}\"", job.job_id, swept.message());
+  }
+  auto done = Transition(store, job.job_id, {js::kCancelSubmitted, js::kCancelInProgress}, js::kCancelCompleted);
+  if (!done.ok()) {
+    if (done.status().code() == StatusCode::kConflict) return Status::Ok();  // someone else ended it
+    return done.status();
+  }
+  DropScratch(store, job.job_id);
+  return Status::Ok();
 }
 
 void ExportEngine::SchedulerLoop() {
   while (!stopping_) {
-    ScheduleOnce();
+    try {
+      ScheduleOnce();
+    } catch (const std::exception& e) {
+      spdlog::error("event=export_scheduler_error reason=\"{}\"", e.what());
+    }
     std::unique_lock<std::mutex> lock(mu_);
     scheduler_cv_.wait_for(lock, std::chrono::milliseconds(500), [this] { return wake_ || stopping_.load(); });
     wake_ = false;
   }
 }
 
-// Runs on the scheduler thread only. The engine lock is held for decisions and status changes, never while a job
-// is being planned (snapshot, scope, task ranges can take seconds on a large store), so describe, kick-off and
-// cancel stay fast.
+// Runs on the scheduler thread only. The engine lock is taken only to read or change the in-memory lists, never
+// across a store write or a sink call, so describe, kick-off and cancel never wait for planning.
 void ExportEngine::ScheduleOnce() {
+  std::vector<PendingFinal> retry;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [id, job] : active_) {
-      std::lock_guard<std::mutex> job_lock(job->mu);
-      if (job->record.status == js::kCancelSubmitted) (void)SetStatus(job->store, &job->record, js::kCancelInProgress);
+    retry.swap(pending_finals_);
+  }
+  for (const auto& p : retry) {
+    store::JobUpdate update;
+    update.message = p.message;
+    auto r = Transition(p.store, p.job_id,
+                        {js::kSubmitted, js::kQueued, js::kInProgress, js::kCancelSubmitted, js::kCancelInProgress},
+                        p.status, update);
+    if (r.ok() || r.status().code() == StatusCode::kConflict || r.status().code() == StatusCode::kNotFound) {
+      if (r.ok()) DropScratch(p.store, p.job_id);
+      Forget(p.job_id);
+      continue;
     }
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_finals_.push_back(p);
   }
   for (auto* store : catalog_->All()) {
     if (stopping_) return;
-    auto jobs = store->JobsWithStatus({js::kSubmitted, js::kQueued, js::kCancelSubmitted});
+    auto jobs = store->jobs().JobsWithStatus({js::kSubmitted, js::kQueued, js::kCancelSubmitted});
     if (!jobs.ok()) {
       spdlog::error("event=export_schedule_failed datastore={} reason=\"{}\"", store->info().id,
                     jobs.status().message());
       continue;
     }
-    for (auto& job : *jobs) {
+    for (const auto& job : *jobs) {
       if (stopping_) return;
       int running = 0;
       {
         std::lock_guard<std::mutex> lock(mu_);
         if (active_.count(job.job_id)) continue;
         for (const auto& [id, a] : active_) running += a->store == store ? 1 : 0;
-        if (job.status == js::kCancelSubmitted) {
-          if (SetStatus(store, &job, js::kCancelInProgress).ok()) (void)SetStatus(store, &job, js::kCancelCompleted);
-          (void)store->DropJobScratch(job.job_id);
-          continue;
+      }
+      if (job.status == js::kCancelSubmitted) {
+        Status st = CompleteCancel(store, job);
+        if (!st.ok()) FailJob(store, job.job_id, "The export could not be cancelled cleanly: " + st.message());
+        continue;
+      }
+      if (running >= options_.jobs_per_datastore) {
+        if (job.status == js::kSubmitted) {
+          auto q = Transition(store, job.job_id, {js::kSubmitted}, js::kQueued);
+          // A conflict means a cancel got there first: the next pass sees it.
+          if (!q.ok() && q.status().code() != StatusCode::kConflict) {
+            spdlog::warn("event=export_queue_failed job={} reason=\"{}\"", job.job_id, q.status().message());
+          }
         }
-        if (running >= options_.jobs_per_datastore) {
-          auto fresh = store->GetJob(job.job_id);  // Cancel may have changed it since the list was read
-          if (fresh.ok() && fresh->status == js::kSubmitted) (void)SetStatus(store, &*fresh, js::kQueued);
-          continue;
-        }
+        continue;
       }
       Status st = StartJob(store, job);
       if (st.ok()) continue;
+      Forget(job.job_id);
       if (st.code() == StatusCode::kUnavailable) {
         // Busy or briefly unavailable store (e.g. a concurrent `fhirlake load`): try again at the next tick.
         spdlog::warn("event=export_start_deferred job={} reason=\"{}\"", job.job_id, st.message());
         return;
       }
       spdlog::error("event=export_start_failed job={} reason=\"{}\"", job.job_id, st.message());
-      std::lock_guard<std::mutex> lock(mu_);
-      auto fresh = store->GetJob(job.job_id);
-      if (fresh.ok() && (fresh->status == js::kSubmitted || fresh->status == js::kQueued)) {
-        fresh->message = "The export could not start: " + st.message();
-        (void)SetStatus(store, &*fresh, js::kFailed);
-      }
-      (void)store->DropJobScratch(job.job_id);
+      FailJob(store, job.job_id, "The export could not start: " + st.message());
     }
   }
 }
@@ -402,49 +570,71 @@ Result<std::vector<store::ExportTaskRecord>> ExportEngine::PlanTasks(store::Reso
   return tasks;
 }
 
-// Called without mu_: plans the job, then takes mu_ for the transition to IN_PROGRESS.
-Status ExportEngine::StartJob(store::ResourceStore* store, store::ExportJobRecord job) {
+// Called without mu_. Planning writes only scratch rows (scope, tasks), each in short transactions; the job becomes
+// IN_PROGRESS only by a compare-and-set from SUBMITTED/QUEUED, which a cancel that came first makes fail.
+Status ExportEngine::StartJob(store::ResourceStore* store, const store::ExportJobRecord& waiting) {
+  RETURN_IF_ERROR(failpoint::Hit("export.plan"));
   ASSIGN_OR_RETURN(store::Snapshot snap, store->TakeSnapshot());
+  store::ExportJobRecord job = waiting;
   job.snapshot = snap;
   job.start_time = clock_.NowMillis();
   if (job.level == "group") {
-    auto group = store->Read("Group", job.group_id);
-    if (!group.ok() || group->deleted) return Status::NotFound("Group '" + job.group_id + "' no longer exists");
+    // The members are the Group's as of the snapshot, not as of now.
+    auto group = store->ReadAsOf("Group", job.group_id, snap.seq);
+    if (!group.ok() && group.status().code() != StatusCode::kNotFound) return group.status();
+    if (!group.ok() || group->deleted) {
+      return Status::NotFound("Group '" + job.group_id + "' did not exist at the export's transactionTime " +
+                              FormatInstant(snap.time));
+    }
     ASSIGN_OR_RETURN(auto members, GroupMembers(group->json));
-    RETURN_IF_ERROR(store->MaterializeGroupScope(job.job_id, job.group_id, members, job.include_referenced, snap));
+    RETURN_IF_ERROR(
+        store->MaterializeGroupScope(job.job_id, job.group_id, members, job.include_referenced, snap));
+    RETURN_IF_ERROR(failpoint::Hit("export.scope"));
   } else if (job.level == "patient" && job.include_referenced) {
     RETURN_IF_ERROR(store->MaterializeReferencedScope(job.job_id, snap));
+    RETURN_IF_ERROR(failpoint::Hit("export.scope"));
   }
   ASSIGN_OR_RETURN(auto tasks, PlanTasks(store, job));
-  RETURN_IF_ERROR(store->ReplaceTasks(job.job_id, tasks));
+  RETURN_IF_ERROR(store->jobs().ReplaceTasks(job.job_id, tasks));
 
-  std::lock_guard<std::mutex> lock(mu_);
-  ASSIGN_OR_RETURN(store::ExportJobRecord fresh, store->GetJob(job.job_id));
-  if (fresh.status != js::kSubmitted && fresh.status != js::kQueued) {
-    // Cancelled while it was being planned.
-    if (fresh.status == js::kCancelSubmitted && SetStatus(store, &fresh, js::kCancelInProgress).ok()) {
-      (void)SetStatus(store, &fresh, js::kCancelCompleted);
-    }
-    return store->DropJobScratch(job.job_id);
-  }
-  RETURN_IF_ERROR(SetStatus(store, &job, js::kInProgress));
+  // Registered before the transition, so a cancel that lands right after it finds the job and stops it.
   ASSIGN_OR_RETURN(auto active, MakeActiveJob(store, job));
   for (const auto& t : tasks) active->planned_rows += t.planned_rows;
-  active->record = std::move(job);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    active_[job.job_id] = active;
+  }
+  store::JobUpdate update;
+  update.start_time = job.start_time;
+  update.snapshot = snap;
+  auto started = Transition(store, job.job_id, {js::kSubmitted, js::kQueued}, js::kInProgress, update);
+  if (!started.ok()) {
+    Forget(job.job_id);
+    if (started.status().code() != StatusCode::kConflict) return started.status();
+    // Cancelled while it was being planned.
+    auto fresh = store->jobs().GetJob(job.job_id);
+    if (fresh.ok() && (fresh->status == js::kCancelSubmitted || fresh->status == js::kCancelInProgress)) {
+      return CompleteCancel(store, *fresh);
+    }
+    return Status::Ok();  // ended some other way; nothing to do
+  }
+  {
+    std::lock_guard<std::mutex> job_lock(active->mu);
+    active->record = *started;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
   Launch(active, tasks);
   return Status::Ok();
 }
 
-// Called with mu_ held.
+// Called with mu_ held; the job is in active_.
 void ExportEngine::Launch(const std::shared_ptr<ActiveJob>& job, const std::vector<store::ExportTaskRecord>& tasks) {
   {
     std::lock_guard<std::mutex> job_lock(job->mu);
-    job->tasks_remaining = static_cast<int>(tasks.size());
+    job->tasks_remaining = static_cast<int>(std::max<size_t>(1, tasks.size()));
   }
-  active_[job->job_id] = job;
   if (tasks.empty()) {
     // Nothing to scan: finish on a worker so that locks are taken in the usual order.
-    job->tasks_remaining = 1;
     store::ExportTaskRecord none;
     none.task_no = -1;
     queue_.push_back(TaskItem{job, none});
@@ -453,13 +643,22 @@ void ExportEngine::Launch(const std::shared_ptr<ActiveJob>& job, const std::vect
   worker_cv_.notify_all();
 }
 
+void ExportEngine::Forget(const std::string& job_id) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    active_.erase(job_id);
+    wake_ = true;
+  }
+  scheduler_cv_.notify_all();
+}
+
 void ExportEngine::WorkerLoop() {
   while (true) {
     TaskItem item;
     {
       std::unique_lock<std::mutex> lock(mu_);
       worker_cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
-      if (queue_.empty()) return;  // stopping
+      if (stopping_ || queue_.empty()) return;  // stopping: queued tasks resume at the next start
       item = std::move(queue_.front());
       queue_.pop_front();
     }
@@ -473,7 +672,11 @@ void ExportEngine::WorkerLoop() {
         failure = std::string("internal error: ") + e.what();
       }
     }
-    TaskFinished(item.job, outcome, failure);
+    try {
+      TaskFinished(item.job, outcome, failure);
+    } catch (const std::exception& e) {
+      spdlog::error("event=export_finalize_error job={} reason=\"{}\"", item.job->job_id, e.what());
+    }
   }
 }
 
@@ -525,10 +728,17 @@ ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::Exp
       writer.reset();
       records.push_back(file);
     }
-    RETURN_IF_ERROR(job.store->CommitFiles(records, job.job_id, task.task_no, after, done));
+    if (!records.empty()) RETURN_IF_ERROR(failpoint::Hit("export.after_sink_commit"));
+    RETURN_IF_ERROR(job.store->jobs().CommitFiles(records, job.job_id, task.task_no, after, done));
+    if (!records.empty()) RETURN_IF_ERROR(failpoint::Hit("export.after_store_commit"));
     if (!errors.empty()) job.has_errors = true;
     errors.clear();
     return Status::Ok();
+  };
+  auto fail = [&](const Status& st) {
+    if (writer) writer->Abort();
+    *failure = st.message();
+    return TaskOutcome::kFailed;
   };
 
   store::ScanRequest req;
@@ -566,29 +776,18 @@ ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::Exp
       job.written_bytes += static_cast<int64_t>(row.json.size() + 1);
       return Status::Ok();
     });
-    if (!progress.ok()) {
-      if (writer) writer->Abort();
-      *failure = progress.status().message();
-      return TaskOutcome::kFailed;
+    if (!progress.ok()) return fail(progress.status());
+    if (writer) {
+      if (Status fp = failpoint::Hit("export.mid_file"); !fp.ok()) return fail(fp);
     }
     after = progress->last_rid;
     if (progress->exhausted) break;
     if ((writer && static_cast<size_t>(file.bytes) >= options_.file_bytes) || errors.size() >= kMaxErrorLinesPerFile) {
-      Status st = commit(false);
-      if (!st.ok()) {
-        if (writer) writer->Abort();
-        *failure = st.message();
-        return TaskOutcome::kFailed;
-      }
+      if (Status st = commit(false); !st.ok()) return fail(st);
     }
     if (options_.batch_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(options_.batch_delay_ms));
   }
-  Status st = commit(true);
-  if (!st.ok()) {
-    if (writer) writer->Abort();
-    *failure = st.message();
-    return TaskOutcome::kFailed;
-  }
+  if (Status st = commit(true); !st.ok()) return fail(st);
   return TaskOutcome::kDone;
 }
 
@@ -606,44 +805,62 @@ void ExportEngine::TaskFinished(const std::shared_ptr<ActiveJob>& job, TaskOutco
   Finalize(job);
 }
 
+// Runs on the worker that finished the job's last task. Neither the engine lock nor the job's is held across the
+// store writes and sink calls below.
 void ExportEngine::Finalize(const std::shared_ptr<ActiveJob>& job) {
   store::ResourceStore* store = job->store;
-  bool keep_running = false;
-  bool ends_without_output;
+  std::string failure;
   {
     std::lock_guard<std::mutex> lock(job->mu);
-    ends_without_output = !job->failure.empty() || job->record.status == js::kCancelSubmitted ||
-                          job->record.status == js::kCancelInProgress;
+    failure = job->failure;
   }
-  if (ends_without_output) {
-    // The writers aborted their unfinished objects; sweep again, before the final status is visible, in case an
-    // abort could not reach the object store then (e.g. S3 multipart uploads while the endpoint was down).
-    // Not under job->mu: the S3 sink retries for a while and Cancel/Describe must not wait for it.
-    Status swept = sink_->AbortIncomplete(job->write_ctx, job->output.bucket, job->key_prefix);
+  if (failure.empty() && !job->cancel_requested && stopping_) {
+    // Interrupted by shutdown: the job stays IN_PROGRESS (checkpointed) and resumes at the next start.
+    Forget(job->job_id);
+    return;
+  }
+  if (Status fp = failpoint::Hit("export.finalize"); !fp.ok() && failure.empty()) failure = fp.message();
+  auto current = store->jobs().GetJob(job->job_id);
+  const bool cancelled =
+      job->cancel_requested ||
+      (current.ok() && (current->status == js::kCancelSubmitted || current->status == js::kCancelInProgress));
+  if (cancelled && current.ok()) {
+    Status st = CompleteCancel(store, *current);
+    if (!st.ok()) FailJob(store, job->job_id, "The export could not be cancelled cleanly: " + st.message());
+    Forget(job->job_id);
+    return;
+  }
+  if (!failure.empty()) {
+    // The writers aborted their unfinished objects; sweep again before the failure is visible, in case an abort
+    // could not reach the object store then, and remove files written but never recorded.
+    Status swept = job->record.snapshot ? CleanupOutput(store, job->record) : Status::Ok();
     if (!swept.ok()) spdlog::warn("event=export_cleanup_failed job={} reason=\"{}\"", job->job_id, swept.message());
+    FailJob(store, job->job_id, "The export failed: " + failure);
+    Forget(job->job_id);
+    return;
   }
-  {
-    std::lock_guard<std::mutex> lock(job->mu);
-    auto& rec = job->record;
-    if (!job->failure.empty()) {
-      rec.message = "The export failed: " + job->failure;
-      (void)SetStatus(store, &rec, rec.status == js::kInProgress ? js::kFailed : js::kCancelFailed);
-    } else if (rec.status == js::kCancelSubmitted || rec.status == js::kCancelInProgress) {
-      if (rec.status == js::kCancelSubmitted) (void)SetStatus(store, &rec, js::kCancelInProgress);
-      (void)SetStatus(store, &rec, js::kCancelCompleted);
-    } else if (stopping_) {
-      keep_running = true;  // resumed by the next Start()
-    } else {
-      (void)SetStatus(store, &rec, job->has_errors ? js::kCompletedWithErrors : js::kCompleted);
+  const char* to = job->has_errors ? js::kCompletedWithErrors : js::kCompleted;
+  auto done = Transition(store, job->job_id, {js::kInProgress}, to);
+  if (done.ok()) {
+    DropScratch(store, job->job_id);
+  } else if (done.status().code() == StatusCode::kConflict) {
+    // Cancelled after its last task finished: the cancel wins, with everything exported counted.
+    auto fresh = store->jobs().GetJob(job->job_id);
+    if (fresh.ok() && (fresh->status == js::kCancelSubmitted || fresh->status == js::kCancelInProgress)) {
+      Status st = CompleteCancel(store, *fresh);
+      if (!st.ok()) FailJob(store, job->job_id, "The export could not be cancelled cleanly: " + st.message());
+    }
+  } else {
+    FailJob(store, job->job_id, "The export's files are complete, but its final state could not be recorded: " +
+                                    done.status().message());
+    // FailJob keeps the job pending (and journaled) when the store is still unwritable; the scheduler forgets it
+    // once the state is durable.
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& p : pending_finals_) {
+      if (p.job_id == job->job_id) return;
     }
   }
-  if (!keep_running) (void)store->DropJobScratch(job->job_id);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    active_.erase(job->job_id);
-    wake_ = true;
-  }
-  scheduler_cv_.notify_all();
+  Forget(job->job_id);
 }
 
 }  // namespace fhirlake::bulk

@@ -3,7 +3,10 @@
 // ndjson files through an ObjectSink, per-task checkpoints, cancellation, and recovery after a crash.
 //
 // Threading: Submit/Describe/Cancel may be called from any thread (HTTP handlers). One scheduler thread
-// starts queued jobs; `workers` threads run tasks. Every status transition is persisted before it is visible.
+// starts queued jobs; `workers` threads run tasks. Every status transition is a compare-and-set in the store
+// (JobStore::TransitionJob), persisted before it is visible; the engine's mutex guards only its in-memory lists and
+// is never held across a store write or a sink call. A state write that fails is retried, and a final state that
+// still cannot be written goes to the FinalStateJournal, so the job is reported FAILED (never IN_PROGRESS forever).
 #pragma once
 
 #include <atomic>
@@ -18,6 +21,7 @@
 #include <vector>
 
 #include "bulk/export_request.h"
+#include "bulk/final_state_journal.h"
 #include "common/status.h"
 #include "common/time.h"
 #include "sink/object_sink.h"
@@ -34,6 +38,16 @@ struct EngineOptions {
   int batch_delay_ms = 0;          // test-only: sleep after every batch (makes jobs observably IN_PROGRESS)
   bool include_referenced = true;  // Patient/Group: add the non-compartment resources they reference
   int64_t task_rows = 200000;      // split a type into rid ranges of about this many rows
+  int queue_limit = 25;            // per datastore, SUBMITTED + QUEUED; beyond it Submit is kTooManyRequests
+  // Disk admission: with local output, a kick-off is refused (kInsufficientStorage) when the file system holding
+  // `local_output_dir` has less than `min_free_bytes` available. Empty dir: not checked (S3 output).
+  std::string local_output_dir;
+  int64_t min_free_bytes = int64_t{1} << 30;
+  std::string journal_dir;  // where the FinalStateJournal lives (empty: no journal, tests only)
+  int state_write_attempts = 5;   // a job state write that fails (not a conflict) is tried this many times
+  int state_retry_initial_ms = 100;  // backoff before the second attempt; doubles each time
+  // Server paths that must never appear in a client-visible job message (the data directory).
+  std::vector<std::string> redact_paths;
 };
 
 // Job statuses (HealthLake's names).
@@ -72,8 +86,8 @@ class ExportEngine {
   // at the next Start().
   void Stop();
 
-  // Checks what needs the store and the sink (the Group exists, the bucket is writable) and persists the job
-  // as SUBMITTED.
+  // Checks what needs the store and the sink (the Group exists, the bucket is writable, there is disk space, the
+  // queue has room) and persists the job as SUBMITTED, owned by `request.owner`.
   Result<store::ExportJobRecord> Submit(store::ResourceStore* store, const ExportRequest& request);
   Result<JobView> Describe(store::ResourceStore* store, std::string_view job_id);
   // kNotFound for an unknown job; kNotSupported when the job can no longer be cancelled.
@@ -90,21 +104,41 @@ class ExportEngine {
     store::ExportTaskRecord task;
   };
   enum class TaskOutcome { kDone, kStopped, kFailed };
+  // A final state that could not be written yet (retried by the scheduler; also in the journal).
+  struct PendingFinal {
+    store::ResourceStore* store;
+    std::string job_id;
+    std::string status;
+    std::string message;
+  };
 
   void SchedulerLoop();
   void WorkerLoop();
   void ScheduleOnce();
-  Status StartJob(store::ResourceStore* store, store::ExportJobRecord job);
+  Status ApplyJournal();
+  Status StartJob(store::ResourceStore* store, const store::ExportJobRecord& job);
   Result<std::vector<store::ExportTaskRecord>> PlanTasks(store::ResourceStore* store,
                                                          const store::ExportJobRecord& job);
   Result<std::shared_ptr<ActiveJob>> MakeActiveJob(store::ResourceStore* store, const store::ExportJobRecord& job);
-  Status Resume(store::ResourceStore* store, store::ExportJobRecord job);
+  Status Resume(store::ResourceStore* store, const store::ExportJobRecord& job);
   Status CleanupOutput(store::ResourceStore* store, const store::ExportJobRecord& job);
   TaskOutcome RunTask(ActiveJob& job, const store::ExportTaskRecord& task, std::string* failure);
   void TaskFinished(const std::shared_ptr<ActiveJob>& job, TaskOutcome outcome, const std::string& failure);
   void Finalize(const std::shared_ptr<ActiveJob>& job);
-  Status SetStatus(store::ResourceStore* store, store::ExportJobRecord* job, const char* status);
+  // Ends a job that is CANCEL_SUBMITTED or CANCEL_IN_PROGRESS: removes its unlisted output, then CANCEL_COMPLETED.
+  Status CompleteCancel(store::ResourceStore* store, const store::ExportJobRecord& job);
+  // A compare-and-set transition, retried (with backoff) on errors other than a conflict.
+  Result<store::ExportJobRecord> Transition(store::ResourceStore* store, std::string_view job_id,
+                                            std::initializer_list<std::string_view> from, std::string_view to,
+                                            store::JobUpdate update = {});
+  // Makes a job FAILED (or CANCEL_FAILED when it was cancelling) with `message`, whatever state it is in; when the
+  // store cannot record it, the outcome goes to the journal and the scheduler keeps retrying.
+  void FailJob(store::ResourceStore* store, const std::string& job_id, const std::string& message);
+  // Drops the job's scratch rows (its final state is durable); a failure is logged and swept at the next start.
+  void DropScratch(store::ResourceStore* store, const std::string& job_id);
+  std::string Redact(std::string message) const;
   void Launch(const std::shared_ptr<ActiveJob>& job, const std::vector<store::ExportTaskRecord>& tasks);
+  void Forget(const std::string& job_id);
 
   store::DatastoreCatalog* catalog_;
   sink::ObjectSink* sink_;
@@ -116,7 +150,10 @@ class ExportEngine {
   std::condition_variable worker_cv_;
   std::map<std::string, std::shared_ptr<ActiveJob>, std::less<>> active_;  // GUARDED_BY(mu_), by job id
   std::deque<TaskItem> queue_;                                             // GUARDED_BY(mu_)
+  std::vector<PendingFinal> pending_finals_;                               // GUARDED_BY(mu_)
   bool wake_ = false;                                                      // GUARDED_BY(mu_)
+  FinalStateJournal journal_;
+  bool has_journal_ = false;
   std::atomic<bool> stopping_{false};
   std::thread scheduler_;
   std::vector<std::thread> workers_;

@@ -32,10 +32,14 @@ struct ExportRequest {
   S3Location output;
   std::string kms_key_id;
   std::string request_url;  // the kick-off URL as received (absolute)
+  std::string view = "healthlake";  // the dialect that started it (its status URL and answers follow it)
+  std::string owner = "anonymous";  // the principal that started it
 };
 
 // Parses `s3://bucket[/prefix]` (S3 bucket naming rules; no '.'/'..' or empty segments in the prefix; a
-// trailing '/' is dropped).
+// trailing '/' is dropped). Lengths are checked for the longest key a job will write under the prefix: at most
+// 1,024 bytes in all (S3's limit), and at most 255 bytes per '/'-separated segment (a file name's limit, so that the
+// output also fits a local directory or a mirror of the bucket on disk).
 Result<S3Location> ParseS3Uri(std::string_view uri);
 bool IsIamRoleArn(std::string_view arn);
 bool IsKmsKeyId(std::string_view key);

@@ -31,6 +31,8 @@ std::string_view StatusCodeName(StatusCode code) {
       return "Forbidden";
     case StatusCode::kTooManyRequests:
       return "TooManyRequests";
+    case StatusCode::kInsufficientStorage:
+      return "InsufficientStorage";
     case StatusCode::kUnavailable:
       return "Unavailable";
     case StatusCode::kInternal:

@@ -25,6 +25,7 @@ enum class StatusCode {
   kUnauthorized,
   kForbidden,
   kTooManyRequests,
+  kInsufficientStorage,  // no room to write the result (507)
   kUnavailable,  // a dependency is down or busy; retry may help
   kInternal,     // a bug or an unexpected environment failure
 };
@@ -49,6 +50,7 @@ class [[nodiscard]] Status {
   static Status Unauthorized(std::string m) { return {StatusCode::kUnauthorized, std::move(m)}; }
   static Status Forbidden(std::string m) { return {StatusCode::kForbidden, std::move(m)}; }
   static Status TooManyRequests(std::string m) { return {StatusCode::kTooManyRequests, std::move(m)}; }
+  static Status InsufficientStorage(std::string m) { return {StatusCode::kInsufficientStorage, std::move(m)}; }
   static Status Unavailable(std::string m) { return {StatusCode::kUnavailable, std::move(m)}; }
   static Status Internal(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
 

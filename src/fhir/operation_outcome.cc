@@ -44,6 +44,8 @@ std::string_view IssueCodeFor(StatusCode code) {
       return "forbidden";
     case StatusCode::kTooManyRequests:
       return "throttled";
+    case StatusCode::kInsufficientStorage:
+      return "too-costly";
     case StatusCode::kUnavailable:
       return "transient";
     case StatusCode::kInternal:
@@ -80,6 +82,8 @@ int HttpStatusFor(StatusCode code) {
       return 403;
     case StatusCode::kTooManyRequests:
       return 429;
+    case StatusCode::kInsufficientStorage:
+      return 507;
     case StatusCode::kUnavailable:
       return 503;
     case StatusCode::kInternal:

@@ -1,6 +1,6 @@
 // The storage interface of one datastore: resources with versions, history and tombstones, the Patient
-// compartment and reference indexes filled at ingest, commit sequence snapshots for export, and the
-// persisted export jobs. SQLite implements it (sqlite_store.cc); PostgreSQL will implement the same.
+// compartment and reference indexes filled at ingest, and commit sequence snapshots for export; its export jobs
+// are behind jobs() (store/job_store.h). SQLite implements it (sqlite_store.cc); PostgreSQL will implement the same.
 //
 // Threading: every method may be called from any thread. Reads run concurrently; write transactions
 // are serialised (one StoreTransaction at a time per datastore; BeginWrite blocks until it can start).
@@ -17,6 +17,7 @@
 #include "common/status.h"
 #include "common/time.h"
 #include "fhir/resource_parser.h"
+#include "store/job_store.h"
 
 namespace fhirlake::store {
 
@@ -67,20 +68,6 @@ class StoreTransaction {
   virtual Status Commit() = 0;
 };
 
-// A consistent point for an export: every commit with seq <= `seq` and nothing after. Writes after it
-// get lastUpdated >= `time`, so a later `_since=time` export never misses them.
-struct Snapshot {
-  int64_t seq = 0;
-  EpochMillis time = 0;
-};
-
-// Which rows an export task scans.
-enum class ScanScope {
-  kAll,             // every resource of the type
-  kAnyCompartment,  // resources of the type that are in at least one Patient compartment
-  kJobScope,        // resources listed for the job in the scope table (Group exports, referenced resources)
-};
-
 struct ScanRequest {
   std::string type;
   ScanScope scope = ScanScope::kAll;
@@ -105,53 +92,6 @@ struct TypeRange {
   int64_t max_rid = 0;
 };
 
-// --- Export jobs (persisted; every transition is written before it is reported) ---
-struct ExportJobRecord {
-  std::string job_id;
-  std::string job_name;
-  std::string status;  // SUBMITTED, QUEUED, IN_PROGRESS, COMPLETED, COMPLETED_WITH_ERRORS, FAILED, CANCEL_*
-  std::string view;    // "healthlake" (the only view so far)
-  std::string level;   // "system", "patient", "group"
-  std::string group_id;
-  std::vector<std::string> types;  // empty: all
-  std::optional<EpochMillis> since;
-  std::string output_format;
-  std::string s3_uri;  // normalised, without trailing slash
-  std::string kms_key_id;
-  std::string data_access_role_arn;
-  std::string request_url;  // the kick-off URL as received (absolute)
-  EpochMillis submit_time = 0;
-  std::optional<EpochMillis> start_time;
-  std::optional<EpochMillis> end_time;
-  std::optional<Snapshot> snapshot;  // fixed when the job starts running
-  std::string message;
-  bool include_referenced = true;
-  int64_t queue_order = 0;  // assigned by the store at insert
-};
-
-struct ExportTaskRecord {
-  std::string job_id;
-  int task_no = 0;
-  std::string type;
-  ScanScope scope = ScanScope::kAll;
-  int64_t min_rid = 0;    // exclusive
-  int64_t max_rid = 0;    // inclusive
-  int64_t after_rid = 0;  // checkpoint: everything up to here is in committed files
-  int64_t planned_rows = 0;
-  bool done = false;
-};
-
-struct ExportFileRecord {
-  std::string job_id;
-  std::string kind;  // "output" or "error"
-  std::string type;
-  int file_no = 0;
-  std::string key;  // object key within the bucket
-  int64_t count = 0;
-  int64_t bytes = 0;
-  int task_no = 0;
-};
-
 class ResourceStore {
  public:
   virtual ~ResourceStore() = default;
@@ -160,6 +100,9 @@ class ResourceStore {
   virtual Result<std::unique_ptr<StoreTransaction>> BeginWrite() = 0;
   virtual Result<StoredResource> Read(std::string_view type, std::string_view id) = 0;
   virtual Result<StoredResource> ReadVersion(std::string_view type, std::string_view id, int64_t version) = 0;
+  // The version of `type/id` that was current at commit sequence `seq` (a tombstone when it was deleted then);
+  // kNotFound when it did not exist yet.
+  virtual Result<StoredResource> ReadAsOf(std::string_view type, std::string_view id, int64_t seq) = 0;
   // Every version, newest first (tombstones included).
   virtual Result<std::vector<StoredResource>> History(std::string_view type, std::string_view id) = 0;
   // Patient ids of the compartments the current version of a resource is in (tests and diagnostics).
@@ -172,9 +115,11 @@ class ResourceStore {
   // --- export reads ---
   virtual Result<Snapshot> TakeSnapshot() = 0;
   virtual Result<TypeRange> RangeOf(const std::string& type, ScanScope scope, const std::string& job_id) = 0;
-  // Streams up to max_rows / max_bytes rows with rid in (after_rid, max_rid], in rid order, each in its version
-  // as of the snapshot (skipping rows absent or deleted then, or older than `since`). One bounded read
-  // transaction per call. `last_rid` is the last rid examined, so paging continues after skipped rows.
+  // Reads up to max_rows / max_bytes rows with rid in (after_rid, max_rid], in rid order, each in its version
+  // as of the snapshot (skipping rows absent or deleted then, or older than `since`), in one bounded read
+  // transaction, and then, after that transaction has ended, hands them to `on_row` (the batch is copied out, so a
+  // slow consumer such as an S3 upload never pins the database's WAL). `last_rid` is the last rid examined, so
+  // paging continues after skipped rows.
   struct ScanProgress {
     int64_t last_rid = 0;
     bool exhausted = false;  // nothing left in the range after last_rid
@@ -182,31 +127,16 @@ class ResourceStore {
   virtual Result<ScanProgress> Scan(const ScanRequest& request,
                                     const std::function<Status(const ScanRow&)>& on_row) = 0;
   // Group exports and referenced resources: fills the job's scope table from compartment membership as of
-  // `snapshot`. Idempotent.
+  // `snapshot`, in many short write transactions of bounded size (a large Group never holds the write lock for
+  // long). Idempotent: a crash half-way and a re-run give the same scope.
   virtual Status MaterializeGroupScope(const std::string& job_id, const std::string& group_id,
                                        const std::vector<std::string>& patient_ids, bool include_referenced,
                                        const Snapshot& snapshot) = 0;
   virtual Status MaterializeReferencedScope(const std::string& job_id, const Snapshot& snapshot) = 0;
   virtual Result<std::vector<std::string>> TypesInJobScope(const std::string& job_id) = 0;
 
-  // --- export jobs ---
-  virtual Status InsertJob(ExportJobRecord* job) = 0;  // sets queue_order
-  virtual Status UpdateJob(const ExportJobRecord& job) = 0;
-  virtual Result<ExportJobRecord> GetJob(std::string_view job_id) = 0;
-  // Jobs in any of `statuses`, in queue order.
-  virtual Result<std::vector<ExportJobRecord>> JobsWithStatus(const std::vector<std::string>& statuses) = 0;
-  // Atomically replaces the job's tasks (planning).
-  virtual Status ReplaceTasks(const std::string& job_id, const std::vector<ExportTaskRecord>& tasks) = 0;
-  virtual Result<std::vector<ExportTaskRecord>> Tasks(const std::string& job_id) = 0;
-  // Records completed files (any number, also none) and advances the task's checkpoint, in one transaction.
-  virtual Status CommitFiles(const std::vector<ExportFileRecord>& files, const std::string& job_id, int task_no,
-                             int64_t task_after_rid, bool task_done) = 0;
-  Status CommitFile(const ExportFileRecord& file, int64_t task_after_rid, bool task_done) {
-    return CommitFiles({file}, file.job_id, file.task_no, task_after_rid, task_done);
-  }
-  virtual Result<std::vector<ExportFileRecord>> Files(const std::string& job_id) = 0;
-  // Removes the per-job scope rows (after the job has finished).
-  virtual Status DropJobScratch(const std::string& job_id) = 0;
+  // The persisted export jobs of this datastore.
+  virtual JobStore& jobs() = 0;
 };
 
 // The datastores of one data directory. Opening creates the default datastore on first start.
@@ -222,6 +152,9 @@ struct StoreOptions {
   std::string data_dir;
   std::string default_datastore_name = "fhirlake-default";
   int busy_timeout_ms = 60000;
+  // Write transactions of the scope materialisation (Group / referenced resources) cover this many patients or
+  // reference rows each.
+  int scope_chunk_rows = 500;
   // Page cache of the (single) writer connection: large for bulk loads (random index inserts), modest for a
   // server, whose RSS it bounds. Readers use 4 MiB each.
   int64_t writer_cache_bytes = 16 << 20;

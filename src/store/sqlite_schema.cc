@@ -3,8 +3,10 @@
 //   2  + export_jobs, export_tasks, export_files, export_job_patients, export_scope (the bulk export engine)
 //   3  compartment rows carry the commit-sequence range they are valid for (exports read membership as of
 //      their snapshot); resources/history record how each version was written (op: 0 PUT, 1 POST)
+//   4  export_jobs.owner: the principal that started the job
 #include "store/sqlite_schema.h"
 
+#include <functional>
 #include <string>
 
 namespace fhirlake::store {
@@ -110,6 +112,10 @@ ALTER TABLE compartment_v3 RENAME TO compartment;
 CREATE INDEX compartment_rid ON compartment(rid);
 )sql";
 
+constexpr const char* kMigrationV4 = R"sql(
+ALTER TABLE export_jobs ADD COLUMN owner TEXT NOT NULL DEFAULT 'anonymous';
+)sql";
+
 Status SetVersion(SqliteConnection& db, int version) {
   return db.Exec("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '" + std::to_string(version) +
                  "')");
@@ -132,30 +138,58 @@ Status AddOpColumns(SqliteConnection& db) {
   return Status::Ok();
 }
 
+// Runs inside the caller's transaction.
 Status ApplyMigration(SqliteConnection& db, int to_version) {
-  RETURN_IF_ERROR(db.Exec("BEGIN IMMEDIATE"));
-  const char* sql = to_version == 1 ? kSchemaV1 : to_version == 2 ? kMigrationV2 : kMigrationV3;
-  Status st = to_version == 3 ? AddOpColumns(db) : Status::Ok();
-  if (st.ok()) st = db.Exec(sql);
-  if (st.ok()) st = SetVersion(db, to_version);
-  if (st.ok()) return db.Exec("COMMIT");
-  (void)db.Exec("ROLLBACK");
+  const char* sql = to_version == 1   ? kSchemaV1
+                    : to_version == 2 ? kMigrationV2
+                    : to_version == 3 ? kMigrationV3
+                                      : kMigrationV4;
+  if (to_version == 3) RETURN_IF_ERROR(AddOpColumns(db));
+  RETURN_IF_ERROR(db.Exec(sql));
+  return SetVersion(db, to_version);
+}
+
+// Runs `fn` in one exclusive transaction: the schema version is read and every migration applied under the same
+// lock, so two processes opening a store at once (serve and load) never both migrate it, and on an empty file only
+// one creates the schema.
+Status InExclusiveTransaction(SqliteConnection& db, const std::function<Status()>& fn) {
+  RETURN_IF_ERROR(db.Exec("BEGIN EXCLUSIVE"));
+  Status st = fn();
+  if (st.ok()) st = db.Exec("COMMIT");
+  if (!st.ok()) {
+    if (Status rb = db.Exec("ROLLBACK"); !rb.ok()) {
+      st = Status(st.code(), st.message() + " (rollback also failed: " + rb.message() + ")");
+    }
+  }
   return st;
 }
+
+Status EnsureSchemaLocked(SqliteConnection& db, const std::string& path);
 
 }  // namespace
 
 Status CreateSchema(SqliteConnection& db, int version) {
-  for (int v = 1; v <= version; ++v) RETURN_IF_ERROR(ApplyMigration(db, v));
-  return Status::Ok();
+  return InExclusiveTransaction(db, [&]() -> Status {
+    for (int v = 1; v <= version; ++v) RETURN_IF_ERROR(ApplyMigration(db, v));
+    return Status::Ok();
+  });
 }
 
 Status EnsureSchema(SqliteConnection& db, const std::string& path) {
+  return InExclusiveTransaction(db, [&] { return EnsureSchemaLocked(db, path); });
+}
+
+namespace {
+
+Status EnsureSchemaLocked(SqliteConnection& db, const std::string& path) {
   ASSIGN_OR_RETURN(auto tables, db.Prepare("SELECT count(*) FROM sqlite_master WHERE type='table'"));
   ASSIGN_OR_RETURN(bool has_row, tables->Step());
   int64_t table_count = has_row ? tables->Int(0) : 0;
   tables.reset();
-  if (table_count == 0) return CreateSchema(db, kSchemaVersion);
+  if (table_count == 0) {
+    for (int v = 1; v <= kSchemaVersion; ++v) RETURN_IF_ERROR(ApplyMigration(db, v));
+    return Status::Ok();
+  }
 
   ASSIGN_OR_RETURN(auto has_meta, db.Prepare("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='meta'"));
   ASSIGN_OR_RETURN(has_row, has_meta->Step());
@@ -187,4 +221,5 @@ Status EnsureSchema(SqliteConnection& db, const std::string& path) {
   return Status::Ok();
 }
 
+}  // namespace
 }  // namespace fhirlake::store

@@ -2,7 +2,10 @@
 // {data_dir}/datastores/{id}/fhir.db, a small pool of connections for concurrent readers, and one writer
 // at a time (an in-process mutex in front of BEGIN IMMEDIATE; busy_timeout covers other processes).
 #include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -320,12 +323,13 @@ class SqliteTransaction final : public StoreTransaction {
   std::string last_updated_text_;
 };
 
-class SqliteStore final : public ResourceStore {
+class SqliteStore final : public ResourceStore, public JobStore {
  public:
   SqliteStore(DatastoreInfo info, const StoreOptions& options, const Clock& clock)
       : info_(std::move(info)),
         pool_(info_.path, options.busy_timeout_ms),
         writer_cache_kib_(std::max<int64_t>(1, options.writer_cache_bytes >> 10)),
+        scope_chunk_rows_(options.scope_chunk_rows),
         clock_(clock) {}
 
   // Opens (creating when `create`) the database and reads the datastore identity from it.
@@ -433,6 +437,22 @@ class SqliteStore final : public ResourceStore {
     return out;
   }
 
+  Result<StoredResource> ReadAsOf(std::string_view type, std::string_view id, int64_t seq) override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    RETURN_IF_ERROR(conn->Exec("BEGIN"));  // current row and history from one snapshot (ended by the lease)
+    ASSIGN_OR_RETURN(StoredResource current, ReadCurrent(*conn, type, id));
+    if (current.seq <= seq) return current;
+    ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT version, seq, last_updated, deleted, json, op FROM history "
+                                           "WHERE rid=?1 AND seq<=?2 ORDER BY version DESC LIMIT 1"));
+    q->Bind(1, current.rid).Bind(2, seq);
+    ASSIGN_OR_RETURN(bool row, q->Step());
+    if (!row) {
+      return Status::NotFound("Resource " + std::string(type) + "/" + std::string(id) + " did not exist at sequence " +
+                              std::to_string(seq));
+    }
+    return HistoryRow(current, *q);
+  }
+
   Result<int64_t> CountCurrent() override {
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
     ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT count(*) FROM resources WHERE deleted=0"));
@@ -525,7 +545,13 @@ class SqliteStore final : public ResourceStore {
     if (req.scope == ScanScope::kJobScope) q->Bind(6, req.job_id);
     if (req.scope == ScanScope::kAnyCompartment) q->Bind(7, req.snapshot.seq);
 
-    // One read transaction for the batch (and its history lookups).
+    // One read transaction for the batch (and its history lookups); the rows are copied into `buffer`.
+    struct PendingRow {
+      int64_t rid;
+      size_t offset, id_size, json_size;
+    };
+    std::vector<PendingRow> pending;
+    std::string buffer;
     RETURN_IF_ERROR(conn->Exec("BEGIN"));
     ScanProgress progress{req.after_rid, false};
     size_t rows = 0, bytes = 0;
@@ -569,70 +595,114 @@ class SqliteStore final : public ResourceStore {
         json = old_json;
       }
       bytes += json.size();
-      st = on_row(ScanRow{rid, q->Text(5), json});
-      if (!st.ok()) break;
+      std::string_view id = q->Text(5);
+      pending.push_back(PendingRow{rid, buffer.size(), id.size(), json.size()});
+      buffer.append(id);
+      buffer.append(json);
       if (bytes >= req.max_bytes) break;
     }
     q.reset();
-    (void)conn->Exec("COMMIT");
+    // End the read transaction before anyone sees a row: the consumer may be slow (an S3 part upload), and an open
+    // reader would stop WAL checkpoints for that long. A failed COMMIT of a read transaction only means it could not
+    // be ended cleanly; the lease's release rolls it back.
+    Status ended = conn->Exec("COMMIT");
     if (!st.ok()) return st;
+    RETURN_IF_ERROR(ended);
+    for (const PendingRow& r : pending) {
+      std::string_view all(buffer);
+      RETURN_IF_ERROR(on_row(ScanRow{r.rid, all.substr(r.offset, r.id_size), all.substr(r.offset + r.id_size, r.json_size)}));
+    }
     return progress;
   }
 
+  // Each step is its own short write transaction: a Group of 100,000 patients must not hold the single writer lock
+  // (and block every PUT) for the whole materialisation. Every step is idempotent (INSERT OR IGNORE, and the first
+  // step clears what an interrupted earlier run left), so a crash at any point and a re-run give the same scope.
   Status MaterializeGroupScope(const std::string& job_id, const std::string& group_id,
                                const std::vector<std::string>& patient_ids, bool include_referenced,
                                const Snapshot& snapshot) override {
-    return WithWrite([&](SqliteConnection& c) -> Status {
+    RETURN_IF_ERROR(WithWrite([&](SqliteConnection& c) -> Status {
       RETURN_IF_ERROR(DeleteJobRows(c, job_id, {"export_scope", "export_job_patients"}));
-      {
+      // The Group itself.
+      ASSIGN_OR_RETURN(auto q, c.Prepare("INSERT OR IGNORE INTO export_scope(job_id, type, rid) SELECT ?1, type, rid "
+                                         "FROM resources WHERE type='Group' AND id=?2"));
+      q->Bind(1, job_id).Bind(2, group_id);
+      return q->Run();
+    }));
+    const size_t chunk = static_cast<size_t>(std::max(1, scope_chunk_rows_));
+    for (size_t begin = 0; begin < patient_ids.size(); begin += chunk) {
+      const size_t end = std::min(patient_ids.size(), begin + chunk);
+      RETURN_IF_ERROR(WithWrite([&](SqliteConnection& c) -> Status {
         ASSIGN_OR_RETURN(auto ins, c.Prepare("INSERT OR IGNORE INTO export_job_patients(job_id, patient_id) "
                                              "VALUES (?1, ?2)"));
-        for (const auto& p : patient_ids) {
-          ins->Bind(1, job_id).Bind(2, p);
+        for (size_t k = begin; k < end; ++k) {
+          ins->Bind(1, job_id).Bind(2, patient_ids[k]);
           RETURN_IF_ERROR(ins->Run());
         }
-      }
-      // The Group itself, its member Patients, and the members' compartments without other Groups or Patients.
-      const char* kSteps[] = {
-          "INSERT OR IGNORE INTO export_scope(job_id, type, rid) SELECT ?1, type, rid FROM resources "
-          "WHERE type='Group' AND id=?2",
-          "INSERT OR IGNORE INTO export_scope(job_id, type, rid) SELECT ?1, r.type, r.rid FROM export_job_patients m "
-          "JOIN resources r ON r.type='Patient' AND r.id=m.patient_id WHERE m.job_id=?1",
-          "INSERT OR IGNORE INTO export_scope(job_id, type, rid) SELECT ?1, r.type, r.rid FROM export_job_patients m "
-          "JOIN compartment c ON c.patient_id=m.patient_id JOIN resources r ON r.rid=c.rid "
-          "WHERE m.job_id=?1 AND r.type NOT IN ('Group', 'Patient') AND c.since_seq<=?3 AND "
-          "(c.until_seq IS NULL OR c.until_seq>?3)",
-      };
-      for (const char* sql : kSteps) {
-        ASSIGN_OR_RETURN(auto q, c.Prepare(sql));
-        q->Bind(1, job_id);
-        if (std::string_view(sql).find("?2") != std::string_view::npos) q->Bind(2, group_id);
-        if (std::string_view(sql).find("?3") != std::string_view::npos) q->Bind(3, snapshot.seq);
-        RETURN_IF_ERROR(q->Run());
-      }
-      if (include_referenced) {
-        ASSIGN_OR_RETURN(auto q,
-                         c.Prepare("INSERT OR IGNORE INTO export_scope(job_id, type, rid) SELECT ?1, r.type, r.rid "
-                                   "FROM export_scope s JOIN ext_ref x ON x.rid=s.rid JOIN resources r "
-                                   "ON r.type=x.target_type AND r.id=x.target_id WHERE s.job_id=?1"));
-        q->Bind(1, job_id);
-        RETURN_IF_ERROR(q->Run());
-      }
-      return Status::Ok();
-    });
+        // These members' Patient resources, and their compartments (as of the snapshot) without other Groups or
+        // Patients.
+        const char* kSteps[] = {
+            "INSERT OR IGNORE INTO export_scope(job_id, type, rid) SELECT ?1, r.type, r.rid FROM export_job_patients m "
+            "JOIN resources r ON r.type='Patient' AND r.id=m.patient_id WHERE m.job_id=?1 AND m.patient_id>=?2 AND "
+            "m.patient_id<=?3",
+            "INSERT OR IGNORE INTO export_scope(job_id, type, rid) SELECT ?1, r.type, r.rid FROM export_job_patients m "
+            "JOIN compartment c ON c.patient_id=m.patient_id JOIN resources r ON r.rid=c.rid "
+            "WHERE m.job_id=?1 AND m.patient_id>=?2 AND m.patient_id<=?3 AND r.type NOT IN ('Group', 'Patient') AND "
+            "c.since_seq<=?4 AND (c.until_seq IS NULL OR c.until_seq>?4)",
+        };
+        for (const char* sql : kSteps) {
+          ASSIGN_OR_RETURN(auto q, c.Prepare(sql));
+          // patient_ids is sorted (GroupMembers sorts), so [first, last] of the chunk is exactly the chunk.
+          q->Bind(1, job_id).Bind(2, patient_ids[begin]).Bind(3, patient_ids[end - 1]);
+          if (std::string_view(sql).find("?4") != std::string_view::npos) q->Bind(4, snapshot.seq);
+          RETURN_IF_ERROR(q->Run());
+        }
+        return Status::Ok();
+      }));
+    }
+    if (!include_referenced) return Status::Ok();
+    // One hop to the non-compartment resources that the scope references, by ranges of scope rids. The rows found
+    // go to a staging key first: written straight into the job's scope, a later range would read them as sources
+    // and go a second hop.
+    const std::string staging = StagingKey(job_id);
+    RETURN_IF_ERROR(WithWrite([&](SqliteConnection& c) { return DeleteJobRows(c, staging, {"export_scope"}); }));
+    RETURN_IF_ERROR(ForRidChunks(
+        "SELECT rid FROM export_scope WHERE job_id=?1 AND rid>?2 ORDER BY rid LIMIT 1 OFFSET ?3", job_id,
+        [&](SqliteConnection& c, int64_t lo, int64_t hi) -> Status {
+          ASSIGN_OR_RETURN(auto q, c.Prepare("INSERT OR IGNORE INTO export_scope(job_id, type, rid) SELECT ?4, r.type, "
+                                             "r.rid FROM export_scope s JOIN ext_ref x ON x.rid=s.rid JOIN resources r "
+                                             "ON r.type=x.target_type AND r.id=x.target_id WHERE s.job_id=?1 AND "
+                                             "s.rid>?2 AND s.rid<=?3"));
+          q->Bind(1, job_id).Bind(2, lo).Bind(3, hi).Bind(4, staging);
+          return q->Run();
+        }));
+    return ForRidChunks(
+        "SELECT rid FROM export_scope WHERE job_id=?1 AND rid>?2 ORDER BY rid LIMIT 1 OFFSET ?3", staging,
+        [&](SqliteConnection& c, int64_t lo, int64_t hi) -> Status {
+          ASSIGN_OR_RETURN(auto q, c.Prepare("INSERT OR IGNORE INTO export_scope(job_id, type, rid) SELECT ?1, type, rid "
+                                             "FROM export_scope WHERE job_id=?4 AND rid>?2 AND rid<=?3"));
+          q->Bind(1, job_id).Bind(2, lo).Bind(3, hi).Bind(4, staging);
+          RETURN_IF_ERROR(q->Run());
+          ASSIGN_OR_RETURN(auto d, c.Prepare("DELETE FROM export_scope WHERE job_id=?1 AND rid>?2 AND rid<=?3"));
+          d->Bind(1, staging).Bind(2, lo).Bind(3, hi);
+          return d->Run();
+        });
   }
 
   Status MaterializeReferencedScope(const std::string& job_id, const Snapshot& snapshot) override {
-    return WithWrite([&](SqliteConnection& c) -> Status {
-      RETURN_IF_ERROR(DeleteJobRows(c, job_id, {"export_scope"}));
-      ASSIGN_OR_RETURN(auto q, c.Prepare("INSERT OR IGNORE INTO export_scope(job_id, type, rid) "
-                                         "SELECT ?1, r.type, r.rid FROM ext_ref x JOIN resources r "
-                                         "ON r.type=x.target_type AND r.id=x.target_id "
-                                         "WHERE EXISTS (SELECT 1 FROM compartment c WHERE c.rid=x.rid AND "
-                                         "c.since_seq<=?2 AND (c.until_seq IS NULL OR c.until_seq>?2))"));
-      q->Bind(1, job_id).Bind(2, snapshot.seq);
-      return q->Run();
-    });
+    RETURN_IF_ERROR(WithWrite([&](SqliteConnection& c) { return DeleteJobRows(c, job_id, {"export_scope"}); }));
+    return ForRidChunks(
+        "SELECT rid FROM ext_ref WHERE rid>?2 ORDER BY rid LIMIT 1 OFFSET ?3", job_id,
+        [&](SqliteConnection& c, int64_t lo, int64_t hi) -> Status {
+          ASSIGN_OR_RETURN(auto q, c.Prepare("INSERT OR IGNORE INTO export_scope(job_id, type, rid) "
+                                             "SELECT ?1, r.type, r.rid FROM ext_ref x JOIN resources r "
+                                             "ON r.type=x.target_type AND r.id=x.target_id "
+                                             "WHERE x.rid>?2 AND x.rid<=?3 AND EXISTS (SELECT 1 FROM compartment c "
+                                             "WHERE c.rid=x.rid AND c.since_seq<=?4 AND "
+                                             "(c.until_seq IS NULL OR c.until_seq>?4))"));
+          q->Bind(1, job_id).Bind(2, lo).Bind(3, hi).Bind(4, snapshot.seq);
+          return q->Run();
+        });
   }
 
   Result<std::vector<std::string>> TypesInJobScope(const std::string& job_id) override {
@@ -648,8 +718,18 @@ class SqliteStore final : public ResourceStore {
     return out;
   }
 
-  Status InsertJob(ExportJobRecord* job) override {
+  JobStore& jobs() override { return *this; }
+
+  Status InsertJob(ExportJobRecord* job, int queue_limit) override {
     return WithWrite([&](SqliteConnection& c) -> Status {
+      if (queue_limit > 0) {
+        ASSIGN_OR_RETURN(int64_t waiting, CountWaiting(c));
+        if (waiting >= queue_limit) {
+          return Status::TooManyRequests("Datastore " + info_.id + " already has " + std::to_string(waiting) +
+                                         " export jobs waiting to run (the limit is " + std::to_string(queue_limit) +
+                                         "); retry when one has started");
+        }
+      }
       ASSIGN_OR_RETURN(auto q, c.Prepare("SELECT coalesce(max(queue_order), 0) + 1 FROM export_jobs"));
       ASSIGN_OR_RETURN(bool row, q->Step());
       job->queue_order = row ? q->Int(0) : 1;
@@ -658,26 +738,69 @@ class SqliteStore final : public ResourceStore {
                        c.Prepare("INSERT INTO export_jobs(job_id, queue_order, job_name, status, view, level, "
                                  "group_id, types, since, output_format, s3_uri, kms_key_id, role_arn, "
                                  "request_url, submit_time, start_time, end_time, snapshot_seq, snapshot_time, "
-                                 "message, include_referenced) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, "
-                                 "?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"));
+                                 "message, include_referenced, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, "
+                                 "?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"));
       BindJob(*ins, *job);
       return ins->Run();
     });
   }
 
-  Status UpdateJob(const ExportJobRecord& job) override {
-    return WithWrite([&](SqliteConnection& c) -> Status {
-      ASSIGN_OR_RETURN(auto u,
-                       c.Prepare("UPDATE export_jobs SET queue_order=?2, job_name=?3, status=?4, view=?5, level=?6, "
-                                 "group_id=?7, types=?8, since=?9, output_format=?10, s3_uri=?11, kms_key_id=?12, "
-                                 "role_arn=?13, request_url=?14, submit_time=?15, start_time=?16, end_time=?17, "
-                                 "snapshot_seq=?18, snapshot_time=?19, message=?20, include_referenced=?21 "
-                                 "WHERE job_id=?1"));
-      BindJob(*u, job);
+  Result<ExportJobRecord> TransitionJob(std::string_view job_id, std::initializer_list<std::string_view> from,
+                                        std::string_view to, const JobUpdate& update) override {
+    ExportJobRecord out;
+    RETURN_IF_ERROR(WithWrite([&](SqliteConnection& c) -> Status {
+      std::string sql =
+          "UPDATE export_jobs SET status=?1, start_time=coalesce(?3, start_time), end_time=coalesce(?4, end_time), "
+          "snapshot_seq=coalesce(?5, snapshot_seq), snapshot_time=coalesce(?6, snapshot_time), "
+          "message=coalesce(?7, message) WHERE job_id=?2 AND status IN (";
+      for (size_t i = 0; i < from.size(); ++i) sql += (i ? ",?" : "?") + std::to_string(i + 8);
+      sql += ")";
+      ASSIGN_OR_RETURN(auto u, c.Prepare(sql));
+      u->Bind(1, to).Bind(2, job_id).Bind(3, update.start_time).Bind(4, update.end_time);
+      u->Bind(5, update.snapshot ? std::optional<int64_t>(update.snapshot->seq) : std::nullopt);
+      u->Bind(6, update.snapshot ? std::optional<int64_t>(update.snapshot->time) : std::nullopt);
+      if (update.message) {
+        u->Bind(7, *update.message);
+      } else {
+        u->Bind(7, std::optional<int64_t>());
+      }
+      int k = 8;
+      for (std::string_view f : from) u->Bind(k++, f);
       RETURN_IF_ERROR(u->Run());
-      if (sqlite3_changes(c.raw()) != 1) return Status::NotFound("export job " + job.job_id + " is not known");
+      const bool changed = sqlite3_changes(c.raw()) == 1;
+      ASSIGN_OR_RETURN(auto q, c.Prepare(std::string(kSelectJob) + " WHERE job_id=?1"));
+      q->Bind(1, job_id);
+      ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) return Status::NotFound("Export job " + std::string(job_id) + " is not known in datastore " + info_.id);
+      out = ReadJob(*q);
+      if (!changed) {
+        return Status::Conflict("export job " + std::string(job_id) + " is " + out.status + ", not " +
+                                JoinStatuses(from) + "; it cannot become " + std::string(to));
+      }
       return Status::Ok();
-    });
+    }));
+    return out;
+  }
+
+  Result<int64_t> CountWaitingJobs() override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    return CountWaiting(*conn);
+  }
+
+  Result<std::vector<std::string>> JobsWithScratch() override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    ASSIGN_OR_RETURN(auto q, conn->Prepare(
+                                 "SELECT job_id FROM export_jobs WHERE status IN ('COMPLETED', 'COMPLETED_WITH_ERRORS', "
+                                 "'FAILED', 'CANCEL_COMPLETED', 'CANCEL_FAILED') AND (EXISTS (SELECT 1 FROM "
+                                 "export_scope s WHERE s.job_id=export_jobs.job_id) OR EXISTS (SELECT 1 FROM "
+                                 "export_job_patients p WHERE p.job_id=export_jobs.job_id)) ORDER BY queue_order"));
+    std::vector<std::string> out;
+    while (true) {
+      ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      out.push_back(q->Str(0));
+    }
+    return out;
   }
 
   Result<ExportJobRecord> GetJob(std::string_view job_id) override {
@@ -784,7 +907,8 @@ class SqliteStore final : public ResourceStore {
   }
 
   Status DropJobScratch(const std::string& job_id) override {
-    return WithWrite([&](SqliteConnection& c) {
+    return WithWrite([&](SqliteConnection& c) -> Status {
+      RETURN_IF_ERROR(DeleteJobRows(c, StagingKey(job_id), {"export_scope"}));
       return DeleteJobRows(c, job_id, {"export_scope", "export_job_patients"});
     });
   }
@@ -793,7 +917,25 @@ class SqliteStore final : public ResourceStore {
   static constexpr const char* kSelectJob =
       "SELECT job_id, queue_order, job_name, status, view, level, group_id, types, since, output_format, s3_uri, "
       "kms_key_id, role_arn, request_url, submit_time, start_time, end_time, snapshot_seq, snapshot_time, message, "
-      "include_referenced FROM export_jobs";
+      "include_referenced, owner FROM export_jobs";
+
+  // Where MaterializeGroupScope stages the referenced resources it finds (not a valid job id, so never a job's).
+  static std::string StagingKey(const std::string& job_id) { return job_id + ".referenced"; }
+
+  static std::string JoinStatuses(std::initializer_list<std::string_view> statuses) {
+    std::string out;
+    for (std::string_view st : statuses) {
+      if (!out.empty()) out += " or ";
+      out += st;
+    }
+    return out;
+  }
+
+  static Result<int64_t> CountWaiting(SqliteConnection& c) {
+    ASSIGN_OR_RETURN(auto q, c.Prepare("SELECT count(*) FROM export_jobs WHERE status IN ('SUBMITTED', 'QUEUED')"));
+    ASSIGN_OR_RETURN(bool row, q->Step());
+    return row ? q->Int(0) : 0;
+  }
 
   static void BindJob(SqliteStmt& q, const ExportJobRecord& j) {
     q.Bind(1, j.job_id).Bind(2, j.queue_order).Bind(3, j.job_name).Bind(4, j.status).Bind(5, j.view);
@@ -802,7 +944,7 @@ class SqliteStore final : public ResourceStore {
     q.Bind(15, j.submit_time).Bind(16, j.start_time).Bind(17, j.end_time);
     q.Bind(18, j.snapshot ? std::optional<int64_t>(j.snapshot->seq) : std::nullopt);
     q.Bind(19, j.snapshot ? std::optional<int64_t>(j.snapshot->time) : std::nullopt);
-    q.Bind(20, j.message).Bind(21, j.include_referenced ? 1 : 0);
+    q.Bind(20, j.message).Bind(21, j.include_referenced ? 1 : 0).Bind(22, j.owner);
   }
 
   static ExportJobRecord ReadJob(const SqliteStmt& q) {
@@ -827,6 +969,7 @@ class SqliteStore final : public ResourceStore {
     if (!q.IsNull(17)) j.snapshot = Snapshot{q.Int(17), q.Int(18)};
     j.message = q.Str(19);
     j.include_referenced = q.Int(20) != 0;
+    j.owner = q.Str(21);
     return j;
   }
 
@@ -846,6 +989,27 @@ class SqliteStore final : public ResourceStore {
     return Status::Ok();
   }
 
+  // Calls `fn(c, lo, hi)` in its own write transaction for consecutive rid ranges (lo, hi] covering every rid that
+  // `boundary_sql` walks; each range holds about scope_chunk_rows rows. `boundary_sql` takes ?1 job id, ?2 the
+  // previous boundary, ?3 the offset, and returns the next boundary rid (none: the last range is open-ended).
+  Status ForRidChunks(const char* boundary_sql, const std::string& job_id,
+                      const std::function<Status(SqliteConnection&, int64_t, int64_t)>& fn) {
+    int64_t lo = 0;
+    while (true) {
+      int64_t hi = INT64_MAX;
+      {
+        ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+        ASSIGN_OR_RETURN(auto q, conn->Prepare(boundary_sql));
+        q->Bind(1, job_id).Bind(2, lo).Bind(3, static_cast<int64_t>(std::max(1, scope_chunk_rows_) - 1));
+        ASSIGN_OR_RETURN(bool row, q->Step());
+        if (row) hi = q->Int(0);
+      }
+      RETURN_IF_ERROR(WithWrite([&](SqliteConnection& c) { return fn(c, lo, hi); }));
+      if (hi == INT64_MAX) return Status::Ok();
+      lo = hi;
+    }
+  }
+
   // Runs `fn` in one write transaction (the same single-writer lock as BeginWrite).
   Status WithWrite(const std::function<Status(SqliteConnection&)>& fn) {
     std::unique_lock<std::mutex> lock(write_mu_);
@@ -853,7 +1017,13 @@ class SqliteStore final : public ResourceStore {
     RETURN_IF_ERROR(conn->Exec("BEGIN IMMEDIATE"));
     Status st = fn(*conn);
     if (st.ok()) st = conn->Exec("COMMIT");
-    if (!st.ok()) (void)conn->Exec("ROLLBACK");
+    if (!st.ok()) {
+      // The error that matters is `st`; a failed rollback leaves the connection in a transaction, which Writer()
+      // rolls back before the next use.
+      if (Status rb = conn->Exec("ROLLBACK"); !rb.ok()) {
+        st = Status(st.code(), st.message() + " (rollback also failed: " + rb.message() + ")");
+      }
+    }
     return st;
   }
 
@@ -886,6 +1056,7 @@ class SqliteStore final : public ResourceStore {
   DatastoreInfo info_;
   ConnectionPool pool_;
   int64_t writer_cache_kib_;
+  int scope_chunk_rows_;
   std::unique_ptr<SqliteConnection> writer_;  // GUARDED_BY(write_mu_)
   const Clock& clock_;
   std::mutex write_mu_;
@@ -917,6 +1088,19 @@ Result<std::unique_ptr<DatastoreCatalog>> OpenSqliteCatalog(const StoreOptions& 
   fs::path root = fs::path(options.data_dir) / "datastores";
   fs::create_directories(root, ec);
   if (ec) return Status::Unavailable("cannot create data directory " + root.string() + ": " + ec.message());
+  // Two processes opening an empty data directory at once (serve and load) must not each create a default
+  // datastore: the scan and the creation happen under an exclusive lock on a file in the directory, held until the
+  // catalog is open (and released by close, also when this function returns early).
+  const std::string lock_path = (root / ".catalog.lock").string();
+  int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd < 0) return Status::Unavailable("cannot open " + lock_path + ": " + std::strerror(errno));
+  struct LockGuard {
+    int fd;
+    ~LockGuard() { ::close(fd); }
+  } lock_guard{lock_fd};
+  while (::flock(lock_fd, LOCK_EX) != 0) {
+    if (errno != EINTR) return Status::Unavailable("cannot lock " + lock_path + ": " + std::strerror(errno));
+  }
   auto catalog = std::make_unique<SqliteCatalog>();
   std::vector<fs::path> dirs;
   for (auto it = fs::directory_iterator(root, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {

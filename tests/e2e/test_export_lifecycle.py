@@ -14,7 +14,7 @@ import time
 import pytest
 
 from export_helpers import servers  # noqa: F401  (fixture)
-from export_helpers import (INSTANT_RE, SAMPLE_GROUP_ID, BytesOracle, Template, assert_outcome, check_bytes,
+from export_helpers import (BUCKET, INSTANT_RE, SAMPLE_GROUP_ID, BytesOracle, Template, assert_outcome, check_bytes,
                             collect_output, describe, expected_group, expected_patient, expected_system, job_dir_of,
                             new_session, parse_hl_time, parse_instant, part_files, sample_data, start_export,
                             verify_export, wait_done, wait_status)
@@ -241,7 +241,11 @@ def test_sink_failure_fails_the_job(tpl, servers, tmp_path):
     d = wait_status(srv.sess, srv.base, job, {"FAILED"}, timeout=30)
     p = d["exportJobProperties"]
     assert "endTime" in p
-    assert str(job_dir) in p.get("message", ""), f"message does not name {job_dir}: {p.get('message')!r}"
+    # The message names the object the client knows (s3://bucket/key), never the server's path (hardening issue,
+    # defect 6: it used to carry the absolute data directory).
+    message = p.get("message", "")
+    assert f"s3://{BUCKET}/" in message and job_dir.name in message, f"message does not name the object: {message!r}"
+    assert str(srv.data_dir) not in message and "/tmp/" not in message, f"server path in message: {message!r}"
     assert "transactionTime" not in d and "output" not in d
     assert job_dir.read_text() == "not a folder\n"
     r = srv.sess.delete(f"{srv.base}/export/{job}")

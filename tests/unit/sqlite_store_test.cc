@@ -1,11 +1,16 @@
 // Tests for the SQLite ResourceStore and DatastoreCatalog (src/store/resource_store.h, sqlite_store.cc,
 // sqlite_schema.h), each against a real database in a fresh temporary data directory.
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <simdjson.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -80,6 +85,7 @@ class SqliteStoreTest : public ::testing::Test {
     StoreOptions options;
     options.data_dir = tmp_.str();
     options.busy_timeout_ms = 5000;
+    options.scope_chunk_rows = scope_chunk_rows_;
     auto catalog = OpenSqliteCatalog(options);
     ASSERT_OK(catalog);
     catalog_ = std::move(catalog).value();
@@ -166,6 +172,7 @@ class SqliteStoreTest : public ::testing::Test {
     return snap.ok() ? *snap : Snapshot{};
   }
 
+  int scope_chunk_rows_ = 500;
   TempDir tmp_;
   std::unique_ptr<DatastoreCatalog> catalog_;
   ResourceStore* store_ = nullptr;
@@ -527,14 +534,14 @@ TEST_F(SqliteStoreTest, TakeSnapshotOrdersWrites) {
   StoredResource before = MustPut("Patient", "a");
   auto snap = store_->TakeSnapshot();
   ASSERT_OK(snap);
-  EXPECT_GE(snap->seq, before.seq);
+  EXPECT_EQ(snap->seq, before.seq);  // every commit so far, nothing else
   EXPECT_GE(snap->time, before.last_updated);
   StoredResource after = MustPut("Patient", "b");
   EXPECT_GT(after.seq, snap->seq);
   EXPECT_GE(after.last_updated, snap->time);
   auto later = store_->TakeSnapshot();
   ASSERT_OK(later);
-  EXPECT_GE(later->seq, after.seq);
+  EXPECT_EQ(later->seq, after.seq);
 }
 
 TEST_F(SqliteStoreTest, ScanWithASnapshotSeesTheResourcesAsOfTheSnapshot) {
@@ -652,7 +659,7 @@ TEST_F(SqliteStoreTest, ScanStopsAtMaxBytes) {
   int calls = 0;
   auto rows = ScanAll(req, &calls);
   EXPECT_EQ(rows.size(), 5u);
-  EXPECT_GE(calls, 5);
+  EXPECT_EQ(calls, 6);  // one row per call, then one call that finds the range exhausted
 }
 
 TEST_F(SqliteStoreTest, ScanRespectsTheRidRange) {
@@ -792,9 +799,11 @@ TEST_F(SqliteStoreTest, ScanAnyCompartmentUsesCompartmentMembershipAsOfTheSnapsh
 
 // --- group scope ---
 
+// Materialisation runs in bounded write transactions; with chunks of one row every chunk boundary is exercised.
 class GroupScopeTest : public SqliteStoreTest {
  protected:
   void SetUp() override {
+    scope_chunk_rows_ = 1;
     SqliteStoreTest::SetUp();
     MustPut("Patient", "p1", R"("managingOrganization":{"reference":"Organization/org1"})");
     MustPut("Patient", "p2");
@@ -885,7 +894,7 @@ TEST_F(GroupScopeTest, IsIdempotentAndPerJob) {
   EXPECT_THAT(job1["Patient"], ElementsAre("p2"));
   EXPECT_THAT(job1["Observation"], ElementsAre("o2"));
 
-  ASSERT_OK(store_->DropJobScratch("job1"));
+  ASSERT_OK(store_->jobs().DropJobScratch("job1"));
   auto types = store_->TypesInJobScope("job1");
   ASSERT_OK(types);
   EXPECT_THAT(*types, IsEmpty());
@@ -962,56 +971,140 @@ void ExpectJobEq(const ExportJobRecord& got, const ExportJobRecord& want) {
   EXPECT_EQ(got.message, want.message);
   EXPECT_EQ(got.include_referenced, want.include_referenced);
   EXPECT_EQ(got.queue_order, want.queue_order);
+  EXPECT_EQ(got.owner, want.owner);
 }
 
 TEST_F(SqliteStoreTest, InsertJobAssignsIncreasingQueueOrder) {
   ExportJobRecord a = SampleJob("a"), b = SampleJob("b"), c = SampleJob("c");
-  ASSERT_OK(store_->InsertJob(&a));
-  ASSERT_OK(store_->InsertJob(&b));
-  ASSERT_OK(store_->InsertJob(&c));
+  ASSERT_OK(store_->jobs().InsertJob(&a));
+  ASSERT_OK(store_->jobs().InsertJob(&b));
+  ASSERT_OK(store_->jobs().InsertJob(&c));
   EXPECT_GT(a.queue_order, 0);
   EXPECT_GT(b.queue_order, a.queue_order);
   EXPECT_GT(c.queue_order, b.queue_order);
   ExportJobRecord dup = SampleJob("a");
-  EXPECT_FALSE(store_->InsertJob(&dup).ok());
+  EXPECT_FALSE(store_->jobs().InsertJob(&dup).ok());
 }
 
 TEST_F(SqliteStoreTest, JobRoundTripsEveryField) {
   ExportJobRecord job = SampleJob("0123456789abcdef0123456789abcdef");
-  ASSERT_OK(store_->InsertJob(&job));
-  auto got = store_->GetJob(job.job_id);
+  job.owner = "AKIAEXAMPLE";
+  ASSERT_OK(store_->jobs().InsertJob(&job));
+  auto got = store_->jobs().GetJob(job.job_id);
   ASSERT_OK(got);
   ExpectJobEq(*got, job);
+  EXPECT_EQ(got->owner, "AKIAEXAMPLE");
 
-  job.status = "IN_PROGRESS";
-  job.start_time = 1700000001000;
-  job.end_time = 1700000002000;
-  job.snapshot = Snapshot{42, 1700000000500};
-  job.types = {"Patient"};
-  job.since.reset();
-  job.message = "Export completed with 2 errors: \"quoted\"\nline";
-  job.include_referenced = true;
-  job.level = "system";
-  job.group_id = "";
-  ASSERT_OK(store_->UpdateJob(job));
-  got = store_->GetJob(job.job_id);
+  ExportJobRecord full = SampleJob("1123456789abcdef0123456789abcdef");
+  full.status = "IN_PROGRESS";
+  full.start_time = 1700000001000;
+  full.end_time = 1700000002000;
+  full.snapshot = Snapshot{42, 1700000000500};
+  full.types.clear();  // all types
+  full.since.reset();
+  full.message = "Export completed with 2 errors: \"quoted\"\nline";
+  full.include_referenced = true;
+  full.level = "system";
+  full.group_id = "";
+  ASSERT_OK(store_->jobs().InsertJob(&full));
+  got = store_->jobs().GetJob(full.job_id);
   ASSERT_OK(got);
-  ExpectJobEq(*got, job);
-
-  job.types.clear();  // all types
-  job.snapshot.reset();
-  job.start_time.reset();
-  job.end_time.reset();
-  ASSERT_OK(store_->UpdateJob(job));
-  got = store_->GetJob(job.job_id);
-  ASSERT_OK(got);
-  ExpectJobEq(*got, job);
+  ExpectJobEq(*got, full);
   EXPECT_TRUE(got->types.empty());
 }
 
+// A transition writes the status and the given fields, and keeps every other field.
+TEST_F(SqliteStoreTest, TransitionWritesStatusAndGivenFieldsOnly) {
+  ExportJobRecord job = SampleJob("t1");
+  ASSERT_OK(store_->jobs().InsertJob(&job));
+  JobUpdate start;
+  start.start_time = 1700000001000;
+  start.snapshot = Snapshot{42, 1700000000500};
+  auto running = store_->jobs().TransitionJob("t1", {"SUBMITTED", "QUEUED"}, "IN_PROGRESS", start);
+  ASSERT_OK(running);
+  ExportJobRecord want = job;
+  want.status = "IN_PROGRESS";
+  want.start_time = start.start_time;
+  want.snapshot = start.snapshot;
+  ExpectJobEq(*running, want);
+  auto stored = store_->jobs().GetJob("t1");
+  ASSERT_OK(stored);
+  ExpectJobEq(*stored, want);
+
+  JobUpdate end;
+  end.end_time = 1700000009000;
+  end.message = "The export failed: disk full";
+  auto failed = store_->jobs().TransitionJob("t1", {"IN_PROGRESS"}, "FAILED", end);
+  ASSERT_OK(failed);
+  want.status = "FAILED";
+  want.end_time = end.end_time;
+  want.message = *end.message;
+  ExpectJobEq(*failed, want);
+}
+
+// Regression (hardening issue): a job cancelled while the scheduler held an old copy could be written back
+// (CANCEL_COMPLETED -> CANCEL_IN_PROGRESS -> CANCEL_COMPLETED, its end time overwritten). Transitions are
+// compare-and-set: from a state the job is not in, nothing is written.
+TEST_F(SqliteStoreTest, TransitionIsCompareAndSet) {
+  ExportJobRecord job = SampleJob("cas");
+  ASSERT_OK(store_->jobs().InsertJob(&job));
+  JobUpdate ended;
+  ended.end_time = 1700000005000;
+  ASSERT_OK(store_->jobs().TransitionJob("cas", {"SUBMITTED"}, "CANCEL_SUBMITTED", {}));
+  ASSERT_OK(store_->jobs().TransitionJob("cas", {"CANCEL_SUBMITTED"}, "CANCEL_IN_PROGRESS", {}));
+  ASSERT_OK(store_->jobs().TransitionJob("cas", {"CANCEL_IN_PROGRESS"}, "CANCEL_COMPLETED", ended));
+  // The stale writer still believes the job is CANCEL_SUBMITTED or IN_PROGRESS.
+  JobUpdate stale;
+  stale.end_time = 1800000000000;
+  EXPECT_STATUS(store_->jobs().TransitionJob("cas", {"CANCEL_SUBMITTED"}, "CANCEL_IN_PROGRESS", stale), kConflict,
+                "CANCEL_COMPLETED");
+  EXPECT_STATUS(store_->jobs().TransitionJob("cas", {"IN_PROGRESS", "CANCEL_SUBMITTED"}, "COMPLETED", stale),
+                kConflict, "is CANCEL_COMPLETED, not IN_PROGRESS or CANCEL_SUBMITTED");
+  auto got = store_->jobs().GetJob("cas");
+  ASSERT_OK(got);
+  EXPECT_EQ(got->status, "CANCEL_COMPLETED");
+  EXPECT_EQ(got->end_time, ended.end_time);
+}
+
 TEST_F(SqliteStoreTest, UnknownJobs) {
-  EXPECT_STATUS(store_->GetJob("nope"), kNotFound, "nope");
-  EXPECT_STATUS(store_->UpdateJob(SampleJob("nope")), kNotFound, "nope");
+  EXPECT_STATUS(store_->jobs().GetJob("nope"), kNotFound, "nope");
+  EXPECT_STATUS(store_->jobs().TransitionJob("nope", {"SUBMITTED"}, "QUEUED", {}), kNotFound, "nope");
+}
+
+// The queue quota is decided in the same transaction as the insert: concurrent kick-offs cannot overshoot it.
+TEST_F(SqliteStoreTest, InsertJobRefusesBeyondTheQueueLimit) {
+  std::vector<std::thread> threads;
+  std::atomic<int> accepted{0}, refused{0};
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 5; ++i) {
+        ExportJobRecord j = SampleJob("q" + std::to_string(t) + "-" + std::to_string(i));
+        Status st = store_->jobs().InsertJob(&j, /*queue_limit=*/25);
+        if (st.ok()) {
+          ++accepted;
+        } else {
+          EXPECT_EQ(st.code(), StatusCode::kTooManyRequests) << st.ToString();
+          EXPECT_NE(st.message().find("limit is 25"), std::string::npos) << st.message();
+          ++refused;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(accepted.load(), 25);
+  EXPECT_EQ(refused.load(), 15);
+  auto waiting = store_->jobs().CountWaitingJobs();
+  ASSERT_OK(waiting);
+  EXPECT_EQ(*waiting, 25);
+  // Running jobs do not count: one starts, one more may wait.
+  auto queued = store_->jobs().JobsWithStatus({"SUBMITTED"});
+  ASSERT_OK(queued);
+  ASSERT_OK(store_->jobs().TransitionJob((*queued)[0].job_id, {"SUBMITTED"}, "IN_PROGRESS", {}));
+  ExportJobRecord one_more = SampleJob("one-more");
+  EXPECT_OK(store_->jobs().InsertJob(&one_more, 25));
+  ExportJobRecord too_many = SampleJob("too-many");
+  EXPECT_STATUS(store_->jobs().InsertJob(&too_many, 25), kTooManyRequests, "25");
+  EXPECT_STATUS(store_->jobs().GetJob("too-many"), kNotFound, "too-many");
 }
 
 TEST_F(SqliteStoreTest, JobsWithStatusInQueueOrder) {
@@ -1020,25 +1113,23 @@ TEST_F(SqliteStoreTest, JobsWithStatusInQueueOrder) {
   for (const auto& [id, status] : jobs) {
     ExportJobRecord j = SampleJob(id);
     j.status = status;
-    ASSERT_OK(store_->InsertJob(&j));
+    ASSERT_OK(store_->jobs().InsertJob(&j));
   }
-  auto active = store_->JobsWithStatus({"SUBMITTED", "IN_PROGRESS"});
+  auto active = store_->jobs().JobsWithStatus({"SUBMITTED", "IN_PROGRESS"});
   ASSERT_OK(active);
   std::vector<std::string> ids;
   for (const auto& j : *active) ids.push_back(j.job_id);
   EXPECT_THAT(ids, ElementsAre("j2", "j3", "j4"));
-  auto none = store_->JobsWithStatus({"CANCEL_SUBMITTED"});
+  auto none = store_->jobs().JobsWithStatus({"CANCEL_SUBMITTED"});
   ASSERT_OK(none);
   EXPECT_THAT(*none, IsEmpty());
-  auto nothing = store_->JobsWithStatus({});
+  auto nothing = store_->jobs().JobsWithStatus({});
   ASSERT_OK(nothing);
   EXPECT_THAT(*nothing, IsEmpty());
 
   // A status change moves a job between lists without changing its place in the queue.
-  ExportJobRecord j1 = *store_->GetJob("j1");
-  j1.status = "SUBMITTED";
-  ASSERT_OK(store_->UpdateJob(j1));
-  active = store_->JobsWithStatus({"SUBMITTED", "IN_PROGRESS"});
+  ASSERT_OK(store_->jobs().TransitionJob("j1", {"COMPLETED"}, "SUBMITTED", {}));
+  active = store_->jobs().JobsWithStatus({"SUBMITTED", "IN_PROGRESS"});
   ASSERT_OK(active);
   ids.clear();
   for (const auto& j : *active) ids.push_back(j.job_id);
@@ -1076,24 +1167,24 @@ TEST_F(SqliteStoreTest, ReplaceTasksAndTasks) {
                                          Task("j", 0, "Patient", ScanScope::kAll, 0, 50),
                                          Task("j", 1, "Group", ScanScope::kJobScope, 10, 20)};
   tasks[1].done = true;
-  ASSERT_OK(store_->ReplaceTasks("j", tasks));
-  ASSERT_OK(store_->ReplaceTasks("other", {Task("other", 0, "Patient", ScanScope::kAll, 0, 1)}));
-  auto got = store_->Tasks("j");
+  ASSERT_OK(store_->jobs().ReplaceTasks("j", tasks));
+  ASSERT_OK(store_->jobs().ReplaceTasks("other", {Task("other", 0, "Patient", ScanScope::kAll, 0, 1)}));
+  auto got = store_->jobs().Tasks("j");
   ASSERT_OK(got);
   ASSERT_EQ(got->size(), 3u);
   ExpectTaskEq((*got)[0], tasks[1]);  // ordered by task_no
   ExpectTaskEq((*got)[1], tasks[2]);
   ExpectTaskEq((*got)[2], tasks[0]);
 
-  ASSERT_OK(store_->ReplaceTasks("j", {Task("j", 0, "Encounter", ScanScope::kAll, 5, 6)}));
-  got = store_->Tasks("j");
+  ASSERT_OK(store_->jobs().ReplaceTasks("j", {Task("j", 0, "Encounter", ScanScope::kAll, 5, 6)}));
+  got = store_->jobs().Tasks("j");
   ASSERT_OK(got);
   ASSERT_EQ(got->size(), 1u);
   EXPECT_EQ((*got)[0].type, "Encounter");
-  auto other = store_->Tasks("other");
+  auto other = store_->jobs().Tasks("other");
   ASSERT_OK(other);
   EXPECT_EQ(other->size(), 1u);
-  auto none = store_->Tasks("none");
+  auto none = store_->jobs().Tasks("none");
   ASSERT_OK(none);
   EXPECT_THAT(*none, IsEmpty());
 }
@@ -1112,31 +1203,31 @@ ExportFileRecord File(const std::string& job, const std::string& kind, const std
 }
 
 TEST_F(SqliteStoreTest, CommitFileAdvancesTheTaskCheckpoint) {
-  ASSERT_OK(store_->ReplaceTasks(
+  ASSERT_OK(store_->jobs().ReplaceTasks(
       "j", {Task("j", 0, "Patient", ScanScope::kAll, 0, 100), Task("j", 1, "Observation", ScanScope::kAll, 0, 100)}));
-  ASSERT_OK(store_->CommitFile(File("j", "output", "Patient", 1, 0), 40, false));
-  auto tasks = store_->Tasks("j");
+  ASSERT_OK(store_->jobs().CommitFile(File("j", "output", "Patient", 1, 0), 40, false));
+  auto tasks = store_->jobs().Tasks("j");
   ASSERT_OK(tasks);
   EXPECT_EQ((*tasks)[0].after_rid, 40);
   EXPECT_FALSE((*tasks)[0].done);
   EXPECT_EQ((*tasks)[1].after_rid, 0);
 
-  ASSERT_OK(store_->CommitFile(File("j", "output", "Patient", 2, 0), 100, true));
-  ASSERT_OK(store_->CommitFile(File("j", "error", "OperationOutcome", 1, 1), 7, false));
-  ASSERT_OK(store_->CommitFile(File("j", "output", "Observation", 1, 1), 8, false));
-  tasks = store_->Tasks("j");
+  ASSERT_OK(store_->jobs().CommitFile(File("j", "output", "Patient", 2, 0), 100, true));
+  ASSERT_OK(store_->jobs().CommitFile(File("j", "error", "OperationOutcome", 1, 1), 7, false));
+  ASSERT_OK(store_->jobs().CommitFile(File("j", "output", "Observation", 1, 1), 8, false));
+  tasks = store_->jobs().Tasks("j");
   ASSERT_OK(tasks);
   EXPECT_EQ((*tasks)[0].after_rid, 100);
   EXPECT_TRUE((*tasks)[0].done);
   EXPECT_EQ((*tasks)[1].after_rid, 8);
 
-  ASSERT_OK(store_->CommitFiles({}, "j", 1, 100, /*task_done=*/true));
-  tasks = store_->Tasks("j");
+  ASSERT_OK(store_->jobs().CommitFiles({}, "j", 1, 100, /*task_done=*/true));
+  tasks = store_->jobs().Tasks("j");
   ASSERT_OK(tasks);
   EXPECT_EQ((*tasks)[1].after_rid, 100);
   EXPECT_TRUE((*tasks)[1].done);
 
-  auto files = store_->Files("j");
+  auto files = store_->jobs().Files("j");
   ASSERT_OK(files);
   ASSERT_EQ(files->size(), 4u);
   // Output files first (by type, then number), then error files.
@@ -1151,23 +1242,92 @@ TEST_F(SqliteStoreTest, CommitFileAdvancesTheTaskCheckpoint) {
   EXPECT_EQ(got.count, want.count);
   EXPECT_EQ(got.bytes, want.bytes);
   EXPECT_EQ(got.task_no, want.task_no);
-  auto none = store_->Files("other");
+  auto none = store_->jobs().Files("other");
   ASSERT_OK(none);
   EXPECT_THAT(*none, IsEmpty());
 }
 
 TEST_F(SqliteStoreTest, CommitFileIsAtomic) {
-  ASSERT_OK(store_->ReplaceTasks("j", {Task("j", 0, "Patient", ScanScope::kAll, 0, 100)}));
-  ASSERT_OK(store_->CommitFile(File("j", "output", "Patient", 1, 0), 40, false));
+  ASSERT_OK(store_->jobs().ReplaceTasks("j", {Task("j", 0, "Patient", ScanScope::kAll, 0, 100)}));
+  ASSERT_OK(store_->jobs().CommitFile(File("j", "output", "Patient", 1, 0), 40, false));
   // The same file twice is refused, and the checkpoint does not move.
-  EXPECT_FALSE(store_->CommitFile(File("j", "output", "Patient", 1, 0), 90, true).ok());
-  auto tasks = store_->Tasks("j");
+  EXPECT_FALSE(store_->jobs().CommitFile(File("j", "output", "Patient", 1, 0), 90, true).ok());
+  auto tasks = store_->jobs().Tasks("j");
   ASSERT_OK(tasks);
   EXPECT_EQ((*tasks)[0].after_rid, 40);
   EXPECT_FALSE((*tasks)[0].done);
-  auto files = store_->Files("j");
+  auto files = store_->jobs().Files("j");
   ASSERT_OK(files);
   EXPECT_EQ(files->size(), 1u);
+}
+
+// Regression (hardening issue): the scan's read transaction was open while rows went to the sink, so a slow
+// S3 upload pinned the WAL. Rows are handed over only after the transaction has ended: a full checkpoint
+// (TRUNCATE) succeeds from inside the callback.
+TEST_F(SqliteStoreTest, ScanHandsRowsOverAfterItsReadTransactionEnded) {
+  for (int i = 0; i < 3; ++i) MustPut("Patient", Id("p", i));
+  Snapshot snap = MustSnapshot();
+  auto raw = SqliteConnection::Open(store_->info().path, 5000);
+  ASSERT_OK(raw);
+  int rows = 0;
+  auto progress = store_->Scan(Request("Patient", snap), [&](const ScanRow& row) -> Status {
+    ++rows;
+    MustPut("Observation", Id("o", rows), R"("status":"final")");  // a writer during the scan
+    auto q = (*raw)->Prepare("PRAGMA wal_checkpoint(TRUNCATE)");
+    if (!q.ok()) return q.status();
+    auto step = (*q)->Step();
+    if (!step.ok()) return step.status();
+    EXPECT_TRUE(*step);
+    EXPECT_EQ((*q)->Int(0), 0) << "checkpoint blocked by a reader while row " << row.id << " was delivered";
+    return Status::Ok();
+  });
+  ASSERT_OK(progress);
+  EXPECT_EQ(rows, 3);
+}
+
+TEST_F(SqliteStoreTest, ReadAsOfGivesTheVersionCurrentAtASequence) {
+  StoredResource v1 = MustPut("Group", "g", R"("type":"person","actual":true)");
+  Snapshot s1 = MustSnapshot();
+  StoredResource v2 = MustPut("Group", "g", R"("type":"person","actual":false)");
+  Snapshot s2 = MustSnapshot();
+  ASSERT_OK(Delete("Group", "g"));
+  Snapshot s3 = MustSnapshot();
+  auto at1 = store_->ReadAsOf("Group", "g", s1.seq);
+  ASSERT_OK(at1);
+  EXPECT_EQ(at1->version, 1);
+  EXPECT_EQ(at1->json, v1.json);
+  auto at2 = store_->ReadAsOf("Group", "g", s2.seq);
+  ASSERT_OK(at2);
+  EXPECT_EQ(at2->version, 2);
+  EXPECT_EQ(at2->json, v2.json);
+  auto at3 = store_->ReadAsOf("Group", "g", s3.seq);
+  ASSERT_OK(at3);
+  EXPECT_TRUE(at3->deleted);
+  EXPECT_STATUS(store_->ReadAsOf("Group", "g", v1.seq - 1), kNotFound, "did not exist");
+  EXPECT_STATUS(store_->ReadAsOf("Group", "never", s3.seq), kNotFound, "Group/never");
+}
+
+TEST_F(SqliteStoreTest, JobsWithScratchListsFinishedJobsWhoseScopeIsLeft) {
+  MustPut("Patient", "p1");
+  Snapshot snap = MustSnapshot();
+  for (const char* id : {"done", "running"}) {
+    ExportJobRecord j = SampleJob(id);
+    ASSERT_OK(store_->jobs().InsertJob(&j));
+    ASSERT_OK(store_->MaterializeReferencedScope(id, snap));
+    ASSERT_OK(store_->MaterializeGroupScope(id, "g1", {"p1"}, false, snap));
+  }
+  ASSERT_OK(store_->jobs().TransitionJob("done", {"SUBMITTED"}, "FAILED", {}));
+  ASSERT_OK(store_->jobs().TransitionJob("running", {"SUBMITTED"}, "IN_PROGRESS", {}));
+  auto left = store_->jobs().JobsWithScratch();
+  ASSERT_OK(left);
+  EXPECT_THAT(*left, ElementsAre("done"));  // a running job's scope is not scratch yet
+  ASSERT_OK(store_->jobs().DropJobScratch("done"));
+  left = store_->jobs().JobsWithScratch();
+  ASSERT_OK(left);
+  EXPECT_THAT(*left, IsEmpty());
+  auto types = store_->TypesInJobScope("running");
+  ASSERT_OK(types);
+  EXPECT_THAT(*types, ElementsAre("Patient"));
 }
 
 // --- schema versions ---
@@ -1245,13 +1405,13 @@ TEST(SqliteSchemaTest, VersionOneDatabaseIsMigrated) {
   EXPECT_EQ(old->json, R"({"resourceType":"Patient","id":"old"})");
   // The export tables exist and work.
   ExportJobRecord job = SampleJob("j1");
-  ASSERT_OK(store->InsertJob(&job));
-  auto got = store->GetJob("j1");
+  ASSERT_OK(store->jobs().InsertJob(&job));
+  auto got = store->jobs().GetJob("j1");
   ASSERT_OK(got);
   ExpectJobEq(*got, job);
-  ASSERT_OK(store->ReplaceTasks("j1", {Task("j1", 0, "Patient", ScanScope::kAll, 0, 10)}));
-  ASSERT_OK(store->CommitFile(File("j1", "output", "Patient", 1, 0), 10, true));
-  auto files = store->Files("j1");
+  ASSERT_OK(store->jobs().ReplaceTasks("j1", {Task("j1", 0, "Patient", ScanScope::kAll, 0, 10)}));
+  ASSERT_OK(store->jobs().CommitFile(File("j1", "output", "Patient", 1, 0), 10, true));
+  auto files = store->jobs().Files("j1");
   ASSERT_OK(files);
   EXPECT_EQ(files->size(), 1u);
   ASSERT_OK(store->MaterializeGroupScope("j1", "g", {"old"}, true, NowSnapshot(store)));
@@ -1353,6 +1513,68 @@ TEST(SqliteCatalogTest, SeveralDatastoresDefaultIsTheOldest) {
   EXPECT_EQ((*catalog)->Default()->info().id, older.id);
   ASSERT_NE((*catalog)->Find(newer.id), nullptr);
   EXPECT_EQ((*catalog)->Find(newer.id)->info().created_at, 1700000000000);
+}
+
+// Runs `fn` in `n` forked processes released at the same moment; returns how many exited 0.
+int RunInProcessesAtOnce(int n, const std::function<bool()>& fn) {
+  int go[2];
+  EXPECT_EQ(pipe(go), 0);
+  std::vector<pid_t> pids;
+  for (int i = 0; i < n; ++i) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      close(go[1]);
+      char c;
+      (void)!read(go[0], &c, 1);  // returns when the parent closes its end
+      _exit(fn() ? 0 : 1);
+    }
+    pids.push_back(pid);
+  }
+  close(go[0]);
+  close(go[1]);  // release them all
+  int ok = 0;
+  for (pid_t pid : pids) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    ok += WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  }
+  return ok;
+}
+
+// Regression (hardening issue): two processes on an empty data directory each created a default datastore.
+TEST(SqliteCatalogTest, ProcessesOpeningAnEmptyDataDirAtOnceCreateOneDatastore) {
+  for (int round = 0; round < 5; ++round) {
+    TempDir tmp;
+    int ok = RunInProcessesAtOnce(4, [&] {
+      StoreOptions options;
+      options.data_dir = tmp.str();
+      options.busy_timeout_ms = 10000;
+      return OpenSqliteCatalog(options).ok();
+    });
+    EXPECT_EQ(ok, 4);
+    int datastores = 0;
+    for (const auto& e : fs::directory_iterator(fs::path(tmp.str()) / "datastores")) datastores += e.is_directory();
+    EXPECT_EQ(datastores, 1) << "round " << round;
+  }
+}
+
+// Regression (hardening issue): the schema version was read outside the migration transaction, so `serve` and
+// `load` opening an old store at once could both run a migration.
+TEST(SqliteSchemaTest, ProcessesMigratingAtOnceMigrateOnce) {
+  for (int round = 0; round < 5; ++round) {
+    TempDir tmp;
+    RawDatastore ds = CreateRawDatastore(tmp.str(), 2);
+    int ok = RunInProcessesAtOnce(4, [&] {
+      StoreOptions options;
+      options.data_dir = tmp.str();
+      options.busy_timeout_ms = 10000;
+      auto catalog = OpenSqliteCatalog(options);
+      if (!catalog.ok()) std::fprintf(stderr, "open failed: %s\n", catalog.status().ToString().c_str());
+      return catalog.ok();
+    });
+    EXPECT_EQ(ok, 4) << "round " << round;
+    EXPECT_EQ(SchemaVersionOf(ds.path), std::to_string(kSchemaVersion));
+  }
 }
 
 }  // namespace

@@ -40,6 +40,7 @@ TEST(StatusTest, FactoriesSetCodeAndMessage) {
       {Status::Unauthorized("m"), StatusCode::kUnauthorized, "Unauthorized"},
       {Status::Forbidden("m"), StatusCode::kForbidden, "Forbidden"},
       {Status::TooManyRequests("m"), StatusCode::kTooManyRequests, "TooManyRequests"},
+      {Status::InsufficientStorage("m"), StatusCode::kInsufficientStorage, "InsufficientStorage"},
       {Status::Unavailable("m"), StatusCode::kUnavailable, "Unavailable"},
       {Status::Internal("m"), StatusCode::kInternal, "Internal"},
   };

@@ -1,0 +1,123 @@
+// The persisted state of export jobs: jobs, their tasks (with checkpoints) and their committed files. Every job
+// status change is a compare-and-set transition (the database decides; a stale copy can never be written back),
+// and every write either succeeds durably or returns an error that the engine must act on.
+//
+// Threading: every method may be called from any thread; writes are serialised by the store.
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+#include "common/time.h"
+
+namespace fhirlake::store {
+
+// A consistent point for an export: every commit with seq <= `seq` and nothing after. Writes after it
+// get lastUpdated >= `time`, so a later `_since=time` export never misses them.
+struct Snapshot {
+  int64_t seq = 0;
+  EpochMillis time = 0;
+};
+
+// Which rows an export task scans.
+enum class ScanScope {
+  kAll,             // every resource of the type
+  kAnyCompartment,  // resources of the type that are in at least one Patient compartment
+  kJobScope,        // resources listed for the job in the scope table (Group exports, referenced resources)
+};
+
+struct ExportJobRecord {
+  std::string job_id;
+  std::string job_name;
+  std::string status;  // SUBMITTED, QUEUED, IN_PROGRESS, COMPLETED, COMPLETED_WITH_ERRORS, FAILED, CANCEL_*
+  std::string view;    // the door the job came in by: "healthlake" (later also the Bulk Data IG's)
+  std::string owner = "anonymous";  // the principal that started it (RequestContext::principal.id)
+  std::string level;                // "system", "patient", "group"
+  std::string group_id;
+  std::vector<std::string> types;  // empty: all
+  std::optional<EpochMillis> since;
+  std::string output_format;
+  std::string s3_uri;  // normalised, without trailing slash
+  std::string kms_key_id;
+  std::string data_access_role_arn;
+  std::string request_url;  // the kick-off URL as received (absolute)
+  EpochMillis submit_time = 0;
+  std::optional<EpochMillis> start_time;
+  std::optional<EpochMillis> end_time;
+  std::optional<Snapshot> snapshot;  // fixed when the job starts running
+  std::string message;
+  bool include_referenced = true;
+  int64_t queue_order = 0;  // assigned by the store at insert
+};
+
+// What a transition writes besides the status (unset members keep their value).
+struct JobUpdate {
+  std::optional<EpochMillis> start_time;
+  std::optional<EpochMillis> end_time;
+  std::optional<Snapshot> snapshot;
+  std::optional<std::string> message;
+};
+
+struct ExportTaskRecord {
+  std::string job_id;
+  int task_no = 0;
+  std::string type;
+  ScanScope scope = ScanScope::kAll;
+  int64_t min_rid = 0;    // exclusive
+  int64_t max_rid = 0;    // inclusive
+  int64_t after_rid = 0;  // checkpoint: everything up to here is in committed files
+  int64_t planned_rows = 0;
+  bool done = false;
+};
+
+struct ExportFileRecord {
+  std::string job_id;
+  std::string kind;  // "output" or "error"
+  std::string type;
+  int file_no = 0;
+  std::string key;  // object key within the bucket
+  int64_t count = 0;
+  int64_t bytes = 0;
+  int task_no = 0;
+};
+
+class JobStore {
+ public:
+  virtual ~JobStore() = default;
+
+  // Inserts the job (status as given, normally SUBMITTED) and sets its queue_order, unless `queue_limit` (> 0)
+  // jobs are already SUBMITTED or QUEUED: then kTooManyRequests and nothing is written. One transaction decides,
+  // so the quota holds for concurrent kick-offs (and, on a shared database, across nodes).
+  virtual Status InsertJob(ExportJobRecord* job, int queue_limit = 0) = 0;
+  // Compare-and-set: moves the job from one of `from` to `to` and applies `update`, in one statement
+  // (`UPDATE ... WHERE job_id = ? AND status IN (from)`). kConflict when the job is in none of `from` (the message
+  // names its current status), kNotFound for an unknown job. Returns the row as written.
+  virtual Result<ExportJobRecord> TransitionJob(std::string_view job_id, std::initializer_list<std::string_view> from,
+                                                std::string_view to, const JobUpdate& update) = 0;
+  virtual Result<ExportJobRecord> GetJob(std::string_view job_id) = 0;
+  // Jobs in any of `statuses`, in queue order.
+  virtual Result<std::vector<ExportJobRecord>> JobsWithStatus(const std::vector<std::string>& statuses) = 0;
+  // SUBMITTED + QUEUED jobs (what the queue quota counts).
+  virtual Result<int64_t> CountWaitingJobs() = 0;
+  // Atomically replaces the job's tasks (planning).
+  virtual Status ReplaceTasks(const std::string& job_id, const std::vector<ExportTaskRecord>& tasks) = 0;
+  virtual Result<std::vector<ExportTaskRecord>> Tasks(const std::string& job_id) = 0;
+  // Records completed files (any number, also none) and advances the task's checkpoint, in one transaction.
+  virtual Status CommitFiles(const std::vector<ExportFileRecord>& files, const std::string& job_id, int task_no,
+                             int64_t task_after_rid, bool task_done) = 0;
+  Status CommitFile(const ExportFileRecord& file, int64_t task_after_rid, bool task_done) {
+    return CommitFiles({file}, file.job_id, file.task_no, task_after_rid, task_done);
+  }
+  virtual Result<std::vector<ExportFileRecord>> Files(const std::string& job_id) = 0;
+  // Removes the per-job scope rows. Call only once the job's final state is durable.
+  virtual Status DropJobScratch(const std::string& job_id) = 0;
+  // Ids of jobs in a final state that still have scope rows (a drop that failed; swept at start-up).
+  virtual Result<std::vector<std::string>> JobsWithScratch() = 0;
+};
+
+}  // namespace fhirlake::store
