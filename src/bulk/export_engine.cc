@@ -5,7 +5,8 @@
 //
 // The store decides every transition (compare-and-set), so the engine's in-memory copy of a job is never written
 // back: a job cancelled while the scheduler plans it, or while its last task finishes, ends CANCEL_COMPLETED once.
-// Failpoints (common/failpoint.h) mark the places a crash test kills the process: export.plan, export.scope,
+// Failpoints (common/failpoint.h) mark the places a crash test kills the process: export.plan, export.snapshot,
+// export.scope,
 // export.mid_file, export.after_sink_commit, export.after_store_commit, export.finalize, export.cancel;
 // export.persist_final=error makes the final state write fail (the journal path).
 #include "bulk/export_engine.h"
@@ -306,15 +307,6 @@ Status ExportEngine::Resume(store::ResourceStore* store, const store::ExportJobR
 
 namespace {
 
-// The longest key a job writes below its prefix: "/{ds}-FHIR_EXPORT-{job}/{Type}/{Type}-{n}.ndjson".
-size_t LongestJobKeySuffix() {
-  size_t longest_type = 0;
-  for (std::string_view t : fhir::AllResourceTypes()) longest_type = std::max(longest_type, t.size());
-  longest_type = std::max(longest_type, std::string_view("OperationOutcome").size());
-  return 1 + 32 + std::string_view("-FHIR_EXPORT-").size() + 32 + 1 + longest_type + 1 + longest_type + 1 + 10 +
-         std::string_view(".ndjson").size();
-}
-
 std::string HumanBytes(int64_t b) {
   if (b >= (int64_t{1} << 30)) return std::to_string(b >> 20 >> 10) + " GiB";
   if (b >= (int64_t{1} << 20)) return std::to_string(b >> 20) + " MiB";
@@ -324,12 +316,6 @@ std::string HumanBytes(int64_t b) {
 }  // namespace
 
 Result<store::ExportJobRecord> ExportEngine::Submit(store::ResourceStore* store, const ExportRequest& request) {
-  if (request.output.prefix.size() + LongestJobKeySuffix() > 1024) {
-    return Status::Invalid("OutputDataConfig.S3Configuration.S3Uri: the key prefix '" + request.output.prefix +
-                           "' is too long: with the job folder and file names below it, keys would exceed S3's 1024 "
-                           "bytes (the prefix may have at most " +
-                           std::to_string(1024 - LongestJobKeySuffix()) + " bytes)");
-  }
   if (request.level == ExportLevel::kGroup) {
     auto group = store->Read("Group", request.group_id);
     if (!group.ok() || group->deleted) {
@@ -338,8 +324,15 @@ Result<store::ExportJobRecord> ExportEngine::Submit(store::ResourceStore* store,
     }
   }
   if (!options_.local_output_dir.empty() && options_.min_free_bytes > 0) {
+    // The output folder may not exist yet (buckets are created on demand): ask the nearest existing ancestor.
     struct statvfs fs {};
-    if (::statvfs(options_.local_output_dir.c_str(), &fs) == 0) {
+    std::filesystem::path probe = options_.local_output_dir;
+    int rc = -1;
+    while (!probe.empty() && (rc = ::statvfs(probe.c_str(), &fs)) != 0 && probe.has_parent_path() &&
+           probe.parent_path() != probe) {
+      probe = probe.parent_path();
+    }
+    if (rc == 0) {
       const int64_t free_bytes = static_cast<int64_t>(fs.f_bavail) * static_cast<int64_t>(fs.f_frsize);
       if (free_bytes < options_.min_free_bytes) {
         return Status::InsufficientStorage(
@@ -575,6 +568,7 @@ Result<std::vector<store::ExportTaskRecord>> ExportEngine::PlanTasks(store::Reso
 Status ExportEngine::StartJob(store::ResourceStore* store, const store::ExportJobRecord& waiting) {
   RETURN_IF_ERROR(failpoint::Hit("export.plan"));
   ASSIGN_OR_RETURN(store::Snapshot snap, store->TakeSnapshot());
+  RETURN_IF_ERROR(failpoint::Hit("export.snapshot"));
   store::ExportJobRecord job = waiting;
   job.snapshot = snap;
   job.start_time = clock_.NowMillis();

@@ -60,6 +60,14 @@ std::string_view LevelName(ExportLevel level) {
   return "system";
 }
 
+size_t LongestJobKeySuffix() {
+  size_t longest_type = std::string_view("OperationOutcome").size();
+  for (std::string_view t : fhir::AllResourceTypes()) longest_type = std::max(longest_type, t.size());
+  // "/{datastoreId}-FHIR_EXPORT-{jobId}/{Type}/{Type}-{n}.ndjson", n up to 10 digits.
+  return 1 + 32 + std::string_view("-FHIR_EXPORT-").size() + 32 + 1 + longest_type + 1 + longest_type + 1 + 10 +
+         std::string_view(".ndjson").size();
+}
+
 Result<S3Location> ParseS3Uri(std::string_view uri) {
   const std::string field = "OutputDataConfig.S3Configuration.S3Uri";
   if (uri.size() > 1024) return Status::Invalid(field + " is longer than 1024 characters");
@@ -82,6 +90,11 @@ Result<S3Location> ParseS3Uri(std::string_view uri) {
       return Status::Invalid(field + " '" + std::string(uri) +
                              "': the key prefix must not contain empty, '.' or '..' segments");
     }
+    if (seg.size() > 255) {
+      return Status::Invalid(field + ": the key prefix segment '" + std::string(seg.substr(0, 32)) + "...' is " +
+                             std::to_string(seg.size()) +
+                             " bytes long; each '/'-separated segment may have at most 255 bytes");
+    }
     for (char c : seg) {
       if (static_cast<unsigned char>(c) < 0x20 || c == '\\') {
         return Status::Invalid(field + " '" + std::string(uri) +
@@ -90,6 +103,12 @@ Result<S3Location> ParseS3Uri(std::string_view uri) {
     }
     if (next == std::string_view::npos) break;
     p.remove_prefix(next + 1);
+  }
+  if (prefix.size() + LongestJobKeySuffix() > 1024) {
+    return Status::Invalid(field + ": the key prefix is " + std::to_string(prefix.size()) +
+                           " bytes long; with the job folder and file names below it, keys would exceed S3's limit of "
+                           "1024 bytes (the prefix may have at most " + std::to_string(1024 - LongestJobKeySuffix()) +
+                           " bytes)");
   }
   loc.prefix = std::string(prefix);
   return loc;

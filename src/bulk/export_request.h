@@ -41,6 +41,8 @@ struct ExportRequest {
 // 1,024 bytes in all (S3's limit), and at most 255 bytes per '/'-separated segment (a file name's limit, so that the
 // output also fits a local directory or a mirror of the bucket on disk).
 Result<S3Location> ParseS3Uri(std::string_view uri);
+// The length of the longest key a job writes below its prefix ("/{datastoreId}-FHIR_EXPORT-{jobId}/{Type}/...").
+size_t LongestJobKeySuffix();
 bool IsIamRoleArn(std::string_view arn);
 bool IsKmsKeyId(std::string_view key);
 bool IsJobName(std::string_view name);

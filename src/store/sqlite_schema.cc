@@ -156,7 +156,7 @@ Status InExclusiveTransaction(SqliteConnection& db, const std::function<Status()
   RETURN_IF_ERROR(db.Exec("BEGIN EXCLUSIVE"));
   Status st = fn();
   if (st.ok()) st = db.Exec("COMMIT");
-  if (!st.ok()) {
+  if (!st.ok() && !sqlite3_get_autocommit(db.raw())) {
     if (Status rb = db.Exec("ROLLBACK"); !rb.ok()) {
       st = Status(st.code(), st.message() + " (rollback also failed: " + rb.message() + ")");
     }

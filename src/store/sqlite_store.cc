@@ -118,6 +118,10 @@ StoredResource ReadRow(const SqliteStmt& q) {
   return r;
 }
 
+// The SQL LIMIT of a page: one row more than asked for (it tells the caller a next page exists); -1 (no limit)
+// for ResourceStore::kAllRows.
+int64_t PageSqlLimit(size_t limit) { return limit >= ResourceStore::kAllRows ? -1 : static_cast<int64_t>(limit) + 1; }
+
 constexpr const char* kSelectCurrent =
     "SELECT rid, type, id, version, seq, last_updated, deleted, json, op FROM resources WHERE type=?1 AND id=?2";
 
@@ -405,19 +409,31 @@ class SqliteStore final : public ResourceStore, public JobStore {
     return HistoryRow(current, *q);
   }
 
-  Result<std::vector<StoredResource>> History(std::string_view type, std::string_view id) override {
+  Result<ResourcePage> History(std::string_view type, std::string_view id, const PageRequest& page) override {
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
-    RETURN_IF_ERROR(conn->Exec("BEGIN"));  // current row and history from one snapshot (ended by the lease)
+    RETURN_IF_ERROR(conn->Exec("BEGIN"));  // current row, history and count from one snapshot (ended by the lease)
     ASSIGN_OR_RETURN(StoredResource current, ReadCurrent(*conn, type, id));
-    std::vector<StoredResource> out;
+    ResourcePage out;
+    {
+      ASSIGN_OR_RETURN(auto n, conn->Prepare("SELECT count(*) FROM history WHERE rid=?1"));
+      n->Bind(1, current.rid);
+      ASSIGN_OR_RETURN(bool row, n->Step());
+      out.total = (row ? n->Int(0) : 0) + 1;
+    }
+    // Every version in `history` is older than the current one.
+    const bool with_current = !page.after || current.version < *page.after;
+    int64_t limit = PageSqlLimit(page.limit);
+    if (with_current) {
+      out.rows.push_back(current);
+      if (limit > 0) --limit;
+    }
     ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT version, seq, last_updated, deleted, json, op FROM history "
-                                           "WHERE rid=?1 ORDER BY version DESC"));
-    q->Bind(1, current.rid);
-    out.push_back(current);
+                                           "WHERE rid=?1 AND version<?2 ORDER BY version DESC LIMIT ?3"));
+    q->Bind(1, current.rid).Bind(2, page.after.value_or(INT64_MAX)).Bind(3, limit);
     while (true) {
       ASSIGN_OR_RETURN(bool row, q->Step());
       if (!row) break;
-      out.push_back(HistoryRow(current, *q));
+      out.rows.push_back(HistoryRow(current, *q));
     }
     return out;
   }
@@ -460,19 +476,29 @@ class SqliteStore final : public ResourceStore, public JobStore {
     return row ? q->Int(0) : 0;
   }
 
-  Result<std::vector<StoredResource>> ReadCompartment(std::string_view patient_id, std::string_view type) override {
+  Result<ResourcePage> ReadCompartment(std::string_view patient_id, std::string_view type,
+                                       const PageRequest& page) override {
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
-    ASSIGN_OR_RETURN(
-        auto q, conn->Prepare(
-                    "SELECT r.rid, r.type, r.id, r.version, r.seq, r.last_updated, r.deleted, "
-                    "r.json, r.op FROM compartment c JOIN resources r ON r.rid=c.rid WHERE "
-                    "c.until_seq IS NULL AND c.patient_id=?1 AND r.deleted=0 AND (?2='' OR r.type=?2) ORDER BY r.rid"));
-    q->Bind(1, patient_id).Bind(2, type);
-    std::vector<StoredResource> out;
+    RETURN_IF_ERROR(conn->Exec("BEGIN"));  // the page and the count from one snapshot (ended by the lease)
+    constexpr const char* kMembers =
+        " FROM compartment c JOIN resources r ON r.rid=c.rid WHERE c.until_seq IS NULL AND c.patient_id=?1 AND "
+        "r.deleted=0 AND (?2='' OR r.type=?2)";
+    ResourcePage out;
+    {
+      ASSIGN_OR_RETURN(auto n, conn->Prepare(std::string("SELECT count(*)") + kMembers));
+      n->Bind(1, patient_id).Bind(2, type);
+      ASSIGN_OR_RETURN(bool row, n->Step());
+      out.total = row ? n->Int(0) : 0;
+    }
+    // The range on c.rid continues the (patient_id, rid) primary key scan where the previous page ended.
+    ASSIGN_OR_RETURN(auto q, conn->Prepare(std::string("SELECT r.rid, r.type, r.id, r.version, r.seq, r.last_updated, "
+                                                       "r.deleted, r.json, r.op") +
+                                           kMembers + " AND c.rid>?3 ORDER BY c.rid LIMIT ?4"));
+    q->Bind(1, patient_id).Bind(2, type).Bind(3, page.after.value_or(0)).Bind(4, PageSqlLimit(page.limit));
     while (true) {
       ASSIGN_OR_RETURN(bool row, q->Step());
       if (!row) break;
-      out.push_back(ReadRow(*q));
+      out.rows.push_back(ReadRow(*q));
     }
     return out;
   }
@@ -1020,8 +1046,11 @@ class SqliteStore final : public ResourceStore, public JobStore {
     if (!st.ok()) {
       // The error that matters is `st`; a failed rollback leaves the connection in a transaction, which Writer()
       // rolls back before the next use.
-      if (Status rb = conn->Exec("ROLLBACK"); !rb.ok()) {
-        st = Status(st.code(), st.message() + " (rollback also failed: " + rb.message() + ")");
+      // A failed COMMIT (SQLITE_FULL) may already have rolled back; only a transaction still open needs it.
+      if (!sqlite3_get_autocommit(conn->raw())) {
+        if (Status rb = conn->Exec("ROLLBACK"); !rb.ok()) {
+          st = Status(st.code(), st.message() + " (rollback also failed: " + rb.message() + ")");
+        }
       }
     }
     return st;

@@ -394,9 +394,10 @@ _LOG_COUNTER = itertools.count(1)
 class Server:
     """One `fhirlake serve` on 127.0.0.1 with a port the server picks; stdout+stderr go to a log file."""
 
-    def __init__(self, data_dir: Path, extra_args=(), log_dir: Path | None = None):
+    def __init__(self, data_dir: Path, extra_args=(), log_dir: Path | None = None, env=None):
         self.data_dir = Path(data_dir)
         self.extra_args = [str(a) for a in extra_args]
+        self.env = env  # extra environment variables (failpoints)
         self.log_path = Path(log_dir or self.data_dir.parent) / f"serve-{os.getpid()}-{next(_LOG_COUNTER)}.log"
         self.proc = None
         self.port = None
@@ -408,7 +409,9 @@ class Server:
         cmd = [str(binary_path()), "serve", "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0",
                *self.extra_args]
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        env = dict(os.environ, **self.env) if self.env else None
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=env)
         deadline = time.time() + timeout
         while True:
             text = self.log_path.read_bytes().decode("utf-8", "replace")
@@ -485,8 +488,8 @@ class ServerPool:
         self.log_dir = log_dir
         self.servers = []
 
-    def start(self, data_dir, extra_args=()) -> Server:
-        s = Server(data_dir, extra_args, self.log_dir)
+    def start(self, data_dir, extra_args=(), env=None) -> Server:
+        s = Server(data_dir, extra_args, self.log_dir, env=env)
         self.servers.append(s)
         return s.start()
 

@@ -77,9 +77,25 @@ TEST(ParseS3UriTest, RejectsTooLongUris) {
   std::string uri = "s3://my-bucket/" + std::string(1010, 'a');
   ASSERT_GT(uri.size(), 1024u);
   EXPECT_STATUS(ParseS3Uri(uri), kInvalid, "1024");
-  std::string max = "s3://my-bucket/" + std::string(1024 - 15, 'a');
-  ASSERT_EQ(max.size(), 1024u);
-  EXPECT_OK(ParseS3Uri(max));
+}
+
+// Regression (hardening issue, defect 6): a prefix segment over 255 bytes was accepted (202) and the job then failed
+// with "File name too long", its message carrying the server's data path. Lengths are checked at kick-off against
+// the longest key the job will write below the prefix.
+TEST(ParseS3UriTest, PrefixLengthsLeaveRoomForTheJobsKeys) {
+  EXPECT_STATUS(ParseS3Uri("s3://my-bucket/" + std::string(256, 'a')), kInvalid, "at most 255 bytes");
+  EXPECT_OK(ParseS3Uri("s3://my-bucket/" + std::string(255, 'a')));
+  // The longest prefix that still fits: segments of 255 bytes and one shorter one.
+  const size_t room = 1024 - LongestJobKeySuffix();
+  ASSERT_GT(room, 600u);
+  std::string prefix;
+  while (prefix.size() + 256 <= room) prefix += std::string(255, 'b') + "/";
+  prefix += std::string(room - prefix.size(), 'c');
+  ASSERT_EQ(prefix.size(), room);
+  auto fits = ParseS3Uri("s3://my-bucket/" + prefix);
+  ASSERT_OK(fits);
+  EXPECT_EQ(fits->prefix, prefix);
+  EXPECT_STATUS(ParseS3Uri("s3://my-bucket/" + prefix + "c"), kInvalid, "1024");
 }
 
 TEST(ParseS3UriTest, BucketNameRules) {
