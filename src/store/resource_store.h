@@ -103,14 +103,38 @@ class ResourceStore {
   // The version of `type/id` that was current at commit sequence `seq` (a tombstone when it was deleted then);
   // kNotFound when it did not exist yet.
   virtual Result<StoredResource> ReadAsOf(std::string_view type, std::string_view id, int64_t seq) = 0;
-  // Every version, newest first (tombstones included).
-  virtual Result<std::vector<StoredResource>> History(std::string_view type, std::string_view id) = 0;
+  // Keyset paging for History and ReadCompartment: a page starts after the sort key of the previous page's last
+  // row (nullopt: at the first row) and holds at most `limit` + 1 rows, the extra one only telling the caller
+  // that a next page exists. Each page is one read transaction; `total` counts the rows of the whole read in it.
+  struct PageRequest {
+    std::optional<int64_t> after;
+    size_t limit = 100;
+  };
+  static constexpr size_t kAllRows = static_cast<size_t>(INT64_MAX) - 1;  // no limit (tests, tools)
+  struct ResourcePage {
+    std::vector<StoredResource> rows;
+    int64_t total = 0;
+  };
+  // Versions newest first (tombstones included); the key is the version: a page has versions < `after`.
+  // kNotFound when the resource never existed.
+  virtual Result<ResourcePage> History(std::string_view type, std::string_view id, const PageRequest& page) = 0;
+  // Every version at once (tests and tools; request handlers page).
+  Result<std::vector<StoredResource>> History(std::string_view type, std::string_view id) {
+    ASSIGN_OR_RETURN(ResourcePage page, History(type, id, PageRequest{std::nullopt, kAllRows}));
+    return std::move(page.rows);
+  }
   // Patient ids of the compartments the current version of a resource is in (tests and diagnostics).
   virtual Result<std::vector<std::string>> CompartmentsOf(std::string_view type, std::string_view id) = 0;
   virtual Result<int64_t> CountCurrent() = 0;
   // Current (not deleted) resources in patient `patient_id`'s compartment, the Patient itself included,
-  // optionally of one type (empty: all), in storage order.
-  virtual Result<std::vector<StoredResource>> ReadCompartment(std::string_view patient_id, std::string_view type) = 0;
+  // optionally of one type (empty: all), in storage order; the key is the rid: a page has rids > `after`.
+  virtual Result<ResourcePage> ReadCompartment(std::string_view patient_id, std::string_view type,
+                                               const PageRequest& page) = 0;
+  // The whole compartment at once (tests and tools; request handlers page).
+  Result<std::vector<StoredResource>> ReadCompartment(std::string_view patient_id, std::string_view type) {
+    ASSIGN_OR_RETURN(ResourcePage page, ReadCompartment(patient_id, type, PageRequest{std::nullopt, kAllRows}));
+    return std::move(page.rows);
+  }
 
   // --- export reads ---
   virtual Result<Snapshot> TakeSnapshot() = 0;
