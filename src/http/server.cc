@@ -1,5 +1,7 @@
-// The Boost.Beast HTTP/1.1 server behind http::Server: accept loop, one strand-serialised session per
-// connection (keep-alive, body limits, chunked streaming of body_producer responses) and graceful shutdown.
+// The Boost.Beast HTTP/1.1 server behind http::Server: accept loop (connection cap, back-off when out of file
+// descriptors), one strand-serialised session per connection (header deadline, keep-alive, body limits and the
+// body memory budget, message framing checks, chunked streaming of body_producer responses), handlers on a
+// HandlerPool with the response posted back to the session's strand, and graceful shutdown.
 // This is the only translation unit that includes Beast; no exception leaves it.
 #include "http/server.h"
 
@@ -11,23 +13,27 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <array>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <chrono>
 #include <condition_variable>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <thread>
 #include <unordered_map>
 #include <vector>
+
+#include "common/failpoint.h"
+#include "http/handler_pool.h"
 
 namespace fhirlake::http {
 
@@ -39,19 +45,34 @@ using error_code = boost::system::error_code;
 
 namespace {
 
-// Upper bound on how long Stop() lets in-flight requests finish before the io threads are stopped.
+// Upper bound on how long Stop() lets in-flight requests finish before the handler pool and the io threads are
+// stopped.
 constexpr auto kDrainTimeout = std::chrono::seconds(10);
+// After the handler pool has stopped, how long the io threads still get to write what its last handlers answered.
+constexpr auto kFinalWriteTimeout = std::chrono::seconds(2);
 // Request line + headers; FHIR search URLs can be long, so this is well above Beast's 8 KiB default.
 constexpr uint32_t kHeaderLimit = 64 * 1024;
-// Once the headers are in, the body may legitimately take longer than the idle timeout (large uploads).
+// Once the headers are in, the body may legitimately take longer than the header deadline (large uploads).
 constexpr auto kBodyReadTimeout = std::chrono::seconds(300);
 // Per write operation (one response, or one chunk): a client that stops reading is dropped after this.
 constexpr auto kWriteTimeout = std::chrono::seconds(120);
-// After an error response (413/400) the client may still be sending; we read and discard up to this much
-// (bounded in time too) before closing, because closing with unread input makes the kernel send a RST
-// that can destroy the error response before the client reads it.
-constexpr size_t kMaxDrainBytes = 1 << 20;
-constexpr auto kLingerTimeout = std::chrono::seconds(2);
+// After an error response (400/413/503) the client may still be sending its body. Closing with unread input
+// makes the kernel answer with a RST, which can destroy the response before the client has read it, so we
+// half-close and read-and-discard until the client closes, for at most this long (a lingering close, as
+// Apache and nginx do). Bounded by time only: discarding costs no memory, and a byte cap would reset honest
+// clients that are still uploading a body they sent before they could see the answer.
+constexpr auto kLingerTimeout = std::chrono::seconds(5);
+constexpr size_t kDrainChunkBytes = 64 * 1024;
+// An idle keep-alive connection waits for its next request with a read of this size (then the header deadline
+// starts); the buffer is allocated only for that wait.
+constexpr size_t kIdleReadBytes = 4096;
+// Beast reads at most this much from the socket per read_some (beast::read_size's cap).
+constexpr size_t kSocketReadBytes = 64 * 1024;
+// When accept() fails for want of descriptors or memory the pending connection stays queued, so retrying at once
+// would spin; wait this long instead (a connection closing is what frees a descriptor).
+constexpr auto kAcceptBackoff = std::chrono::milliseconds(100);
+// Retry-After on a 503 from the server itself (busy handlers, body budget): the condition is short-lived.
+constexpr int kBusyRetryAfterSeconds = 1;
 
 // Beast 1.74 uses boost::string_view, which does not convert to std::string_view by itself.
 std::string_view ToStd(beast::string_view s) { return {s.data(), s.size()}; }
@@ -65,6 +86,12 @@ std::string EndpointString(const tcp::endpoint& ep) {
 
 bool IsHttpError(const error_code& ec) {
   return ec.category() == bhttp::make_error_code(bhttp::error::body_limit).category();
+}
+
+// accept() failures that a retry at once cannot fix: the process or system is out of descriptors or buffers.
+bool IsOutOfResources(const error_code& ec) {
+  return ec == net::error::no_descriptors || ec == net::error::no_buffer_space || ec == net::error::no_memory ||
+         ec == boost::system::errc::too_many_files_open_in_system;
 }
 
 // Headers the server owns: taking them from a handler would corrupt the framing of the connection.
@@ -82,12 +109,124 @@ bool IsSafeHeader(std::string_view name, std::string_view value) {
 
 bool StatusHasNoBody(int status) { return status < 200 || status == 204 || status == 304; }
 
+std::string_view TrimOws(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+struct Rejection {
+  int status = 400;
+  std::string message;
+};
+
+// Request smuggling (RFC 9112 section 6.1, 6.3): when the server and a proxy in front of it could disagree on
+// where a body ends, the bytes after it could run as a second request. Beast treats a Transfer-Encoding whose
+// final coding is not chunked (e.g. "gzip") as "no body" and keeps the connection, and takes Content-Length
+// when it follows such a Transfer-Encoding; both are refused here, before any byte of the body is read, and the
+// caller closes the connection after answering. Beast itself rejects conflicting Content-Length values and a
+// Content-Length next to a chunked Transfer-Encoding (bad_content_length / bad_transfer_encoding: 400).
+template <class Fields>
+std::optional<Rejection> CheckFraming(const bhttp::header<true, Fields>& req) {
+  std::vector<std::string_view> codings;
+  bool has_transfer_encoding = false;
+  auto [begin, end] = req.equal_range(bhttp::field::transfer_encoding);
+  for (auto it = begin; it != end; ++it) {
+    has_transfer_encoding = true;
+    std::string_view value = ToStd(it->value());
+    while (!value.empty()) {  // a list: elements separated by ',', empty elements allowed and ignored
+      size_t comma = value.find(',');
+      std::string_view element = TrimOws(value.substr(0, comma));
+      if (!element.empty()) codings.push_back(element);
+      value = comma == std::string_view::npos ? std::string_view() : value.substr(comma + 1);
+    }
+  }
+  if (!has_transfer_encoding) return std::nullopt;
+  std::string list;
+  for (std::string_view c : codings) list += (list.empty() ? "" : ", ") + std::string(c);
+  if (list.size() > 100) list = list.substr(0, 100) + "...";
+  if (req.version() < 11) {
+    return Rejection{400, "Transfer-Encoding is not allowed in an HTTP/1.0 request (RFC 9112 section 6.1)"};
+  }
+  if (req.count(bhttp::field::content_length) > 0) {
+    return Rejection{400, "Request has both Transfer-Encoding and Content-Length (RFC 9112 section 6.3)"};
+  }
+  if (codings.empty() || !EqualsIgnoreCase(codings.back(), "chunked")) {
+    return Rejection{400, "Transfer-Encoding '" + list +
+                              "' does not end in chunked, so the request body has no length (RFC 9112 section 6.3)"};
+  }
+  if (codings.size() > 1) {
+    return Rejection{501, "Transfer-Encoding '" + list + "' is not supported; send the body with chunked alone"};
+  }
+  return std::nullopt;
+}
+
+// The request bodies being buffered, server-wide, against --http-body-budget-bytes. Without it, N connections
+// each uploading a body just under --max-body-bytes hold N times that in memory at once.
+class BodyBudget {
+ public:
+  explicit BodyBudget(size_t limit) : limit_(limit) {}
+  bool TryTake(size_t n) {
+    size_t used = used_.load(std::memory_order_relaxed);
+    do {
+      if (n > limit_ - used) return false;
+    } while (!used_.compare_exchange_weak(used, used + n, std::memory_order_relaxed));
+    return true;
+  }
+  void Give(size_t n) { used_.fetch_sub(n, std::memory_order_relaxed); }
+  size_t limit() const { return limit_; }
+
+ private:
+  const size_t limit_;
+  std::atomic<size_t> used_{0};  // <= limit_
+};
+
+// One request's share of the BodyBudget; given back when the lease is reset or destroyed, i.e. when the body it
+// covers is freed, however the request ends (answered, rejected, connection dropped).
+class BodyLease {
+ public:
+  explicit BodyLease(BodyBudget* budget) : budget_(budget) {}
+  BodyLease(BodyLease&& other) noexcept : budget_(other.budget_), bytes_(std::exchange(other.bytes_, 0)) {}
+  BodyLease& operator=(BodyLease&& other) noexcept {
+    if (this != &other) {
+      Reset();
+      budget_ = other.budget_;
+      bytes_ = std::exchange(other.bytes_, 0);
+    }
+    return *this;
+  }
+  BodyLease(const BodyLease&) = delete;
+  BodyLease& operator=(const BodyLease&) = delete;
+  ~BodyLease() { Reset(); }
+
+  // Grows the lease to at least `total` bytes; false (lease unchanged) when the budget cannot cover it.
+  bool GrowTo(size_t total) {
+    if (total <= bytes_) return true;
+    if (!budget_->TryTake(total - bytes_)) return false;
+    bytes_ = total;
+    return true;
+  }
+  void Reset() {
+    if (bytes_ > 0) budget_->Give(bytes_);
+    bytes_ = 0;
+  }
+
+ private:
+  BodyBudget* budget_;
+  size_t bytes_ = 0;
+};
+
 }  // namespace
 
 class Server::Impl {
  public:
   Impl(ServerOptions options, RequestHandler handler)
-      : options_(std::move(options)), handler_(std::move(handler)), acceptor_(net::make_strand(ioc_)) {}
+      : options_(std::move(options)),
+        handler_(std::move(handler)),
+        pool_(options_.workers, options_.queue_limit),
+        budget_(options_.body_budget_bytes),
+        acceptor_(net::make_strand(ioc_)),
+        accept_backoff_(acceptor_.get_executor()) {}
 
   ~Impl() {
     Stop();
@@ -106,23 +245,33 @@ class Server::Impl {
 
   void DoAccept();
   void OnAccept(const error_code& ec, tcp::socket socket);
+  // Called with sessions_mu_ held when a session ends: restarts accepting if the connection cap had paused it.
+  void ResumeAcceptIfPaused();
   void DoStop();
-  bool IsIoThread() const;
+  // True on an io thread or a handler thread: such a thread cannot wait for the server to drain or join itself.
+  bool IsServerThread() const;
 
   // Builds a server-generated error response; falls back to plain text if the responder is missing or throws.
   Response ErrorResponse(int status, const std::string& message) const;
-  // Runs the application handler; exceptions become a 500 here so they never reach asio.
+  // Runs the application handler; exceptions become a 500 here so they never reach asio or a pool thread.
   Response Handle(const Request& request) const;
+  bool RunsInline(const Request& request) const;
 
   const ServerOptions options_;
   const RequestHandler handler_;
+  HandlerPool pool_;
+  // Before ioc_: sessions (holding leases) may be destroyed with the io_context.
+  BodyBudget budget_;
 
-  // Live sessions, so Stop() can tell idle keep-alive connections to close and wait for busy ones. Declared
-  // before ioc_ because sessions still queued in the io_context unregister themselves when it is destroyed.
+  // Live sessions, so Stop() can tell idle keep-alive connections to close and wait for busy ones, and so the
+  // connection cap can be enforced. Declared before ioc_ because sessions still queued in the io_context
+  // unregister themselves when it is destroyed.
   std::mutex sessions_mu_;
   std::condition_variable sessions_cv_;
-  std::unordered_map<Session*, std::weak_ptr<Session>> sessions_;
+  std::unordered_map<Session*, std::weak_ptr<Session>> sessions_;  // GUARDED_BY(sessions_mu_)
   std::atomic<bool> stopping_{false};  // written under sessions_mu_ so registration cannot race Stop()
+  bool accept_paused_ = false;         // GUARDED_BY(sessions_mu_): the cap is reached, no accept is pending
+  uint64_t cap_pauses_ = 0;            // GUARDED_BY(sessions_mu_): for rate-limited logging
 
   // Lifecycle: started_ once Start() succeeded, stop_requested_ on the first Stop(), stopped_ when the
   // threads are joined (Wait() returns then).
@@ -131,17 +280,20 @@ class Server::Impl {
   bool started_ = false;
   bool stop_requested_ = false;
   bool stopped_ = false;
-  std::thread stopper_;  // used only when Stop() is called from an io thread (it cannot join itself)
+  std::thread stopper_;  // used only when Stop() is called from a server thread (it cannot join itself)
 
   std::atomic<uint16_t> port_{0};
   net::io_context ioc_;
   std::optional<net::executor_work_guard<net::io_context::executor_type>> work_;
   tcp::acceptor acceptor_;
+  net::steady_timer accept_backoff_;  // on the acceptor's strand
+  uint64_t accept_failures_ = 0;      // consecutive accept() failures; acceptor strand only
   std::vector<std::thread> threads_;
 };
 
-// One TCP connection. All its work runs on its own strand (the executor of its stream), so the members
-// need no locking; the server only reaches in through net::post onto that strand.
+// One TCP connection. All its I/O runs on its own strand (the executor of its stream), so the members need no
+// locking; the server and the handler pool only reach in through net::post onto that strand. While a handler
+// runs on the pool no I/O is pending on the connection (the next request is read only after this response).
 class Server::Impl::Session : public std::enable_shared_from_this<Session> {
   // Wraps a completion handler: keeps the session alive until it has run, and makes sure no exception
   // (bad_alloc, a Beast precondition) escapes into asio; the connection is dropped instead.
@@ -160,8 +312,15 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
     };
   }
 
+  // A request on its way to a handler thread, with the budget its body holds (given back when it is freed).
+  struct PendingRequest {
+    Request request;
+    BodyLease lease;
+  };
+
  public:
-  Session(Impl* server, tcp::socket socket) : server_(server), stream_(std::move(socket)) {
+  Session(Impl* server, tcp::socket socket)
+      : server_(server), strand_(socket.get_executor()), stream_(std::move(socket)), lease_(&server->budget_) {
     error_code ec;
     auto ep = stream_.socket().remote_endpoint(ec);
     if (!ec) remote_ = EndpointString(ep);
@@ -171,15 +330,16 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
     std::lock_guard lock(server_->sessions_mu_);
     server_->sessions_.erase(this);
     server_->sessions_cv_.notify_all();
+    server_->ResumeAcceptIfPaused();
   }
 
   void Start() {
-    net::dispatch(stream_.get_executor(), Guard([this] { DoRead(); }));
+    net::dispatch(strand_, Guard([this] { DoRead(); }));
   }
 
   // Posted by Stop(): an idle connection is closed now; a busy one closes after its current response.
   void OnServerStop() {
-    net::post(stream_.get_executor(), Guard([this] {
+    net::post(strand_, Guard([this] {
                 if (!busy_ && !closing_) Close();
               }));
   }
@@ -188,23 +348,57 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
   void DoRead() {
     if (server_->stopping_.load()) return Close();
     busy_ = false;
+    // A big request may have grown the read buffer; an idle keep-alive connection should not keep it.
+    buffer_.shrink_to_fit();
+    // A new connection, or a pipelined request already buffered: its header deadline runs from now. Between
+    // requests on a keep-alive connection the idle timeout applies until the first byte of the next one.
+    if (buffer_.size() == 0 && served_ > 0) return WaitForRequest();
+    ReadHeader();
+  }
+
+  void WaitForRequest() {
+    stream_.expires_after(std::chrono::seconds(std::max(1, server_->options_.keep_alive_seconds)));
+    stream_.async_read_some(buffer_.prepare(kIdleReadBytes), Guard([this](const error_code& ec, size_t n) {
+                              buffer_.commit(n);
+                              // Idle timeout, the client closed, or Stop() closed an idle connection.
+                              if (ec) return Close();
+                              ReadHeader();
+                            }));
+  }
+
+  void ReadHeader() {
     parser_.emplace();
     parser_->header_limit(kHeaderLimit);
     parser_->body_limit(static_cast<uint64_t>(server_->options_.max_body_bytes));
-    stream_.expires_after(std::chrono::seconds(std::max(1, server_->options_.keep_alive_seconds)));
+    // One deadline for the whole request line + headers (the stream's expiry is a point in time, not a gap
+    // between reads), so dribbling a byte at a time cannot hold a connection. On expiry Beast closes the
+    // socket: the connection ends silently, as with nginx's and Go's header timeouts.
+    stream_.expires_after(std::chrono::seconds(std::max(1, server_->options_.header_timeout_seconds)));
     bhttp::async_read_header(stream_, buffer_, *parser_, Guard([this](const error_code& ec, size_t) { OnHeader(ec); }));
   }
 
   void OnHeader(const error_code& ec) {
     if (ec) return OnReadError(ec);
     busy_ = true;  // a request has started: Stop() now waits for its response instead of dropping it
-    if (parser_->is_done()) return HandleRequest();
+    ++served_;
     auto& req = parser_->get();
+    version_ = req.version() == 10 ? 10 : 11;
+    if (auto rejected = CheckFraming(req.base())) return SendErrorAndClose(rejected->status, rejected->message);
+    if (parser_->is_done()) return HandleRequest();
+    if (auto length = parser_->content_length(); length && !lease_.GrowTo(*length)) {
+      return SendErrorAndClose(503,
+                               "Server busy: a request body of " + std::to_string(*length) +
+                                   " bytes does not fit in what is left of the request body memory budget (" +
+                                   std::to_string(server_->budget_.limit()) +
+                                   " bytes, --http-body-budget-bytes); retry later",
+                               kBusyRetryAfterSeconds);
+    }
     if (EqualsIgnoreCase(ToStd(req[bhttp::field::expect]), "100-continue")) {
       // curl and others wait (up to a second) for this before sending a large body.
       continue_.emplace(bhttp::status::continue_, req.version());
       stream_.expires_after(kWriteTimeout);
       bhttp::async_write(stream_, *continue_, Guard([this](const error_code& wec, size_t) {
+                           continue_.reset();
                            if (wec) return Close();
                            ReadBody();
                          }));
@@ -214,11 +408,43 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
   }
 
   void ReadBody() {
-    stream_.expires_after(kBodyReadTimeout);
+    stream_.expires_after(kBodyReadTimeout);  // for the whole body, like the header deadline
+    if (parser_->chunked()) return ReadChunkedBody();
+    // Content-Length: the budget already covers it (string_body reserves exactly that much up front).
     bhttp::async_read(stream_, buffer_, *parser_, Guard([this](const error_code& ec, size_t) {
                         if (ec) return OnReadError(ec);
                         HandleRequest();
                       }));
+  }
+
+  // A chunked body has no declared length: it is read piecewise, and before each piece the body's string is
+  // grown ahead of need with the budget taken first, so the memory it holds never exceeds its lease.
+  void ReadChunkedBody() {
+    if (!ReserveChunkedBody()) {
+      return SendErrorAndClose(503,
+                               "Server busy: the chunked request body grew past what is left of the request body "
+                               "memory budget (" +
+                                   std::to_string(server_->budget_.limit()) +
+                                   " bytes, --http-body-budget-bytes); retry later",
+                               kBusyRetryAfterSeconds);
+    }
+    bhttp::async_read_some(stream_, buffer_, *parser_, Guard([this](const error_code& ec, size_t) {
+                             if (ec) return OnReadError(ec);
+                             if (parser_->is_done()) return HandleRequest();
+                             ReadChunkedBody();
+                           }));
+  }
+
+  bool ReserveChunkedBody() {
+    std::string& body = parser_->get().body();
+    // One read_some hands the parser what is buffered plus at most one socket read; the parser's body limit
+    // (--max-body-bytes) stops it from going further.
+    const size_t need = std::min(body.size() + buffer_.size() + kSocketReadBytes, server_->options_.max_body_bytes);
+    if (need <= body.capacity()) return true;
+    const size_t target = std::max(need, body.capacity() * 2);  // geometric, as the string itself would grow
+    if (!lease_.GrowTo(target)) return false;
+    body.reserve(target);
+    return lease_.GrowTo(body.capacity());  // the allocator may round up
   }
 
   void OnReadError(const error_code& ec) {
@@ -244,7 +470,7 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
     if (IsHttpError(ec) && ec != bhttp::error::end_of_stream && ec != bhttp::error::partial_message) {
       return SendErrorAndClose(400, "Malformed HTTP request: " + ec.message());
     }
-    // Timeouts, resets, and our own Close() cancelling the read.
+    // Timeouts (header deadline, body), resets, and our own Close() cancelling the read.
     Close();
   }
 
@@ -252,7 +478,8 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
     bhttp::request<bhttp::string_body> msg = parser_->release();
     parser_.reset();
 
-    Request request;
+    auto pending = std::make_shared<PendingRequest>(PendingRequest{Request{}, std::move(lease_)});
+    Request& request = pending->request;
     request.method = std::string(ToStd(msg.method_string()));
     request.target = std::string(ToStd(msg.target()));
     std::string_view target(request.target);
@@ -268,19 +495,58 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
     request.body = std::move(msg.body());
     request.remote_address = remote_;
 
-    Response response = server_->Handle(request);
     const bool head = msg.method() == bhttp::verb::head;
-    // During shutdown the response says "Connection: close" so the client does not reuse the connection.
-    const bool keep_alive = msg.keep_alive() && !EqualsIgnoreCase(response.headers.Get("Connection"), "close") &&
-                            !server_->stopping_.load();
-    WriteResponse(std::move(response), msg.version(), keep_alive, head);
+    const bool keep_alive = msg.keep_alive();
+    const unsigned version = msg.version();
+
+    if (server_->RunsInline(request)) {
+      Response response = server_->Handle(request);
+      pending.reset();
+      return Respond(std::move(response), version, keep_alive, head);
+    }
+    const bool queued =
+        server_->pool_.TrySubmit([self = shared_from_this(), pending, version, keep_alive, head]() mutable {
+          Response response;
+          if (Status st = failpoint::Hit("http.before_handler"); !st.ok()) {
+            response = self->server_->ErrorResponse(500, "Internal error: " + st.message());
+          } else {
+            response = self->server_->Handle(pending->request);
+          }
+          pending.reset();  // frees the body and gives its budget back before the response is written
+          Session* s = self.get();
+          net::post(s->strand_, s->Guard([s, response = std::move(response), version, keep_alive, head]() mutable {
+            s->Respond(std::move(response), version, keep_alive, head);
+          }));
+        });
+    if (!queued) {
+      pending.reset();
+      SendErrorAndClose(503,
+                        "Server busy: all " + std::to_string(std::max(1, server_->options_.workers)) +
+                            " request handler threads are busy and " + std::to_string(server_->options_.queue_limit) +
+                            " requests are waiting (--http-workers, --http-queue-limit); retry later",
+                        kBusyRetryAfterSeconds);
+    }
   }
 
-  void SendErrorAndClose(int status, const std::string& message) {
+  void Respond(Response response, unsigned version, bool keep_alive_requested, bool head) {
+    // During shutdown the response says "Connection: close" so the client does not reuse the connection.
+    const bool keep_alive = keep_alive_requested && !EqualsIgnoreCase(response.headers.Get("Connection"), "close") &&
+                            !server_->stopping_.load();
+    WriteResponse(std::move(response), version, keep_alive, head);
+  }
+
+  // Every response the server makes up itself ends the connection ("Connection: close"): after a framing or
+  // size error the rest of the input cannot be trusted, and shedding the connection is part of shedding load.
+  // A 503 says when to come back.
+  void SendErrorAndClose(int status, const std::string& message, int retry_after_seconds = 0) {
     busy_ = true;
-    const unsigned version = parser_ && parser_->get().version() == 10 ? 10 : 11;
-    WriteResponse(server_->ErrorResponse(status, message), version, /*keep_alive=*/false, /*head=*/false,
-                  /*drain_input=*/true);
+    const unsigned version = parser_ ? (parser_->get().version() == 10 ? 10 : 11) : version_;
+    // Nothing of this request will be used: free its body and budget now, not after the lingering close.
+    parser_.reset();
+    lease_.Reset();
+    Response response = server_->ErrorResponse(status, message);
+    if (retry_after_seconds > 0) response.headers.Set("Retry-After", std::to_string(retry_after_seconds));
+    WriteResponse(std::move(response), version, /*keep_alive=*/false, /*head=*/false, /*drain_input=*/true);
   }
 
   template <class Body>
@@ -312,6 +578,8 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
     res->version(version);
     CopyHeaders(response, res.get());
     res->keep_alive(keep_alive);
+    // Beast writes "close" only for HTTP/1.1 (it is 1.0's default); say it always, so every client can tell.
+    if (!keep_alive) res->set(bhttp::field::connection, "close");
     if (!StatusHasNoBody(response.status)) {
       if (head) {
         // HEAD announces the length a GET would get but sends no body. A streamed body's length is unknown.
@@ -338,6 +606,7 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
       keep_alive_ = keep_alive = false;
     }
     stream_res_->keep_alive(keep_alive);
+    if (!keep_alive) stream_res_->set(bhttp::field::connection, "close");
     stream_res_->body().data = nullptr;
     stream_res_->body().more = true;
     serializer_.emplace(*stream_res_);
@@ -409,21 +678,21 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
   }
 
   // Half-closes our side so the client sees a clean end of the response, optionally discarding what the
-  // client is still sending (see kMaxDrainBytes), then closes.
+  // client is still sending (see kLingerTimeout), then closes.
   void GracefulClose() {
     closing_ = true;
     error_code ignored;
     stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
     if (!drain_input_) return Close();
-    drained_ = 0;
+    drain_buf_ = std::make_unique<char[]>(kDrainChunkBytes);
     stream_.expires_after(kLingerTimeout);
     Drain();
   }
 
   void Drain() {
-    stream_.async_read_some(net::buffer(drain_buf_), Guard([this](const error_code& ec, size_t n) {
-                              drained_ += n;
-                              if (ec || drained_ >= kMaxDrainBytes) return Close();
+    stream_.async_read_some(net::buffer(drain_buf_.get(), kDrainChunkBytes),
+                            Guard([this](const error_code& ec, size_t) {
+                              if (ec) return Close();  // the client closed (or the linger time is up)
                               Drain();
                             }));
   }
@@ -436,13 +705,17 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
   }
 
   Impl* server_;
+  const net::any_io_executor strand_;  // the connection's strand (also the stream's executor)
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;
   std::string remote_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   std::optional<bhttp::response<bhttp::empty_body>> continue_;
-  bool busy_ = false;     // between receiving a request's headers and finishing its response
-  bool closing_ = false;  // the connection is being torn down; Stop() has nothing left to do
+  BodyLease lease_;        // the budget held by the body being read; moves with the request to its handler
+  unsigned version_ = 11;  // HTTP version of the current request (for server-generated responses)
+  uint64_t served_ = 0;    // requests started on this connection
+  bool busy_ = false;      // between receiving a request's headers and finishing its response
+  bool closing_ = false;   // the connection is being torn down; Stop() has nothing left to do
   bool keep_alive_ = true;
   bool drain_input_ = false;
 
@@ -452,8 +725,7 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
   std::optional<bhttp::response_serializer<bhttp::buffer_body>> serializer_;
   std::string chunk_;
 
-  size_t drained_ = 0;
-  std::array<char, 8192> drain_buf_{};
+  std::unique_ptr<char[]> drain_buf_;  // only during a lingering close
 };
 
 Status Server::Impl::Start() {
@@ -495,6 +767,11 @@ Status Server::Impl::Start() {
   if (ec) return Status::Unavailable("cannot listen on " + where + ": " + ec.message());
   port_.store(local.port());
 
+  if (Status st = pool_.Start(); !st.ok()) {
+    error_code ignored;
+    acceptor_.close(ignored);
+    return Status::Unavailable("cannot start the http server on " + where + ": " + st.message());
+  }
   try {
     work_.emplace(ioc_.get_executor());
     DoAccept();
@@ -522,6 +799,7 @@ Status Server::Impl::Start() {
     ioc_.stop();
     for (auto& t : threads_) t.join();
     threads_.clear();
+    pool_.Shutdown(/*drop_queued=*/true);
     error_code ignored;
     acceptor_.close(ignored);
     return Status::Unavailable("cannot start the http server on " + where + ": " + e.what());
@@ -540,10 +818,33 @@ void Server::Impl::DoAccept() {
 void Server::Impl::OnAccept(const error_code& ec, tcp::socket socket) {
   if (ec == net::error::operation_aborted || !acceptor_.is_open()) return;  // Stop() closed the acceptor
   if (ec) {
-    // Typically EMFILE or a connection reset before accept; keep accepting, the condition may clear.
-    spdlog::warn("http: accept failed: {}", ec.message());
+    if (IsOutOfResources(ec)) {
+      // The connection stays in the listen queue and the acceptor stays readable: retrying now would spin.
+      if (accept_failures_++ % 100 == 0) {
+        spdlog::warn("http: accept failed: {} ({} time(s) in a row); retrying every {} ms", ec.message(),
+                     accept_failures_, kAcceptBackoff.count());
+      }
+      try {
+        accept_backoff_.expires_after(kAcceptBackoff);
+        accept_backoff_.async_wait([this](const error_code& wec) {
+          if (wec || !acceptor_.is_open()) return;  // cancelled by Stop()
+          DoAccept();
+        });
+        return;
+      } catch (const std::exception& e) {
+        spdlog::error("http: cannot arm the accept back-off timer: {}", e.what());
+      }
+    } else {
+      // E.g. a connection reset before it was accepted; the next one is unaffected.
+      spdlog::warn("http: accept failed: {}", ec.message());
+    }
     return DoAccept();
   }
+  if (accept_failures_ > 0) {
+    spdlog::info("http: accepting again after {} failed attempt(s)", accept_failures_);
+    accept_failures_ = 0;
+  }
+  bool paused = false;
   try {
     auto session = std::make_shared<Session>(this, std::move(socket));
     bool accepted = false;
@@ -552,6 +853,15 @@ void Server::Impl::OnAccept(const error_code& ec, tcp::socket socket) {
       if (!stopping_.load()) {
         sessions_.emplace(session.get(), session);
         accepted = true;
+        if (sessions_.size() >= options_.max_connections) {
+          // No accept stays pending: further clients wait in the kernel's listen queue until a session ends
+          // (ResumeAcceptIfPaused), instead of being accepted and starved.
+          accept_paused_ = paused = true;
+          if (cap_pauses_++ % 1000 == 0) {
+            spdlog::warn("http: {} connections open (--http-max-connections); not accepting until one closes",
+                         sessions_.size());
+          }
+        }
       }
     }
     if (!accepted) return;  // Stop() is under way; the socket closes with the session
@@ -559,7 +869,18 @@ void Server::Impl::OnAccept(const error_code& ec, tcp::socket socket) {
   } catch (const std::exception& e) {
     spdlog::error("http: cannot set up connection: {}", e.what());
   }
-  DoAccept();
+  if (!paused) DoAccept();
+}
+
+void Server::Impl::ResumeAcceptIfPaused() {
+  if (!accept_paused_ || stopping_.load() || sessions_.size() >= options_.max_connections) return;
+  try {
+    net::post(acceptor_.get_executor(), [this] { DoAccept(); });
+    accept_paused_ = false;
+  } catch (const std::exception& e) {
+    // Only bad_alloc; the next session to end tries again.
+    spdlog::error("http: cannot resume accepting: {}", e.what());
+  }
 }
 
 Response Server::Impl::ErrorResponse(int status, const std::string& message) const {
@@ -591,9 +912,22 @@ Response Server::Impl::Handle(const Request& request) const {
   }
 }
 
-bool Server::Impl::IsIoThread() const {
+bool Server::Impl::RunsInline(const Request& request) const {
+  if (!options_.runs_inline) return false;
+  try {
+    return options_.runs_inline(request);
+  } catch (const std::exception& e) {
+    spdlog::error("http: runs_inline for {} {} threw: {}", request.method, request.target, e.what());
+  } catch (...) {
+    spdlog::error("http: runs_inline for {} {} threw a non-standard exception", request.method, request.target);
+  }
+  return false;  // the handler thread is always safe
+}
+
+bool Server::Impl::IsServerThread() const {
   const auto me = std::this_thread::get_id();
-  return std::any_of(threads_.begin(), threads_.end(), [&](const std::thread& t) { return t.get_id() == me; });
+  return pool_.IsWorkerThread() ||
+         std::any_of(threads_.begin(), threads_.end(), [&](const std::thread& t) { return t.get_id() == me; });
 }
 
 void Server::Impl::Stop() {
@@ -606,8 +940,8 @@ void Server::Impl::Stop() {
     return;
   }
   // threads_ is only written by Start(), which happened-before started_ was set, so reading it here is safe.
-  if (IsIoThread()) {
-    // An io thread cannot wait for itself to finish its request, nor join itself: hand off to a helper.
+  if (IsServerThread()) {
+    // A server thread cannot wait for itself to finish its request, nor join itself: hand off to a helper.
     try {
       stopper_ = std::thread([this] { DoStop(); });
       return;
@@ -634,20 +968,27 @@ void Server::Impl::DoStop() {
   net::post(acceptor_.get_executor(), [this] {
     error_code ignored;
     acceptor_.close(ignored);
+    accept_backoff_.cancel();
   });
   for (auto& s : live) s->OnServerStop();
   live.clear();  // our references must not keep sessions alive while we wait for them to end
 
-  {
+  auto wait_for_sessions = [this](std::chrono::steady_clock::duration limit) {
     std::unique_lock lock(sessions_mu_);
-    if (!sessions_cv_.wait_for(lock, kDrainTimeout, [this] { return sessions_.empty(); })) {
-      spdlog::warn("http: {} connection(s) still busy after {} s; stopping anyway", sessions_.size(),
-                   std::chrono::duration_cast<std::chrono::seconds>(kDrainTimeout).count());
-    }
+    return sessions_cv_.wait_for(lock, limit, [this] { return sessions_.empty(); });
+  };
+  if (!wait_for_sessions(kDrainTimeout)) {
+    std::lock_guard lock(sessions_mu_);
+    spdlog::warn("http: {} connection(s) still busy after {} s; stopping anyway", sessions_.size(),
+                 std::chrono::duration_cast<std::chrono::seconds>(kDrainTimeout).count());
   }
+  // Requests still queued for a handler are dropped (their connections close); running handlers are waited for,
+  // however long they take: a handler that never returns blocks this forever, as nothing short of exiting can
+  // end it. What they answer is still written while the io threads run.
+  pool_.Shutdown(/*drop_queued=*/true);
+  (void)wait_for_sessions(kFinalWriteTimeout);
   work_.reset();
   ioc_.stop();
-  // A handler that never returns would block this join forever; nothing short of exiting can end it.
   for (auto& t : threads_) {
     if (t.joinable()) t.join();
   }

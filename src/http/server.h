@@ -1,5 +1,6 @@
-// The HTTP/1.1 server (Boost.Beast): keep-alive, a pool of worker threads, request size limits,
-// graceful shutdown. Owns no application logic: every complete request is handed to a RequestHandler.
+// The HTTP/1.1 server (Boost.Beast): keep-alive, I/O threads that only move bytes, a bounded pool of handler
+// threads, admission control (connection cap, header deadline, request body memory budget), request size limits
+// and graceful shutdown. Owns no application logic: every complete request is handed to a RequestHandler.
 #pragma once
 
 #include <atomic>
@@ -18,11 +19,21 @@ using RequestHandler = std::function<Response(const Request&)>;
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
-  uint16_t port = 8080;  // 0 picks a free port (see Server::port())
-  int threads = 2;       // worker threads running the io_context
+  uint16_t port = 8080;      // 0 picks a free port (see Server::port())
+  int threads = 2;           // I/O threads running the io_context (accept, read, write, timers; never a handler)
+  int workers = 8;           // handler threads: requests whose handler may block run there
+  size_t queue_limit = 256;  // requests waiting for a handler thread; beyond it 503 + Retry-After
   size_t max_body_bytes = 64 << 20;
-  int keep_alive_seconds = 60;
-  // Builds the response for a request the server rejects itself: 413 body too large, 400 malformed.
+  // Request bodies buffered at once, server-wide: a body that does not fit gets 503 + Retry-After.
+  size_t body_budget_bytes = 256 << 20;
+  size_t max_connections = 1024;    // beyond it the server stops accepting until a connection ends
+  int header_timeout_seconds = 10;  // the whole request line + headers must arrive within this
+  int keep_alive_seconds = 60;      // idle time allowed between two requests on one connection
+  // Requests for which it returns true run on the I/O thread that read them (cheap, non-blocking routes such
+  // as GET /healthz, which must answer even when every handler thread is stuck). Called on an I/O thread.
+  std::function<bool(const Request&)> runs_inline;
+  // Builds the response for a request the server rejects itself: 400 malformed, 413 body too large, 431,
+  // 501, 503 overloaded. The server adds Connection: close (and Retry-After to a 503) to what it returns.
   std::function<Response(int status, const std::string& message)> error_responder;
 };
 
@@ -38,8 +49,8 @@ class Server {
   uint16_t port() const;
   // Blocks until Stop() is called and every in-flight request has been answered.
   void Wait();
-  // Stops accepting, lets in-flight requests finish (bounded), then stops the threads. Thread-safe,
-  // callable from a signal-watching thread.
+  // Stops accepting, lets in-flight requests finish (bounded), waits for running handlers, then stops the
+  // threads. Thread-safe, callable from a signal-watching thread and from a handler.
   void Stop();
 
  private:

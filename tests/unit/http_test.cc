@@ -10,13 +10,17 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
+#include "http/handler_pool.h"
 #include "http/server.h"
 
 namespace fhirlake::http {
@@ -57,6 +61,22 @@ class Client {
   Client& operator=(const Client&) = delete;
 
   bool connected() const { return connected_; }
+  // Read timeout (the default of 10 s guards against hangs; shorter ones probe for "no answer yet").
+  void SetReadTimeout(std::chrono::milliseconds t) {
+    timeval tv{static_cast<time_t>(t.count() / 1000), static_cast<suseconds_t>((t.count() % 1000) * 1000)};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  }
+  // True when nothing at all arrives within `t` (the connection is open but unanswered).
+  bool NothingArrivesWithin(std::chrono::milliseconds t) {
+    SetReadTimeout(t);
+    char c;
+    ssize_t n;
+    do {
+      n = ::recv(fd_, &c, 1, MSG_PEEK);
+    } while (n < 0 && errno == EINTR);
+    SetReadTimeout(std::chrono::seconds(10));
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+  }
 
   bool Send(std::string_view data) {
     while (!data.empty()) {
@@ -130,6 +150,17 @@ class Client {
     }
     r.ok = true;
     return r;
+  }
+
+  // True when the server ended the connection with a clean EOF (FIN), nothing more to read, and no reset.
+  bool CleanEofFromPeer() {
+    if (!buf_.empty()) return false;
+    char c;
+    ssize_t n;
+    do {
+      n = ::recv(fd_, &c, 1, 0);
+    } while (n < 0 && errno == EINTR);
+    return n == 0;
   }
 
   // True when the server closed the connection (EOF or reset) with nothing more to read.
@@ -247,8 +278,8 @@ ServerOptions TestOptions() {
 
 class HttpServerTest : public ::testing::Test {
  protected:
-  void StartServer(ServerOptions options = TestOptions()) {
-    server_ = std::make_unique<Server>(std::move(options), TestHandler);
+  void StartServer(ServerOptions options = TestOptions(), RequestHandler handler = TestHandler) {
+    server_ = std::make_unique<Server>(std::move(options), std::move(handler));
     Status st = server_->Start();
     ASSERT_TRUE(st.ok()) << st.ToString();
     ASSERT_NE(server_->port(), 0);
@@ -593,6 +624,411 @@ TEST_F(HttpServerTest, DestroyingARunningServerStopsIt) {
   ASSERT_TRUE(c.Read().ok);
   server.reset();
   EXPECT_TRUE(c.ClosedByPeer());
+}
+
+// ---- handler threads, admission control, framing ------------------------------------------------------------
+
+// A door that handlers wait at until the test opens it, counting who is waiting. Shared with the handler so it
+// outlives the test body; OpenOnExit opens it however the test ends (Stop() waits for running handlers).
+class Gate {
+ public:
+  void Wait() {
+    std::unique_lock lock(mu_);
+    ++waiting_;
+    cv_.notify_all();
+    cv_.wait(lock, [this] { return open_; });
+    --waiting_;
+  }
+  void Open() {
+    std::lock_guard lock(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  bool WaitForWaiters(int n) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(10), [&] { return waiting_ >= n; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int waiting_ = 0;
+  bool open_ = false;
+};
+
+struct OpenOnExit {
+  std::shared_ptr<Gate> gate;
+  ~OpenOnExit() { gate->Open(); }
+};
+
+// /block waits at the gate; everything else answers at once with its path.
+RequestHandler GatedHandler(std::shared_ptr<Gate> gate) {
+  return [gate](const Request& req) {
+    if (req.path == "/block") gate->Wait();
+    Response r;
+    r.headers.Set("Content-Type", "text/plain");
+    r.body = "path=" + req.path + " body=" + std::to_string(req.body.size());
+    return r;
+  };
+}
+
+TEST(HandlerPoolTest, AdmitsAWorkerPerIdleThreadPlusTheQueueThenRefuses) {
+  HandlerPool pool(2, 1);
+  ASSERT_TRUE(pool.Start().ok());
+  auto gate = std::make_shared<Gate>();
+  OpenOnExit open{gate};
+  std::atomic<int> ran{0};
+  auto task = [&] {
+    gate->Wait();
+    ++ran;
+  };
+  ASSERT_TRUE(pool.TrySubmit(task));
+  ASSERT_TRUE(pool.TrySubmit(task));
+  ASSERT_TRUE(gate->WaitForWaiters(2));  // both workers busy
+  EXPECT_TRUE(pool.TrySubmit(task));     // waits in the queue
+  EXPECT_FALSE(pool.TrySubmit(task));    // the queue is full
+  gate->Open();
+  pool.Shutdown(/*drop_queued=*/false);
+  EXPECT_EQ(ran.load(), 3);
+  EXPECT_FALSE(pool.TrySubmit(task));  // shut down
+}
+
+TEST(HandlerPoolTest, ShutdownDropsQueuedTasksAndWaitsForRunningOnes) {
+  HandlerPool pool(1, 4);
+  ASSERT_TRUE(pool.Start().ok());
+  auto gate = std::make_shared<Gate>();
+  OpenOnExit open{gate};
+  std::atomic<int> ran{0};
+  ASSERT_TRUE(pool.TrySubmit([&] {
+    gate->Wait();
+    ++ran;
+  }));
+  ASSERT_TRUE(gate->WaitForWaiters(1));
+  ASSERT_TRUE(pool.TrySubmit([&] { ran += 100; }));
+  std::thread opener([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    gate->Open();
+  });
+  pool.Shutdown(/*drop_queued=*/true);  // returns only after the running task finished
+  opener.join();
+  EXPECT_EQ(ran.load(), 1);
+}
+
+TEST(HandlerPoolTest, ATaskThatThrowsCostsOnlyThatTask) {
+  HandlerPool pool(1, 0);
+  ASSERT_TRUE(pool.Start().ok());
+  ASSERT_TRUE(pool.TrySubmit([] { throw std::runtime_error("boom"); }));
+  std::atomic<bool> ran{false};
+  // The single worker must come back for the next task (retry while it is still busy with the first).
+  auto deadline = Clock::now() + std::chrono::seconds(10);
+  while (!pool.TrySubmit([&] { ran = true; }) && Clock::now() < deadline) std::this_thread::yield();
+  pool.Shutdown(/*drop_queued=*/false);
+  EXPECT_TRUE(ran.load());
+}
+
+TEST_F(HttpServerTest, BlockedHandlersDoNotStopInlineRoutesOrNewConnections) {
+  auto gate = std::make_shared<Gate>();
+  OpenOnExit open{gate};
+  ServerOptions o = TestOptions();
+  o.threads = 1;  // one io thread: if a handler ran on it, nothing else could be answered
+  o.workers = 2;
+  o.runs_inline = [](const Request& r) { return r.path == "/inline"; };
+  StartServer(std::move(o), GatedHandler(gate));
+  Client a(port()), b(port());
+  ASSERT_TRUE(a.Send("GET /block HTTP/1.1\r\nHost: x\r\n\r\n"));
+  ASSERT_TRUE(b.Send("GET /block HTTP/1.1\r\nHost: x\r\n\r\n"));
+  ASSERT_TRUE(gate->WaitForWaiters(2));  // every handler thread is stuck
+
+  Client c(port());
+  ASSERT_TRUE(c.connected());
+  ASSERT_TRUE(c.Send("GET /inline HTTP/1.1\r\nHost: x\r\n\r\n"));
+  ParsedResponse r = c.Read();
+  ASSERT_TRUE(r.ok);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, "path=/inline body=0");
+
+  // An ordinary request is accepted and waits in the queue for a handler thread.
+  ASSERT_TRUE(c.Send("GET /queued HTTP/1.1\r\nHost: x\r\n\r\n"));
+  EXPECT_TRUE(c.NothingArrivesWithin(std::chrono::milliseconds(300)));
+  gate->Open();
+  EXPECT_EQ(a.Read().body, "path=/block body=0");
+  EXPECT_EQ(b.Read().body, "path=/block body=0");
+  EXPECT_EQ(c.Read().body, "path=/queued body=0");
+}
+
+TEST_F(HttpServerTest, FullHandlerQueueGets503WithRetryAfterAndCloses) {
+  auto gate = std::make_shared<Gate>();
+  OpenOnExit open{gate};
+  ServerOptions o = TestOptions();
+  o.workers = 1;
+  o.queue_limit = 0;
+  StartServer(std::move(o), GatedHandler(gate));
+  Client a(port());
+  ASSERT_TRUE(a.Send("GET /block HTTP/1.1\r\nHost: x\r\n\r\n"));
+  ASSERT_TRUE(gate->WaitForWaiters(1));
+  Client b(port());
+  ASSERT_TRUE(b.Send("GET /other HTTP/1.1\r\nHost: x\r\n\r\n"));
+  ParsedResponse r = b.Read();
+  ASSERT_TRUE(r.ok);
+  EXPECT_EQ(r.status, 503);
+  EXPECT_EQ(r.headers["retry-after"], "1");
+  EXPECT_EQ(Lower(r.headers["connection"]), "close");
+  EXPECT_EQ(r.body.rfind("ERR 503: Server busy: all 1 request handler threads are busy", 0), 0u) << r.body;
+  EXPECT_TRUE(b.CleanEofFromPeer());
+  gate->Open();
+  EXPECT_EQ(a.Read().status, 200);
+}
+
+TEST_F(HttpServerTest, StopWaitsForARunningHandlerAndItsResponse) {
+  auto gate = std::make_shared<Gate>();
+  OpenOnExit open{gate};
+  StartServer(TestOptions(), GatedHandler(gate));
+  Client a(port());
+  ASSERT_TRUE(a.Send("GET /block HTTP/1.1\r\nHost: x\r\n\r\n"));
+  ASSERT_TRUE(gate->WaitForWaiters(1));
+  std::atomic<bool> stopped{false};
+  std::thread stopper([&] {
+    server_->Stop();
+    server_->Wait();
+    stopped = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_FALSE(stopped.load());  // the handler is still running
+  gate->Open();
+  ParsedResponse r = a.Read();
+  ASSERT_TRUE(r.ok);
+  EXPECT_EQ(r.body, "path=/block body=0");
+  EXPECT_EQ(Lower(r.headers["connection"]), "close");
+  stopper.join();
+  EXPECT_TRUE(stopped.load());
+}
+
+TEST_F(HttpServerTest, HeaderDeadlineCoversTheWholeHeaderNotEachByte) {
+  ServerOptions o = TestOptions();
+  o.header_timeout_seconds = 1;
+  o.keep_alive_seconds = 30;
+  StartServer(std::move(o));
+  Client c(port());
+  const std::string request = "GET /x HTTP/1.1\r\nHost: x\r\nX-Pad: " + std::string(60, 'p') + "\r\n\r\n";
+  // One byte every 100 ms would take ~8 s; the server must give up after about a second.
+  auto start = Clock::now();
+  size_t sent = 0;
+  for (; sent < request.size(); ++sent) {
+    if (!c.Send(request.substr(sent, 1))) break;
+    if (!c.NothingArrivesWithin(std::chrono::milliseconds(100))) break;  // EOF (or anything) arrived
+  }
+  EXPECT_LT(sent, request.size()) << "the whole dribbled request was accepted";
+  EXPECT_TRUE(c.ClosedByPeer());
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(4));
+}
+
+TEST_F(HttpServerTest, KeepAliveIdleTimeIsNotCutByTheHeaderDeadline) {
+  ServerOptions o = TestOptions();
+  o.header_timeout_seconds = 1;
+  o.keep_alive_seconds = 10;
+  StartServer(std::move(o));
+  Client c(port());
+  ASSERT_TRUE(c.Send("GET /first HTTP/1.1\r\nHost: x\r\n\r\n"));
+  ASSERT_TRUE(c.Read().ok);
+  // Idle longer than the header deadline: still within the keep-alive time, so the connection stays usable.
+  EXPECT_TRUE(c.NothingArrivesWithin(std::chrono::milliseconds(1500)));
+  ASSERT_TRUE(c.Send("GET /second HTTP/1.1\r\nHost: x\r\n\r\n"));
+  ParsedResponse r = c.Read();
+  ASSERT_TRUE(r.ok);
+  EXPECT_NE(r.body.find("path=/second\n"), std::string::npos);
+}
+
+TEST_F(HttpServerTest, ConnectionCapHoldsNewClientsUntilASlotFrees) {
+  ServerOptions o = TestOptions();
+  o.max_connections = 2;
+  StartServer(std::move(o));
+  auto first = std::make_unique<Client>(port());
+  Client second(port());
+  for (Client* c : {first.get(), &second}) {  // both really accepted and served
+    ASSERT_TRUE(c->Send("GET /held HTTP/1.1\r\nHost: x\r\n\r\n"));
+    ASSERT_TRUE(c->Read().ok);
+  }
+  Client third(port());  // completes in the kernel's listen queue, but is not accepted
+  ASSERT_TRUE(third.connected());
+  ASSERT_TRUE(third.Send("GET /third HTTP/1.1\r\nHost: x\r\n\r\n"));
+  EXPECT_TRUE(third.NothingArrivesWithin(std::chrono::milliseconds(500)));
+  first.reset();  // frees a slot
+  ParsedResponse r = third.Read();
+  ASSERT_TRUE(r.ok);
+  EXPECT_NE(r.body.find("path=/third\n"), std::string::npos);
+}
+
+// Exactly one response, then a clean end of the connection: the bytes after the rejected request never run.
+void ExpectOneRejectionThenEof(uint16_t port, const std::string& payload, int status, const std::string& mentions) {
+  Client c(port);
+  ASSERT_TRUE(c.Send(payload));
+  ParsedResponse r = c.Read();
+  ASSERT_TRUE(r.ok);
+  EXPECT_EQ(r.status, status) << r.body;
+  EXPECT_EQ(Lower(r.headers["connection"]), "close");
+  EXPECT_NE(r.body.find(mentions), std::string::npos) << r.body;
+  EXPECT_TRUE(c.CleanEofFromPeer()) << "a second response (or a reset) followed";
+}
+
+const std::string kSmuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+
+TEST_F(HttpServerTest, TransferEncodingWithoutFinalChunkedGets400AndCloses) {
+  StartServer();
+  ExpectOneRejectionThenEof(port(), "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n" + kSmuggled, 400,
+                            "does not end in chunked");
+  ExpectOneRejectionThenEof(port(),
+                            "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n" + kSmuggled, 400,
+                            "'chunked, gzip' does not end in chunked");
+}
+
+TEST_F(HttpServerTest, TransferEncodingWithContentLengthGets400AndCloses) {
+  StartServer();
+  const std::string body = "0\r\n\r\n" + kSmuggled;
+  ExpectOneRejectionThenEof(port(),
+                            "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nContent-Length: " +
+                                std::to_string(body.size()) + "\r\n\r\n" + body + kSmuggled,
+                            400, "both Transfer-Encoding and Content-Length");
+  // Beast's own check (Content-Length after chunked) must end the connection too.
+  ExpectOneRejectionThenEof(port(),
+                            "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
+                            "0\r\n\r\n" +
+                                kSmuggled,
+                            400, "Malformed HTTP request");
+}
+
+TEST_F(HttpServerTest, UnsupportedTransferCodingGets501AndCloses) {
+  StartServer();
+  ExpectOneRejectionThenEof(
+      port(),
+      "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" + kSmuggled, 501,
+      "not supported");
+}
+
+TEST_F(HttpServerTest, TransferEncodingInHttp10Gets400AndCloses) {
+  StartServer();
+  ExpectOneRejectionThenEof(port(),
+                            "POST /a HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" + kSmuggled,
+                            400, "HTTP/1.0");
+}
+
+TEST_F(HttpServerTest, TransferEncodingSplitOverTwoFieldsEndingInChunkedIsStillRefusedWhenNotSupported) {
+  StartServer();
+  // Two fields form one list ("gzip, chunked"): the server cannot decode gzip, so it must not take the body raw.
+  ExpectOneRejectionThenEof(
+      port(),
+      "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "5\r\nhello\r\n0\r\n\r\n" +
+          kSmuggled,
+      501, "'gzip, chunked'");
+}
+
+TEST_F(HttpServerTest, PlainChunkedBodyStillWorks) {
+  StartServer();
+  Client c(port());
+  ASSERT_TRUE(c.Send("POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"));
+  ParsedResponse r = c.Read();
+  ASSERT_TRUE(r.ok);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_NE(r.body.find("body=hello"), std::string::npos) << r.body;
+  ASSERT_TRUE(c.Send("GET /next HTTP/1.1\r\nHost: x\r\n\r\n"));  // keep-alive intact
+  EXPECT_EQ(c.Read().status, 200);
+}
+
+TEST_F(HttpServerTest, BodyOverTheRemainingBudgetGets503AndTheBudgetComesBack) {
+  auto gate = std::make_shared<Gate>();
+  OpenOnExit open{gate};
+  ServerOptions o = TestOptions();
+  o.max_body_bytes = 1000;
+  o.body_budget_bytes = 1500;
+  StartServer(std::move(o), GatedHandler(gate));
+  // A request holding 1000 bytes of budget while its handler runs...
+  Client a(port());
+  ASSERT_TRUE(a.Send("POST /block HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + std::string(1000, 'a')));
+  ASSERT_TRUE(gate->WaitForWaiters(1));
+  // ...leaves 500: a 600-byte body is refused before it is read, with Retry-After.
+  Client b(port());
+  ASSERT_TRUE(b.Send("POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 600\r\n\r\n" + std::string(600, 'b')));
+  ParsedResponse r = b.Read();
+  ASSERT_TRUE(r.ok);
+  EXPECT_EQ(r.status, 503);
+  EXPECT_EQ(r.headers["retry-after"], "1");
+  EXPECT_EQ(Lower(r.headers["connection"]), "close");
+  EXPECT_NE(r.body.find("--http-body-budget-bytes"), std::string::npos) << r.body;
+  EXPECT_TRUE(b.CleanEofFromPeer());
+  // A 400-byte body fits.
+  Client c(port());
+  ASSERT_TRUE(c.Send("POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 400\r\n\r\n" + std::string(400, 'c')));
+  EXPECT_EQ(c.Read().body, "path=/c body=400");
+  gate->Open();
+  EXPECT_EQ(a.Read().body, "path=/block body=1000");
+  // Everything was given back: the whole budget minus nothing can be taken again, twice in a row.
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(c.Send("POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + std::string(1000, 'd')));
+    EXPECT_EQ(c.Read().body, "path=/d body=1000");
+  }
+}
+
+TEST_F(HttpServerTest, ChunkedBodyGrowingPastTheBudgetGets503) {
+  ServerOptions o = TestOptions();
+  o.max_body_bytes = 4 << 20;
+  o.body_budget_bytes = 1 << 20;
+  StartServer(std::move(o));
+  Client c(port());
+  ASSERT_TRUE(c.Send("POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"));
+  const std::string chunk(64 * 1024, 'x');
+  std::string piece = "10000\r\n" + chunk + "\r\n";
+  bool all_sent = true;
+  for (int i = 0; i < 40 && all_sent; ++i) all_sent = c.Send(piece);  // 2.5 MiB, more than the budget
+  ParsedResponse r = c.Read();
+  ASSERT_TRUE(r.ok);
+  EXPECT_EQ(r.status, 503);
+  EXPECT_EQ(r.headers["retry-after"], "1");
+  EXPECT_NE(r.body.find("chunked request body grew past"), std::string::npos) << r.body;
+  // A small chunked body on a new connection is fine: the refused one gave its budget back.
+  Client d(port());
+  ASSERT_TRUE(d.Send("POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"));
+  ParsedResponse r2 = d.Read();
+  ASSERT_TRUE(r2.ok);
+  EXPECT_EQ(r2.status, 200);
+}
+
+TEST_F(HttpServerTest, ChunkedBodyWithinTheBudgetIsReadWhole) {
+  ServerOptions o = TestOptions();
+  o.max_body_bytes = 4 << 20;
+  o.body_budget_bytes = 8 << 20;
+  StartServer(std::move(o));
+  Client c(port());
+  std::string expected;
+  std::string payload = "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+  for (int i = 0; i < 50; ++i) {
+    std::string chunk(10000 + i, static_cast<char>('a' + i % 26));
+    expected += chunk;
+    char size[16];
+    std::snprintf(size, sizeof(size), "%zx", chunk.size());
+    payload += std::string(size) + "\r\n" + chunk + "\r\n";
+  }
+  payload += "0\r\n\r\n";
+  ASSERT_TRUE(c.Send(payload));
+  ParsedResponse r = c.Read();
+  ASSERT_TRUE(r.ok);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_TRUE(r.body.find("body=" + expected) != std::string::npos) << "body differs";
+}
+
+TEST_F(HttpServerTest, ClientStillUploadingAfterA413SeesTheResponseAndACleanEnd) {
+  StartServer();  // max_body_bytes 1024
+  Client c(port());
+  ASSERT_TRUE(c.Send("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n\r\n"));
+  // The 413 is on its way before any body byte; an ordinary client keeps sending regardless (it reads the
+  // answer only after its upload), here 4 MiB in pieces.
+  const std::string piece(64 * 1024, 'u');
+  for (int i = 0; i < 64; ++i) ASSERT_TRUE(c.Send(piece)) << "send failed after " << i << " pieces (reset)";
+  ParsedResponse r = c.Read();
+  ASSERT_TRUE(r.ok);
+  EXPECT_EQ(r.status, 413);
+  EXPECT_EQ(Lower(r.headers["connection"]), "close");
+  EXPECT_EQ(r.headers.count("retry-after"), 0u);  // retrying the same body cannot help
+  EXPECT_TRUE(c.CleanEofFromPeer());
 }
 
 }  // namespace
