@@ -41,6 +41,32 @@ int main(int argc, char** argv) {
   s->add_option("--max-body-bytes", serve.max_body_bytes, "Largest accepted request body; larger ones get 413")
       ->envname("FHIRLAKE_MAX_BODY_BYTES")
       ->capture_default_str();
+  s->add_option("--http-workers", serve.http_workers,
+                "Threads running request handlers (the HTTP threads only move bytes)")
+      ->envname("FHIRLAKE_HTTP_WORKERS")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  s->add_option("--http-queue-limit", serve.http_queue_limit,
+                "Requests that may wait for a handler thread; beyond it 503 + Retry-After")
+      ->envname("FHIRLAKE_HTTP_QUEUE_LIMIT")
+      ->check(CLI::Range(size_t{0}, size_t{1} << 20))
+      ->capture_default_str();
+  s->add_option("--http-max-connections", serve.http_max_connections,
+                "Open connections; beyond it new ones wait in the listen queue until one closes")
+      ->envname("FHIRLAKE_HTTP_MAX_CONNECTIONS")
+      ->check(CLI::Range(size_t{1}, size_t{1} << 20))
+      ->capture_default_str();
+  s->add_option("--http-header-timeout", serve.http_header_timeout_seconds,
+                "Seconds in which a request line and all its headers must arrive; slower connections are closed")
+      ->envname("FHIRLAKE_HTTP_HEADER_TIMEOUT")
+      ->check(CLI::Range(1, 3600))
+      ->capture_default_str();
+  s->add_option("--http-body-budget-bytes", serve.http_body_budget_bytes,
+                "Request bodies buffered at once, server-wide; a body that does not fit gets 503 + Retry-After "
+                "(keep it >= --max-body-bytes)")
+      ->envname("FHIRLAKE_HTTP_BODY_BUDGET_BYTES")
+      ->check(CLI::Range(size_t{1}, size_t{1} << 40))
+      ->capture_default_str();
 
   s->add_option("--sqlite-writer-cache-bytes", serve.sqlite_writer_cache_bytes,
                 "Page cache of the datastore's writer connection: larger speeds up big HTTP loads, costs RSS")

@@ -120,6 +120,11 @@ int RunServe(const ServeOptions& options) {
   hso.port = port;
   hso.threads = options.http_threads;
   hso.max_body_bytes = options.max_body_bytes;
+  hso.workers = options.http_workers;
+  hso.queue_limit = options.http_queue_limit;
+  hso.max_connections = options.http_max_connections;
+  hso.header_timeout_seconds = options.http_header_timeout_seconds;
+  hso.body_budget_bytes = options.http_body_budget_bytes;
   hso.error_responder = [](int status, const std::string& message) {
     std::string_view code = status == 413 ? "too-costly" : status >= 500 ? "exception" : "invalid";
     return http::Response::Json(status, fhir::OperationOutcome("error", code, message));
@@ -128,6 +133,7 @@ int RunServe(const ServeOptions& options) {
   if (!options.public_url.empty()) ctx.public_base_url = options.public_url;
   while (!ctx.public_base_url.empty() && ctx.public_base_url.back() == '/') ctx.public_base_url.pop_back();
   auto router = api::BuildRouter(ctx);
+  hso.runs_inline = [&router](const http::Request& r) { return router->IsInline(r); };
   http::Server server(hso, [&router](const http::Request& r) { return router->Dispatch(r); });
   Status st = server.Start();
   if (!st.ok()) {

@@ -13,6 +13,13 @@ struct ServeOptions {
   std::string public_url;  // empty: http://{listen}
   int http_threads = 4;
   size_t max_body_bytes = 64 << 20;
+  // HTTP admission control (README option table): handler threads and their queue, connection cap, header
+  // deadline, server-wide budget for buffered request bodies.
+  int http_workers = 8;
+  size_t http_queue_limit = 256;
+  size_t http_max_connections = 1024;
+  int http_header_timeout_seconds = 10;
+  size_t http_body_budget_bytes = size_t{256} << 20;
   int64_t sqlite_writer_cache_bytes = 16 << 20;
   // Export engine settings (docs/EXPORT.md).
   int export_workers = 0;  // 0: number of cores
