@@ -9,6 +9,7 @@
 #include "common/ids.h"
 #include "common/json_escape.h"
 #include "fhir/operation_outcome.h"
+#include "fhir/page_cursor.h"
 #include "fhir/r4.h"
 #include "fhir/resource_parser.h"
 
@@ -66,21 +67,41 @@ Response WithStore(const ApiContext& ctx, const RequestContext& p, Fn fn) {
   return std::move(r).value();
 }
 
-Result<fhir::ParsedResource> ParseBody(const Request& req, std::string_view url_type) {
+// A request body parsed (so validated) before the write lock. `needs_store`: it has conditional references, which
+// only the store can resolve, so it is parsed again under the lock (ResolveUnderLock).
+struct ParsedBody {
+  fhir::ParsedResource resource;
+  bool needs_store = false;
+};
+
+Result<ParsedBody> ParseBody(const Request& req, std::string_view url_type) {
   RETURN_IF_ERROR(CheckJsonContentType(req));
   if (req.body.empty()) return Status::Invalid("The request has no body; send a FHIR resource as JSON");
-  ASSIGN_OR_RETURN(fhir::ParsedResource parsed, Parser().Parse(req.body, nullptr));
-  if (parsed.type != url_type) {
-    return Status::Invalid("The resource is a '" + parsed.type + "' but the URL names '" + std::string(url_type) +
+  PlanReferenceResolver resolver(nullptr, nullptr);
+  auto parsed = Parser().Parse(req.body, &resolver);
+  Parser().ReleaseLargeBuffers();  // the result owns its bytes
+  if (!parsed.ok()) return parsed.status();
+  if (parsed->type != url_type) {
+    return Status::Invalid("The resource is a '" + parsed->type + "' but the URL names '" + std::string(url_type) +
                            "'; they must match");
   }
+  return ParsedBody{std::move(*parsed), resolver.needs_store()};
+}
+
+// The final content of a parsed body, under the write lock: conditional references resolved against `txn` (one
+// match is rewritten to Type/id, so the resource also joins that Patient's compartment; none or several: 412).
+Result<fhir::ParsedResource> ResolveUnderLock(const Request& req, ParsedBody body, store::StoreTransaction* txn) {
+  if (!body.needs_store) return std::move(body.resource);
+  StoreReferenceResolver resolver(nullptr, txn);
+  auto parsed = Parser().Parse(req.body, &resolver);
+  Parser().ReleaseLargeBuffers();
   return parsed;
 }
 
 Result<Response> Create(store::ResourceStore& store, const std::string& base, const Request& req,
                         const std::string& type) {
   RETURN_IF_ERROR(CheckType(type));
-  ASSIGN_OR_RETURN(fhir::ParsedResource parsed, ParseBody(req, type));
+  ASSIGN_OR_RETURN(ParsedBody body, ParseBody(req, type));
   ASSIGN_OR_RETURN(auto txn, store.BeginWrite());
   if (req.headers.Has("If-None-Exist")) {  // conditional create
     std::string_view cond = req.headers.Get("If-None-Exist");
@@ -95,6 +116,7 @@ Result<Response> Create(store::ResourceStore& store, const std::string& base, co
       return ResourceResponse(200, existing, base, true);
     }
   }
+  ASSIGN_OR_RETURN(fhir::ParsedResource parsed, ResolveUnderLock(req, std::move(body), txn.get()));
   ASSIGN_OR_RETURN(auto stored, txn->Put(parsed, NewUuid(), std::nullopt, store::WriteOp::kPost));
   RETURN_IF_ERROR(txn->Commit());
   return ResourceResponse(201, stored, base, true);
@@ -104,10 +126,12 @@ Result<Response> Update(store::ResourceStore& store, const std::string& base, co
                         const std::string& type, const std::string& id) {
   RETURN_IF_ERROR(CheckType(type));
   RETURN_IF_ERROR(CheckId(id));
-  ASSIGN_OR_RETURN(fhir::ParsedResource parsed, ParseBody(req, type));
-  if (parsed.id.empty()) return Status::Invalid("The resource has no id; an update (PUT) must carry id '" + id + "'");
-  if (parsed.id != id) {
-    return Status::Invalid("The resource id '" + parsed.id + "' differs from the id in the URL '" + id + "'");
+  ASSIGN_OR_RETURN(ParsedBody body, ParseBody(req, type));
+  if (body.resource.id.empty()) {
+    return Status::Invalid("The resource has no id; an update (PUT) must carry id '" + id + "'");
+  }
+  if (body.resource.id != id) {
+    return Status::Invalid("The resource id '" + body.resource.id + "' differs from the id in the URL '" + id + "'");
   }
   std::optional<int64_t> if_match;
   if (req.headers.Has("If-Match")) {
@@ -115,6 +139,7 @@ Result<Response> Update(store::ResourceStore& store, const std::string& base, co
     if_match = v;
   }
   ASSIGN_OR_RETURN(auto txn, store.BeginWrite());
+  ASSIGN_OR_RETURN(fhir::ParsedResource parsed, ResolveUnderLock(req, std::move(body), txn.get()));
   ASSIGN_OR_RETURN(auto stored, txn->Put(parsed, id, if_match));
   RETURN_IF_ERROR(txn->Commit());
   return ResourceResponse(stored.created ? 201 : 200, stored, base, true);
@@ -164,13 +189,70 @@ Result<Response> Delete(store::ResourceStore& store, const Request& req, const s
   return resp;
 }
 
-Result<Response> History(store::ResourceStore& store, const std::string& base, const std::string& type,
-                         const std::string& id) {
+// _count and the page cursor of a paged read (history, compartment). Bundle.link carries `self` and, when more rows
+// follow, `next`, whose `page` cursor (fhir/page_cursor.h) holds the sort key of this page's last row.
+constexpr size_t kDefaultPageSize = 100;
+constexpr size_t kMaxPageSize = 1000;
+
+struct PageParams {
+  size_t count = kDefaultPageSize;
+  std::optional<int64_t> after;
+  std::string cursor;  // as given, for the self link
+};
+
+Result<PageParams> ParsePageParams(const Request& req, std::string_view scope) {
+  PageParams out;
+  if (const std::string* count = req.QueryValue("_count")) {
+    size_t n = 0;
+    auto [ptr, ec] = std::from_chars(count->data(), count->data() + count->size(), n);
+    if (count->empty() || ec != std::errc() || ptr != count->data() + count->size() || n < 1 || n > kMaxPageSize) {
+      return Status::Invalid("_count '" + *count +
+                             "' is not valid; give a whole number of entries per page from 1 to " +
+                             std::to_string(kMaxPageSize) + " (default " + std::to_string(kDefaultPageSize) + ")");
+    }
+    out.count = n;
+  }
+  if (const std::string* page = req.QueryValue("page")) {
+    ASSIGN_OR_RETURN(int64_t key, fhir::DecodePageCursor(*page, scope));
+    out.after = key;
+    out.cursor = *page;
+  }
+  return out;
+}
+
+// `{"resourceType":"Bundle",...,"link":[self, next?],"entry":[` for one page of `url` (absolute, without query).
+std::string PageBundleStart(std::string_view bundle_type, int64_t total, const std::string& url, const PageParams& p,
+                            const std::string& next_cursor) {
+  std::string query = "?_count=" + std::to_string(p.count);
+  std::string out = "{\"resourceType\":\"Bundle\",\"id\":\"" + NewUuid() + "\",\"type\":\"" + std::string(bundle_type) +
+                    "\",\"total\":" + std::to_string(total) + ",\"link\":[{\"relation\":\"self\",\"url\":" +
+                    JsonString(url + query + (p.cursor.empty() ? "" : "&page=" + p.cursor)) + "}";
+  if (!next_cursor.empty()) {
+    out += ",{\"relation\":\"next\",\"url\":" + JsonString(url + query + "&page=" + next_cursor) + "}";
+  }
+  out += "],\"entry\":[";
+  return out;
+}
+
+// The store returns up to count + 1 rows: the extra one means there is a next page, which starts after the last
+// row shown.
+template <typename KeyOf>
+std::string NextCursor(std::vector<store::StoredResource>* rows, size_t count, std::string_view scope, KeyOf key_of) {
+  if (rows->size() <= count) return "";
+  rows->resize(count);
+  return fhir::EncodePageCursor(scope, key_of(rows->back()));
+}
+
+Result<Response> History(store::ResourceStore& store, const std::string& base, const Request& req,
+                         const std::string& type, const std::string& id) {
   RETURN_IF_ERROR(CheckType(type));
   RETURN_IF_ERROR(CheckId(id));
-  ASSIGN_OR_RETURN(auto versions, store.History(type, id));
-  std::string out = "{\"resourceType\":\"Bundle\",\"id\":\"" + NewUuid() +
-                    "\",\"type\":\"history\",\"total\":" + std::to_string(versions.size()) + ",\"entry\":[";
+  ASSIGN_OR_RETURN(PageParams p, ParsePageParams(req, "history"));
+  ASSIGN_OR_RETURN(auto page, store.History(type, id, {p.after, p.count}));
+  auto& versions = page.rows;
+  // Newest first: the key is the version, and the next page has the older ones.
+  std::string next = NextCursor(&versions, p.count, "history", [](const auto& v) { return v.version; });
+  std::string out = PageBundleStart("history", page.total, base + "/" + type + "/" + id + "/_history", p, next);
   for (size_t i = 0; i < versions.size(); ++i) {
     const auto& v = versions[i];
     if (i) out.push_back(',');
@@ -188,8 +270,8 @@ Result<Response> History(store::ResourceStore& store, const std::string& base, c
   return Response::Json(200, std::move(out));
 }
 
-Result<Response> Compartment(store::ResourceStore& store, const std::string& base, const std::string& patient_id,
-                             const std::string& type) {
+Result<Response> Compartment(store::ResourceStore& store, const std::string& base, const Request& req,
+                             const std::string& patient_id, const std::string& type) {
   RETURN_IF_ERROR(CheckId(patient_id));
   if (type != "*") {
     RETURN_IF_ERROR(CheckType(type));
@@ -197,9 +279,12 @@ Result<Response> Compartment(store::ResourceStore& store, const std::string& bas
       return Status::Invalid("Resources of type '" + type + "' are never in a Patient compartment");
     }
   }
-  ASSIGN_OR_RETURN(auto rows, store.ReadCompartment(patient_id, type == "*" ? "" : type));
-  std::string out = "{\"resourceType\":\"Bundle\",\"id\":\"" + NewUuid() +
-                    "\",\"type\":\"searchset\",\"total\":" + std::to_string(rows.size()) + ",\"entry\":[";
+  ASSIGN_OR_RETURN(PageParams p, ParsePageParams(req, "compartment"));
+  ASSIGN_OR_RETURN(auto page, store.ReadCompartment(patient_id, type == "*" ? "" : type, {p.after, p.count}));
+  auto& rows = page.rows;
+  // Storage order: the key is the rid, stable under concurrent writes (a resource keeps its rid across versions).
+  std::string next = NextCursor(&rows, p.count, "compartment", [](const auto& r) { return r.rid; });
+  std::string out = PageBundleStart("searchset", page.total, base + "/Patient/" + patient_id + "/" + type, p, next);
   for (size_t i = 0; i < rows.size(); ++i) {
     if (i) out.push_back(',');
     out += "{\"fullUrl\":" + JsonString(base + "/" + rows[i].type + "/" + rows[i].id) +
@@ -292,9 +377,9 @@ void RegisterFhirRest(http::Router& router, const ApiContext& ctx) {
     });
   });
   router.Add("GET", r4 + "/Patient/{id}/*", http::RouteInfo{"healthlake:SearchWithGet"},
-             [c](const Request&, const RequestContext& p) {
+             [c](const Request& req, const RequestContext& p) {
                return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
-                 return Compartment(s, base, p.param("id"), "*");
+                 return Compartment(s, base, req, p.param("id"), "*");
                });
              });
   router.Add("GET", r4 + "/{type}/{id}/_history/{vid}", http::RouteInfo{"healthlake:ReadResource"},
@@ -304,15 +389,15 @@ void RegisterFhirRest(http::Router& router, const ApiContext& ctx) {
                });
              });
   router.Add("GET", r4 + "/{type}/{id}/_history", http::RouteInfo{"healthlake:ReadResource"},
-             [c](const Request&, const RequestContext& p) {
+             [c](const Request& req, const RequestContext& p) {
                return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
-                 return History(s, base, p.param("type"), p.param("id"));
+                 return History(s, base, req, p.param("type"), p.param("id"));
                });
              });
   router.Add("GET", r4 + "/Patient/{id}/{ctype}", http::RouteInfo{"healthlake:SearchWithGet"},
-             [c](const Request&, const RequestContext& p) {
+             [c](const Request& req, const RequestContext& p) {
                return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
-                 return Compartment(s, base, p.param("id"), p.param("ctype"));
+                 return Compartment(s, base, req, p.param("id"), p.param("ctype"));
                });
              });
   router.Add("GET", r4 + "/{type}/{id}", http::RouteInfo{"healthlake:ReadResource"},

@@ -1,14 +1,16 @@
 // Bundle processing. Entries are processed DELETE first, then POST, PUT and GET, in bundle order within each
-// method (FHIR's transaction processing rules), and the response entries keep the request's order.
+// method (FHIR's transaction processing rules), and the response entries keep the request's order. Every
+// resource is parsed and validated before the write lock is taken (a malformed entry fails the Bundle without
+// ever holding it); under the lock only the resources whose references need the store are parsed again.
 #include "api/transaction.h"
 
-#include <map>
-#include <optional>
+#include <algorithm>
 
 #include "api/fhir_rest.h"
 #include "common/ids.h"
 #include "common/json_escape.h"
 #include "fhir/bundle.h"
+#include "fhir/json_values.h"
 #include "fhir/operation_outcome.h"
 #include "fhir/r4.h"
 #include "http/http_types.h"
@@ -25,39 +27,25 @@ struct EntryResult {
   std::string outcome;  // OperationOutcome JSON for failed batch entries
 };
 
-// Resolves urn:uuid references from the bundle's own fullUrls, and `Type?identifier=system|value`
-// conditional references with the store.
-class BundleResolver final : public fhir::ReferenceResolver {
- public:
-  BundleResolver(const std::map<std::string, std::string, std::less<>>* urns, store::StoreTransaction* txn)
-      : urns_(urns), txn_(txn) {}
+bool IsUrnReference(std::string_view ref) { return ref.starts_with("urn:uuid:") || ref.starts_with("urn:oid:"); }
 
-  Result<std::optional<std::string>> Resolve(std::string_view ref) override {
-    if (ref.starts_with("urn:uuid:") || ref.starts_with("urn:oid:")) {
-      auto it = urns_->find(ref);
-      if (it != urns_->end()) return std::optional<std::string>(it->second);
-      return std::optional<std::string>();
-    }
-    size_t q = ref.find('?');
-    if (q == std::string_view::npos) return std::optional<std::string>();
-    std::string_view type = ref.substr(0, q);
-    if (!fhir::IsKnownResourceType(type)) {
-      return Status::Invalid("Conditional reference '" + std::string(ref) + "' does not start with a resource type");
-    }
-    ASSIGN_OR_RETURN(
-        auto ids, FindByCondition(*txn_, type, ref.substr(q + 1), "Conditional reference '" + std::string(ref) + "'"));
-    if (ids.empty()) return Status::Invalid("Conditional reference '" + std::string(ref) + "' matches no resource");
-    if (ids.size() > 1) {
-      return Status::PreconditionFailed("Conditional reference '" + std::string(ref) + "' matches " +
-                                        std::to_string(ids.size()) + " resources; it must match exactly one");
-    }
-    return std::optional<std::string>(std::string(type) + "/" + ids[0]);
-  }
-
- private:
-  const std::map<std::string, std::string, std::less<>>* urns_;
-  store::StoreTransaction* txn_;
+struct ConditionalReference {
+  std::string_view type;
+  IdentifierCondition condition;
 };
+
+// `Type?identifier=system|value`; nullopt when `ref` has no query (not a conditional reference).
+Result<std::optional<ConditionalReference>> ParseConditionalReference(std::string_view ref) {
+  size_t q = ref.find('?');
+  if (q == std::string_view::npos) return std::optional<ConditionalReference>();
+  std::string_view type = ref.substr(0, q);
+  if (!fhir::IsKnownResourceType(type)) {
+    return Status::Invalid("Conditional reference '" + std::string(ref) + "' does not start with a resource type");
+  }
+  ASSIGN_OR_RETURN(IdentifierCondition condition,
+                   ParseIdentifierCondition(ref.substr(q + 1), "Conditional reference '" + std::string(ref) + "'"));
+  return std::optional<ConditionalReference>(ConditionalReference{type, std::move(condition)});
+}
 
 struct EntryPlan {
   size_t index;
@@ -67,6 +55,10 @@ struct EntryPlan {
   std::optional<int64_t> if_match;
   std::string if_none_exist;
   bool matched_existing = false;  // ifNoneExist found a resource: `id` is that resource, nothing is created
+  // POST and PUT: the resource, parsed before the write lock. `reparse`: it has references only the store can
+  // resolve (conditional references, urn targets of conditional creates), so it is parsed again under the lock.
+  std::optional<fhir::ParsedResource> parsed;
+  bool reparse = false;
 };
 
 int MethodOrder(std::string_view m) {
@@ -79,8 +71,7 @@ int MethodOrder(std::string_view m) {
 std::string EntryName(size_t i) { return "Bundle.entry[" + std::to_string(i) + "]"; }
 
 // Validates one entry's request and works out its target type/id (ids for POST are assigned here).
-Result<EntryPlan> PlanEntry(fhir::ResourceParser& parser, const fhir::BundleEntryView& e, size_t i,
-                            const char* allocation_end) {
+Result<EntryPlan> PlanEntry(const fhir::BundleEntryView& e, size_t i) {
   EntryPlan plan;
   plan.index = i;
   if (!e.has_request) return Status::Invalid(EntryName(i) + " has no request (method and url are required)");
@@ -114,20 +105,37 @@ Result<EntryPlan> PlanEntry(fhir::ResourceParser& parser, const fhir::BundleEntr
     return Status::Invalid(EntryName(i) + ".request.url '" + e.request_url + "': '" + plan.id +
                            "' is not a valid id (1-64 characters of A-Z, a-z, 0-9, '-' and '.')");
   }
-  if (plan.method == "POST" || plan.method == "PUT") {
-    if (e.resource_json.empty()) return Status::Invalid(EntryName(i) + " has no resource for " + plan.method);
-    auto peek = parser.PeekTypeAndId(e.resource_json, allocation_end);
-    if (!peek.ok()) return peek.status().WithContext(EntryName(i) + ".resource");
-    if (peek->type != plan.type) {
-      return Status::Invalid(EntryName(i) + ": the resource is a '" + peek->type + "' but request.url names '" +
-                             plan.type + "'");
-    }
-    if (plan.method == "PUT" && !peek->id.empty() && peek->id != plan.id) {
-      return Status::Invalid(EntryName(i) + ": the resource id '" + peek->id +
-                             "' differs from the id in request.url '" + plan.id + "'");
-    }
+  if ((plan.method == "POST" || plan.method == "PUT") && e.resource_json.empty()) {
+    return Status::Invalid(EntryName(i) + " has no resource for " + plan.method);
   }
   return plan;
+}
+
+// Parses (so validates) an entry's resource before the write lock. For POST and PUT the parse that decides the
+// resource's type and id, checked against request.url, is the parse whose bytes are stored (a second parse under
+// the lock reads the same bytes, whose keys are unique). A GET or DELETE entry's resource is unused but must still
+// be well-formed JSON.
+Status PrepareEntry(fhir::ResourceParser& parser, const fhir::BundleEntryView& e, const char* allocation_end,
+                    const UrnMap* urns, const std::set<std::string, std::less<>>* deferred, EntryPlan* plan) {
+  const std::string where = EntryName(plan->index) + ".resource";
+  if (plan->method != "POST" && plan->method != "PUT") {
+    if (e.resource_json.empty()) return Status::Ok();
+    return fhir::ValidateJsonDocument(parser.simdjson_parser(), e.resource_json, allocation_end, where);
+  }
+  PlanReferenceResolver resolver(urns, deferred);
+  auto parsed = parser.ParseInBuffer(e.resource_json, allocation_end, &resolver);
+  if (!parsed.ok()) return parsed.status().WithContext(where);
+  if (parsed->type != plan->type) {
+    return Status::Invalid(EntryName(plan->index) + ": the resource is a '" + parsed->type +
+                           "' but request.url names '" + plan->type + "'");
+  }
+  if (plan->method == "PUT" && !parsed->id.empty() && parsed->id != plan->id) {
+    return Status::Invalid(EntryName(plan->index) + ": the resource id '" + parsed->id +
+                           "' differs from the id in request.url '" + plan->id + "'");
+  }
+  plan->reparse = resolver.needs_store();
+  plan->parsed = std::move(*parsed);
+  return Status::Ok();
 }
 
 std::string HistoryLocation(std::string_view type, std::string_view id, int64_t version) {
@@ -138,7 +146,7 @@ std::string HistoryLocation(std::string_view type, std::string_view id, int64_t 
 // fullUrl then maps to it) and nothing is created. Done for all entries before any runs, so references to the
 // entry from anywhere in the Bundle resolve to the resource that will exist.
 Status ResolveConditionalCreate(store::StoreTransaction* txn, const fhir::BundleEntryView& e, EntryPlan* plan,
-                                std::map<std::string, std::string, std::less<>>* urns) {
+                                UrnMap* urns) {
   if (plan->method != "POST" || plan->if_none_exist.empty()) return Status::Ok();
   std::string_view cond = plan->if_none_exist;
   if (size_t q = cond.find('?'); q != std::string_view::npos) cond = cond.substr(q + 1);
@@ -157,9 +165,10 @@ Status ResolveConditionalCreate(store::StoreTransaction* txn, const fhir::Bundle
   return Status::Ok();
 }
 
-// Runs one planned entry inside `txn`.
+// Runs one planned (and prepared) entry inside `txn`.
 Result<EntryResult> RunEntry(fhir::ResourceParser& parser, const fhir::BundleEntryView& e, const EntryPlan& plan,
-                             const char* allocation_end, store::StoreTransaction* txn, BundleResolver* resolver) {
+                             const char* allocation_end, store::StoreTransaction* txn,
+                             StoreReferenceResolver* resolver) {
   EntryResult r;
   if (plan.method == "GET") {
     ASSIGN_OR_RETURN(auto cur, txn->Read(plan.type, plan.id));
@@ -185,7 +194,11 @@ Result<EntryResult> RunEntry(fhir::ResourceParser& parser, const fhir::BundleEnt
     r.last_modified = cur.last_updated;
     return r;
   }
-  ASSIGN_OR_RETURN(fhir::ParsedResource parsed, parser.ParseInBuffer(e.resource_json, allocation_end, resolver));
+  std::optional<fhir::ParsedResource> reparsed;
+  if (plan.reparse) {
+    ASSIGN_OR_RETURN(reparsed, parser.ParseInBuffer(e.resource_json, allocation_end, resolver));
+  }
+  const fhir::ParsedResource& parsed = reparsed ? *reparsed : *plan.parsed;
   ASSIGN_OR_RETURN(auto stored, txn->Put(parsed, plan.id, plan.if_match,
                                          plan.method == "POST" ? store::WriteOp::kPost : store::WriteOp::kPut));
   r.status = stored.created ? "201 Created" : "200 OK";
@@ -242,94 +255,89 @@ std::string StatusLine(int code) {
   }
 }
 
-}  // namespace
+// Frees the thread's parser buffers after a large Bundle (see ResourceParser::ReleaseLargeBuffers).
+struct ReleaseLargeBuffersOnExit {
+  fhir::ResourceParser& parser;
+  ~ReleaseLargeBuffersOnExit() { parser.ReleaseLargeBuffers(); }
+};
 
-Result<std::vector<std::string>> FindByCondition(store::StoreTransaction& txn, std::string_view type,
-                                                 std::string_view criterion, std::string_view what) {
-  if (!criterion.starts_with("identifier=") || criterion.find('&') != std::string_view::npos) {
-    return Status::Invalid(std::string(what) + " is not supported; only identifier=system|value is");
+Result<std::string> ProcessBatch(store::ResourceStore& store, fhir::ResourceParser& parser,
+                                 const fhir::BundleView& bundle, const char* end) {
+  std::vector<EntryResult> results(bundle.entries.size());
+  UrnMap urns;  // fullUrls of earlier entries whose conditional create matched
+  for (size_t i = 0; i < bundle.entries.size(); ++i) {
+    const auto& e = bundle.entries[i];
+    auto fail = [&](const Status& st) {
+      results[i].status = StatusLine(fhir::HttpStatusFor(st.code()));
+      results[i].outcome = fhir::OperationOutcomeFor(st);
+    };
+    auto plan = PlanEntry(e, i);
+    if (!plan.ok()) {
+      fail(plan.status());
+      continue;
+    }
+    if (Status st = PrepareEntry(parser, e, end, &urns, nullptr, &*plan); !st.ok()) {
+      fail(st);
+      continue;
+    }
+    auto txn = store.BeginWrite();
+    if (!txn.ok()) {
+      fail(txn.status());
+      continue;
+    }
+    StoreReferenceResolver resolver(&urns, txn->get());
+    Status cc = ResolveConditionalCreate(txn->get(), e, &*plan, &urns);
+    if (!cc.ok()) {
+      fail(cc);
+      continue;
+    }
+    auto r = RunEntry(parser, e, *plan, end, txn->get(), &resolver);
+    if (r.ok()) {
+      Status st = (*txn)->Commit();
+      if (st.ok()) {
+        results[i] = std::move(*r);
+      } else {
+        fail(st);
+      }
+    } else {
+      fail(r.status().WithContext(EntryName(i)));
+    }
   }
-  std::string token = http::PercentDecode(criterion.substr(11), false);
-  size_t bar = token.find('|');
-  std::string system = bar == std::string::npos ? "" : token.substr(0, bar);
-  std::string value = bar == std::string::npos ? token : token.substr(bar + 1);
-  if (value.empty()) return Status::Invalid(std::string(what) + " has no identifier value");
-  return txn.FindByIdentifier(type, system, value);
+  return RenderResponse("batch", results);
 }
 
-Result<std::string> ProcessBundle(store::ResourceStore& store, std::string_view body) {
-  thread_local fhir::ResourceParser parser;
-  std::string buffer(body);
-  buffer.append(simdjson::SIMDJSON_PADDING, '\0');
-  const char* end = buffer.data() + buffer.size();
-  std::string_view json(buffer.data(), body.size());
-  ASSIGN_OR_RETURN(fhir::BundleView bundle, fhir::ParseBundle(parser, json, end));
-  if (bundle.type != "transaction" && bundle.type != "batch") {
-    return Status::Invalid("Bundle.type '" + bundle.type +
-                           "' cannot be processed at the base; POST a 'transaction' or 'batch' Bundle");
-  }
-  std::vector<EntryResult> results(bundle.entries.size());
-  std::map<std::string, std::string, std::less<>> urns;
-
-  if (bundle.type == "batch") {
-    for (size_t i = 0; i < bundle.entries.size(); ++i) {
-      const auto& e = bundle.entries[i];
-      auto fail = [&](const Status& st) {
-        results[i].status = StatusLine(fhir::HttpStatusFor(st.code()));
-        results[i].outcome = fhir::OperationOutcomeFor(st);
-      };
-      auto plan = PlanEntry(parser, e, i, end);
-      if (!plan.ok()) {
-        fail(plan.status());
-        continue;
-      }
-      auto txn = store.BeginWrite();
-      if (!txn.ok()) {
-        fail(txn.status());
-        continue;
-      }
-      BundleResolver resolver(&urns, txn->get());
-      Status cc = ResolveConditionalCreate(txn->get(), e, &*plan, &urns);
-      if (!cc.ok()) {
-        fail(cc);
-        continue;
-      }
-      auto r = RunEntry(parser, e, *plan, end, txn->get(), &resolver);
-      if (r.ok()) {
-        Status st = (*txn)->Commit();
-        if (st.ok()) {
-          results[i] = std::move(*r);
-        } else {
-          fail(st);
-        }
-      } else {
-        fail(r.status().WithContext(EntryName(i)));
-      }
-    }
-    return RenderResponse("batch", results);
-  }
-
-  // transaction: plan everything first so that every urn:uuid fullUrl maps to its final Type/id.
+Result<std::string> ProcessTransaction(store::ResourceStore& store, fhir::ResourceParser& parser,
+                                       const fhir::BundleView& bundle, const char* end) {
+  // Plan everything first so that every urn:uuid fullUrl maps to its final Type/id, except those of conditional
+  // creates, which the store decides under the lock (`deferred`).
   std::vector<EntryPlan> plans;
+  UrnMap urns;
+  std::set<std::string, std::less<>> deferred;
   for (size_t i = 0; i < bundle.entries.size(); ++i) {
-    ASSIGN_OR_RETURN(EntryPlan plan, PlanEntry(parser, bundle.entries[i], i, end));
-    const auto& full_url = bundle.entries[i].full_url;
-    if (!full_url.empty() && (plan.method == "POST" || plan.method == "PUT")) {
-      if (!urns.emplace(full_url, plan.type + "/" + plan.id).second) {
-        return Status::Invalid(EntryName(i) + ".fullUrl '" + full_url + "' appears twice in the transaction");
+    const auto& e = bundle.entries[i];
+    ASSIGN_OR_RETURN(EntryPlan plan, PlanEntry(e, i));
+    if (!e.full_url.empty() && (plan.method == "POST" || plan.method == "PUT")) {
+      if (!urns.emplace(e.full_url, plan.type + "/" + plan.id).second) {
+        return Status::Invalid(EntryName(i) + ".fullUrl '" + e.full_url + "' appears twice in the transaction");
       }
+      if (plan.method == "POST" && !plan.if_none_exist.empty()) deferred.insert(e.full_url);
     }
     plans.push_back(std::move(plan));
+  }
+  for (auto& plan : plans) {
+    RETURN_IF_ERROR(PrepareEntry(parser, bundle.entries[plan.index], end, &urns, &deferred, &plan));
   }
   std::vector<size_t> order(plans.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::stable_sort(order.begin(), order.end(),
                    [&](size_t a, size_t b) { return MethodOrder(plans[a].method) < MethodOrder(plans[b].method); });
+
   ASSIGN_OR_RETURN(auto txn, store.BeginWrite());
   for (size_t i = 0; i < plans.size(); ++i) {
     RETURN_IF_ERROR(ResolveConditionalCreate(txn.get(), bundle.entries[i], &plans[i], &urns));
   }
-  BundleResolver resolver(&urns, txn.get());
+  StoreReferenceResolver resolver(&urns, txn.get());
+  std::vector<EntryResult> results(bundle.entries.size());
   for (size_t i : order) {
     auto r = RunEntry(parser, bundle.entries[i], plans[i], end, txn.get(), &resolver);
     if (!r.ok()) return r.status().WithContext(EntryName(i) + " (" + plans[i].method + " " + plans[i].type + ")");
@@ -337,6 +345,76 @@ Result<std::string> ProcessBundle(store::ResourceStore& store, std::string_view 
   }
   RETURN_IF_ERROR(txn->Commit());
   return RenderResponse("transaction", results);
+}
+
+}  // namespace
+
+Result<IdentifierCondition> ParseIdentifierCondition(std::string_view criterion, std::string_view what) {
+  if (!criterion.starts_with("identifier=") || criterion.find('&') != std::string_view::npos) {
+    return Status::Invalid(std::string(what) + " is not supported; only identifier=system|value is");
+  }
+  std::string token = http::PercentDecode(criterion.substr(11), false);
+  size_t bar = token.find('|');
+  IdentifierCondition out;
+  out.system = bar == std::string::npos ? "" : token.substr(0, bar);
+  out.value = bar == std::string::npos ? token : token.substr(bar + 1);
+  if (out.value.empty()) return Status::Invalid(std::string(what) + " has no identifier value");
+  return out;
+}
+
+Result<std::vector<std::string>> FindByCondition(store::StoreTransaction& txn, std::string_view type,
+                                                 std::string_view criterion, std::string_view what) {
+  ASSIGN_OR_RETURN(IdentifierCondition condition, ParseIdentifierCondition(criterion, what));
+  return txn.FindByIdentifier(type, condition.system, condition.value);
+}
+
+Result<std::optional<std::string>> PlanReferenceResolver::Resolve(std::string_view ref) {
+  if (IsUrnReference(ref)) {
+    if (deferred_ != nullptr && deferred_->contains(ref)) {
+      needs_store_ = true;
+      return std::optional<std::string>();
+    }
+    if (urns_ != nullptr) {
+      if (auto it = urns_->find(ref); it != urns_->end()) return std::optional<std::string>(it->second);
+    }
+    return std::optional<std::string>();
+  }
+  ASSIGN_OR_RETURN(auto conditional, ParseConditionalReference(ref));
+  if (conditional) needs_store_ = true;
+  return std::optional<std::string>();
+}
+
+Result<std::optional<std::string>> StoreReferenceResolver::Resolve(std::string_view ref) {
+  if (IsUrnReference(ref)) {
+    if (urns_ != nullptr) {
+      if (auto it = urns_->find(ref); it != urns_->end()) return std::optional<std::string>(it->second);
+    }
+    return std::optional<std::string>();
+  }
+  ASSIGN_OR_RETURN(auto conditional, ParseConditionalReference(ref));
+  if (!conditional) return std::optional<std::string>();
+  ASSIGN_OR_RETURN(
+      auto ids, txn_->FindByIdentifier(conditional->type, conditional->condition.system, conditional->condition.value));
+  if (ids.size() != 1) {
+    return Status::PreconditionFailed("Conditional reference '" + std::string(ref) + "' matches " +
+                                      (ids.empty() ? "no resource" : std::to_string(ids.size()) + " resources") +
+                                      "; it must match exactly one");
+  }
+  return std::optional<std::string>(std::string(conditional->type) + "/" + ids[0]);
+}
+
+Result<std::string> ProcessBundle(store::ResourceStore& store, std::string_view body) {
+  thread_local fhir::ResourceParser parser;
+  ReleaseLargeBuffersOnExit release{parser};
+  std::string buffer(body);
+  buffer.append(simdjson::SIMDJSON_PADDING, '\0');
+  const char* end = buffer.data() + buffer.size();
+  std::string_view json(buffer.data(), body.size());
+  ASSIGN_OR_RETURN(fhir::BundleView bundle, fhir::ParseBundle(parser, json, end));
+  if (bundle.type == "batch") return ProcessBatch(store, parser, bundle, end);
+  if (bundle.type == "transaction") return ProcessTransaction(store, parser, bundle, end);
+  return Status::Invalid("Bundle.type '" + bundle.type +
+                         "' cannot be processed at the base; POST a 'transaction' or 'batch' Bundle");
 }
 
 }  // namespace fhirlake::api

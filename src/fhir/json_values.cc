@@ -25,7 +25,7 @@ Status AppendScalar(od::value value, od::json_type type, std::string* out) {
     }
     case od::json_type::boolean: {
       bool b;
-      if (auto e = value.get_bool().get(b)) return JsonError(e);
+      if (value.get_bool().get(b)) return Status::Invalid("Invalid JSON: bad literal");
       out->append(b ? "true" : "false");
       return Status::Ok();
     }
@@ -62,17 +62,19 @@ Status DuplicateKeyError(std::string_view key, std::string_view where) {
 
 Status ValidateJsonValue(od::value value, int depth, std::string* path, std::vector<std::string_view>* keys) {
   if (depth > kMaxJsonDepth) return Status::Invalid("JSON nesting is deeper than 64 levels at " + *path);
+  // Errors made here say where; errors from nested values already do.
+  auto here = [&](Status st) { return st.WithContext(*path); };
   od::json_type type;
-  if (auto e = value.type().get(type)) return JsonError(e);
+  if (auto e = value.type().get(type)) return here(JsonError(e));
   const size_t mark = path->size();
   switch (type) {
     case od::json_type::object: {
       od::object obj;
-      if (auto e = value.get_object().get(obj)) return JsonError(e);
+      if (auto e = value.get_object().get(obj)) return here(JsonError(e));
       ObjectKeys seen(keys);
       for (auto field : obj) {
         std::string_view key;
-        if (auto e = field.unescaped_key().get(key)) return JsonError(e);
+        if (auto e = field.unescaped_key().get(key)) return here(JsonError(e));
         if (!seen.Insert(key)) return DuplicateKeyError(key, *path);
         path->push_back('.');
         path->append(key);
@@ -84,11 +86,11 @@ Status ValidateJsonValue(od::value value, int depth, std::string* path, std::vec
     }
     case od::json_type::array: {
       od::array arr;
-      if (auto e = value.get_array().get(arr)) return JsonError(e);
+      if (auto e = value.get_array().get(arr)) return here(JsonError(e));
       size_t index = 0;
       for (auto item : arr) {
         od::value v;
-        if (auto e = item.get(v)) return JsonError(e);
+        if (auto e = item.get(v)) return here(JsonError(e));
         path->append("[" + std::to_string(index++) + "]");
         Status st = ValidateJsonValue(v, depth + 1, path, keys);
         path->resize(mark);
@@ -98,14 +100,32 @@ Status ValidateJsonValue(od::value value, int depth, std::string* path, std::vec
     }
     case od::json_type::string: {
       std::string_view s;
-      if (auto e = value.get_string().get(s)) return JsonError(e);
+      if (auto e = value.get_string().get(s)) return here(JsonError(e));
       return Status::Ok();
     }
     default: {
       std::string ignored;
-      return AppendScalar(value, type, &ignored);
+      return here(AppendScalar(value, type, &ignored));
     }
   }
+}
+
+Status ValidateJsonDocument(od::parser& parser, std::string_view json, const char* allocation_end,
+                            std::string_view what) {
+  const size_t capacity = static_cast<size_t>(allocation_end - json.data());
+  if (capacity < json.size() + simdjson::SIMDJSON_PADDING)
+    return Status::Internal("ValidateJsonDocument needs padding");
+  od::document doc;
+  if (auto e = parser.iterate(json.data(), json.size(), capacity).get(doc)) return JsonError(e).WithContext(what);
+  od::value root;
+  if (auto e = doc.get_value().get(root)) return JsonError(e).WithContext(what);
+  std::string path(what);
+  std::vector<std::string_view> keys;
+  RETURN_IF_ERROR(ValidateJsonValue(root, 0, &path, &keys));
+  if (doc.current_location().error() != simdjson::OUT_OF_BOUNDS) {
+    return Status::Invalid("Invalid JSON: unexpected content after " + std::string(what));
+  }
+  return Status::Ok();
 }
 
 Result<PaddedFile> ReadPaddedFile(const std::string& path) {

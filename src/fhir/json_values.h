@@ -56,6 +56,11 @@ Status DuplicateKeyError(std::string_view key, std::string_view where);
 Status ValidateJsonValue(simdjson::ondemand::value value, int depth, std::string* path,
                          std::vector<std::string_view>* keys);
 
+// ValidateJsonValue over a whole document (a resource nobody reads, such as a GET entry's), whose bytes are followed
+// by readable memory up to `allocation_end` (>= SIMDJSON_PADDING past the end). `what` names it in errors.
+Status ValidateJsonDocument(simdjson::ondemand::parser& parser, std::string_view json, const char* allocation_end,
+                            std::string_view what);
+
 // A file's bytes followed by simdjson::SIMDJSON_PADDING zero bytes, so it can be parsed in place.
 struct PaddedFile {
   std::string bytes;

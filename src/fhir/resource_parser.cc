@@ -78,7 +78,7 @@ class Walker {
   Status WriteValue(od::value value, std::string* dst, int depth, ElementType element) {
     if (depth > kMaxDepth) return Status::Invalid("JSON nesting is deeper than 64 levels");
     od::json_type type;
-    if (auto e = value.type().get(type)) return JsonError(e);
+    if (auto e = value.type().get(type)) return At(JsonError(e));
     if (IsNumberKind(element.kind) && type != od::json_type::number && type != od::json_type::array &&
         type != od::json_type::null) {
       return Status::Invalid(Where() + " must be a JSON number (FHIR " + std::string(KindName(element.kind)) +
@@ -114,7 +114,7 @@ class Walker {
       }
       case od::json_type::string: {
         std::string_view s;
-        if (auto e = value.get_string().get(s)) return JsonError(e);
+        if (auto e = value.get_string().get(s)) return At(JsonError(e));
         AppendJsonString(dst, s);
         return Status::Ok();
       }
@@ -124,7 +124,7 @@ class Walker {
         }
         [[fallthrough]];
       default:
-        return AppendScalar(value, type, dst);
+        return At(AppendScalar(value, type, dst));
     }
   }
 
@@ -239,6 +239,8 @@ class Walker {
   std::string Where() const { return path_.empty() ? out_->type : out_->type + "." + path_; }
 
   Status DuplicateKey(std::string_view key) const { return DuplicateKeyError(key, Where()); }
+  // A JSON error found at the current element says where ("Patient.active: Invalid JSON: bad literal").
+  Status At(const Status& st) const { return st.WithContext(Where()); }
 
   static std::string JsonTypeName(od::json_type type) {
     switch (type) {
@@ -264,7 +266,7 @@ class Walker {
                        std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; });
     if (!plain) {
       double ignored;
-      if (auto e = value.get_double().get(ignored)) return JsonError(e);
+      if (auto e = value.get_double().get(ignored)) return At(JsonError(e));
       return Status::Invalid(Where() + ": " + std::string(raw) + " is not a FHIR " + std::string(KindName(kind)) +
                              "; write a whole number without fraction or exponent");
     }
@@ -319,7 +321,7 @@ class Walker {
 
   Status WriteReference(od::value v, std::string* dst) {
     std::string_view s;
-    if (auto e = v.get_string().get(s)) return JsonError(e);
+    if (auto e = v.get_string().get(s)) return At(JsonError(e));
     std::string value(s);
     if (resolver_ != nullptr) {
       ASSIGN_OR_RETURN(std::optional<std::string> replacement, resolver_->Resolve(value));
@@ -389,6 +391,11 @@ std::string RenderResource(const ParsedResource& p, std::string_view id, int64_t
 }
 
 ResourceParser::ResourceParser() = default;
+
+void ResourceParser::ReleaseLargeBuffers(size_t keep_bytes) {
+  if (parser_.capacity() > keep_bytes) parser_ = od::parser();  // frees its buffers; the next document reallocates
+  if (scratch_.capacity() > keep_bytes) std::string().swap(scratch_);
+}
 
 Result<ParsedResource> ResourceParser::Parse(std::string_view json, ReferenceResolver* resolver) {
   scratch_.assign(json);

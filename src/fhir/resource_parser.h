@@ -66,6 +66,15 @@ class ResourceParser {
 
   simdjson::ondemand::parser& simdjson_parser() { return parser_; }
 
+  // A parser keeps buffers sized for the largest document it has seen (simdjson's, several times the document,
+  // and Parse's padded copy). A long-lived parser (one per server thread) calls this after each request: past
+  // `keep_bytes` of document capacity they are freed, so one 60 MiB body does not pin hundreds of MiB per thread
+  // for the life of the process. Buffers for documents up to `keep_bytes` are kept (no reallocation per request).
+  static constexpr size_t kKeepBytes = 8 << 20;
+  void ReleaseLargeBuffers(size_t keep_bytes = kKeepBytes);
+  // Document capacity currently held (simdjson's capacity plus the padded copy's), for tests.
+  size_t retained_capacity() const { return parser_.capacity() + scratch_.capacity(); }
+
  private:
   simdjson::ondemand::parser parser_;
   std::string scratch_;

@@ -68,6 +68,33 @@ BAD_BODIES = {
     "unknown-resourceType": (b'{"resourceType": "Foo"}', ("Foo",)),
     "type-differs-from-url": (b'{"resourceType": "Observation", "status": "final", "code": {"text": "x"}}',
                               ("Observation",)),
+    # regression: a JSON object with a key twice was stored as whichever copy the parser met last
+    "duplicate-resourceType": (b'{"resourceType": "Patient", "id": "d1", "resourceType": "Patient"}',
+                               ("Duplicate JSON key 'resourceType'",)),
+    "duplicate-nested-key": (b'{"resourceType": "Patient", "name": [{"family": "a"}, {"family": "b", "family": "c"}]}',
+                             ("Duplicate JSON key 'family'", "Patient.name[1]")),
+    "duplicate-key-in-meta": (b'{"resourceType": "Patient", "meta": {"source": "a", "source": "b"}}',
+                              ("'source'", "Patient.meta")),
+    # regression: numbers outside the FHIR primitive types' ranges were stored as sent
+    "integer-out-of-range": (b'{"resourceType": "Patient", "multipleBirthInteger": 2147483648}',
+                             ("Patient.multipleBirthInteger", "out of range", "integer")),
+    "integer-below-range": (b'{"resourceType": "Patient", "multipleBirthInteger": -2147483649}',
+                            ("Patient.multipleBirthInteger", "out of range")),
+    "positiveInt-zero": (b'{"resourceType": "Patient", "telecom": [{"system": "phone", "rank": 0}]}',
+                         ("Patient.telecom[0].rank", "positiveInt")),
+    "unsignedInt-negative": (b'{"resourceType": "Patient", "photo": [{"size": -1}]}',
+                             ("Patient.photo[0].size", "unsignedInt")),
+    "integer-with-fraction": (b'{"resourceType": "Patient", "multipleBirthInteger": 1.0}',
+                              ("Patient.multipleBirthInteger", "fraction or exponent")),
+    "integer-with-exponent": (b'{"resourceType": "Patient", "multipleBirthInteger": 1e3}',
+                              ("Patient.multipleBirthInteger", "fraction or exponent")),
+    "integer-as-string": (b'{"resourceType": "Patient", "multipleBirthInteger": "2"}',
+                          ("Patient.multipleBirthInteger", "JSON number")),
+    "decimal-as-string": (b'{"resourceType": "Patient", "extension": [{"url": "http://x", "valueDecimal": "1.5"}]}',
+                          ("Patient.extension[0].valueDecimal", "JSON number")),
+    "number-in-contained-resource": (b'{"resourceType": "Patient", "contained": [{"resourceType": "Observation", '
+                                     b'"status": "final", "code": {"text": "x"}, "valueInteger": 99999999999}]}',
+                                     ("Patient.contained[0].valueInteger", "out of range")),
 }
 
 
@@ -83,6 +110,28 @@ def test_put_bad_body(srv, http, case):
     body, mentions = BAD_BODIES[case]
     assert_outcome(send(http, srv, "PUT", "/Patient/put-bad-1", body), 400, mentions)
     assert_outcome(send(http, srv, "GET", "/Patient/put-bad-1"), 404)
+
+
+def test_put_with_a_second_resource_type_writes_nothing(srv, http):
+    """Regression: the type checked against the URL and the type stored could be two different keys."""
+    r = send(http, srv, "PUT", "/Observation/dup-victim",
+             {"resourceType": "Observation", "id": "dup-victim", "status": "final", "code": {"text": "x"}})
+    assert r.status_code == 201, describe_response(r)
+    body = b'{"resourceType": "Patient", "id": "dup-victim", "resourceType": "Observation", "status": "cancelled"}'
+    assert_outcome(send(http, srv, "PUT", "/Patient/dup-victim", body), 400, ("Duplicate JSON key 'resourceType'",))
+    assert_outcome(send(http, srv, "PUT", "/Observation/dup-victim", body), 400, ("Duplicate JSON key",))
+    assert_outcome(send(http, srv, "GET", "/Patient/dup-victim"), 404)
+    r = send(http, srv, "GET", "/Observation/dup-victim")
+    assert r.status_code == 200 and r.json()["status"] == "final" and r.json()["meta"]["versionId"] == "1"
+
+
+def test_numbers_at_the_range_limits_are_accepted(srv, http):
+    r = send(http, srv, "POST", "/Patient", b'{"resourceType": "Patient", "multipleBirthInteger": -2147483648, '
+                                             b'"telecom": [{"rank": 2147483647}], "photo": [{"size": 0}], '
+                                             b'"extension": [{"url": "http://x", "valueDecimal": 1.50e-3}]}')
+    assert r.status_code == 201, describe_response(r)
+    got = send(http, srv, "GET", f"/Patient/{r.json()['id']}")
+    assert b'"multipleBirthInteger":-2147483648' in got.content and b'"valueDecimal":1.50e-3' in got.content
 
 
 def test_put_id_differs_from_body_id(srv, http):

@@ -161,7 +161,9 @@ BAD_ENTRIES = {
     "type-differs-from-url": (400, {"resource": {"resourceType": "Observation", "status": "final",
                                                  "code": {"text": "x"}},
                                     "request": {"method": "POST", "url": "Patient"}}),
-    "unresolvable-conditional-reference": ((400, 412), post_entry(observation(f"Patient?identifier={MRN}|no-such-mrn"))),
+    "unresolvable-conditional-reference": (412, post_entry(observation(f"Patient?identifier={MRN}|no-such-mrn"))),
+    "integer-out-of-range": (400, post_entry({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                                              "subject": {"reference": PAT_URN}, "valueInteger": 2147483648})),
 }
 
 
@@ -255,12 +257,71 @@ def test_transaction_conditional_reference(server, http):
         r = http.fhir("PUT", f"{server.base}/Patient/{pid}", patient("cref-dup", id=pid))
         assert r.status_code == 201
     tx = bundle("transaction", put_entry(observation(f"Patient?identifier={MRN}|cref-dup", id="cref-obs-dup")))
-    assert_outcome(submit(http, server, tx), (400, 412))
+    assert_outcome(submit(http, server, tx), 412, ("matches 2 resources",))
     assert_outcome(get(http, server, "Observation/cref-obs-dup"), 404)
     # no match -> fails as well
     tx = bundle("transaction", put_entry(observation(f"Patient?identifier={MRN}|nobody", id="cref-obs-none")))
-    assert_outcome(submit(http, server, tx), (400, 412))
+    assert_outcome(submit(http, server, tx), 412, ("matches no resource",))
     assert_outcome(get(http, server, "Observation/cref-obs-none"), 404)
+
+
+def test_transaction_second_resource_type_cannot_overwrite_another_resource(server, http):
+    """Regression: an entry whose resource carried two resourceType keys passed the check against request.url with
+    one and was stored with the other: `PUT Patient/victim` overwrote Observation/victim."""
+    r = http.fhir("PUT", server.base + "/Observation/victim", observation("Patient/x", id="victim"))
+    assert r.status_code == 201, describe_response(r)
+    raw = (b'{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Patient",'
+           b'"id":"victim","resourceType":"Observation","status":"cancelled","code":{"text":"x"}},'
+           b'"request":{"method":"PUT","url":"Patient/victim"}}]}')
+    assert_outcome(submit(http, server, raw), 400, ("Duplicate JSON key 'resourceType'", "Bundle.entry[0]"))
+    batch = raw.replace(b'"transaction"', b'"batch"')
+    e = ok_bundle(submit(http, server, batch), "batch-response")["entry"][0]
+    assert status_code(e) == 400, e
+    check_outcome_body(e["response"]["outcome"], ("Duplicate JSON key 'resourceType'",))
+    v = get(http, server, "Observation/victim")
+    assert v.status_code == 200 and v.json()["status"] == "final" and v.json()["meta"]["versionId"] == "1"
+    assert_outcome(get(http, server, "Patient/victim"), 404)
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+UNUSED_MEMBERS = {
+    # regression: the members the server skips were not validated at all
+    "malformed-meta": ('"meta": {"tag": [tru]}', "Bundle.meta.tag[0]"),
+    "malformed-identifier": ('"identifier": {"value": 01}', "Bundle.identifier"),
+    "deep-meta": ('"meta": ' + DEEP, "deeper than 64 levels at Bundle.meta"),
+    "deep-unknown-member": ('"x": {"y": ' + DEEP + "}", "deeper than 64 levels at Bundle.x.y"),
+    "duplicate-type": ('"type": "batch"', "Duplicate JSON key 'type' in Bundle"),
+    "malformed-entry-search": (None, '"search": {"mode": "match", "score": 1.2.3}'),
+    "malformed-entry-response": (None, '"response": {"status": "200", "etag": nul}'),
+    "deep-entry-search": (None, '"search": ' + DEEP),
+    "deep-request-member": (None, 'REQUEST"ifModifiedSince": ' + DEEP),
+    "duplicate-entry-resource": (None, '"resource": {"resourceType": "Patient", "id": "dup-res"}'),
+    "duplicate-request-url": (None, 'REQUEST"url": "Patient/elsewhere"'),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNUSED_MEMBERS))
+def test_bundle_members_the_server_skips_are_validated(server, http, case):
+    top, extra = UNUSED_MEMBERS[case]
+    request = '"request": {"method": "PUT", "url": "Patient/unused-1"'
+    entry = '{"resource": {"resourceType": "Patient", "id": "unused-1"}, '
+    if top is None and extra.startswith("REQUEST"):
+        entry += request + ", " + extra[len("REQUEST"):] + "}}"
+        mention = "Bundle.entry[0].request"
+    elif top is None:
+        entry += request + "}, " + extra + "}"
+        mention = "Bundle.entry[0]"
+    else:
+        entry += request + "}}"
+    raw = '{"resourceType": "Bundle", "type": "transaction", ' + (top + ", " if top else "") + \
+          '"entry": [' + entry + "]}"
+    if top is not None:
+        mention = extra
+    for kind in ("transaction", "batch"):
+        body = raw.replace('"type": "transaction"', f'"type": "{kind}"', 1).encode()
+        assert_outcome(submit(http, server, body), 400, (mention,))
+    assert_outcome(get(http, server, "Patient/unused-1"), 404)
+    assert_outcome(get(http, server, "Patient/dup-res"), 404)
 
 
 # ---- batch -------------------------------------------------------------------------------------

@@ -21,18 +21,34 @@ def expected_compartments(loaded_sample, compartment):
     return compartment.expected_by_patient(loaded_sample.sample.expected.values())
 
 
-def searchset(r):
-    assert r.status_code == 200, describe_response(r)
-    assert_fhir_json(r)
-    b = r.json()
-    assert b.get("resourceType") == "Bundle" and b.get("type") == "searchset", describe_response(r, 300)
-    entries = b.get("entry") or []
-    assert b.get("total") == len(entries), f"total {b.get('total')} != {len(entries)} entries ({r.request.url})"
-    keys = []
-    for e in entries:
-        res = e.get("resource")
-        assert isinstance(res, dict) and res.get("resourceType") and res.get("id"), f"entry without resource: {e}"
-        keys.append((res["resourceType"], res["id"]))
+def next_link(bundle):
+    links = [l for l in bundle.get("link") or [] if l.get("relation") == "next"]
+    assert len(links) <= 1, bundle.get("link")
+    return links[0]["url"] if links else None
+
+
+def searchset(session, url, page_counts=None):
+    """The keys of every entry of a (paged) searchset, following next links to the last page. Bundle.total is the
+    size of the whole set, on every page. The number of pages is appended to `page_counts` when given."""
+    keys, total, pages = [], None, 0
+    while url:
+        pages += 1
+        assert pages <= 1000, f"more than 1000 pages from {url}"
+        r = session.get(url)
+        assert r.status_code == 200, describe_response(r)
+        assert_fhir_json(r)
+        b = r.json()
+        assert b.get("resourceType") == "Bundle" and b.get("type") == "searchset", describe_response(r, 300)
+        assert total is None or b.get("total") == total, f"total changed between pages: {b.get('total')} != {total}"
+        total = b.get("total")
+        for e in b.get("entry") or []:
+            res = e.get("resource")
+            assert isinstance(res, dict) and res.get("resourceType") and res.get("id"), f"entry without resource: {e}"
+            keys.append((res["resourceType"], res["id"]))
+        url = next_link(b)
+    assert total == len(keys), f"total {total} != {len(keys)} entries over {pages} page(s)"
+    if page_counts is not None:
+        page_counts.append(pages)
     return keys
 
 
@@ -61,7 +77,7 @@ def test_every_patient_compartment(loaded_sample, expected_compartments):
     failures, seen = [], set()
     with Session() as s:
         for pid in sample.patient_ids:
-            got = searchset(s.get(f"{base}/Patient/{pid}/*"))
+            got = searchset(s, f"{base}/Patient/{pid}/*")
             want = expected_compartments.get(pid, set())
             assert ("Patient", pid) in want
             if len(got) != len(set(got)) or set(got) != want:
@@ -81,9 +97,23 @@ def test_compartment_restricted_to_a_type(loaded_sample, expected_compartments):
         for pid in pids[::7]:
             want_all = expected_compartments[pid]
             for t in ("Observation", "Encounter", "Group", "Patient", "Claim"):
-                got = searchset(s.get(f"{base}/Patient/{pid}/{t}"))
+                got = searchset(s, f"{base}/Patient/{pid}/{t}")
                 want = {k for k in want_all if k[0] == t}
                 assert len(got) == len(set(got)) and set(got) == want, diff_message(pid, got, want) + f" (type {t})"
+
+
+def test_compartment_pages_of_the_largest_patient(loaded_sample, expected_compartments):
+    """Walking the next links of the biggest compartment of the sample gives it exactly, whatever the page size."""
+    base = loaded_sample.server.base
+    pid = max(expected_compartments, key=lambda p: len(expected_compartments[p]))
+    want = expected_compartments[pid]
+    assert len(want) > 1000, len(want)  # more than the largest page: paging is exercised at every size
+    with Session() as s:
+        for count in (1000, 100, 37):
+            pages = []
+            got = searchset(s, f"{base}/Patient/{pid}/*?_count={count}", pages)
+            assert len(got) == len(set(got)) and set(got) == want, diff_message(pid, got, want) + f" (_count={count})"
+            assert pages == [-(-len(want) // count)], f"{pages} pages of {count} for {len(want)} entries"
 
 
 def test_compartment_follows_changes(server, http):
@@ -102,7 +132,7 @@ def test_compartment_follows_changes(server, http):
     assert http.fhir("PUT", f"{b}/Encounter/cmp-e1", enc).status_code == 201
 
     def comp(pid):
-        return sorted(searchset(http.get(f"{b}/Patient/{pid}/*")))
+        return sorted(searchset(http, f"{b}/Patient/{pid}/*"))
 
     assert comp("cmp-a") == [("Condition", "cmp-c1"), ("Observation", "cmp-o1"), ("Patient", "cmp-a")]
     assert comp("cmp-b") == [("Condition", "cmp-c1"), ("Encounter", "cmp-e1"), ("Patient", "cmp-b")]

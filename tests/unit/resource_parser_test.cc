@@ -479,6 +479,25 @@ TEST_F(ResourceParserTest, NumbersAreCheckedInContainedAndNestedResources) {
   EXPECT_THAT(out, ::testing::HasSubstr(R"("contained":[{"valueInteger":5,"resourceType":"Observation"}])"));
 }
 
+// --- memory (regression: a thread's parser kept buffers for the largest body ever seen) ---
+
+TEST_F(ResourceParserTest, ReleaseLargeBuffersFreesWhatALargeDocumentGrew) {
+  std::string big = R"({"resourceType":"Basic","text":{"status":"generated","div":")";
+  big.append(ResourceParser::kKeepBytes + (1 << 20), 'x');
+  big.append("\"}}");
+  ASSERT_OK(Parse(big));
+  EXPECT_GT(parser_.retained_capacity(), ResourceParser::kKeepBytes);
+  parser_.ReleaseLargeBuffers();
+  EXPECT_LT(parser_.retained_capacity(), 64u);  // an empty std::string may keep its small inline buffer
+  // Buffers for ordinary documents stay (no reallocation per request), and the parser still works.
+  ASSERT_OK(Parse(R"({"resourceType":"Patient","id":"p1"})"));
+  const size_t small = parser_.retained_capacity();
+  EXPECT_GT(small, 0u);
+  parser_.ReleaseLargeBuffers();
+  EXPECT_EQ(parser_.retained_capacity(), small);
+  ASSERT_OK(Parse(R"({"resourceType":"Patient","id":"p2"})"));
+}
+
 // --- references and compartments ---
 
 TEST_F(ResourceParserTest, ObservationCompartmentFromSubjectAndPerformerOnly) {
