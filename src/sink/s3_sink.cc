@@ -1,23 +1,33 @@
 // S3 sink implementation. Every request goes through S3Client::Send, which signs, sends with libcurl, and
-// retries what S3 says may be retried. Secrets never leave this file: messages carry the S3 error code and
-// message, the bucket/key, the role ARN and the KMS key id, never credentials or signatures.
+// retries what S3 says may be retried; replies are parsed by s3_xml.h. Secrets never leave this file: messages
+// carry the S3 error code and message, the bucket/key, the role ARN and the KMS key id, never credentials or
+// signatures.
 #include "sink/s3_sink.h"
 
 #include <curl/curl.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 #include <thread>
+#include <utility>
+
+#include "sink/s3_xml.h"
 
 namespace fhirlake::sink {
 namespace {
+
+using Params = std::vector<std::pair<std::string, std::string>>;
 
 struct S3Response {
   long status = 0;
@@ -25,40 +35,50 @@ struct S3Response {
   std::map<std::string, std::string> headers;  // lower-case names
 };
 
-// The text of the first <tag>...</tag> after `from`, with XML entities for quotes/ampersands decoded.
-std::string XmlTag(std::string_view xml, std::string_view tag, size_t* from = nullptr) {
-  std::string open = "<" + std::string(tag) + ">";
-  std::string close = "</" + std::string(tag) + ">";
-  size_t start = xml.find(open, from ? *from : 0);
-  if (start == std::string_view::npos) return "";
-  start += open.size();
-  size_t end = xml.find(close, start);
-  if (end == std::string_view::npos) return "";
-  if (from) *from = end + close.size();
-  std::string out(xml.substr(start, end - start));
-  for (auto [entity, ch] : std::vector<std::pair<std::string, std::string>>{
-           {"&quot;", "\""}, {"&apos;", "'"}, {"&lt;", "<"}, {"&gt;", ">"}, {"&amp;", "&"}}) {
-    for (size_t p = out.find(entity); p != std::string::npos; p = out.find(entity, p + ch.size())) {
-      out.replace(p, entity.size(), ch);
-    }
-  }
-  return out;
+// Initialised by position: {method, bucket, key, query, headers, body}; what is left out is empty.
+struct S3Request {
+  std::string method{};
+  std::string bucket{};
+  std::string key{};
+  Params query{};
+  Params headers{};
+  std::string_view body{};
+  // Retry retryable failures at least max_attempts times (0: S3Options::max_attempts), and more until retry_for
+  // has passed (cleanup requests use it to outlast an outage).
+  std::chrono::milliseconds retry_for{0};
+  int max_attempts = 0;
+  // CompleteMultipartUpload may fail after S3 sent "200 OK": the body is then an <Error>, retried like a 5xx.
+  bool error_in_200 = false;
+};
+
+// The Code of an S3 error body; empty when the body is not one (HEAD replies have no body).
+std::string ErrorCode(const S3Response& r) {
+  auto e = s3xml::ParseError(r.body);
+  return e.ok() ? e->code : "";
 }
 
 std::string ErrorText(const S3Response& r) {
-  std::string code = XmlTag(r.body, "Code");
-  std::string message = XmlTag(r.body, "Message");
   std::string out = "HTTP " + std::to_string(r.status);
-  if (!code.empty()) out += " " + code;
-  if (!message.empty()) out += ": " + message;
+  auto e = s3xml::ParseError(r.body);
+  if (!e.ok()) return out;
+  if (!e->code.empty()) out += " " + e->code;
+  if (!e->message.empty()) out += ": " + e->message;
   return out;
 }
 
-bool Retryable(const S3Response& r) {
+bool Retryable(const S3Request& req, const S3Response& r) {
   if (r.status == 429 || r.status >= 500) return true;
-  std::string code = XmlTag(r.body, "Code");
+  if (r.status < 300 && !req.error_in_200) return false;  // a success body (maybe an object's bytes) is not an error
+  std::string code = ErrorCode(r);
   return code == "SlowDown" || code == "RequestTimeout" || code == "InternalError" || code == "ServiceUnavailable";
 }
+
+// Whether S3 may have acted on a request whose attempt failed this way. Only a refused or unresolvable
+// connection proves that nothing was sent; 503 and 429 (SlowDown) are S3's way of saying "not done, later".
+bool MaybeActed(CURLcode rc) {
+  return rc != CURLE_COULDNT_CONNECT && rc != CURLE_COULDNT_RESOLVE_HOST && rc != CURLE_COULDNT_RESOLVE_PROXY;
+}
+bool MaybeActed(const S3Response& r) { return r.status != 503 && r.status != 429; }
 
 size_t WriteBody(char* data, size_t size, size_t n, void* user) {
   static_cast<std::string*>(user)->append(data, size * n);
@@ -113,37 +133,40 @@ class S3Client {
     return nullptr;
   }
 
-  // Sends one S3 request, retrying retryable failures with exponential backoff and full jitter: at least
-  // max_attempts attempts, and more until `retry_for` has passed (cleanup requests use it to outlast an outage).
-  Result<S3Response> Send(const AwsCredentials& creds, const std::string& method, const std::string& bucket,
-                          const std::string& key, const std::vector<std::pair<std::string, std::string>>& query,
-                          const std::vector<std::pair<std::string, std::string>>& extra_headers, std::string_view body,
-                          std::chrono::milliseconds retry_for = {}, int max_attempts = 0) {
+  // Sends one S3 request, retrying retryable failures with exponential backoff and full jitter. When
+  // `maybe_acted` is given, it is set when an attempt before the answer returned (or every attempt, on failure)
+  // failed in a way that leaves open whether S3 carried the request out: the caller of a request that is not
+  // idempotent must then look for what such an attempt may have done.
+  Result<S3Response> Send(const AwsCredentials& creds, const S3Request& req, bool* maybe_acted = nullptr) {
+    if (maybe_acted != nullptr) *maybe_acted = false;
     std::string last_error;
-    std::string payload_hash = Sha256Hex(body);
+    std::string payload_hash = Sha256Hex(req.body);
     auto start = std::chrono::steady_clock::now();
+    const int attempts = req.max_attempts > 0 ? req.max_attempts : options_.max_attempts;
     int attempt = 1;
     for (;; ++attempt) {
-      const int attempts = max_attempts > 0 ? max_attempts : options_.max_attempts;
-      if (attempt > attempts && std::chrono::steady_clock::now() - start >= retry_for) break;
+      if (attempt > attempts && std::chrono::steady_clock::now() - start >= req.retry_for) break;
       if (attempt > 1) Backoff(attempt);
       S3Response resp;
       std::string curl_error;
-      if (!SendOnce(creds, method, bucket, key, query, extra_headers, body, payload_hash, &resp, &curl_error)) {
+      CURLcode rc = SendOnce(creds, req, payload_hash, &resp, &curl_error);
+      if (rc != CURLE_OK) {
         last_error = curl_error;
-        spdlog::warn("event=s3_retry method={} bucket={} key={} attempt={} reason=\"{}\"", method, bucket, key, attempt,
-                     curl_error);
+        if (maybe_acted != nullptr && MaybeActed(rc)) *maybe_acted = true;
+        spdlog::warn("event=s3_retry method={} bucket={} key={} attempt={} reason=\"{}\"", req.method, req.bucket,
+                     req.key, attempt, curl_error);
         continue;
       }
-      if (Retryable(resp)) {
+      if (Retryable(req, resp)) {
         last_error = ErrorText(resp);
-        spdlog::warn("event=s3_retry method={} bucket={} key={} attempt={} reason=\"{}\"", method, bucket, key, attempt,
-                     last_error);
+        if (maybe_acted != nullptr && MaybeActed(resp)) *maybe_acted = true;
+        spdlog::warn("event=s3_retry method={} bucket={} key={} attempt={} reason=\"{}\"", req.method, req.bucket,
+                     req.key, attempt, last_error);
         continue;
       }
       return resp;
     }
-    return Status::Unavailable("S3 " + method + " s3://" + bucket + "/" + key + " failed after " +
+    return Status::Unavailable("S3 " + req.method + " s3://" + req.bucket + "/" + req.key + " failed after " +
                                std::to_string(attempt - 1) + " attempts: " + last_error);
   }
 
@@ -155,35 +178,33 @@ class S3Client {
     std::this_thread::sleep_for(std::chrono::milliseconds(ms));
   }
 
-  bool SendOnce(const AwsCredentials& creds, const std::string& method, const std::string& bucket,
-                const std::string& key, const std::vector<std::pair<std::string, std::string>>& query,
-                const std::vector<std::pair<std::string, std::string>>& extra_headers, std::string_view body,
-                const std::string& payload_hash, S3Response* resp, std::string* error) {
+  CURLcode SendOnce(const AwsCredentials& creds, const S3Request& r, const std::string& payload_hash, S3Response* resp,
+                    std::string* error) {
     SigV4Request req;
-    req.method = method;
-    std::string host = options_.virtual_hosted ? bucket + "." + host_ : host_;
-    std::string path = options_.virtual_hosted ? "/" + key : "/" + bucket + (key.empty() ? "" : "/" + key);
+    req.method = r.method;
+    std::string host = options_.virtual_hosted ? r.bucket + "." + host_ : host_;
+    std::string path = options_.virtual_hosted ? "/" + r.key : "/" + r.bucket + (r.key.empty() ? "" : "/" + r.key);
     req.path = path;
-    req.query = query;
+    req.query = r.query;
     req.headers.emplace_back("host", host);
-    for (const auto& h : extra_headers) req.headers.push_back(h);
+    for (const auto& h : r.headers) req.headers.push_back(h);
     req.payload_sha256 = payload_hash;
     SignS3Request(
         &req, creds, options_.region,
         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
             .count());
     std::string url = scheme_ + "://" + host + UriEncode(path, false);
-    if (!query.empty()) {
+    if (!r.query.empty()) {
       url.push_back('?');
-      for (size_t i = 0; i < query.size(); ++i) {
+      for (size_t i = 0; i < r.query.size(); ++i) {
         if (i) url.push_back('&');
-        url += UriEncode(query[i].first, true) + "=" + UriEncode(query[i].second, true);
+        url += UriEncode(r.query[i].first, true) + "=" + UriEncode(r.query[i].second, true);
       }
     }
     thread_local CURL* curl = curl_easy_init();
     if (curl == nullptr) {
       *error = "cannot initialise libcurl";
-      return false;
+      return CURLE_FAILED_INIT;
     }
     curl_easy_reset(curl);
     struct curl_slist* headers = nullptr;
@@ -192,7 +213,7 @@ class S3Client {
       headers = curl_slist_append(headers, (name + ": " + value).c_str());
     }
     headers = curl_slist_append(headers, "Expect:");
-    ReadState read{body, 0};
+    ReadState read{r.body, 0};
     curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
     curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
@@ -202,25 +223,25 @@ class S3Client {
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, &resp->body);
     curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, WriteHeader);
     curl_easy_setopt(curl, CURLOPT_HEADERDATA, &resp->headers);
-    if (method == "HEAD") {
+    if (r.method == "HEAD") {
       curl_easy_setopt(curl, CURLOPT_NOBODY, 1L);
-    } else if (method == "PUT" || method == "POST") {
+    } else if (r.method == "PUT" || r.method == "POST") {
       curl_easy_setopt(curl, CURLOPT_UPLOAD, 1L);
       curl_easy_setopt(curl, CURLOPT_READFUNCTION, ReadBody);
       curl_easy_setopt(curl, CURLOPT_READDATA, &read);
-      curl_easy_setopt(curl, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(body.size()));
-      if (method == "POST") curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, "POST");
-    } else if (method != "GET") {
-      curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method.c_str());
+      curl_easy_setopt(curl, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(r.body.size()));
+      if (r.method == "POST") curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, "POST");
+    } else if (r.method != "GET") {
+      curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, r.method.c_str());
     }
     CURLcode rc = curl_easy_perform(curl);
     curl_slist_free_all(headers);
     if (rc != CURLE_OK) {
       *error = std::string("connection to ") + options_.endpoint + " failed: " + curl_easy_strerror(rc);
-      return false;
+      return rc;
     }
     curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &resp->status);
-    return true;
+    return CURLE_OK;
   }
 
   S3Options options_;
@@ -232,14 +253,61 @@ class S3Client {
 // upload left behind is invisible but stored (and billed) until a bucket lifecycle rule removes it, so cleanup
 // after a failure caused by an S3 outage waits for the endpoint to come back.
 constexpr std::chrono::milliseconds kCleanupRetryFor{30000};
+// Listing pages (S3 gives up to 1,000 entries a page) an abort sweep or a List reads before it gives up: far
+// more than an export writes, and a bound on a server that keeps answering "truncated".
+constexpr int kMaxListPages = 10000;
 
-std::vector<std::pair<std::string, std::string>> SseHeaders(const WriteContext& ctx) {
+Params SseHeaders(const WriteContext& ctx) {
   return {{"x-amz-server-side-encryption", "aws:kms"}, {"x-amz-server-side-encryption-aws-kms-key-id", ctx.kms_key_id}};
 }
 
 Status SseError(const S3Response& r, const WriteContext& ctx, const std::string& what) {
   return Status::Unavailable(what + " was refused by S3 (" + ErrorText(r) + "); check that KMS key '" + ctx.kms_key_id +
                              "' exists and that role " + ctx.data_access_role_arn + " may use it");
+}
+
+std::string Uri(const std::string& bucket, const std::string& key) { return "s3://" + bucket + "/" + key; }
+
+// Aborts the multipart uploads under `prefix` that `select` picks. The listing is paged with key and upload-id
+// markers, so each upload is visited once: an upload that stays listed after its abort answered NoSuchUpload
+// (gone already; treated as done) cannot make the sweep go round in circles, and a server whose pages do not
+// advance stops it after kMaxListPages.
+Status AbortUploads(S3Client* client, const AwsCredentials& creds, const std::string& bucket, const std::string& prefix,
+                    const std::function<bool(const s3xml::ListedUpload&)>& select) {
+  std::string key_marker;
+  std::string id_marker;
+  std::set<std::pair<std::string, std::string>> seen;
+  for (int page = 0; page < kMaxListPages; ++page) {
+    S3Request list{"GET", bucket, "", {{"uploads", ""}, {"prefix", prefix}}, {}, "", kCleanupRetryFor};
+    if (!key_marker.empty()) list.query.emplace_back("key-marker", key_marker);
+    if (!id_marker.empty()) list.query.emplace_back("upload-id-marker", id_marker);
+    ASSIGN_OR_RETURN(S3Response r, client->Send(creds, list));
+    if (r.status != 200) {
+      return Status::Unavailable("ListMultipartUploads " + Uri(bucket, prefix) + ": " + ErrorText(r));
+    }
+    ASSIGN_OR_RETURN(s3xml::UploadListing listing, s3xml::ParseListMultipartUploads(r.body));
+    bool advanced = false;
+    for (const auto& u : listing.uploads) {
+      if (!seen.emplace(u.key, u.upload_id).second) continue;
+      advanced = true;
+      if (!select(u)) continue;
+      S3Request abort{"DELETE", bucket, u.key, {{"uploadId", u.upload_id}}, {}, "", kCleanupRetryFor};
+      ASSIGN_OR_RETURN(S3Response a, client->Send(creds, abort));
+      if (a.status != 204 && a.status != 200 && a.status != 404) {
+        return Status::Unavailable("AbortMultipartUpload " + Uri(bucket, u.key) + ": " + ErrorText(a));
+      }
+      spdlog::info("event=s3_upload_aborted bucket={} key={} already_gone={}", bucket, u.key, a.status == 404);
+    }
+    if (!listing.is_truncated) return Status::Ok();
+    if (!advanced) {
+      return Status::Unavailable("ListMultipartUploads " + Uri(bucket, prefix) +
+                                 " answered the same uploads again; stopped the abort sweep");
+    }
+    key_marker = listing.next_key_marker.empty() ? listing.uploads.back().key : listing.next_key_marker;
+    id_marker = listing.next_key_marker.empty() ? listing.uploads.back().upload_id : listing.next_upload_id_marker;
+  }
+  return Status::Unavailable("ListMultipartUploads " + Uri(bucket, prefix) + " was still truncated after " +
+                             std::to_string(kMaxListPages) + " pages; stopped the abort sweep");
 }
 
 class S3Writer final : public ObjectWriter {
@@ -258,28 +326,43 @@ class S3Writer final : public ObjectWriter {
   Status Commit() override {
     if (closed_) return Status::Internal("commit of a closed object");
     if (upload_id_.empty()) {
-      auto sse = SseHeaders(ctx_);
-      ASSIGN_OR_RETURN(S3Response r, client_->Send(role_->credentials, "PUT", bucket_, key_, {}, sse, buffer_));
-      if (r.status != 200) return SseError(r, ctx_, "PutObject s3://" + bucket_ + "/" + key_);
+      ASSIGN_OR_RETURN(S3Response r,
+                       client_->Send(role_->credentials, {"PUT", bucket_, key_, {}, SseHeaders(ctx_), buffer_}));
+      if (r.status != 200) return SseError(r, ctx_, "PutObject " + Uri(bucket_, key_));
       closed_ = true;
       buffer_.clear();
       return Status::Ok();
     }
     if (!buffer_.empty() || parts_.empty()) RETURN_IF_ERROR(UploadPart());
+    if (sweep_other_uploads_) {
+      // Before the object becomes visible: a job must not end COMPLETED with an upload of its own left open.
+      Status swept = AbortOtherUploads();
+      if (!swept.ok()) {
+        const std::string why = "the uploads its first attempts may have opened could not be aborted: ";
+        return Status::Unavailable("CreateMultipartUpload " + Uri(bucket_, key_) + " was retried, and " + why +
+                                   swept.message());
+      }
+    }
     std::string xml = "<CompleteMultipartUpload>";
     for (size_t i = 0; i < parts_.size(); ++i) {
       xml += "<Part><PartNumber>" + std::to_string(i + 1) + "</PartNumber><ETag>" + parts_[i] + "</ETag></Part>";
     }
     xml += "</CompleteMultipartUpload>";
-    ASSIGN_OR_RETURN(S3Response r, client_->Send(role_->credentials, "POST", bucket_, key_, {{"uploadId", upload_id_}},
-                                                 {{"content-type", "application/xml"}}, xml));
-    if (r.status == 404 && XmlTag(r.body, "Code") == "NoSuchUpload") {
+    S3Request complete{"POST", bucket_, key_, {{"uploadId", upload_id_}}, {{"content-type", "application/xml"}}, xml};
+    complete.error_in_200 = true;
+    bool retried = false;
+    ASSIGN_OR_RETURN(S3Response r, client_->Send(role_->credentials, complete, &retried));
+    if (r.status == 404 && retried && ErrorCode(r) == "NoSuchUpload") {
       // A retried Complete whose first attempt succeeded: the object is there if HEAD finds it.
-      ASSIGN_OR_RETURN(S3Response head, client_->Send(role_->credentials, "HEAD", bucket_, key_, {}, {}, ""));
-      if (head.status == 200) r.status = 200;
-    }
-    if (r.status != 200 || r.body.find("<Error>") != std::string::npos) {
-      return Status::Unavailable("CompleteMultipartUpload s3://" + bucket_ + "/" + key_ + " failed: " + ErrorText(r));
+      ASSIGN_OR_RETURN(S3Response head, client_->Send(role_->credentials, {"HEAD", bucket_, key_}));
+      if (head.status != 200) {
+        return Status::Unavailable("CompleteMultipartUpload " + Uri(bucket_, key_) + " failed: " + ErrorText(r));
+      }
+    } else if (r.status != 200) {
+      return Status::Unavailable("CompleteMultipartUpload " + Uri(bucket_, key_) + " failed: " + ErrorText(r));
+    } else if (auto done = s3xml::ParseCompleteMultipartUpload(r.body); !done.ok()) {
+      return Status::Unavailable("CompleteMultipartUpload " + Uri(bucket_, key_) +
+                                 " failed: " + done.status().message());
     }
     closed_ = true;
     upload_id_.clear();
@@ -290,35 +373,77 @@ class S3Writer final : public ObjectWriter {
     if (closed_) return;
     closed_ = true;
     buffer_.clear();
-    if (upload_id_.empty()) return;
-    auto r = client_->Send(role_->credentials, "DELETE", bucket_, key_, {{"uploadId", upload_id_}}, {}, "",
-                           kCleanupRetryFor);
-    if (!r.ok() || (r->status != 204 && r->status != 200 && r->status != 404)) {
-      spdlog::warn("event=s3_abort_failed bucket={} key={} reason=\"{}\"", bucket_, key_,
-                   r.ok() ? ErrorText(*r) : r.status().message());
+    if (!upload_id_.empty()) {
+      S3Request abort{"DELETE", bucket_, key_, {{"uploadId", upload_id_}}, {}, "", kCleanupRetryFor};
+      auto r = client_->Send(role_->credentials, abort);
+      if (!r.ok() || (r->status != 204 && r->status != 200 && r->status != 404)) {
+        spdlog::warn("event=s3_abort_failed bucket={} key={} reason=\"{}\"", bucket_, key_,
+                     r.ok() ? ErrorText(*r) : r.status().message());
+      }
+      upload_id_.clear();
     }
-    upload_id_.clear();
+    if (sweep_other_uploads_) {
+      sweep_other_uploads_ = false;
+      Status swept = AbortOtherUploads();
+      if (!swept.ok()) {
+        spdlog::warn("event=s3_abort_failed bucket={} key={} reason=\"{}\"", bucket_, key_, swept.message());
+      }
+    }
   }
 
  private:
-  Status UploadPart() {
-    if (upload_id_.empty()) {
-      ASSIGN_OR_RETURN(S3Response r, client_->Send(role_->credentials, "POST", bucket_, key_, {{"uploads", ""}},
-                                                   SseHeaders(ctx_), ""));
-      if (r.status != 200) return SseError(r, ctx_, "CreateMultipartUpload s3://" + bucket_ + "/" + key_);
-      upload_id_ = XmlTag(r.body, "UploadId");
-      if (upload_id_.empty()) return Status::Unavailable("CreateMultipartUpload answered without an UploadId");
+  // CreateMultipartUpload is not idempotent: an attempt whose answer was lost (a timeout, a dropped connection)
+  // may have opened an upload that nobody would ever complete or abort, and the retry opens another. Such a
+  // create leaves sweep_other_uploads_ set, and the key's other uploads are aborted before Complete (or on Abort).
+  Status CreateUpload() {
+    bool maybe_acted = false;
+    auto r = client_->Send(role_->credentials, {"POST", bucket_, key_, {{"uploads", ""}}, SseHeaders(ctx_), ""},
+                           &maybe_acted);
+    if (maybe_acted) sweep_other_uploads_ = true;
+    Status st;
+    if (!r.ok()) {
+      st = r.status();
+    } else if (r->status != 200) {
+      st = SseError(*r, ctx_, "CreateMultipartUpload " + Uri(bucket_, key_));
+    } else if (auto id = s3xml::ParseInitiateMultipartUpload(r->body); !id.ok()) {
+      st = Status::Unavailable("CreateMultipartUpload " + Uri(bucket_, key_) + ": " + id.status().message());
+    } else {
+      upload_id_ = std::move(id).value();
     }
+    if (!st.ok() && sweep_other_uploads_) {
+      sweep_other_uploads_ = false;
+      Status swept = AbortOtherUploads();
+      if (!swept.ok()) {
+        spdlog::warn("event=s3_abort_failed bucket={} key={} reason=\"{}\"", bucket_, key_, swept.message());
+      }
+    }
+    return st;
+  }
+
+  // Aborts every upload of exactly this key except the writer's own (ListMultipartUploads lists by prefix, so
+  // "k" would also list "k.1"; those belong to other writers).
+  Status AbortOtherUploads() {
+    RETURN_IF_ERROR(AbortUploads(client_, role_->credentials, bucket_, key_, [this](const s3xml::ListedUpload& u) {
+      return u.key == key_ && u.upload_id != upload_id_;
+    }));
+    sweep_other_uploads_ = false;
+    return Status::Ok();
+  }
+
+  Status UploadPart() {
+    if (upload_id_.empty()) RETURN_IF_ERROR(CreateUpload());
     if (parts_.size() >= 10000) {
-      return Status::Invalid("s3://" + bucket_ + "/" + key_ +
+      return Status::Invalid(Uri(bucket_, key_) +
                              " would need more than 10,000 parts; raise "
                              "--s3-part-bytes or lower --export-file-bytes");
     }
     std::string part_number = std::to_string(parts_.size() + 1);
-    ASSIGN_OR_RETURN(S3Response r, client_->Send(role_->credentials, "PUT", bucket_, key_,
-                                                 {{"partNumber", part_number}, {"uploadId", upload_id_}}, {}, buffer_));
-    if (r.status != 200) {
-      return Status::Unavailable("UploadPart " + part_number + " of s3://" + bucket_ + "/" + key_ +
+    ASSIGN_OR_RETURN(
+        S3Response r,
+        client_->Send(role_->credentials,
+                      {"PUT", bucket_, key_, {{"partNumber", part_number}, {"uploadId", upload_id_}}, {}, buffer_}));
+    if (r.status != 200 || r.headers["etag"].empty()) {
+      return Status::Unavailable("UploadPart " + part_number + " of " + Uri(bucket_, key_) +
                                  " failed: " + ErrorText(r));
     }
     parts_.push_back(r.headers["etag"]);
@@ -334,7 +459,60 @@ class S3Writer final : public ObjectWriter {
   std::string buffer_;
   std::string upload_id_;
   std::vector<std::string> parts_;  // ETags in part order
+  bool sweep_other_uploads_ = false;
   bool closed_ = false;
+};
+
+// Ranged GETs of one object. Each read carries If-Match with the ETag seen at Open(), so a read of an object
+// replaced since then fails (412) instead of returning bytes of the new one.
+class S3Reader final : public ObjectReader {
+ public:
+  S3Reader(S3Client* client, const S3Role* role, std::string bucket, std::string key, int64_t size, std::string etag)
+      : client_(client),
+        role_(role),
+        bucket_(std::move(bucket)),
+        key_(std::move(key)),
+        size_(size),
+        etag_(std::move(etag)) {}
+
+  int64_t size() const override { return size_; }
+
+  Result<size_t> ReadAt(int64_t offset, char* buf, size_t len) const override {
+    if (offset < 0) return Status::Invalid("read of " + Uri(bucket_, key_) + " at a negative offset");
+    if (offset >= size_ || len == 0) return size_t{0};
+    const int64_t last = offset + static_cast<int64_t>(std::min<uint64_t>(len, size_ - offset)) - 1;
+    const std::string range = std::to_string(offset) + "-" + std::to_string(last);
+    S3Request get{"GET", bucket_, key_, {}, {{"range", "bytes=" + range}}, ""};
+    if (!etag_.empty()) get.headers.emplace_back("if-match", etag_);
+    ASSIGN_OR_RETURN(S3Response r, client_->Send(role_->credentials, get));
+    const size_t want = static_cast<size_t>(last - offset + 1);
+    std::string_view got;
+    if (r.status == 206) {
+      got = r.body;
+    } else if (r.status == 200 && static_cast<int64_t>(r.body.size()) == size_) {
+      got = std::string_view(r.body).substr(static_cast<size_t>(offset), want);  // the server ignored Range
+    } else if (r.status == 412 || r.status == 416) {
+      return Status::Conflict(Uri(bucket_, key_) + " was replaced since it was opened; open it again");
+    } else if (r.status == 404) {
+      return Status::NotFound(Uri(bucket_, key_) + " was deleted since it was opened");
+    } else {
+      return Status::Unavailable("GetObject " + Uri(bucket_, key_) + " bytes " + range + ": " + ErrorText(r));
+    }
+    if (got.size() != want) {
+      return Status::Unavailable("GetObject " + Uri(bucket_, key_) + " bytes " + range + " answered " +
+                                 std::to_string(got.size()) + " bytes");
+    }
+    std::memcpy(buf, got.data(), want);
+    return want;
+  }
+
+ private:
+  S3Client* client_;
+  const S3Role* role_;
+  std::string bucket_;
+  std::string key_;
+  int64_t size_;
+  std::string etag_;
 };
 
 bool BucketAllowed(const S3Role& role, const std::string& bucket) {
@@ -365,7 +543,9 @@ class S3Sink final : public ObjectSink {
                              "'; its buckets are listed in the --s3-roles file");
     }
     // Two attempts only: a kick-off answers quickly even when S3 is down.
-    auto r = client_.Send(role->credentials, "HEAD", bucket, "", {}, {}, "", {}, 2);
+    S3Request head{"HEAD", bucket};
+    head.max_attempts = 2;
+    auto r = client_.Send(role->credentials, head);
     if (!r.ok()) return Status::Invalid("S3 bucket '" + bucket + "' cannot be reached: " + r.status().message());
     if (r->status == 404) return Status::Invalid("S3 bucket '" + bucket + "' does not exist");
     if (r->status == 403) {
@@ -387,62 +567,72 @@ class S3Sink final : public ObjectSink {
     ASSIGN_OR_RETURN(const S3Role* role, Role(ctx));
     std::vector<ObjectInfo> out;
     std::string token;
-    while (true) {
-      std::vector<std::pair<std::string, std::string>> q{{"list-type", "2"}, {"prefix", prefix}};
-      if (!token.empty()) q.emplace_back("continuation-token", token);
-      ASSIGN_OR_RETURN(S3Response r, client_.Send(role->credentials, "GET", bucket, "", q, {}, ""));
-      if (r.status != 200)
-        return Status::Unavailable("ListObjectsV2 s3://" + bucket + "/" + prefix + ": " + ErrorText(r));
-      size_t pos = 0;
-      while (true) {
-        std::string contents = XmlTag(r.body, "Contents", &pos);
-        if (contents.empty()) break;
-        out.push_back({XmlTag(contents, "Key"), std::atoll(XmlTag(contents, "Size").c_str())});
+    for (int page = 0; page < kMaxListPages; ++page) {
+      S3Request list{"GET", bucket, "", {{"list-type", "2"}, {"prefix", prefix}}};
+      if (!token.empty()) list.query.emplace_back("continuation-token", token);
+      ASSIGN_OR_RETURN(S3Response r, client_.Send(role->credentials, list));
+      if (r.status != 200) return Status::Unavailable("ListObjectsV2 " + Uri(bucket, prefix) + ": " + ErrorText(r));
+      ASSIGN_OR_RETURN(s3xml::ObjectListing listing, s3xml::ParseListObjects(r.body));
+      for (auto& o : listing.objects) out.push_back({std::move(o.key), o.size});
+      if (!listing.is_truncated) return out;
+      if (listing.next_continuation_token.empty() || listing.next_continuation_token == token) {
+        return Status::Unavailable("ListObjectsV2 " + Uri(bucket, prefix) +
+                                   " is truncated but gives no new NextContinuationToken");
       }
-      if (XmlTag(r.body, "IsTruncated") != "true") break;
-      token = XmlTag(r.body, "NextContinuationToken");
-      if (token.empty()) break;
+      token = std::move(listing.next_continuation_token);
     }
-    return out;
+    return Status::Unavailable("ListObjectsV2 " + Uri(bucket, prefix) + " was still truncated after " +
+                               std::to_string(kMaxListPages) + " pages");
   }
 
   Status Delete(const WriteContext& ctx, const std::string& bucket, const std::string& key) override {
     ASSIGN_OR_RETURN(const S3Role* role, Role(ctx));
-    ASSIGN_OR_RETURN(S3Response r, client_.Send(role->credentials, "DELETE", bucket, key, {}, {}, ""));
+    ASSIGN_OR_RETURN(S3Response r, client_.Send(role->credentials, {"DELETE", bucket, key}));
     if (r.status != 204 && r.status != 200 && r.status != 404) {
-      return Status::Unavailable("DeleteObject s3://" + bucket + "/" + key + ": " + ErrorText(r));
+      return Status::Unavailable("DeleteObject " + Uri(bucket, key) + ": " + ErrorText(r));
     }
     return Status::Ok();
   }
 
   Status AbortIncomplete(const WriteContext& ctx, const std::string& bucket, const std::string& prefix) override {
     ASSIGN_OR_RETURN(const S3Role* role, Role(ctx));
-    while (true) {
-      ASSIGN_OR_RETURN(S3Response r, client_.Send(role->credentials, "GET", bucket, "",
-                                                  {{"uploads", ""}, {"prefix", prefix}}, {}, "", kCleanupRetryFor));
-      if (r.status != 200) {
-        return Status::Unavailable("ListMultipartUploads s3://" + bucket + "/" + prefix + ": " + ErrorText(r));
-      }
-      size_t pos = 0;
-      int aborted = 0;
-      while (true) {
-        std::string upload = XmlTag(r.body, "Upload", &pos);
-        if (upload.empty()) break;
-        std::string key = XmlTag(upload, "Key");
-        std::string id = XmlTag(upload, "UploadId");
-        ASSIGN_OR_RETURN(S3Response a, client_.Send(role->credentials, "DELETE", bucket, key, {{"uploadId", id}}, {},
-                                                    "", kCleanupRetryFor));
-        if (a.status != 204 && a.status != 200 && a.status != 404) {
-          return Status::Unavailable("AbortMultipartUpload s3://" + bucket + "/" + key + ": " + ErrorText(a));
-        }
-        ++aborted;
-        spdlog::info("event=s3_upload_aborted bucket={} key={}", bucket, key);
-      }
-      if (aborted == 0 || XmlTag(r.body, "IsTruncated") != "true") return Status::Ok();
-    }
+    return AbortUploads(&client_, role->credentials, bucket, prefix, [](const s3xml::ListedUpload&) { return true; });
+  }
+
+  Result<ObjectInfo> Stat(const WriteContext& ctx, const std::string& bucket, const std::string& key) override {
+    ASSIGN_OR_RETURN(const S3Role* role, Role(ctx));
+    ASSIGN_OR_RETURN(auto head, Head(*role, bucket, key));
+    return ObjectInfo{key, head.first};
+  }
+
+  Result<std::unique_ptr<ObjectReader>> Open(const WriteContext& ctx, const std::string& bucket,
+                                             const std::string& key) override {
+    ASSIGN_OR_RETURN(const S3Role* role, Role(ctx));
+    ASSIGN_OR_RETURN(auto head, Head(*role, bucket, key));
+    return std::unique_ptr<ObjectReader>(
+        std::make_unique<S3Reader>(&client_, role, bucket, key, head.first, std::move(head.second)));
   }
 
  private:
+  // HeadObject: (size, ETag) of the object, kNotFound when there is none.
+  Result<std::pair<int64_t, std::string>> Head(const S3Role& role, const std::string& bucket, const std::string& key) {
+    if (key.empty()) return Status::Invalid("an object key is required");
+    ASSIGN_OR_RETURN(S3Response r, client_.Send(role.credentials, {"HEAD", bucket, key}));
+    if (r.status == 404) return Status::NotFound(Uri(bucket, key) + " does not exist");
+    if (r.status == 403) {
+      return Status::Unavailable("S3 refused access to " + Uri(bucket, key) + " with the credentials of role " +
+                                 role.role_arn + " (HTTP 403)");
+    }
+    if (r.status != 200) return Status::Unavailable("HeadObject " + Uri(bucket, key) + ": " + ErrorText(r));
+    const std::string& length = r.headers["content-length"];
+    int64_t size = -1;
+    auto [end, ec] = std::from_chars(length.data(), length.data() + length.size(), size);
+    if (length.empty() || ec != std::errc() || end != length.data() + length.size() || size < 0) {
+      return Status::Unavailable("HeadObject " + Uri(bucket, key) + " answered without a valid Content-Length");
+    }
+    return std::make_pair(size, r.headers["etag"]);
+  }
+
   S3Client client_;
 };
 

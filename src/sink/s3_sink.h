@@ -1,6 +1,9 @@
 // The S3 object sink: any S3-compatible endpoint (AWS S3, MinIO, Ceph RGW) over libcurl, requests signed
 // with the project's SigV4 signer, streaming multipart uploads, SSE-KMS with the job's key id, roles that
 // map DataAccessRoleArn to credentials and allowed buckets, and bounded retries with backoff and jitter.
+// Reads are HeadObject (Stat, Open) and ranged GetObject with If-Match on the ETag seen at Open.
+// A retried CreateMultipartUpload (not idempotent: a lost answer may hide an opened upload) makes the writer
+// abort the key's other uploads before it completes its own, so no upload outlives a finished object.
 #pragma once
 
 #include <memory>

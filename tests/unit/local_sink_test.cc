@@ -1,12 +1,16 @@
 // Tests for the local-directory object sink (src/sink/object_sink.h, local_dir_sink.cc) on a real temp dir.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/resource.h>
 
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "sink/object_sink.h"
@@ -57,6 +61,29 @@ class LocalSinkTest : public ::testing::Test {
     ASSERT_OK(w);
     ASSERT_OK((*w)->Append(content));
     ASSERT_OK((*w)->Commit());
+  }
+
+  // Status messages become job messages and HTTP answers: no part of the server's directory may show.
+  void ExpectNoServerPath(const Status& st) {
+    ASSERT_FALSE(st.ok());
+    const std::string& m = st.message();
+    EXPECT_EQ(m.find(tmp_.str()), std::string::npos) << m;
+    EXPECT_EQ(m.find(tmp_.path().filename().string()), std::string::npos) << m;  // fhirlake_test_XXXXXX
+    EXPECT_EQ(m.find("/tmp"), std::string::npos) << m;
+    EXPECT_EQ(m.find(".part-"), std::string::npos) << m;  // the temporary file's name
+  }
+
+  std::string ReadAll(const ObjectReader& r, size_t chunk) {
+    std::string out;
+    std::string buf(chunk, '\0');
+    for (int64_t off = 0; off < r.size();) {
+      auto n = r.ReadAt(off, buf.data(), buf.size());
+      EXPECT_OK(n);
+      if (!n.ok() || *n == 0) break;
+      out.append(buf.data(), *n);
+      off += static_cast<int64_t>(*n);
+    }
+    return out;
   }
 
   TempDir tmp_;
@@ -249,9 +276,11 @@ TEST_F(LocalSinkTest, CheckWritableCreatesTheBucketDirectory) {
 
 TEST_F(LocalSinkTest, CheckWritableFailsWhenTheBucketIsAFile) {
   WriteStringToFile(tmp_.path() / "file-bucket", "not a directory");
-  std::string path = (tmp_.path() / "file-bucket").string();
-  EXPECT_STATUS(sink_->CheckWritable(ctx_, "file-bucket"), kInvalid, path);
-  EXPECT_STATUS(sink_->CheckWritable(ctx_, "file-bucket"), kInvalid, "'file-bucket'");
+  Status st = sink_->CheckWritable(ctx_, "file-bucket");
+  EXPECT_STATUS(st, kInvalid, "'file-bucket'");
+  EXPECT_STATUS(st, kInvalid, "not a writable directory");
+  // The kick-off answer names the bucket the client sent, not where the server keeps it.
+  ExpectNoServerPath(st);
   // Creating an object in it fails too, without leaving anything.
   EXPECT_FALSE(sink_->Create(ctx_, "file-bucket", "k").ok());
   EXPECT_EQ(ReadFileToString(tmp_.path() / "file-bucket"), "not a directory");
@@ -260,7 +289,146 @@ TEST_F(LocalSinkTest, CheckWritableFailsWhenTheBucketIsAFile) {
 TEST_F(LocalSinkTest, CheckWritableFailsWhenTheRootIsAFile) {
   WriteStringToFile(tmp_.path() / "root-file", "x");
   auto sink = NewLocalDirSink((tmp_.path() / "root-file").string());
-  EXPECT_STATUS(sink->CheckWritable(ctx_, "bucket"), kInvalid, (tmp_.path() / "root-file" / "bucket").string());
+  Status st = sink->CheckWritable(ctx_, "bucket");
+  EXPECT_STATUS(st, kInvalid, "Output bucket 'bucket' cannot be used");
+  ExpectNoServerPath(st);
+}
+
+// Regression: a failed write's message named the server's temporary file ("cannot write
+// /var/lib/fhirlake/s3/bucket/.../.Patient-1.ndjson.part-1a2b3c4d: ..."), and it became the job message clients
+// read. A file size limit makes the write fail the way a full disk does, for root too.
+TEST_F(LocalSinkTest, FailedWriteNamesTheObjectNotTheServerPath) {
+  auto w = sink_->Create(ctx_, "bucket", "exports/job/Patient-1.ndjson");
+  ASSERT_OK(w);
+  struct rlimit old_limit {};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old_limit), 0);
+  struct rlimit small = old_limit;
+  small.rlim_cur = 4096;
+  auto old_handler = ::signal(SIGXFSZ, SIG_IGN);  // the write fails with EFBIG instead of killing the process
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+  Status st = (*w)->Append(std::string(2 << 20, 'x'));
+  ::setrlimit(RLIMIT_FSIZE, &old_limit);
+  ::signal(SIGXFSZ, old_handler);
+  EXPECT_STATUS(st, kUnavailable, "cannot write s3://bucket/exports/job/Patient-1.ndjson: File too large");
+  ExpectNoServerPath(st);
+  (*w)->Abort();
+  EXPECT_THAT(FilesUnder(tmp_.path()), IsEmpty());
+}
+
+TEST_F(LocalSinkTest, FailedCommitNamesTheObjectNotTheServerPath) {
+  auto w = sink_->Create(ctx_, "bucket", "exports/job/Patient-1.ndjson");
+  ASSERT_OK(w);
+  ASSERT_OK((*w)->Append("data\n"));
+  // A directory where the file goes: the rename fails (EISDIR).
+  fs::create_directories(tmp_.path() / "bucket/exports/job/Patient-1.ndjson/x");
+  Status st = (*w)->Commit();
+  EXPECT_STATUS(st, kUnavailable, "cannot commit s3://bucket/exports/job/Patient-1.ndjson");
+  ExpectNoServerPath(st);
+  EXPECT_FALSE(HasPartFile(tmp_.path()));
+}
+
+TEST_F(LocalSinkTest, FailedCreateNamesTheObjectNotTheServerPath) {
+  WriteStringToFile(tmp_.path() / "bucket", "a file where the bucket directory goes");
+  auto w = sink_->Create(ctx_, "bucket", "exports/job/Patient-1.ndjson");
+  EXPECT_STATUS(w, kUnavailable, "cannot create s3://bucket/exports/job/Patient-1.ndjson");
+  ExpectNoServerPath(w.status());
+}
+
+TEST_F(LocalSinkTest, NamesThatWouldLeaveTheRootAreRefused) {
+  WriteStringToFile(tmp_.path() / "secret", "outside the bucket");
+  for (const std::string key : {"../secret", "a/../../secret", "./x", "a/./b", "/abs", "a/..", "", "dir/"}) {
+    EXPECT_STATUS(sink_->Stat(ctx_, "bucket", key), kInvalid, "is not an object key") << key;
+    EXPECT_STATUS(sink_->Open(ctx_, "bucket", key), kInvalid, "is not an object key") << key;
+    EXPECT_STATUS(sink_->Create(ctx_, "bucket", key), kInvalid, "is not an object key") << key;
+    EXPECT_STATUS(sink_->Delete(ctx_, "bucket", key), kInvalid, "is not an object key") << key;
+  }
+  for (const std::string bucket : {"..", ".", "", "a/b"}) {
+    EXPECT_STATUS(sink_->Open(ctx_, bucket, "secret"), kInvalid, "is not a bucket name") << bucket;
+    EXPECT_STATUS(sink_->CheckWritable(ctx_, bucket), kInvalid, "is not a bucket name") << bucket;
+  }
+  EXPECT_STATUS(sink_->List(ctx_, "bucket", "../"), kInvalid, "'..'");
+  EXPECT_STATUS(sink_->AbortIncomplete(ctx_, "bucket", "a/../.."), kInvalid, "'..'");
+  EXPECT_EQ(ReadFileToString(tmp_.path() / "secret"), "outside the bucket");
+}
+
+TEST_F(LocalSinkTest, StatAndOpenReadCommittedObjects) {
+  std::string data;
+  for (int i = 0; data.size() < (3 << 20); ++i) data += "{\"line\":" + std::to_string(i) + "}\n";
+  Put("bucket", "exports/job/Observation-1.ndjson", data);
+  ASSERT_OK_AND_ASSIGN(ObjectInfo info, sink_->Stat(ctx_, "bucket", "exports/job/Observation-1.ndjson"));
+  EXPECT_EQ(info.key, "exports/job/Observation-1.ndjson");
+  EXPECT_EQ(info.size, static_cast<int64_t>(data.size()));
+  ASSERT_OK_AND_ASSIGN(auto r, sink_->Open(ctx_, "bucket", "exports/job/Observation-1.ndjson"));
+  EXPECT_EQ(r->size(), static_cast<int64_t>(data.size()));
+  EXPECT_TRUE(ReadAll(*r, 256 << 10) == data);
+  EXPECT_TRUE(ReadAll(*r, 7) == data.substr(0, data.size()));
+  char buf[100];
+  ASSERT_OK_AND_ASSIGN(size_t n, r->ReadAt(1000, buf, sizeof(buf)));
+  EXPECT_EQ(std::string(buf, n), data.substr(1000, 100));
+  ASSERT_OK_AND_ASSIGN(n, r->ReadAt(r->size() - 5, buf, sizeof(buf)));
+  EXPECT_EQ(std::string(buf, n), data.substr(data.size() - 5));
+  ASSERT_OK_AND_ASSIGN(n, r->ReadAt(r->size(), buf, sizeof(buf)));
+  EXPECT_EQ(n, 0u);
+  ASSERT_OK_AND_ASSIGN(n, r->ReadAt(r->size() + 100, buf, sizeof(buf)));
+  EXPECT_EQ(n, 0u);
+  EXPECT_STATUS(r->ReadAt(-1, buf, 1), kInvalid, "negative");
+  Put("bucket", "empty", "");
+  ASSERT_OK_AND_ASSIGN(auto e, sink_->Open(ctx_, "bucket", "empty"));
+  EXPECT_EQ(e->size(), 0);
+  ASSERT_OK_AND_ASSIGN(n, e->ReadAt(0, buf, sizeof(buf)));
+  EXPECT_EQ(n, 0u);
+}
+
+TEST_F(LocalSinkTest, UnfinishedAndMissingObjectsAreNotFound) {
+  auto w = sink_->Create(ctx_, "bucket", "exports/unfinished.ndjson");
+  ASSERT_OK(w);
+  ASSERT_OK((*w)->Append(std::string(2 << 20, 'x')));  // on disk, under a temporary name
+  EXPECT_STATUS(sink_->Stat(ctx_, "bucket", "exports/unfinished.ndjson"), kNotFound,
+                "s3://bucket/exports/unfinished.ndjson does not exist");
+  EXPECT_STATUS(sink_->Open(ctx_, "bucket", "exports/unfinished.ndjson"), kNotFound, "does not exist");
+  // Nor by the temporary file's own name.
+  for (const auto& f : FilesUnder(tmp_.path() / "bucket")) {
+    EXPECT_STATUS(sink_->Stat(ctx_, "bucket", f), kNotFound, "does not exist") << f;
+    EXPECT_STATUS(sink_->Open(ctx_, "bucket", f), kNotFound, "does not exist") << f;
+  }
+  EXPECT_STATUS(sink_->Stat(ctx_, "bucket", "exports"), kNotFound, "does not exist");  // a directory
+  EXPECT_STATUS(sink_->Open(ctx_, "bucket", "exports"), kNotFound, "does not exist");
+  EXPECT_STATUS(sink_->Stat(ctx_, "no-such-bucket", "k"), kNotFound, "does not exist");
+  EXPECT_STATUS(sink_->Open(ctx_, "bucket", "exports/unfinished.ndjson/below"), kNotFound, "does not exist");
+  ASSERT_OK((*w)->Commit());
+  ASSERT_OK_AND_ASSIGN(ObjectInfo info, sink_->Stat(ctx_, "bucket", "exports/unfinished.ndjson"));
+  EXPECT_EQ(info.size, 2 << 20);
+}
+
+TEST_F(LocalSinkTest, OpenReaderKeepsTheObjectItOpened) {
+  Put("bucket", "k", "first version\n");
+  ASSERT_OK_AND_ASSIGN(auto r, sink_->Open(ctx_, "bucket", "k"));
+  Put("bucket", "k", "second, longer version\n");
+  EXPECT_EQ(ReadAll(*r, 4), "first version\n");
+  ASSERT_OK(sink_->Delete(ctx_, "bucket", "k"));
+  EXPECT_EQ(ReadAll(*r, 100), "first version\n");
+}
+
+TEST_F(LocalSinkTest, ConcurrentRangedReadsOfOneReader) {
+  std::string data;
+  for (int i = 0; data.size() < (4 << 20); ++i) data += std::to_string(i) + "\n";
+  Put("bucket", "k", data);
+  ASSERT_OK_AND_ASSIGN(auto r, sink_->Open(ctx_, "bucket", "k"));
+  std::vector<std::thread> threads;
+  std::atomic<int> mismatches{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      std::string buf(4096 + t, '\0');
+      for (int64_t off = t * 777; off < r->size(); off += 65536) {
+        auto n = r->ReadAt(off, buf.data(), buf.size());
+        if (!n.ok() || std::string_view(buf.data(), *n) != std::string_view(data).substr(off, buf.size())) {
+          ++mismatches;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(mismatches.load(), 0);
 }
 
 }  // namespace
