@@ -8,8 +8,11 @@ the same data dir with the same export settings (that local output is itself ful
 bytes == GET _history/{v}, layout, manifest).
 
 Also: SSE-KMS headers of every object, multipart uploads (ETag "-N"), an unknown KMS key, kick-off
-refusals (role, secret, bucket), radosgw killed mid-export, cancel during a multipart upload, and the
-export throughput to RGW vs the local sink (printed and written to a JSON file, not asserted).
+refusals (role, secret, bucket), radosgw killed mid-export, cancel during a multipart upload, and the S3 sink's
+read path (Stat, Open, ranged reads) against RGW through the unit test binary s3_sink_test (its RgwTest cases).
+
+Throughput (S3 vs the local sink) is measured by bench/run's "s3" phase, not here: a test asserts what a user
+sees, never wall time.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ import math
 import os
 import re
 import shutil
+import subprocess
 import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -29,8 +35,9 @@ from export_helpers import (FILE_NAME_RE, TERMINAL, BytesOracle, ExportResult, S
                             check_manifest_matches_disk, describe, diff_text, expected_group, expected_patient,
                             expected_system, kickoff, r4, sample_data, start_export, verify_export, wait_done,
                             wait_status)
-from s3_helpers import (BAD_SECRET_ROLE_ARN, BUCKET, KMS_KEY, KMS_KEY_2, MISSING_BUCKET, OTHER_BUCKET, ROLE_ARN,
-                        UNKNOWN_ROLE_ARN, rgw, s3_serve_args)  # noqa: F401 (rgw is a fixture)
+from fhirlake_helpers import binary_path
+from s3_helpers import (ACCESS_KEY, BAD_SECRET_ROLE_ARN, BUCKET, KMS_KEY, KMS_KEY_2, MISSING_BUCKET, OTHER_BUCKET,
+                        ROLE_ARN, SECRET_KEY, UNKNOWN_ROLE_ARN, rgw, s3_serve_args)  # noqa: F401 (rgw is a fixture)
 
 PART_BYTES = 5 << 20
 GROUP_ID = "s3-export-group"
@@ -141,7 +148,6 @@ class Env:
         self.pairs = {}
         self.s3, self.local = self.pair("default")
         self.exports = {}
-        self.timings = collections.defaultdict(list)
 
     def pair(self, variant):
         """(S3 server, local-sink server) with the export settings of `variant`, on copies of the base dir."""
@@ -169,21 +175,16 @@ class Env:
         return expected_group(self.model.state, GROUP_ID)
 
     def run_pair(self, level, kms, tag, variant="default"):
-        """The same export on the local twin and on the S3 server (one after the other); timings recorded."""
+        """The same export on the local twin and on the S3 server (one after the other)."""
         group_id = GROUP_ID if level == "group" else None
         s3, local = self.pair(variant)
         out = {}
         for name, srv in (("local", local), ("s3", s3)):
             uri = f"s3://{BUCKET}/{tag}"
-            t0 = time.perf_counter()  # kick-off (S3: includes the HeadBucket check) to a terminal describe
             job = start_export(srv.sess, srv.base, level, group_id, body=body(uri, kms))
             d, _ = wait_terminal(srv, job)
-            secs = time.perf_counter() - t0
             props = d["exportJobProperties"]
             assert props["jobStatus"] == "COMPLETED", json.dumps(d, indent=1)[:3000]
-            self.timings[(level, variant, name)].append({"seconds": secs, "resources": props["exportedResourceCount"],
-                                                "bytes": props["exportedBytes"], "submitTime": props["submitTime"],
-                                                "endTime": props["endTime"]})
             out[name] = (job, d)
         return out
 
@@ -451,35 +452,48 @@ def test_cancel_during_multipart_upload(env, pool):
     assert len(types) < len({k[0] for k in expected}), "the cancel came after every type was done"
 
 
-def test_throughput_rgw_vs_local(env, tmp_path):
-    """Measured, not asserted: system export of the sample, S3 (RGW) vs local sink, same settings, same run."""
-    env.export("system")  # first round (verified)
-    for i in range(2, 6):
-        env.run_pair("system", KMS_KEY, f"throughput/{i}")
-    out = {"what": "system export of data/synthea-r4-100, same data dir copy, same export settings; seconds = "
-                   "kick-off to a terminal describe (polled every 10 ms)",
-           "s3": "Ceph RGW 16.2 (memstore: objects in RAM, SSE-KMS testkey-1) on the same host, loopback",
-           "local": "local directory sink (--data-dir under /tmp, fsync + rename per file)",
-           "host_cpus": os.cpu_count(), "resources": None, "bytes": None,
-           "settings": COMMON_ARGS + ["--s3-part-bytes", str(PART_BYTES)], "runs": {}}
-    for sink in ("local", "s3"):
-        runs = env.timings[("system", "default", sink)]
-        out["resources"] = runs[0]["resources"]
-        out["bytes"] = runs[0]["bytes"]
-        rows = []
-        for t in runs:
-            rows.append({"seconds": round(t["seconds"], 3),
-                         "resources_per_s": round(t["resources"] / t["seconds"]),
-                         "MB_per_s": round(t["bytes"] / 1e6 / t["seconds"], 1),
-                         "submitTime": t["submitTime"], "endTime": t["endTime"]})
-        best = min(r["seconds"] for r in rows)
-        median = sorted(r["seconds"] for r in rows)[len(rows) // 2]
-        out["runs"][sink] = {"runs": rows, "best_seconds": best, "median_seconds": median,
-                             "best_resources_per_s": round(runs[0]["resources"] / best),
-                             "best_MB_per_s": round(runs[0]["bytes"] / 1e6 / best, 1),
-                             "median_resources_per_s": round(runs[0]["resources"] / median),
-                             "median_MB_per_s": round(runs[0]["bytes"] / 1e6 / median, 1)}
-    path = tmp_path / "s3-export-throughput.json"
-    path.write_text(json.dumps(out, indent=1))
-    print(f"\nexport throughput (wall time from kick-off to a terminal describe, polled every 10 ms), {path}:")
-    print(json.dumps(out, indent=1))
+def s3_sink_unit_test() -> Path:
+    """The s3_sink_test binary of the build that made the binary under test ($FHIRLAKE_S3_SINK_TEST overrides)."""
+    return Path(os.environ.get("FHIRLAKE_S3_SINK_TEST", str(binary_path().parent / "tests" / "unit" / "s3_sink_test")))
+
+
+def unit_payload(n: int = 11 << 20) -> bytes:
+    """The bytes s3_sink_test's Payload(n) writes: numbered ndjson lines cut at n bytes."""
+    out, i = bytearray(), 0
+    while len(out) < n:
+        out += b'{"line":%d}\n' % i
+        i += 1
+    return bytes(out[:n])
+
+
+def test_sink_read_path_against_rgw(rgw, tmp_path):
+    """The S3 sink's Stat / Open / ranged reads (and writes, List, AbortIncomplete) against a real S3 server: the
+    RgwTest cases of tests/unit/s3_sink_test.cc, which skip without FHIRLAKE_TEST_S3_ENDPOINT. Here every one of
+    them must run and pass (a skip fails this test), and what they wrote is checked independently with boto3."""
+    exe = s3_sink_unit_test()
+    if not exe.is_file() or not os.access(exe, os.X_OK):
+        pytest.fail(f"unit test binary not found at {exe} (build the unit tests, or set FHIRLAKE_S3_SINK_TEST)",
+                    pytrace=False)
+    env = dict(os.environ, FHIRLAKE_TEST_S3_ENDPOINT=rgw.endpoint, FHIRLAKE_TEST_S3_ACCESS_KEY=ACCESS_KEY,
+               FHIRLAKE_TEST_S3_SECRET_KEY=SECRET_KEY, FHIRLAKE_TEST_S3_BUCKET=BUCKET,
+               FHIRLAKE_TEST_S3_KMS_KEY=KMS_KEY)
+    report = tmp_path / "s3_sink_test.xml"
+    p = subprocess.run([str(exe), "--gtest_filter=RgwTest.*", f"--gtest_output=xml:{report}"], env=env,
+                       capture_output=True, text=True, timeout=600)
+    output = p.stdout[-6000:] + p.stderr[-2000:]
+    assert p.returncode == 0, f"s3_sink_test exited {p.returncode}:\n{output}"
+    cases = ET.parse(report).getroot().iter("testcase")
+    results = {c.get("name"): ("skipped" if c.find("skipped") is not None or c.get("result") == "skipped"
+                               else "failed" if c.find("failure") is not None else c.get("result"))
+               for c in cases}
+    assert len(results) >= 3, f"expected the RgwTest cases, ran {results}\n{output}"
+    assert set(results.values()) == {"completed"}, f"every RgwTest case must run and pass: {results}\n{output}"
+    # What the sink wrote is what a plain S3 client reads; nothing unfinished is left behind.
+    prefix = "unit/WrittenObjectsReadBackByRanges/"
+    assert rgw.download(BUCKET, prefix) == {
+        prefix + "Observation/Observation-1.ndjson": unit_payload(),
+        prefix + "a&b <c> 'd' \u00fc.ndjson": b'{"resourceType":"Patient","id":"a"}\n',
+    }
+    etag = rgw.head(BUCKET, prefix + "Observation/Observation-1.ndjson")["ETag"]
+    assert re.match(r'^"[0-9a-f]{32}-3"$', etag), f"expected a 3-part multipart upload, ETag {etag}"
+    assert rgw.list_uploads(BUCKET, "unit/") == []
