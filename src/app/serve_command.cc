@@ -126,7 +126,11 @@ int RunServe(const ServeOptions& options) {
   hso.header_timeout_seconds = options.http_header_timeout_seconds;
   hso.body_budget_bytes = options.http_body_budget_bytes;
   hso.error_responder = [](int status, const std::string& message) {
-    std::string_view code = status == 413 ? "too-costly" : status >= 500 ? "exception" : "invalid";
+    std::string_view code = status == 413   ? "too-costly"
+                            : status == 503 ? "transient"
+                            : status == 501 ? "not-supported"
+                            : status >= 500 ? "exception"
+                                            : "invalid";
     return http::Response::Json(status, fhir::OperationOutcome("error", code, message));
   };
   if (port != 0) ctx.public_base_url = "http://" + host + ":" + std::to_string(port);
@@ -135,13 +139,17 @@ int RunServe(const ServeOptions& options) {
   auto router = api::BuildRouter(ctx);
   hso.runs_inline = [&router](const http::Request& r) { return router->IsInline(r); };
   http::Server server(hso, [&router](const http::Request& r) { return router->Dispatch(r); });
-  Status st = server.Start();
+  // Bind first: with --listen HOST:0 the port is known only then, and the base URL must be complete before the
+  // first request can be accepted (handlers read ctx without a lock; it is immutable once serving starts).
+  Status st = server.Listen();
+  if (st.ok()) {
+    if (ctx.public_base_url.empty()) ctx.public_base_url = "http://" + host + ":" + std::to_string(server.port());
+    st = server.Start();
+  }
   if (!st.ok()) {
     std::fprintf(stderr, "fhirlake serve: %s\n", st.ToString().c_str());
     return 2;
   }
-  // With --listen HOST:0 the port is known only now (a request racing this line sees an empty base URL).
-  if (ctx.public_base_url.empty()) ctx.public_base_url = "http://" + host + ":" + std::to_string(server.port());
 
   std::printf("fhirlake %s listening on http://%s:%u\n", FHIRLAKE_VERSION, host.c_str(), server.port());
   for (auto* s : ctx.catalog->All()) {

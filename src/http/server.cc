@@ -235,6 +235,7 @@ class Server::Impl {
     if (stopper_.joinable()) stopper_.join();  // it has set stopped_ already; this only reaps the thread
   }
 
+  Status Listen();
   Status Start();
   uint16_t port() const { return port_.load(); }
   void Wait();
@@ -277,6 +278,7 @@ class Server::Impl {
   // threads are joined (Wait() returns then).
   std::mutex state_mu_;
   std::condition_variable state_cv_;
+  bool listening_ = false;  // bound and listening (Listen), not yet accepting
   bool started_ = false;
   bool stop_requested_ = false;
   bool stopped_ = false;
@@ -728,10 +730,11 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
   std::unique_ptr<char[]> drain_buf_;  // only during a lingering close
 };
 
-Status Server::Impl::Start() {
+Status Server::Impl::Listen() {
   {
     std::lock_guard lock(state_mu_);
-    if (started_ || stop_requested_) return Status::Internal("http server: Start() called twice or after Stop()");
+    if (started_ || stop_requested_) return Status::Internal("http server: Listen() after Start() or Stop()");
+    if (listening_) return Status::Ok();
   }
   const std::string where = options_.host + ":" + std::to_string(options_.port);
   error_code ec;
@@ -766,7 +769,18 @@ Status Server::Impl::Start() {
   auto local = acceptor_.local_endpoint(ec);
   if (ec) return Status::Unavailable("cannot listen on " + where + ": " + ec.message());
   port_.store(local.port());
+  std::lock_guard lock(state_mu_);
+  listening_ = true;
+  return Status::Ok();
+}
 
+Status Server::Impl::Start() {
+  {
+    std::lock_guard lock(state_mu_);
+    if (started_ || stop_requested_) return Status::Internal("http server: Start() called twice or after Stop()");
+  }
+  RETURN_IF_ERROR(Listen());
+  const std::string where = options_.host + ":" + std::to_string(options_.port);
   if (Status st = pool_.Start(); !st.ok()) {
     error_code ignored;
     acceptor_.close(ignored);
@@ -1008,6 +1022,7 @@ Server::Server(ServerOptions options, RequestHandler handler)
 
 Server::~Server() = default;
 
+Status Server::Listen() { return impl_->Listen(); }
 Status Server::Start() { return impl_->Start(); }
 uint16_t Server::port() const { return impl_->port(); }
 void Server::Wait() { impl_->Wait(); }

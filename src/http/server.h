@@ -44,7 +44,11 @@ class Server {
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
-  // Binds and listens; returns an error (e.g. address in use) without throwing.
+  // Binds and listens without accepting yet, so port() is known (with port 0) before any request can arrive; the
+  // caller finishes its set-up (e.g. absolute URLs) and then calls Start(). Optional: Start() listens itself.
+  Status Listen();
+  // Listens (unless Listen() did) and starts accepting and serving; returns an error (e.g. address in use)
+  // without throwing.
   Status Start();
   uint16_t port() const;
   // Blocks until Stop() is called and every in-flight request has been answered.
