@@ -1,0 +1,148 @@
+// Fuzzes the HTTP/1.1 request path up to the handler: bytes -> Beast request_parser (configured as in
+// http/server.cc) -> the project's Request (built as server.cc builds it) -> Router::Dispatch over a table with
+// the real route patterns, whose handlers check what the router promises them (every capture present, not empty).
+// The input may hold several pipelined requests, like a keep-alive connection.
+
+// g++12/clang in C++20 mode: <utility> before any asio header (see http/server.cc).
+// clang-format off
+#include <utility>
+// clang-format on
+
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+
+#include "http/http_types.h"
+#include "http/router.h"
+
+namespace bhttp = boost::beast::http;
+using fhirlake::http::Request;
+using fhirlake::http::RequestContext;
+using fhirlake::http::Response;
+using fhirlake::http::Router;
+
+namespace {
+
+constexpr uint32_t kHeaderLimit = 64 * 1024;  // as http/server.cc
+constexpr uint64_t kBodyLimit = 1 << 20;      // the server's is --max-body-bytes (64 MiB); inputs are smaller
+constexpr int kMaxRequestsPerInput = 8;
+
+std::string_view ToStd(boost::beast::string_view s) { return {s.data(), s.size()}; }
+
+[[noreturn]] void Fail(const char* what, const Request& request) {
+  std::fprintf(stderr, "invariant violated: %s (method '%s', target '%s')\n", what, request.method.c_str(),
+               request.target.c_str());
+  std::abort();
+}
+
+// A handler that checks the captures of its pattern and reads the query like handlers do.
+fhirlake::http::Handler Checking(std::vector<std::string> captures) {
+  return [captures = std::move(captures)](const Request& request, const RequestContext& ctx) {
+    if (ctx.info == nullptr) Fail("handler called without RouteInfo", request);
+    for (const std::string& name : captures) {
+      auto it = ctx.params.find(name);
+      if (it == ctx.params.end()) Fail("capture missing", request);
+      if (it->second.empty()) Fail("empty capture", request);
+    }
+    if (ctx.params.size() != captures.size()) Fail("unexpected captures", request);
+    if (captures.size() && captures[0] == "ds" && ctx.datastore_id != ctx.param("ds")) Fail("datastore id", request);
+    (void)request.QueryValue("_type");
+    (void)request.QueryValue("_since");
+    return Response::Json(200, "{}");
+  };
+}
+
+const Router& TheRouter() {
+  static const Router* router = [] {
+    auto* r = new Router([](const Request&, int status, const std::string& message) {
+      return Response::Json(status, "{\"diagnostics\":\"" + std::to_string(message.size()) + "\"}");
+    });
+    const std::string r4 = "/datastore/{ds}/r4";
+    // The patterns of api/bulk_export.cc and api/fhir_rest.cc, in their registration order.
+    r->Add("POST", r4 + "/$export", Checking({"ds"}));
+    r->Add("POST", r4 + "/Patient/$export", Checking({"ds"}));
+    r->Add("POST", r4 + "/Group/{id}/$export", Checking({"ds", "id"}));
+    r->Add("GET", r4 + "/$export", Checking({"ds"}));
+    r->Add("GET", r4 + "/Patient/$export", Checking({"ds"}));
+    r->Add("GET", r4 + "/Group/{id}/$export", Checking({"ds", "id"}));
+    r->Add("GET", r4 + "/export/{job}", Checking({"ds", "job"}));
+    r->Add("DELETE", r4 + "/export/{job}", Checking({"ds", "job"}));
+    r->Add("GET", "/healthz", fhirlake::http::RouteInfo{"", true}, Checking({}));
+    r->Add("GET", r4 + "/metadata", Checking({"ds"}));
+    r->Add("*", r4 + "/metadata", Checking({"ds"}));
+    r->Add("POST", r4, Checking({"ds"}));
+    r->Add("GET", r4 + "/Patient/{id}/*", Checking({"ds", "id"}));
+    r->Add("GET", r4 + "/{type}/{id}/_history/{vid}", Checking({"ds", "type", "id", "vid"}));
+    r->Add("GET", r4 + "/{type}/{id}/_history", Checking({"ds", "type", "id"}));
+    r->Add("GET", r4 + "/Patient/{id}/{ctype}", Checking({"ds", "id", "ctype"}));
+    r->Add("GET", r4 + "/{type}/{id}", Checking({"ds", "type", "id"}));
+    r->Add("PUT", r4 + "/{type}/{id}", Checking({"ds", "type", "id"}));
+    r->Add("DELETE", r4 + "/{type}/{id}", Checking({"ds", "type", "id"}));
+    r->Add("POST", r4 + "/{type}", Checking({"ds", "type"}));
+    return r;
+  }();
+  return *router;
+}
+
+// As Session::HandleRequest in http/server.cc.
+Request BuildRequest(bhttp::request<bhttp::string_body>&& msg) {
+  Request request;
+  request.method = std::string(ToStd(msg.method_string()));
+  request.target = std::string(ToStd(msg.target()));
+  std::string_view target(request.target);
+  size_t q = target.find('?');
+  request.path = fhirlake::http::PercentDecode(target.substr(0, q), false);
+  if (q != std::string_view::npos) {
+    request.raw_query = std::string(target.substr(q + 1));
+    request.query = fhirlake::http::ParseQuery(request.raw_query);
+  }
+  for (const auto& field : msg) {
+    request.headers.Add(std::string(ToStd(field.name_string())), std::string(ToStd(field.value())));
+  }
+  request.body = std::move(msg.body());
+  request.remote_address = "127.0.0.1:1";
+  return request;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const Router& router = TheRouter();
+  boost::asio::const_buffer input(data, size);
+  for (int n = 0; n < kMaxRequestsPerInput && input.size() > 0; ++n) {
+    bhttp::request_parser<bhttp::string_body> parser;
+    parser.header_limit(kHeaderLimit);
+    parser.body_limit(kBodyLimit);
+    parser.eager(true);
+    boost::beast::error_code ec;
+    while (input.size() > 0 && !parser.is_done()) {
+      const size_t used = parser.put(input, ec);
+      input += used;
+      if (ec == bhttp::error::need_more) {
+        ec = {};
+        if (used == 0) break;  // the rest of the input is an incomplete element
+        continue;
+      }
+      if (ec) return 0;  // the server answers 400/413/431 and closes
+      if (used == 0) break;
+    }
+    if (!parser.is_done()) {
+      parser.put_eof(ec);  // the peer closed: a close-delimited message may complete here (requests never are)
+      if (ec || !parser.is_done()) return 0;
+    }
+    const bool keep_alive = parser.keep_alive();
+    Request request = BuildRequest(parser.release());
+    // Router::Segments on the raw path: no segment may contain a '/' that was not encoded in the input.
+    std::string_view raw_path = std::string_view(request.target).substr(0, request.target.find('?'));
+    for (const std::string& seg : Router::Segments(raw_path)) (void)seg.size();
+    (void)router.IsInline(request);
+    Response response = router.Dispatch(request);
+    if (response.status < 100 || response.status > 999) Fail("status out of range", request);
+    if (!keep_alive) break;
+  }
+  return 0;
+}
