@@ -19,6 +19,7 @@
 #include "store/resource_store.h"
 #include "store/sqlite_db.h"
 #include "store/sqlite_schema.h"
+#include "store/versioned_transaction.h"
 
 namespace fhirlake::store {
 namespace {
@@ -133,7 +134,8 @@ Result<StoredResource> ReadCurrent(SqliteConnection& c, std::string_view type, s
   return ReadRow(*q);
 }
 
-class SqliteTransaction final : public StoreTransaction {
+// The SQLite side of a write transaction: rows and indexes only; the versioning rules are VersionedTransaction's.
+class SqliteTransaction final : public StorageTransaction {
  public:
   // `conn` is the store's writer connection, used only while `lock` (the write lock) is held.
   SqliteTransaction(std::unique_lock<std::mutex> lock, SqliteConnection* conn) : lock_(std::move(lock)), conn_(conn) {}
@@ -156,7 +158,6 @@ class SqliteTransaction final : public StoreTransaction {
     q.reset();
     seq_ = seq + 1;
     last_updated_ = std::max(clock.NowMillis(), last);
-    last_updated_text_ = FormatInstant(last_updated_);
     ASSIGN_OR_RETURN(auto u, conn_->Prepare("UPDATE counters SET value = CASE name WHEN 'seq' THEN ?1 ELSE ?2 END"));
     u->Bind(1, seq_).Bind(2, last_updated_);
     return u->Run();
@@ -165,78 +166,36 @@ class SqliteTransaction final : public StoreTransaction {
   int64_t seq() const override { return seq_; }
   EpochMillis last_updated() const override { return last_updated_; }
 
-  Result<StoredResource> Read(std::string_view type, std::string_view id) override {
-    return ReadCurrent(*conn_, type, id);
+  Result<StoredResource> ReadCurrent(std::string_view type, std::string_view id) override {
+    return store::ReadCurrent(*conn_, type, id);
   }
 
-  Result<StoredResource> Put(const fhir::ParsedResource& parsed, std::string_view id, std::optional<int64_t> if_match,
-                             WriteOp op) override {
-    auto current = ReadCurrent(*conn_, parsed.type, id);
-    if (!current.ok() && current.status().code() != StatusCode::kNotFound) return current.status();
-    StoredResource out;
-    out.type = parsed.type;
-    out.id = std::string(id);
-    out.seq = seq_;
-    out.last_updated = last_updated_;
-    out.created_by_post = op == WriteOp::kPost;
-    if (current.ok()) {
-      if (if_match && *if_match != current->version) {
-        return Status::PreconditionFailed("If-Match expected version " + std::to_string(*if_match) + " of " +
-                                          parsed.type + "/" + std::string(id) + " but the current version is " +
-                                          std::to_string(current->version));
-      }
-      RETURN_IF_ERROR(ArchiveCurrent(current->rid));
-      out.created = current->deleted;
-      out.rid = current->rid;
-      out.version = current->version + 1;
-      out.json = fhir::RenderResource(parsed, id, out.version, last_updated_text_);
-      ASSIGN_OR_RETURN(auto u, conn_->Prepare("UPDATE resources SET version=?1, seq=?2, last_updated=?3, deleted=0, "
-                                              "json=?4, op=?6 WHERE rid=?5"));
-      u->Bind(1, out.version).Bind(2, seq_).Bind(3, last_updated_).BindBlob(4, out.json).Bind(5, out.rid);
-      u->Bind(6, static_cast<int64_t>(op));
-      RETURN_IF_ERROR(u->Run());
-      RETURN_IF_ERROR(ClearIndexes(out.rid, /*keep_references=*/false));
-    } else {
-      if (if_match) {
-        return Status::PreconditionFailed("If-Match given for " + parsed.type + "/" + std::string(id) +
-                                          ", which does not exist");
-      }
-      out.version = 1;
-      out.created = true;
-      out.json = fhir::RenderResource(parsed, id, out.version, last_updated_text_);
+  Result<int64_t> WriteCurrent(const StoredResource& row, WriteOp op) override {
+    if (row.rid == 0) {
       ASSIGN_OR_RETURN(auto ins, conn_->Prepare("INSERT INTO resources(type, id, version, seq, last_updated, deleted, "
-                                                "json, op) VALUES (?1, ?2, 1, ?3, ?4, 0, ?5, ?6)"));
-      ins->Bind(1, parsed.type).Bind(2, id).Bind(3, seq_).Bind(4, last_updated_).BindBlob(5, out.json);
-      ins->Bind(6, static_cast<int64_t>(op));
+                                                "json, op) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"));
+      ins->Bind(1, row.type).Bind(2, row.id).Bind(3, row.version).Bind(4, row.seq).Bind(5, row.last_updated);
+      ins->Bind(6, row.deleted ? 1 : 0);
+      if (row.deleted) {
+        ins->BindNull(7);
+      } else {
+        ins->BindBlob(7, row.json);
+      }
+      ins->Bind(8, static_cast<int64_t>(op));
       RETURN_IF_ERROR(ins->Run());
-      out.rid = conn_->LastInsertRowid();
+      return conn_->LastInsertRowid();
     }
-    RETURN_IF_ERROR(WriteIndexes(parsed, id, out.rid));
-    return out;
-  }
-
-  Result<StoredResource> Delete(std::string_view type, std::string_view id, std::optional<int64_t> if_match) override {
-    ASSIGN_OR_RETURN(StoredResource current, ReadCurrent(*conn_, type, id));
-    if (if_match && *if_match != current.version) {
-      return Status::PreconditionFailed("If-Match expected version " + std::to_string(*if_match) + " of " +
-                                        std::string(type) + "/" + std::string(id) + " but the current version is " +
-                                        std::to_string(current.version));
+    ASSIGN_OR_RETURN(auto u, conn_->Prepare("UPDATE resources SET version=?1, seq=?2, last_updated=?3, deleted=?4, "
+                                            "json=?5, op=?6 WHERE rid=?7"));
+    u->Bind(1, row.version).Bind(2, row.seq).Bind(3, row.last_updated).Bind(4, row.deleted ? 1 : 0);
+    if (row.deleted) {
+      u->BindNull(5);
+    } else {
+      u->BindBlob(5, row.json);
     }
-    if (current.deleted) return current;
-    RETURN_IF_ERROR(ArchiveCurrent(current.rid));
-    ASSIGN_OR_RETURN(auto u, conn_->Prepare("UPDATE resources SET version=version+1, seq=?1, last_updated=?2, "
-                                            "deleted=1, json=NULL, op=0 WHERE rid=?3"));
-    u->Bind(1, seq_).Bind(2, last_updated_).Bind(3, current.rid);
+    u->Bind(6, static_cast<int64_t>(op)).Bind(7, row.rid);
     RETURN_IF_ERROR(u->Run());
-    // Reference rows stay, and compartment membership ends at this sequence number: an export whose snapshot
-    // predates the delete still finds the resource.
-    RETURN_IF_ERROR(ClearIndexes(current.rid, /*keep_references=*/true));
-    current.version += 1;
-    current.seq = seq_;
-    current.last_updated = last_updated_;
-    current.deleted = true;
-    current.json.clear();
-    return current;
+    return row.rid;
   }
 
   Result<std::vector<std::string>> FindByIdentifier(std::string_view type, std::string_view system,
@@ -260,8 +219,7 @@ class SqliteTransaction final : public StoreTransaction {
     return Status::Ok();
   }
 
- private:
-  Status ArchiveCurrent(int64_t rid) {
+  Status ArchiveCurrent(int64_t rid) override {
     ASSIGN_OR_RETURN(auto q, conn_->Prepare("INSERT INTO history(rid, version, seq, last_updated, deleted, json, op) "
                                             "SELECT rid, version, seq, last_updated, deleted, json, op FROM resources "
                                             "WHERE rid=?1"));
@@ -271,7 +229,7 @@ class SqliteTransaction final : public StoreTransaction {
 
   // Ends the current compartment membership of `rid` at this transaction's sequence number (exports with an
   // earlier snapshot still see it) and drops its reference and identifier rows.
-  Status ClearIndexes(int64_t rid, bool keep_references) {
+  Status EndIndexes(int64_t rid, bool keep_references) override {
     ASSIGN_OR_RETURN(auto c, conn_->Prepare("UPDATE compartment SET until_seq=?2 WHERE rid=?1 AND until_seq IS NULL"));
     c->Bind(1, rid).Bind(2, seq_);
     RETURN_IF_ERROR(c->Run());
@@ -285,7 +243,7 @@ class SqliteTransaction final : public StoreTransaction {
     return i->Run();
   }
 
-  Status WriteIndexes(const fhir::ParsedResource& parsed, std::string_view id, int64_t rid) {
+  Status WriteIndexes(const fhir::ParsedResource& parsed, std::string_view id, int64_t rid) override {
     {
       ASSIGN_OR_RETURN(auto c, conn_->Prepare("INSERT OR REPLACE INTO compartment(patient_id, rid, since_seq, "
                                               "until_seq) VALUES (?1, ?2, ?3, NULL)"));
@@ -319,12 +277,12 @@ class SqliteTransaction final : public StoreTransaction {
     return Status::Ok();
   }
 
+ private:
   std::unique_lock<std::mutex> lock_;
   SqliteConnection* conn_;
   bool open_ = false;
   int64_t seq_ = 0;
   EpochMillis last_updated_ = 0;
-  std::string last_updated_text_;
 };
 
 class SqliteStore final : public ResourceStore, public JobStore {
@@ -385,7 +343,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
     ASSIGN_OR_RETURN(SqliteConnection * conn, Writer());
     auto txn = std::make_unique<SqliteTransaction>(std::move(lock), conn);
     RETURN_IF_ERROR(txn->Begin(clock_));
-    return std::unique_ptr<StoreTransaction>(std::move(txn));
+    return NewVersionedTransaction(std::move(txn));
   }
 
   Result<StoredResource> Read(std::string_view type, std::string_view id) override {
@@ -506,8 +464,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
   Result<Snapshot> TakeSnapshot() override {
     // Under the write lock no write is half-way, so every commit up to `seq` has lastUpdated <= time, and
     // raising the counter's last_updated to `time` makes every later write carry lastUpdated >= time.
-    ASSIGN_OR_RETURN(auto txn_base, BeginWrite());
-    auto* txn = static_cast<SqliteTransaction*>(txn_base.get());
+    ASSIGN_OR_RETURN(auto txn, BeginWrite());
     Snapshot snap{txn->seq() - 1, txn->last_updated()};
     // BeginWrite consumed a sequence number for nothing; that is harmless (sequence numbers only need to grow).
     RETURN_IF_ERROR(txn->Commit());
