@@ -251,7 +251,7 @@ Status ExportEngine::CleanupOutput(store::ResourceStore* store, const store::Exp
   ASSIGN_OR_RETURN(S3Location out, JobOutput(job));
   sink::WriteContext ctx{job.data_access_role_arn, job.kms_key_id};
   std::string prefix = JobKeyPrefix(job, store->info().id);
-  RETURN_IF_ERROR(sink_->AbortIncomplete(ctx, out.bucket, prefix));
+  RETURN_IF_ERROR(sink_->AbortIncomplete(ctx, out.bucket, prefix + "/"));
   ASSIGN_OR_RETURN(auto listed, sink_->List(ctx, out.bucket, prefix + "/"));
   ASSIGN_OR_RETURN(auto files, store->jobs().Files(job.job_id));
   std::set<std::string> known;
