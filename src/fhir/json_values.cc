@@ -41,17 +41,12 @@ Status AppendScalar(od::value value, od::json_type type, std::string* out) {
   }
 }
 
-bool ObjectKeys::Insert(std::string_view key) {
-  if (large_) return large_->insert(key).second;
-  for (size_t i = mark_; i < stack_->size(); ++i) {
-    if ((*stack_)[i] == key) return false;
+// Past kLinearScan keys (or once switched): the keys move from the stack into a hash set.
+bool ObjectKeys::InsertLarge(std::string_view key) {
+  if (!large_) {
+    large_ = std::make_unique<std::unordered_set<std::string_view>>(stack_->begin() + mark_, stack_->end());
+    stack_->resize(mark_);
   }
-  if (stack_->size() - mark_ < kLinearScan) {
-    stack_->push_back(key);
-    return true;
-  }
-  large_ = std::make_unique<std::unordered_set<std::string_view>>(stack_->begin() + mark_, stack_->end());
-  stack_->resize(mark_);
   return large_->insert(key).second;
 }
 

@@ -38,10 +38,22 @@ class ObjectKeys {
   ObjectKeys(const ObjectKeys&) = delete;
   ObjectKeys& operator=(const ObjectKeys&) = delete;
 
-  // False when the object already has `key`.
-  bool Insert(std::string_view key);
+  // False when the object already has `key`. Inline: it runs for every key of every resource.
+  bool Insert(std::string_view key) {
+    if (large_) return InsertLarge(key);
+    for (size_t i = mark_, n = stack_->size(); i < n; ++i) {
+      const std::string_view seen = (*stack_)[i];
+      // Length and first byte settle almost every comparison without a call to memcmp.
+      if (seen.size() == key.size() && (key.empty() || seen[0] == key[0]) && seen == key) return false;
+    }
+    if (stack_->size() - mark_ >= kLinearScan) return InsertLarge(key);
+    stack_->push_back(key);
+    return true;
+  }
 
  private:
+  bool InsertLarge(std::string_view key);
+
   std::vector<std::string_view>* stack_;
   size_t mark_;
   std::unique_ptr<std::unordered_set<std::string_view>> large_;

@@ -3158,10 +3158,18 @@ ElementContext ResourceContext(std::string_view type) {
 ElementType MemberType(ElementContext context, std::string_view name) {
   if (name == "extension" || name == "modifierExtension") return {kComplex, ExtensionContext()};
   if (context == kOpaqueContext || context >= std::size(kContexts)) return {};
+  // Runs for every key of every resource. Most contexts have a handful of members, where a scan comparing
+  // lengths first beats a binary search (each of whose steps is a memcmp); Extension has dozens.
   const auto& members = kContexts[context].members;
-  auto it = std::ranges::lower_bound(members, name, {}, &Member::name);
-  if (it == members.end() || it->name != name) return {};
-  return {it->kind, it->context};
+  if (members.size() > 16) {
+    auto it = std::ranges::lower_bound(members, name, {}, &Member::name);
+    if (it == members.end() || it->name != name) return {};
+    return {it->kind, it->context};
+  }
+  for (const Member& m : members) {
+    if (m.name.size() == name.size() && m.name == name) return {m.kind, m.context};
+  }
+  return {};
 }
 
 std::string_view ContextName(ElementContext context) {

@@ -97,18 +97,16 @@ class Walker {
         if (auto e = value.get_array().get(arr)) return JsonError(e);
         dst->push_back('[');
         size_t index = 0;
-        const size_t mark = path_.size();
+        path_.push_back(PathSegment{{}, 0});
         for (auto item : arr) {
           od::value v;
           if (auto e = item.get(v)) return JsonError(e);
           if (index != 0) dst->push_back(',');
-          path_.push_back('[');
-          path_.append(std::to_string(index++));
-          path_.push_back(']');
+          path_.back().index = index++;
           Status st = WriteValue(v, dst, depth + 1, element);
-          path_.resize(mark);
           RETURN_IF_ERROR(st);
         }
+        path_.pop_back();
         dst->push_back(']');
         return Status::Ok();
       }
@@ -128,7 +126,7 @@ class Walker {
     }
   }
 
-  // Writes `{...}`; `path_` is the location of this object (e.g. "participant[0].member"), `context` the element
+  // Writes `{...}`; `path_` is the location of this object (e.g. participant[0].member), `context` the element
   // context of its members.
   Status WriteObject(od::object obj, std::string* dst, int depth, ElementContext context) {
     dst->push_back('{');
@@ -166,12 +164,9 @@ class Walker {
           continue;
         }
       }
-      const size_t mark = path_.size();
-      if (!path_.empty()) path_.push_back('.');
-      path_.append(key);
-      Status st = WriteValue(v, dst, depth + 1, MemberType(context, key));
-      path_.resize(mark);
-      RETURN_IF_ERROR(st);
+      path_.push_back(PathSegment{key, -1});
+      RETURN_IF_ERROR(WriteValue(v, dst, depth + 1, MemberType(context, key)));
+      path_.pop_back();
     }
     dst->push_back('}');
     if (is_identifier && has_value) out_->identifiers.emplace_back(std::move(system), std::move(value));
@@ -201,7 +196,7 @@ class Walker {
       if (key == "meta") {
         od::object meta;
         if (v.get_object().get(meta)) return Status::Invalid("Resource meta must be a JSON object");
-        path_ = "meta";
+        path_.assign(1, PathSegment{"meta", -1});
         ObjectKeys meta_keys(&keys_);
         for (auto mf : meta) {
           std::string_view mkey;
@@ -213,12 +208,9 @@ class Walker {
           dst->push_back(',');
           AppendJsonString(dst, mkey);
           dst->push_back(':');
-          size_t mark = path_.size();
-          path_.push_back('.');
-          path_.append(mkey);
-          Status st = WriteValue(mv, dst, 2, MemberType(kOpaqueContext, mkey));
-          path_.resize(mark);
-          RETURN_IF_ERROR(st);
+          path_.push_back(PathSegment{mkey, -1});
+          RETURN_IF_ERROR(WriteValue(mv, dst, 2, MemberType(kOpaqueContext, mkey)));
+          path_.pop_back();
         }
         path_.clear();
         continue;
@@ -227,7 +219,7 @@ class Walker {
       dst->push_back(',');
       AppendJsonString(dst, key);
       dst->push_back(':');
-      path_.assign(key);
+      path_.assign(1, PathSegment{key, -1});
       RETURN_IF_ERROR(WriteValue(v, dst, 1, MemberType(context, key)));
       path_.clear();
     }
@@ -236,11 +228,23 @@ class Walker {
 
  private:
   // The element being written, for diagnostics: "Observation.component[1].valueInteger".
-  std::string Where() const { return path_.empty() ? out_->type : out_->type + "." + path_; }
+  std::string Where() const {
+    std::string out = out_->type;
+    for (const PathSegment& s : path_) {
+      if (s.index >= 0) {
+        out += "[" + std::to_string(s.index) + "]";
+      } else {
+        out.push_back('.');
+        out.append(s.key);
+      }
+    }
+    return out;
+  }
 
   Status DuplicateKey(std::string_view key) const { return DuplicateKeyError(key, Where()); }
   // A JSON error found at the current element says where ("Patient.active: Invalid JSON: bad literal").
-  Status At(const Status& st) const { return st.WithContext(Where()); }
+  // (Where() is built only for an error: this wraps the result of every scalar.)
+  Status At(const Status& st) const { return st.ok() ? st : st.WithContext(Where()); }
 
   static std::string JsonTypeName(od::json_type type) {
     switch (type) {
@@ -296,25 +300,19 @@ class Walker {
     return Status::Ok();
   }
 
-  // The path of the object being written is the top-level `identifier` (or one of its array items).
+  // The object being written is the top-level `identifier` (or one of its array items).
   bool IsTopLevelIdentifier() const {
-    std::string_view p = path_;
-    if (!p.starts_with("identifier")) return false;
-    p.remove_prefix(10);
-    return p.empty() || (p.front() == '[' && p.back() == ']' && p.find('.') == std::string_view::npos &&
-                         p.find(']') == p.size() - 1);
+    if (path_.empty() || path_[0].key != "identifier" || path_.size() > 2) return false;
+    return path_.size() == 1 || path_[1].index >= 0;
   }
 
-  // The current path without array indices ("participant[0].member" -> "participant.member").
+  // The element path of the value being written, without array indices ("participant.member").
   std::string_view ElementPath() {
     plain_path_.clear();
-    for (size_t i = 0; i < path_.size(); ++i) {
-      if (path_[i] == '[') {
-        i = path_.find(']', i);
-        if (i == std::string::npos) break;
-        continue;
-      }
-      plain_path_.push_back(path_[i]);
+    for (const PathSegment& s : path_) {
+      if (s.index >= 0) continue;
+      if (!plain_path_.empty()) plain_path_.push_back('.');
+      plain_path_.append(s.key);
     }
     return plain_path_;
   }
@@ -342,7 +340,13 @@ class Walker {
   ParsedResource* out_;
   std::span<const std::string_view> compartment_paths_;
   ReferenceResolver* resolver_;
-  std::string path_;
+  // Where the walk is: member names (views into simdjson's string buffer, valid for the document) and array
+  // indices. Strings are built from it only for an error message or a reference's compartment check.
+  struct PathSegment {
+    std::string_view key;
+    int64_t index;  // >= 0: an array item; -1: the member `key`
+  };
+  std::vector<PathSegment> path_;
   std::string plain_path_;
   std::vector<std::string_view> keys_;
 };
