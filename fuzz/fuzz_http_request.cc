@@ -1,13 +1,15 @@
 // Fuzzes the HTTP/1.1 request path up to the handler: bytes -> Beast request_parser (configured as in
 // http/server.cc) -> the project's Request (built as server.cc builds it) -> Router::Dispatch over a table with
 // the real route patterns, whose handlers check what the router promises them (every capture present, not empty).
-// The input may hold several pipelined requests, like a keep-alive connection.
+// The input may hold several pipelined requests, like a keep-alive connection; its first byte says how the bytes
+// arrive (one read, or reads of 1..32 bytes), so the parser also sees requests split at every possible point.
 
 // g++12/clang in C++20 mode: <utility> before any asio header (see http/server.cc).
 // clang-format off
 #include <utility>
 // clang-format on
 
+#include <algorithm>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <cstdint>
@@ -88,6 +90,56 @@ const Router& TheRouter() {
   return *router;
 }
 
+// The peer's bytes, handed out `chunk` bytes per read (a TCP stream may split a request anywhere).
+class SimulatedSocket {
+ public:
+  SimulatedSocket(const uint8_t* data, size_t size, size_t chunk) : data_(data), left_(size), chunk_(chunk) {}
+  // Appends the next read to `buffer`; false at end of stream.
+  bool Read(std::string* buffer) {
+    if (left_ == 0) return false;
+    const size_t n = std::min(chunk_, left_);
+    buffer->append(reinterpret_cast<const char*>(data_), n);
+    data_ += n;
+    left_ -= n;
+    return true;
+  }
+
+ private:
+  const uint8_t* data_;
+  size_t left_;
+  size_t chunk_;
+};
+
+// What beast::http::read_some does over a flat_buffer, until the header (or the whole message) is done: put() the
+// unconsumed bytes, consume what the parser used, read more on need_more (Beast's contract: the next put() sees
+// more bytes than the last), put_eof() at the end of the stream. False when the server would answer an error or
+// see the peer go away.
+bool ReadUntil(SimulatedSocket& socket, std::string* buffer, bhttp::request_parser<bhttp::string_body>* parser,
+               bool header_only) {
+  auto done = [&] { return header_only ? parser->is_header_done() : parser->is_done(); };
+  boost::beast::error_code ec;
+  bool need_more = buffer->empty();
+  while (!done()) {
+    if (need_more) {
+      if (!socket.Read(buffer)) {
+        if (!parser->got_some()) return false;  // end_of_stream between requests
+        parser->put_eof(ec);
+        return !ec && done();
+      }
+    }
+    const size_t used = parser->put(boost::asio::buffer(buffer->data(), buffer->size()), ec);
+    buffer->erase(0, used);
+    if (ec == bhttp::error::need_more) {
+      ec = {};
+      need_more = true;
+      continue;
+    }
+    if (ec) return false;                      // 400 / 413 / 431 and close
+    need_more = buffer->empty() || used == 0;  // a put() that used nothing needs more bytes
+  }
+  return true;
+}
+
 // As Session::HandleRequest in http/server.cc.
 Request BuildRequest(bhttp::request<bhttp::string_body>&& msg) {
   Request request;
@@ -111,32 +163,24 @@ Request BuildRequest(bhttp::request<bhttp::string_body>&& msg) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size == 0) return 0;
   const Router& router = TheRouter();
-  boost::asio::const_buffer input(data, size);
-  for (int n = 0; n < kMaxRequestsPerInput && input.size() > 0; ++n) {
+  // The first byte is how the peer's bytes arrive: below 0x80, in reads of 1..32 bytes; otherwise all at once.
+  SimulatedSocket socket(data + 1, size - 1, data[0] < 0x80 ? data[0] % 32 + 1 : size);
+  std::string buffer;  // Beast's flat_buffer: unconsumed input, kept across pipelined requests
+  for (int n = 0; n < kMaxRequestsPerInput; ++n) {
     bhttp::request_parser<bhttp::string_body> parser;
     parser.header_limit(kHeaderLimit);
     parser.body_limit(kBodyLimit);
-    parser.eager(true);
-    boost::beast::error_code ec;
-    while (input.size() > 0 && !parser.is_done()) {
-      const size_t used = parser.put(input, ec);
-      input += used;
-      if (ec == bhttp::error::need_more) {
-        ec = {};
-        if (used == 0) break;  // the rest of the input is an incomplete element
-        continue;
-      }
-      if (ec) return 0;  // the server answers 400/413/431 and closes
-      if (used == 0) break;
-    }
+    // As http/server.cc: async_read_header (not eager), then async_read for the body (eager).
+    parser.eager(false);
+    if (!ReadUntil(socket, &buffer, &parser, /*header_only=*/true)) return 0;
     if (!parser.is_done()) {
-      parser.put_eof(ec);  // the peer closed: a close-delimited message may complete here (requests never are)
-      if (ec || !parser.is_done()) return 0;
+      parser.eager(true);
+      if (!ReadUntil(socket, &buffer, &parser, /*header_only=*/false)) return 0;
     }
     const bool keep_alive = parser.keep_alive();
     Request request = BuildRequest(parser.release());
-    // Router::Segments on the raw path: no segment may contain a '/' that was not encoded in the input.
     std::string_view raw_path = std::string_view(request.target).substr(0, request.target.find('?'));
     for (const std::string& seg : Router::Segments(raw_path)) (void)seg.size();
     (void)router.IsInline(request);
