@@ -141,7 +141,8 @@ Result<bool> ParseBool(const Element& parent, std::string_view field, std::strin
 }
 
 Result<int64_t> ParseSize(const Element& parent, std::string_view what) {
-  std::string_view v = Trim(parent.ChildText("Size"));
+  const std::string text = parent.ChildText("Size");  // Trim's view must not outlive the text it points into
+  std::string_view v = Trim(text);
   int64_t out = 0;
   auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
   if (v.empty() || ec != std::errc() || end != v.data() + v.size() || out < 0) {
