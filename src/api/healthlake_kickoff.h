@@ -15,7 +15,7 @@ namespace fhirlake::api {
 
 // Validates the query parameters and the HealthLake JSON body of a kick-off. `now` bounds `_since`.
 Result<bulk::ExportRequest> ParseHealthLakeKickoff(bulk::ExportLevel level, std::string group_id,
-                                             const std::vector<http::QueryParam>& query, std::string_view body,
-                                             EpochMillis now);
+                                                   const std::vector<http::QueryParam>& query, std::string_view body,
+                                                   EpochMillis now);
 
 }  // namespace fhirlake::api

@@ -88,6 +88,7 @@ class StoreWriter {
   StoreWriter(store::ResourceStore* store, size_t batch_size) : store_(store), batch_size_(batch_size) {
     thread_ = std::thread([this] { Run(); });
   }
+  // Joins the writer thread on early returns; the load reports the writer's error through the explicit Finish().
   ~StoreWriter() { (void)Finish(); }
 
   // Blocks while the queue is full. Returns the writer's error, if it failed.

@@ -163,7 +163,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fhirlake: %s\n", st.message().c_str());
     return 2;
   }
-  if (fhirlake::failpoint::Enabled()) spdlog::warn("event=failpoints_armed spec=\"{}\"", std::getenv("FHIRLAKE_FAILPOINTS"));
+  if (fhirlake::failpoint::Enabled())
+    spdlog::warn("event=failpoints_armed spec=\"{}\"", std::getenv("FHIRLAKE_FAILPOINTS"));
   if (s->parsed()) return fhirlake::app::RunServe(serve);
   if (l->parsed()) return fhirlake::app::RunLoad(load);
   if (g->parsed()) return fhirlake::app::RunGenerate(generate);

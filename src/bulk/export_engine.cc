@@ -12,16 +12,15 @@
 #include "bulk/export_engine.h"
 
 #include <spdlog/spdlog.h>
+#include <sys/statvfs.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-#include <nlohmann/json.hpp>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
-
-#include <sys/statvfs.h>
 
 #include "common/failpoint.h"
 #include "common/ids.h"
@@ -38,7 +37,7 @@ struct ExportEngine::ActiveJob {
   S3Location output;
   std::string key_prefix;
   sink::WriteContext write_ctx;
-  std::atomic<bool> cancel{false};  // user cancel or failure: stop at the next batch
+  std::atomic<bool> cancel{false};            // user cancel or failure: stop at the next batch
   std::atomic<bool> cancel_requested{false};  // a user's DELETE (the job ends CANCEL_*)
   std::atomic<int64_t> written_rows{0};
   std::atomic<int64_t> written_bytes{0};
@@ -581,8 +580,7 @@ Status ExportEngine::StartJob(store::ResourceStore* store, const store::ExportJo
                               FormatInstant(snap.time));
     }
     ASSIGN_OR_RETURN(auto members, GroupMembers(group->json));
-    RETURN_IF_ERROR(
-        store->MaterializeGroupScope(job.job_id, job.group_id, members, job.include_referenced, snap));
+    RETURN_IF_ERROR(store->MaterializeGroupScope(job.job_id, job.group_id, members, job.include_referenced, snap));
     RETURN_IF_ERROR(failpoint::Hit("export.scope"));
   } else if (job.level == "patient" && job.include_referenced) {
     RETURN_IF_ERROR(store->MaterializeReferencedScope(job.job_id, snap));
@@ -845,8 +843,8 @@ void ExportEngine::Finalize(const std::shared_ptr<ActiveJob>& job) {
       if (!st.ok()) FailJob(store, job->job_id, "The export could not be cancelled cleanly: " + st.message());
     }
   } else {
-    FailJob(store, job->job_id, "The export's files are complete, but its final state could not be recorded: " +
-                                    done.status().message());
+    FailJob(store, job->job_id,
+            "The export's files are complete, but its final state could not be recorded: " + done.status().message());
     // FailJob keeps the job pending (and journaled) when the store is still unwritable; the scheduler forgets it
     // once the state is durable.
     std::lock_guard<std::mutex> lock(mu_);

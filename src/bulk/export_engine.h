@@ -43,8 +43,8 @@ struct EngineOptions {
   // `local_output_dir` has less than `min_free_bytes` available. Empty dir: not checked (S3 output).
   std::string local_output_dir;
   int64_t min_free_bytes = int64_t{1} << 30;
-  std::string journal_dir;  // where the FinalStateJournal lives (empty: no journal, tests only)
-  int state_write_attempts = 5;   // a job state write that fails (not a conflict) is tried this many times
+  std::string journal_dir;           // where the FinalStateJournal lives (empty: no journal, tests only)
+  int state_write_attempts = 5;      // a job state write that fails (not a conflict) is tried this many times
   int state_retry_initial_ms = 100;  // backoff before the second attempt; doubles each time
   // Server paths that must never appear in a client-visible job message (the data directory).
   std::vector<std::string> redact_paths;

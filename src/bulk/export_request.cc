@@ -107,8 +107,8 @@ Result<S3Location> ParseS3Uri(std::string_view uri) {
   if (prefix.size() + LongestJobKeySuffix() > 1024) {
     return Status::Invalid(field + ": the key prefix is " + std::to_string(prefix.size()) +
                            " bytes long; with the job folder and file names below it, keys would exceed S3's limit of "
-                           "1024 bytes (the prefix may have at most " + std::to_string(1024 - LongestJobKeySuffix()) +
-                           " bytes)");
+                           "1024 bytes (the prefix may have at most " +
+                           std::to_string(1024 - LongestJobKeySuffix()) + " bytes)");
   }
   loc.prefix = std::string(prefix);
   return loc;

@@ -31,7 +31,7 @@ struct ExportRequest {
   std::string data_access_role_arn;
   S3Location output;
   std::string kms_key_id;
-  std::string request_url;  // the kick-off URL as received (absolute)
+  std::string request_url;          // the kick-off URL as received (absolute)
   std::string view = "healthlake";  // the dialect that started it (its status URL and answers follow it)
   std::string owner = "anonymous";  // the principal that started it
 };

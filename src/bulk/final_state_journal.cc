@@ -49,8 +49,8 @@ Status FinalStateJournal::Record(const std::string& datastore_id, const std::str
                                  const std::string& message) {
   std::lock_guard<std::mutex> lock(mu_);
   if (fd_ < 0) return Status::Internal("export journal is not open");
-  std::string line = std::string(kMagic) + Clean(datastore_id) + "\t" + Clean(job_id) + "\t" + Clean(status) + "\t" +
-                     Clean(message);
+  std::string line =
+      std::string(kMagic) + Clean(datastore_id) + "\t" + Clean(job_id) + "\t" + Clean(status) + "\t" + Clean(message);
   if (line.size() > kSlotBytes - 1) line.resize(kSlotBytes - 1);
   line.push_back('\n');
   line.resize(kSlotBytes, '\0');

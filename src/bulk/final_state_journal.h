@@ -47,8 +47,8 @@ class FinalStateJournal {
 
  private:
   std::mutex mu_;
-  int fd_ = -1;            // GUARDED_BY(mu_)
-  size_t next_slot_ = 0;   // GUARDED_BY(mu_): where Record writes when no slot is free
+  int fd_ = -1;           // GUARDED_BY(mu_)
+  size_t next_slot_ = 0;  // GUARDED_BY(mu_): where Record writes when no slot is free
 };
 
 }  // namespace fhirlake::bulk

@@ -20,7 +20,7 @@ enum class Action { kKill, kPause, kError, kSleep };
 
 struct Point {
   Action action = Action::kKill;
-  int64_t on_hit = 1;      // act on this hit (1-based)
+  int64_t on_hit = 1;  // act on this hit (1-based)
   int64_t sleep_ms = 0;
   std::atomic<int64_t> hits{0};
 };
@@ -31,7 +31,7 @@ struct Registry {
 };
 
 std::atomic<bool> g_enabled{false};
-std::mutex g_mu;                           // guards replacing g_registry (Init)
+std::mutex g_mu;                             // guards replacing g_registry (Init)
 std::shared_ptr<const Registry> g_registry;  // GUARDED_BY(g_mu) for writes; readers copy the pointer under it
 
 std::string_view Trim(std::string_view s) {

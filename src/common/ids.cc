@@ -5,11 +5,11 @@
 #include <pthread.h>
 #include <sys/random.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <atomic>
 #include <cstring>
 
 namespace fhirlake {

@@ -26,8 +26,8 @@ enum class StatusCode {
   kForbidden,
   kTooManyRequests,
   kInsufficientStorage,  // no room to write the result (507)
-  kUnavailable,  // a dependency is down or busy; retry may help
-  kInternal,     // a bug or an unexpected environment failure
+  kUnavailable,          // a dependency is down or busy; retry may help
+  kInternal,             // a bug or an unexpected environment failure
 };
 
 std::string_view StatusCodeName(StatusCode code);

@@ -141,6 +141,8 @@ class SqliteTransaction final : public StorageTransaction {
   SqliteTransaction(std::unique_lock<std::mutex> lock, SqliteConnection* conn) : lock_(std::move(lock)), conn_(conn) {}
 
   ~SqliteTransaction() override {
+    // Not committed: roll back. If that fails the connection is left in a transaction, which Writer() rolls back
+    // before the next use, so nothing half-written can ever be committed.
     if (open_) (void)conn_->Exec("ROLLBACK");
   }
 
@@ -593,7 +595,8 @@ class SqliteStore final : public ResourceStore, public JobStore {
     RETURN_IF_ERROR(ended);
     for (const PendingRow& r : pending) {
       std::string_view all(buffer);
-      RETURN_IF_ERROR(on_row(ScanRow{r.rid, all.substr(r.offset, r.id_size), all.substr(r.offset + r.id_size, r.json_size)}));
+      RETURN_IF_ERROR(
+          on_row(ScanRow{r.rid, all.substr(r.offset, r.id_size), all.substr(r.offset + r.id_size, r.json_size)}));
     }
     return progress;
   }
@@ -662,8 +665,9 @@ class SqliteStore final : public ResourceStore, public JobStore {
     return ForRidChunks(
         "SELECT rid FROM export_scope WHERE job_id=?1 AND rid>?2 ORDER BY rid LIMIT 1 OFFSET ?3", staging,
         [&](SqliteConnection& c, int64_t lo, int64_t hi) -> Status {
-          ASSIGN_OR_RETURN(auto q, c.Prepare("INSERT OR IGNORE INTO export_scope(job_id, type, rid) SELECT ?1, type, rid "
-                                             "FROM export_scope WHERE job_id=?4 AND rid>?2 AND rid<=?3"));
+          ASSIGN_OR_RETURN(auto q,
+                           c.Prepare("INSERT OR IGNORE INTO export_scope(job_id, type, rid) SELECT ?1, type, rid "
+                                     "FROM export_scope WHERE job_id=?4 AND rid>?2 AND rid<=?3"));
           q->Bind(1, job_id).Bind(2, lo).Bind(3, hi).Bind(4, staging);
           RETURN_IF_ERROR(q->Run());
           ASSIGN_OR_RETURN(auto d, c.Prepare("DELETE FROM export_scope WHERE job_id=?1 AND rid>?2 AND rid<=?3"));
@@ -674,18 +678,18 @@ class SqliteStore final : public ResourceStore, public JobStore {
 
   Status MaterializeReferencedScope(const std::string& job_id, const Snapshot& snapshot) override {
     RETURN_IF_ERROR(WithWrite([&](SqliteConnection& c) { return DeleteJobRows(c, job_id, {"export_scope"}); }));
-    return ForRidChunks(
-        "SELECT rid FROM ext_ref WHERE rid>?2 ORDER BY rid LIMIT 1 OFFSET ?3", job_id,
-        [&](SqliteConnection& c, int64_t lo, int64_t hi) -> Status {
-          ASSIGN_OR_RETURN(auto q, c.Prepare("INSERT OR IGNORE INTO export_scope(job_id, type, rid) "
-                                             "SELECT ?1, r.type, r.rid FROM ext_ref x JOIN resources r "
-                                             "ON r.type=x.target_type AND r.id=x.target_id "
-                                             "WHERE x.rid>?2 AND x.rid<=?3 AND EXISTS (SELECT 1 FROM compartment c "
-                                             "WHERE c.rid=x.rid AND c.since_seq<=?4 AND "
-                                             "(c.until_seq IS NULL OR c.until_seq>?4))"));
-          q->Bind(1, job_id).Bind(2, lo).Bind(3, hi).Bind(4, snapshot.seq);
-          return q->Run();
-        });
+    return ForRidChunks("SELECT rid FROM ext_ref WHERE rid>?2 ORDER BY rid LIMIT 1 OFFSET ?3", job_id,
+                        [&](SqliteConnection& c, int64_t lo, int64_t hi) -> Status {
+                          ASSIGN_OR_RETURN(
+                              auto q, c.Prepare("INSERT OR IGNORE INTO export_scope(job_id, type, rid) "
+                                                "SELECT ?1, r.type, r.rid FROM ext_ref x JOIN resources r "
+                                                "ON r.type=x.target_type AND r.id=x.target_id "
+                                                "WHERE x.rid>?2 AND x.rid<=?3 AND EXISTS (SELECT 1 FROM compartment c "
+                                                "WHERE c.rid=x.rid AND c.since_seq<=?4 AND "
+                                                "(c.until_seq IS NULL OR c.until_seq>?4))"));
+                          q->Bind(1, job_id).Bind(2, lo).Bind(3, hi).Bind(4, snapshot.seq);
+                          return q->Run();
+                        });
   }
 
   Result<std::vector<std::string>> TypesInJobScope(const std::string& job_id) override {
@@ -772,11 +776,11 @@ class SqliteStore final : public ResourceStore, public JobStore {
 
   Result<std::vector<std::string>> JobsWithScratch() override {
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
-    ASSIGN_OR_RETURN(auto q, conn->Prepare(
-                                 "SELECT job_id FROM export_jobs WHERE status IN ('COMPLETED', 'COMPLETED_WITH_ERRORS', "
-                                 "'FAILED', 'CANCEL_COMPLETED', 'CANCEL_FAILED') AND (EXISTS (SELECT 1 FROM "
-                                 "export_scope s WHERE s.job_id=export_jobs.job_id) OR EXISTS (SELECT 1 FROM "
-                                 "export_job_patients p WHERE p.job_id=export_jobs.job_id)) ORDER BY queue_order"));
+    ASSIGN_OR_RETURN(
+        auto q, conn->Prepare("SELECT job_id FROM export_jobs WHERE status IN ('COMPLETED', 'COMPLETED_WITH_ERRORS', "
+                              "'FAILED', 'CANCEL_COMPLETED', 'CANCEL_FAILED') AND (EXISTS (SELECT 1 FROM "
+                              "export_scope s WHERE s.job_id=export_jobs.job_id) OR EXISTS (SELECT 1 FROM "
+                              "export_job_patients p WHERE p.job_id=export_jobs.job_id)) ORDER BY queue_order"));
     std::vector<std::string> out;
     while (true) {
       ASSIGN_OR_RETURN(bool row, q->Step());

@@ -274,8 +274,9 @@ TEST_F(ExportEngineTest, ResumeAfterStopRemovesUnrecordedObjectsAndCompletesExac
   engine_->Stop();
   EXPECT_EQ(store_->jobs().GetJob(job)->status, js::kInProgress);
   // Plant an object in the job's folder that no record knows.
-  auto stray = sink_->Create({}, kBucket, ExportEngine::JobKeyPrefix(*store_->jobs().GetJob(job), store_->info().id) +
-                                              "/Observation/Observation-999.ndjson");
+  auto stray = sink_->Create({}, kBucket,
+                             ExportEngine::JobKeyPrefix(*store_->jobs().GetJob(job), store_->info().id) +
+                                 "/Observation/Observation-999.ndjson");
   ASSERT_OK(stray);
   ASSERT_OK((*stray)->Append("{\"resourceType\":\"Observation\",\"id\":\"ghost\"}\n"));
   ASSERT_OK((*stray)->Commit());

@@ -2,7 +2,6 @@
 #include "common/ids.h"
 
 #include <gtest/gtest.h>
-
 #include <sys/wait.h>
 #include <unistd.h>
 

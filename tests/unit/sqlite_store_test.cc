@@ -1,11 +1,10 @@
 // Tests for the SQLite ResourceStore and DatastoreCatalog (src/store/resource_store.h, sqlite_store.cc,
 // sqlite_schema.h), each against a real database in a fresh temporary data directory.
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <simdjson.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -1058,8 +1057,8 @@ TEST_F(SqliteStoreTest, TransitionIsCompareAndSet) {
   stale.end_time = 1800000000000;
   EXPECT_STATUS(store_->jobs().TransitionJob("cas", {"CANCEL_SUBMITTED"}, "CANCEL_IN_PROGRESS", stale), kConflict,
                 "CANCEL_COMPLETED");
-  EXPECT_STATUS(store_->jobs().TransitionJob("cas", {"IN_PROGRESS", "CANCEL_SUBMITTED"}, "COMPLETED", stale),
-                kConflict, "is CANCEL_COMPLETED, not IN_PROGRESS or CANCEL_SUBMITTED");
+  EXPECT_STATUS(store_->jobs().TransitionJob("cas", {"IN_PROGRESS", "CANCEL_SUBMITTED"}, "COMPLETED", stale), kConflict,
+                "is CANCEL_COMPLETED, not IN_PROGRESS or CANCEL_SUBMITTED");
   auto got = store_->jobs().GetJob("cas");
   ASSERT_OK(got);
   EXPECT_EQ(got->status, "CANCEL_COMPLETED");
