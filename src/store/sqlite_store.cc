@@ -104,6 +104,17 @@ class ConnectionPool {
   std::vector<std::unique_ptr<SqliteConnection>> idle_;  // GUARDED_BY(mu_)
 };
 
+// Every row's first column, as strings.
+Result<std::vector<std::string>> FirstColumn(SqliteStmt& q) {
+  std::vector<std::string> out;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, q.Step());
+    if (!row) break;
+    out.push_back(q.Str(0));
+  }
+  return out;
+}
+
 StoredResource ReadRow(const SqliteStmt& q) {
   // columns: rid, type, id, version, seq, last_updated, deleted, json, op
   StoredResource r;
@@ -206,13 +217,7 @@ class SqliteTransaction final : public StorageTransaction {
                                             "WHERE i.type=?1 AND i.value=?2 AND (?3 = '' OR i.system=?3) AND "
                                             "r.deleted=0 ORDER BY r.id"));
     q->Bind(1, type).Bind(2, value).Bind(3, system);
-    std::vector<std::string> ids;
-    while (true) {
-      ASSIGN_OR_RETURN(bool row, q->Step());
-      if (!row) break;
-      ids.push_back(q->Str(0));
-    }
-    return ids;
+    return FirstColumn(*q);
   }
 
   Status Commit() override {
@@ -404,13 +409,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
     ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT patient_id FROM compartment WHERE rid=?1 AND until_seq IS NULL "
                                            "ORDER BY patient_id"));
     q->Bind(1, current.rid);
-    std::vector<std::string> out;
-    while (true) {
-      ASSIGN_OR_RETURN(bool row, q->Step());
-      if (!row) break;
-      out.push_back(q->Str(0));
-    }
-    return out;
+    return FirstColumn(*q);
   }
 
   Result<StoredResource> ReadAsOf(std::string_view type, std::string_view id, int64_t seq) override {
@@ -696,13 +695,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
     ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT DISTINCT type FROM export_scope WHERE job_id=?1 ORDER BY type"));
     q->Bind(1, job_id);
-    std::vector<std::string> out;
-    while (true) {
-      ASSIGN_OR_RETURN(bool row, q->Step());
-      if (!row) break;
-      out.push_back(q->Str(0));
-    }
-    return out;
+    return FirstColumn(*q);
   }
 
   JobStore& jobs() override { return *this; }
@@ -781,13 +774,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
                               "'FAILED', 'CANCEL_COMPLETED', 'CANCEL_FAILED') AND (EXISTS (SELECT 1 FROM "
                               "export_scope s WHERE s.job_id=export_jobs.job_id) OR EXISTS (SELECT 1 FROM "
                               "export_job_patients p WHERE p.job_id=export_jobs.job_id)) ORDER BY queue_order"));
-    std::vector<std::string> out;
-    while (true) {
-      ASSIGN_OR_RETURN(bool row, q->Step());
-      if (!row) break;
-      out.push_back(q->Str(0));
-    }
-    return out;
+    return FirstColumn(*q);
   }
 
   Result<ExportJobRecord> GetJob(std::string_view job_id) override {
