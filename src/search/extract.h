@@ -5,9 +5,13 @@
 
 #include <simdjson.h>
 
+#include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "common/status.h"
+#include "search/fhirpath.h"
 #include "search/index_rows.h"
 
 namespace fhirlake::search {
@@ -21,7 +25,33 @@ class IndexExtractor {
   Result<IndexRows> Extract(simdjson::dom::element resource);
 
  private:
+  // The JSON text of numbers, for their precision (the DOM keeps only their double value): tape index → token.
+  // Built lazily, the first time a resource needs a number; only for resources parsed by Extract(string_view).
+  class NumberTexts {
+   public:
+    void Reset(std::string_view source, const simdjson::dom::document* doc);
+    // The number's text as written; a shortest round-trip rendering of its value when the source is unknown.
+    std::string_view Find(simdjson::dom::element number);
+
+   private:
+    void Build();
+    std::string_view source_;
+    const simdjson::dom::document* doc_ = nullptr;
+    bool built_ = false;
+    std::vector<std::pair<size_t, std::string_view>> entries_;
+    std::vector<size_t> tape_numbers_;
+    std::vector<std::string_view> text_numbers_;
+    char fallback_[32];
+  };
+
+  Result<IndexRows> ExtractImpl(simdjson::dom::element resource);
+
   simdjson::dom::parser parser_;
+  NumberTexts numbers_;
+  PathScratch scratch_;
+  std::vector<PathNode> values_, tuples_, component_values_;
+  IndexRows component_rows_;
+  std::vector<CompositeRow> tuple_rows_;
 };
 
 }  // namespace fhirlake::search

@@ -30,8 +30,8 @@ struct ParamDef {
   ParamType type;
   std::string_view url;         // SearchParameter.url
   std::string_view expression;  // FHIRPath: the alternatives of the definition's expression that apply to this type
-  std::span<const std::string_view> targets;          // reference targets (SearchParameter.target), sorted
-  std::span<const CompositeComponent> components;     // composite only, in definition order
+  std::span<const std::string_view> targets;       // reference targets (SearchParameter.target), sorted
+  std::span<const CompositeComponent> components;  // composite only, in definition order
   // _id and _lastUpdated are answered from the resource table, not from index rows: the extractor emits nothing.
   bool from_resource_table;
 };
