@@ -345,6 +345,12 @@ void AppendValue(simdjson::dom::element value, std::string_view type, TypeContex
 void AppendMember(const PathNode& node, std::string_view name, std::vector<PathNode>& out) {
   if (node.kind != Kind::kJson || !node.json.is_object()) return;
   const simdjson::dom::object obj = node.json.get_object().value_unsafe();
+  if (name == "extension" || name == "modifierExtension") {  // every element's; not in the element table
+    static const TypeContext kExtension = ContextOfType("Extension");
+    simdjson::dom::element v;
+    if (obj.at_key(name).get(v) == simdjson::SUCCESS) AppendValue(v, "Extension", kExtension, out);
+    return;
+  }
   if (node.context != kNoContext) {
     if (const ElementInfo* info = FindElement(node.context, name)) {
       simdjson::dom::element v;
