@@ -32,7 +32,10 @@ const std::vector<CompiledParam>& CompiledParams() {
     for (size_t i = 0; i < v.size(); ++i) {
       const ParamDef& def = ParamById(static_cast<ParamId>(i));
       if (def.from_resource_table) continue;
-      if (auto p = FhirPath::Compile(def.expression); p.ok()) v[i].path = std::move(p).value();
+      if (auto p = FhirPath::Compile(def.expression); p.ok()) {
+        v[i].path = std::move(p).value();
+        v[i].path->Bind(def.resource_type);
+      }
       for (const CompositeComponent& c : def.components) {
         auto p = FhirPath::Compile(c.expression);
         v[i].components.push_back(p.ok() ? std::optional<FhirPath>(std::move(p).value()) : std::nullopt);

@@ -342,9 +342,15 @@ void AppendValue(simdjson::dom::element value, std::string_view type, TypeContex
   }
 }
 
-void AppendMember(const PathNode& node, std::string_view name, std::vector<PathNode>& out) {
+void AppendMember(const PathNode& node, const Expr& x, std::vector<PathNode>& out) {
   if (node.kind != Kind::kJson || !node.json.is_object()) return;
+  const std::string_view name = x.name;
   const simdjson::dom::object obj = node.json.get_object().value_unsafe();
+  if (x.bound != nullptr && node.context == x.bound_context) {
+    simdjson::dom::element v;
+    if (obj.at_key(name).get(v) == simdjson::SUCCESS) AppendValue(v, x.bound->type, x.bound->context, out);
+    return;
+  }
   if (name == "extension" || name == "modifierExtension") {  // every element's; not in the element table
     static const TypeContext kExtension = ContextOfType("Extension");
     simdjson::dom::element v;
@@ -509,6 +515,54 @@ Result<FhirPath> FhirPath::Compile(std::string_view expression) {
   return path;
 }
 
+void FhirPath::Bind(std::string_view this_type) {
+  const TypeContext context = ContextOfType(this_type);
+  if (root_ >= 0) BindExpr(root_, context, context);
+}
+
+TypeContext FhirPath::BindExpr(int e, TypeContext this_context, TypeContext resource_context) {
+  Expr& x = exprs_[e];
+  auto input = [&] { return x.input >= 0 ? BindExpr(x.input, this_context, resource_context) : this_context; };
+  switch (x.op) {
+    case Op::kThis:
+      return this_context;
+    case Op::kResourceVar:
+      return resource_context;
+    case Op::kTypeFilter:
+      return this_context != kNoContext && IsOfType(ContextName(this_context), x.name) ? this_context : kNoContext;
+    case Op::kMember: {
+      const TypeContext in = input();
+      if (in == kNoContext || x.name == "extension" || x.name == "modifierExtension") return kNoContext;
+      const ElementInfo* info = FindElement(in, x.name);
+      if (info == nullptr) return kNoContext;  // a choice element: resolved per value
+      x.bound_context = in;
+      x.bound = info;
+      return info->context;
+    }
+    case Op::kWhere: {
+      const TypeContext in = input();
+      BindExpr(x.arg, in, resource_context);
+      return in;
+    }
+    case Op::kFirst:
+    case Op::kIndex:
+      return input();
+    case Op::kAs:
+      input();
+      return ContextOfType(x.name);
+    case Op::kUnion:
+    case Op::kAnd:
+    case Op::kEqual:
+    case Op::kNotEqual:
+      BindExpr(x.lhs, this_context, resource_context);
+      BindExpr(x.rhs, this_context, resource_context);
+      return kNoContext;
+    default:
+      input();
+      return kNoContext;
+  }
+}
+
 void FhirPath::Evaluate(const PathNode& focus, const PathNode& resource, PathScratch& scratch,
                         std::vector<PathNode>& out) const {
   if (root_ >= 0) Eval(root_, focus, resource, scratch, out);
@@ -580,7 +634,7 @@ void FhirPath::Eval(int e, const PathNode& focus, const PathNode& resource, Path
   }
   switch (x.op) {
     case Op::kMember:
-      for (const PathNode& n : in) AppendMember(n, x.name, out);
+      for (const PathNode& n : in) AppendMember(n, x, out);
       return;
     case Op::kTypeFilter:
       for (const PathNode& n : in) {

@@ -61,6 +61,11 @@ class FhirPath {
 
   std::string_view source() const { return source_; }
 
+  // Resolves, once, the member steps whose input type is known statically when $this is of type `this_type`
+  // (e.g. "Observation.code" for an Observation parameter), so evaluation skips their element-table lookup. Only
+  // a speed-up: a bound step still checks the actual context. Not thread-safe; call before sharing the path.
+  void Bind(std::string_view this_type);
+
   enum class Op : uint8_t {
     kMember,      // name: a member of each input item (choice names match name + TypeName)
     kTypeFilter,  // a leading type name ("Patient.x"): the context when it is of that type
@@ -91,10 +96,13 @@ class FhirPath {
     std::string name{};
     int64_t index = 0;
     double number = 0;
+    TypeContext bound_context = kNoContext;  // kMember: the input context `bound` was looked up in (Bind)
+    const ElementInfo* bound = nullptr;
   };
 
  private:
   friend class FhirPathParser;
+  TypeContext BindExpr(int e, TypeContext this_context, TypeContext resource_context);
   void Eval(int e, const PathNode& focus, const PathNode& resource, PathScratch& scratch,
             std::vector<PathNode>& out) const;
 
