@@ -225,7 +225,17 @@ std::optional<DecimalRange> NumberRange(element v, NumberText& text_of) {
 template <typename NumberText>
 void NumberRows(ParamId p, const PathNode& n, IndexRows& rows, NumberText& text_of) {
   if (n.kind != Kind::kJson) return;
-  if (auto r = NumberRange(n.json, text_of)) rows.numbers.push_back({p, r->value, r->lo, r->hi});
+  if (auto r = NumberRange(n.json, text_of)) {
+    rows.numbers.push_back({p, r->value, r->lo, r->hi});
+  } else if (n.type == "Range" && n.json.is_object()) {  // RiskAssessment.prediction.probabilityRange
+    element v;
+    std::optional<DecimalRange> lo, hi;
+    if (n.json.at_pointer("/low/value").get(v) == simdjson::SUCCESS) lo = NumberRange(v, text_of);
+    if (n.json.at_pointer("/high/value").get(v) == simdjson::SUCCESS) hi = NumberRange(v, text_of);
+    if (!lo && !hi) return;
+    rows.numbers.push_back({p, lo ? lo->value : hi->value, lo ? lo->lo : -std::numeric_limits<double>::infinity(),
+                            hi ? hi->hi : std::numeric_limits<double>::infinity()});
+  }
 }
 
 template <typename NumberText>

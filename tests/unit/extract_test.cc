@@ -322,6 +322,14 @@ TEST(ExtractTest, NumbersKeepTheirWrittenPrecisionAmongOthers) {
   ASSERT_EQ(got.size(), 2u);
   EXPECT_NEAR(std::get<0>(*got.begin()), 0.05, 1e-12);     // 1E-1: one significant digit
   EXPECT_NEAR(std::get<0>(*got.rbegin()), 0.2495, 1e-12);  // 0.250
+
+  // A Range: from its low bound's range to its high bound's.
+  ASSERT_OK_AND_ASSIGN(IndexRows range, ex.Extract(R"({"resourceType": "RiskAssessment",
+    "prediction": [{"probabilityRange": {"low": {"value": 0.2}, "high": {"value": 0.40}}}]})"));
+  auto r = Of(range.numbers, Id("RiskAssessment", "probability"));
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_NEAR(r[0].lo, 0.15, 1e-12);
+  EXPECT_NEAR(r[0].hi, 0.405, 1e-12);
 }
 
 }  // namespace
