@@ -7,6 +7,7 @@
 #include <limits>
 #include <set>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -330,6 +331,26 @@ TEST(ExtractTest, NumbersKeepTheirWrittenPrecisionAmongOthers) {
   ASSERT_EQ(r.size(), 1u);
   EXPECT_NEAR(r[0].lo, 0.15, 1e-12);
   EXPECT_NEAR(r[0].hi, 0.405, 1e-12);
+}
+
+// One extractor per thread; the compiled expressions are shared (built once, whichever thread comes first).
+TEST(ExtractTest, ExtractorsOnSeveralThreadsAgree) {
+  std::vector<size_t> counts(4);
+  std::vector<std::thread> threads;
+  for (size_t t = 0; t < counts.size(); ++t) {
+    threads.emplace_back([&counts, t] {
+      IndexExtractor ex;
+      for (int i = 0; i < 200; ++i) {
+        auto rows = ex.Extract(i % 2 ? kObservation : kPatient);
+        if (rows.ok() && i % 2) counts[t] = rows->tokens.size() + rows->composites.size() + rows->quantities.size();
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  IndexExtractor reference;
+  ASSERT_OK_AND_ASSIGN(IndexRows expected, reference.Extract(kObservation));
+  for (size_t c : counts)
+    EXPECT_EQ(c, expected.tokens.size() + expected.composites.size() + expected.quantities.size());
 }
 
 }  // namespace
