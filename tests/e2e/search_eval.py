@@ -273,9 +273,10 @@ PARAMS = {
     ("Patient", "language"): CLINICAL_CODE("communication.language"),  # Patient.communication.language
     ("Patient", "general-practitioner"): _p("reference", lambda r: refs(get(r, "generalPractitioner"))),
     ("Patient", "organization"): _p("reference", lambda r: refs(get(r, "managingOrganization"))),
-    # Patient.deceased.exists() and Patient.deceased != false
-    ("Patient", "deceased"): _p("token", lambda r: [Tok(None, "true")] if any(
-        v is not False for _, v in choice(r, "deceased")) else []),
+    # Patient.deceased.exists() and Patient.deceased != false: a boolean EXPRESSION, so every Patient has a value:
+    # without deceased[x] it is `false and {}` = false (FHIRPath three-valued `and`), never "missing".
+    ("Patient", "deceased"): _p("token", lambda r: [Tok(None, "true" if any(
+        v is not False for _, v in choice(r, "deceased")) else "false")]),
     ("Patient", "death-date"): _p("date", lambda r: [date_range(v) for s, v in choice(r, "deceased")
                                                      if s == "DateTime"]),  # (Patient.deceased as dateTime)
     # Practitioner

@@ -67,6 +67,18 @@ class Case:
     some: tuple = ()       # hand-checked members of that large set
 
 
+# How the literals were checked (by hand, against the unpacked files, not with search_eval.py): jq over
+# data/synthea-r4-100/*.json, e.g.
+#   P='.entry[]?.resource | select(.resourceType=="Patient")'
+#   jq -r "$P | select(any(.name[].family; test(\"^(lemke|streich|o.reilly)\";\"i\"))) | .id" *.json
+#   jq -r "$P | .birthDate + \" \" + .id" *.json | sort           (birthdate cases)
+#   jq -r '.entry[]?.resource | select(.resourceType=="ImagingStudy") | .id + " " + .started' *.json  (dates,
+#       converted to UTC by hand: 1994-10-30T20:21:56-05:00 = 1994-10-31T01:21:56Z)
+#   jq -r '.entry[]?.resource | select(.resourceType=="AllergyIntolerance") | .patient.reference' *.json | uniq -c
+#   jq -r '.entry[]?.resource | select(.resourceType=="Observation") | .category[]?.coding[].code' *.json | uniq -c
+#   join of `jq` Patient ids born >= 1970 with Encounter.subject (chain-patient-birthdate = 1769)
+# i.e. one select() per case on the raw JSON (references there are still urn:uuid:<id>). The EXTRA_CASES
+# literals were worked out by hand from the EXTRA resources (the reasoning is in the comments there).
 C = Case
 CASES = [
     # ---- string: default starts-with, case- and accent-insensitive; :exact; :contains ---------------------
@@ -173,7 +185,11 @@ CASES = [
     C("tok-id-and-gender", f"Patient?_id={ABRAM},{ALETA}&gender=female", literal=(ALETA,)),
     C("tok-missing-true", "Observation?value-concept:missing=true"),
     C("tok-missing-false", "Observation?value-concept:missing=false"),
-    C("tok-missing-deceased", "Patient?deceased:missing=true", count=100),
+    # deceased is the boolean expression `deceased.exists() and deceased != false`: false (not missing) for the
+    # living. jq '.entry[].resource | select(.resourceType=="Patient") | has("deceasedDateTime", "deceasedBoolean")'
+    # is false for all 100.
+    C("tok-missing-deceased", "Patient?deceased:missing=true", literal=()),
+    C("tok-deceased-false", "Patient?deceased=false", count=100),
     C("tok-deceased-true", "Patient?deceased=true", literal=()),
 
     # ---- date ------------------------------------------------------------------------------------------------
@@ -809,6 +825,11 @@ EXTRA = [
      "url": "http://example.org/fhir/ValueSet/st-colors-extended"},
 ]
 
+# Hand reasoning for the dates: st-o1 "2020-01" = the whole of January; st-o2 = [Jan 1 00:00Z, Jan 31 23:59:59Z];
+# st-o3 = [Jan 15 10:00Z, open); st-o4 = 2020-01-31T23:30:00Z (written +01:00); st-o5 = 2019-12-31T23:59:59Z;
+# st-o6 = 2021; st-o7/8 = 2020-03-03/04. Quantities: 100 mg, 100.00 mg/dL, 99.6 mg, 5.4 (unit mg, no code),
+# 100.6 (unit "milligram", code mg). "1e2" is [50, 150) by significant figures and [95, 105) in the R4 table:
+# every value here is in both or in neither.
 E = Case
 EXTRA_CASES = [
     E("x-accent-family", "Patient?family=muller", literal=("st-p1", "st-p2")),
