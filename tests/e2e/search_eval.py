@@ -649,8 +649,7 @@ class Evaluator:
             return (not vals) == (value == "true")
         if modifier == "not":
             return not any(match_one("token", None, q, vals, self.opt, self.base) for q in value.split(","))
-        sep = "," if kind != "composite" else ","
-        return any(match_one(kind, modifier, q, vals, self.opt, self.base) for q in value.split(sep))
+        return any(match_one(kind, modifier, q, vals, self.opt, self.base) for q in value.split(","))
 
     def search(self, rtype, params):
         """Ids of `rtype` matching every (name, value) of `params` (AND), values with commas = OR."""

@@ -41,9 +41,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from fhirlake_helpers import (FHIR_JSON, Session, assert_fhir_json, assert_outcome, check_outcome_body,
+from fhirlake_helpers import (FHIR_JSON, Session, assert_fhir_json, assert_outcome,
                               describe_response)
-from search_eval import Evaluator, norm
+from search_eval import Evaluator
 
 # ---- a few ids of the sample (jq -r '.entry[0].resource | .id + " " + .name[0].given[0] + " " + .name[0].family')
 ABRAM = "6c5d9ca9-54d7-42f5-bfae-a7c19cd217f2"    # Abram Lemke, born 1965-01-13, Easthampton
