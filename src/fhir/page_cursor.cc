@@ -79,4 +79,22 @@ Result<int64_t> DecodePageCursor(std::string_view token, std::string_view scope)
   return key;
 }
 
+std::string EncodePageCursorText(std::string_view scope, std::string_view key) {
+  return Base64UrlEncode(std::string(kVersion) + ":" + std::string(scope) + ":" + std::string(key));
+}
+
+Result<std::string> DecodePageCursorText(std::string_view token, std::string_view scope) {
+  std::string text;
+  if (token.empty() || token.size() > (kMaxTextKeyBytes + 64) * 4 / 3 + 4 || !Base64UrlDecode(token, &text)) {
+    return BadCursor("not a cursor");
+  }
+  std::string_view rest = text;
+  if (!rest.starts_with(kVersion) || rest.substr(kVersion.size(), 1) != ":") return BadCursor("unknown format");
+  rest.remove_prefix(kVersion.size() + 1);
+  size_t colon = rest.find(':');
+  if (colon == std::string_view::npos) return BadCursor("unknown format");
+  if (rest.substr(0, colon) != scope) return BadCursor("it belongs to another kind of read");
+  return std::string(rest.substr(colon + 1));
+}
+
 }  // namespace fhirlake::fhir

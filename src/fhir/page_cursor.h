@@ -19,4 +19,9 @@ std::string EncodePageCursor(std::string_view scope, int64_t key);
 // for anything else, including a cursor of another scope or version.
 Result<int64_t> DecodePageCursor(std::string_view token, std::string_view scope);
 
+// The same with a text key (search: the sort keys and rid of the last row), at most kMaxTextKeyBytes long.
+inline constexpr size_t kMaxTextKeyBytes = 1536;
+std::string EncodePageCursorText(std::string_view scope, std::string_view key);
+Result<std::string> DecodePageCursorText(std::string_view token, std::string_view scope);
+
 }  // namespace fhirlake::fhir

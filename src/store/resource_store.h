@@ -17,6 +17,8 @@
 #include "common/status.h"
 #include "common/time.h"
 #include "fhir/resource_parser.h"
+#include "search/index_rows.h"
+#include "search/query.h"
 #include "store/job_store.h"
 
 namespace fhirlake::store {
@@ -54,9 +56,12 @@ class StoreTransaction {
   // Current version (tombstones included) or kNotFound.
   virtual Result<StoredResource> Read(std::string_view type, std::string_view id) = 0;
   // Creates or updates `type/id` with the parsed content: version = previous + 1 (1 when new, or after a
-  // tombstone the version continues). `if_match`: the expected current version (412 otherwise).
+  // tombstone the version continues). `if_match`: the expected current version (412 otherwise). `index`: the
+  // search index rows of the content (search::IndexExtractor over it), extracted by a caller that can do it outside
+  // the write lock; nullptr: Put extracts them from the stored bytes.
   virtual Result<StoredResource> Put(const fhir::ParsedResource& parsed, std::string_view id,
-                                     std::optional<int64_t> if_match, WriteOp op = WriteOp::kPut) = 0;
+                                     std::optional<int64_t> if_match, WriteOp op = WriteOp::kPut,
+                                     const search::IndexRows* index = nullptr) = 0;
   // Writes a tombstone. Deleting a missing or already deleted resource is not an error (FHIR: 200/204);
   // returns the tombstone, or kNotFound when the resource never existed.
   virtual Result<StoredResource> Delete(std::string_view type, std::string_view id,
@@ -84,6 +89,16 @@ struct ScanRow {
   int64_t rid;
   std::string_view id;    // the resource id; valid during the callback
   std::string_view json;  // the bytes of the version current at the snapshot; valid during the callback
+};
+
+// One page of a search: the matches (current, not deleted, in the query's sort order), the resources _include and
+// _revinclude add (each once, none that is also a match), the total when asked for, and the cursor of the next page
+// (empty on the last page).
+struct SearchResult {
+  std::vector<StoredResource> matches;
+  std::vector<StoredResource> included;
+  std::optional<int64_t> total;
+  std::string next_page;
 };
 
 struct TypeRange {
@@ -135,6 +150,12 @@ class ResourceStore {
     ASSIGN_OR_RETURN(ResourcePage page, ReadCompartment(patient_id, type, PageRequest{std::nullopt, kAllRows}));
     return std::move(page.rows);
   }
+
+  // FHIR search (search/query.h): one page of `query`, starting where query.page says. `compartment_patient`:
+  // only resources in that Patient's compartment. kInvalid for a page cursor this search did not make.
+  virtual Result<SearchResult> Search(const search::SearchQuery& query, std::string_view compartment_patient = "") = 0;
+  // Rebuilds every search index row from the current versions (`fhirlake reindex`); returns the resources indexed.
+  virtual Result<int64_t> Reindex() = 0;
 
   // --- export reads ---
   virtual Result<Snapshot> TakeSnapshot() = 0;

@@ -60,6 +60,16 @@ Result<std::unique_ptr<SqliteStmt>> SqliteConnection::Prepare(std::string_view s
   return std::make_unique<SqliteStmt>(it->second, db_);
 }
 
+Result<std::unique_ptr<SqliteStmt>> SqliteConnection::PrepareUncached(std::string_view sql) {
+  sqlite3_stmt* stmt = nullptr;
+  int rc = sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
+  if (rc != SQLITE_OK) {
+    sqlite3_finalize(stmt);
+    return SqliteError(db_, "SQLite prepare failed for [" + std::string(sql) + "]");
+  }
+  return std::make_unique<SqliteStmt>(stmt, db_, /*owned=*/true);
+}
+
 Status SqliteConnection::Exec(std::string_view sql) {
   char* err = nullptr;
   std::string s(sql);

@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include "common/status.h"
 
@@ -17,8 +18,13 @@ namespace fhirlake::store {
 
 class SqliteStmt {
  public:
-  SqliteStmt(sqlite3_stmt* stmt, sqlite3* db) : stmt_(stmt), db_(db) {}
+  // `owned`: the statement is this object's (finalized with it) rather than the connection's cache's.
+  SqliteStmt(sqlite3_stmt* stmt, sqlite3* db, bool owned = false) : stmt_(stmt), db_(db), owned_(owned) {}
   ~SqliteStmt() {
+    if (owned_) {
+      sqlite3_finalize(stmt_);
+      return;
+    }
     sqlite3_reset(stmt_);
     sqlite3_clear_bindings(stmt_);
   }
@@ -31,6 +37,13 @@ class SqliteStmt {
   }
   SqliteStmt& Bind(int i, std::string_view v) {
     Check(sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
+    return *this;
+  }
+  // Any other integer binds as an int64 (without this, an int would be ambiguous between int64_t and double).
+  template <typename T>
+  requires std::is_integral_v<T> SqliteStmt& Bind(int i, T v) { return Bind(i, static_cast<int64_t>(v)); }
+  SqliteStmt& Bind(int i, double v) {
+    Check(sqlite3_bind_double(stmt_, i, v));
     return *this;
   }
   SqliteStmt& BindBlob(int i, std::string_view v) {
@@ -54,6 +67,8 @@ class SqliteStmt {
   void Reset() { sqlite3_reset(stmt_); }
 
   int64_t Int(int col) const { return sqlite3_column_int64(stmt_, col); }
+  double Double(int col) const { return sqlite3_column_double(stmt_, col); }
+  int Type(int col) const { return sqlite3_column_type(stmt_, col); }
   bool IsNull(int col) const { return sqlite3_column_type(stmt_, col) == SQLITE_NULL; }
   std::optional<int64_t> OptInt(int col) const { return IsNull(col) ? std::nullopt : std::optional<int64_t>(Int(col)); }
   std::string_view Text(int col) const {
@@ -69,6 +84,7 @@ class SqliteStmt {
   }
   sqlite3_stmt* stmt_;
   sqlite3* db_;
+  bool owned_;
   Status bind_error_;
 };
 
@@ -82,6 +98,8 @@ class SqliteConnection {
   // A cached prepared statement; the returned object resets it on destruction. Not re-entrant for the
   // same SQL text (do not nest two uses of one statement).
   Result<std::unique_ptr<SqliteStmt>> Prepare(std::string_view sql);
+  // Prepares a statement that is not cached (SQL built per request, such as a search): finalized with the result.
+  Result<std::unique_ptr<SqliteStmt>> PrepareUncached(std::string_view sql);
   Status Exec(std::string_view sql);
   int64_t LastInsertRowid() const { return sqlite3_last_insert_rowid(db_); }
   sqlite3* raw() const { return db_; }

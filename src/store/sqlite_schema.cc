@@ -4,6 +4,8 @@
 //   3  compartment rows carry the commit-sequence range they are valid for (exports read membership as of
 //      their snapshot); resources/history record how each version was written (op: 0 PUT, 1 POST)
 //   4  export_jobs.owner: the principal that started the job
+//   5  the search index: sp_string, sp_token, sp_reference, sp_date, sp_number, sp_quantity, sp_uri, sp_composite
+//      (rows of the current versions, filled by the store's reindex when meta.search_index_hash differs)
 #include "store/sqlite_schema.h"
 
 #include <functional>
@@ -116,6 +118,37 @@ constexpr const char* kMigrationV4 = R"sql(
 ALTER TABLE export_jobs ADD COLUMN owner TEXT NOT NULL DEFAULT 'anonymous';
 )sql";
 
+// Each table is keyed (param, value..., rid) for lookups in rid order, with (rid, param) for probes and deletes.
+constexpr const char* kMigrationV5 = R"sql(
+CREATE TABLE sp_string(param INTEGER NOT NULL, norm TEXT NOT NULL, rid INTEGER NOT NULL, exact TEXT NOT NULL,
+  PRIMARY KEY(param, norm, rid, exact)) WITHOUT ROWID;
+CREATE INDEX sp_string_rid ON sp_string(rid, param);
+CREATE TABLE sp_token(param INTEGER NOT NULL, code TEXT NOT NULL, rid INTEGER NOT NULL, kind INTEGER NOT NULL,
+  system TEXT NOT NULL, PRIMARY KEY(param, code, rid, kind, system)) WITHOUT ROWID;
+CREATE INDEX sp_token_rid ON sp_token(rid, param);
+CREATE TABLE sp_reference(param INTEGER NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL, rid INTEGER NOT NULL,
+  PRIMARY KEY(param, id, type, rid)) WITHOUT ROWID;
+CREATE INDEX sp_reference_rid ON sp_reference(rid, param);
+CREATE TABLE sp_date(param INTEGER NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL, rid INTEGER NOT NULL,
+  PRIMARY KEY(param, lo, hi, rid)) WITHOUT ROWID;
+CREATE INDEX sp_date_rid ON sp_date(rid, param);
+CREATE TABLE sp_number(param INTEGER NOT NULL, value REAL NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL,
+  rid INTEGER NOT NULL, PRIMARY KEY(param, value, rid, lo, hi)) WITHOUT ROWID;
+CREATE INDEX sp_number_rid ON sp_number(rid, param);
+CREATE TABLE sp_quantity(param INTEGER NOT NULL, value REAL NOT NULL, code TEXT NOT NULL, system TEXT NOT NULL,
+  unit TEXT NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL, rid INTEGER NOT NULL,
+  PRIMARY KEY(param, value, rid, code, system, unit, lo, hi)) WITHOUT ROWID;
+CREATE INDEX sp_quantity_rid ON sp_quantity(rid, param);
+CREATE TABLE sp_uri(param INTEGER NOT NULL, value TEXT NOT NULL, rid INTEGER NOT NULL,
+  PRIMARY KEY(param, value, rid)) WITHOUT ROWID;
+CREATE INDEX sp_uri_rid ON sp_uri(rid, param);
+CREATE TABLE sp_composite(param INTEGER NOT NULL, grp INTEGER NOT NULL, comp INTEGER NOT NULL, s1 TEXT NOT NULL,
+  s2 TEXT NOT NULL, s3 TEXT NOT NULL, i1 INTEGER NOT NULL, i2 INTEGER NOT NULL, n0 REAL NOT NULL, n1 REAL NOT NULL,
+  n2 REAL NOT NULL, rid INTEGER NOT NULL);
+CREATE INDEX sp_composite_k ON sp_composite(param, comp, s2);
+CREATE INDEX sp_composite_rid ON sp_composite(rid, param);
+)sql";
+
 Status SetVersion(SqliteConnection& db, int version) {
   return db.Exec("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '" + std::to_string(version) +
                  "')");
@@ -143,7 +176,8 @@ Status ApplyMigration(SqliteConnection& db, int to_version) {
   const char* sql = to_version == 1   ? kSchemaV1
                     : to_version == 2 ? kMigrationV2
                     : to_version == 3 ? kMigrationV3
-                                      : kMigrationV4;
+                    : to_version == 4 ? kMigrationV4
+                                      : kMigrationV5;
   if (to_version == 3) RETURN_IF_ERROR(AddOpColumns(db));
   RETURN_IF_ERROR(db.Exec(sql));
   return SetVersion(db, to_version);

@@ -3,6 +3,7 @@
 // at a time (an in-process mutex in front of BEGIN IMMEDIATE; busy_timeout covers other processes).
 #include <dirent.h>
 #include <fcntl.h>
+#include <spdlog/spdlog.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -19,6 +20,7 @@
 #include "store/resource_store.h"
 #include "store/sqlite_db.h"
 #include "store/sqlite_schema.h"
+#include "store/sqlite_search.h"
 #include "store/versioned_transaction.h"
 
 namespace fhirlake::store {
@@ -247,10 +249,13 @@ class SqliteTransaction final : public StorageTransaction {
     }
     ASSIGN_OR_RETURN(auto i, conn_->Prepare("DELETE FROM identifier WHERE rid=?1"));
     i->Bind(1, rid);
-    return i->Run();
+    RETURN_IF_ERROR(i->Run());
+    return DropSearchRows(*conn_, rid);
   }
 
-  Status WriteIndexes(const fhir::ParsedResource& parsed, std::string_view id, int64_t rid) override {
+  Status WriteIndexes(const fhir::ParsedResource& parsed, std::string_view id, int64_t rid,
+                      const search::IndexRows& index) override {
+    RETURN_IF_ERROR(WriteSearchRows(*conn_, rid, index));
     {
       ASSIGN_OR_RETURN(auto c, conn_->Prepare("INSERT OR REPLACE INTO compartment(patient_id, rid, since_seq, "
                                               "until_seq) VALUES (?1, ?2, ?3, NULL)"));
@@ -340,7 +345,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
       }
     }
     if (!IsHexId(info_.id)) return Status::Invalid(info_.path + " does not record a valid datastore id");
-    return Status::Ok();
+    return ReindexUnderLock(/*force=*/false).status();
   }
 
   const DatastoreInfo& info() const override { return info_; }
@@ -460,6 +465,25 @@ class SqliteStore final : public ResourceStore, public JobStore {
       out.rows.push_back(ReadRow(*q));
     }
     return out;
+  }
+
+  Result<SearchResult> Search(const search::SearchQuery& query, std::string_view compartment_patient) override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    RETURN_IF_ERROR(conn->Exec("BEGIN"));  // the page, its includes and the total from one snapshot
+    return RunSearch(*conn, query, compartment_patient);
+  }
+
+  Result<int64_t> Reindex() override { return ReindexUnderLock(/*force=*/true); }
+
+  // Rebuilds the search index when the registry changed (or `force`), holding the write lock so no write of this
+  // process interleaves; other processes wait on SQLite's lock for each bounded batch.
+  Result<int64_t> ReindexUnderLock(bool force) {
+    std::unique_lock<std::mutex> lock(write_mu_);
+    ASSIGN_OR_RETURN(SqliteConnection * conn, Writer());
+    std::string id = info_.id;
+    return ReindexIfNeeded(*conn, force, [id](int64_t done, int64_t total) {
+      spdlog::info("datastore {}: search index rebuilt for {} of {} resources", id, done, total);
+    });
   }
 
   Result<Snapshot> TakeSnapshot() override {

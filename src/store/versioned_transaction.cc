@@ -1,6 +1,8 @@
 // VersionedTransaction: Put and Delete as FHIR defines them, over a StorageTransaction.
 #include "store/versioned_transaction.h"
 
+#include "search/extract.h"
+
 namespace fhirlake::store {
 namespace {
 
@@ -17,7 +19,7 @@ class VersionedTransaction final : public StoreTransaction {
   }
 
   Result<StoredResource> Put(const fhir::ParsedResource& parsed, std::string_view id, std::optional<int64_t> if_match,
-                             WriteOp op) override {
+                             WriteOp op, const search::IndexRows* index) override {
     auto current = storage_->ReadCurrent(parsed.type, id);
     if (!current.ok() && current.status().code() != StatusCode::kNotFound) return current.status();
     StoredResource out;
@@ -47,7 +49,14 @@ class VersionedTransaction final : public StoreTransaction {
     out.json = fhir::RenderResource(parsed, id, out.version, last_updated_text_);
     ASSIGN_OR_RETURN(out.rid, storage_->WriteCurrent(out, op));
     if (current.ok()) RETURN_IF_ERROR(storage_->EndIndexes(out.rid, /*keep_references=*/false));
-    RETURN_IF_ERROR(storage_->WriteIndexes(parsed, id, out.rid));
+    if (index == nullptr) {
+      thread_local search::IndexExtractor extractor;
+      auto rows = extractor.Extract(out.json);
+      if (!rows.ok()) return rows.status().WithContext("indexing " + parsed.type + "/" + std::string(id));
+      RETURN_IF_ERROR(storage_->WriteIndexes(parsed, id, out.rid, *rows));
+    } else {
+      RETURN_IF_ERROR(storage_->WriteIndexes(parsed, id, out.rid, *index));
+    }
     return out;
   }
 

@@ -32,11 +32,12 @@ class StorageTransaction {
   // Writes `row` as the current row: inserts when row.rid == 0 (returns the new rid), else replaces row.rid's.
   // row.seq/last_updated are this transaction's; row.json is empty for a tombstone.
   virtual Result<int64_t> WriteCurrent(const StoredResource& row, WriteOp op) = 0;
-  // Ends the current compartment membership of `rid` at this transaction's seq and drops its identifier rows (and
-  // its reference rows unless `keep_references`).
+  // Ends the current compartment membership of `rid` at this transaction's seq and drops its identifier and search
+  // index rows (and its reference rows unless `keep_references`).
   virtual Status EndIndexes(int64_t rid, bool keep_references) = 0;
-  // Writes the compartment, reference and identifier rows of the new current version of `rid`.
-  virtual Status WriteIndexes(const fhir::ParsedResource& parsed, std::string_view id, int64_t rid) = 0;
+  // Writes the compartment, reference, identifier and search index rows of the new current version of `rid`.
+  virtual Status WriteIndexes(const fhir::ParsedResource& parsed, std::string_view id, int64_t rid,
+                              const search::IndexRows& index) = 0;
   virtual Result<std::vector<std::string>> FindByIdentifier(std::string_view type, std::string_view system,
                                                             std::string_view value) = 0;
   virtual Status Commit() = 0;

@@ -55,6 +55,10 @@ class CountingStore final : public store::ResourceStore {
                                        const PageRequest& page) override {
     return inner_->ReadCompartment(patient_id, type, page);
   }
+  Result<store::SearchResult> Search(const search::SearchQuery& query, std::string_view patient) override {
+    return inner_->Search(query, patient);
+  }
+  Result<int64_t> Reindex() override { return inner_->Reindex(); }
   Result<store::Snapshot> TakeSnapshot() override { return inner_->TakeSnapshot(); }
   Result<store::TypeRange> RangeOf(const std::string& type, store::ScanScope scope,
                                    const std::string& job_id) override {
