@@ -5,6 +5,7 @@
 #include <charconv>
 
 #include "api/fhir_response.h"
+#include "api/fhir_search.h"
 #include "api/transaction.h"
 #include "common/ids.h"
 #include "common/json_escape.h"
@@ -12,6 +13,7 @@
 #include "fhir/page_cursor.h"
 #include "fhir/r4.h"
 #include "fhir/resource_parser.h"
+#include "search/search_params.h"
 
 namespace fhirlake::api {
 namespace {
@@ -273,6 +275,16 @@ Result<Response> History(store::ResourceStore& store, const std::string& base, c
 Result<Response> Compartment(store::ResourceStore& store, const std::string& base, const Request& req,
                              const std::string& patient_id, const std::string& type) {
   RETURN_IF_ERROR(CheckId(patient_id));
+  // With search parameters (anything but _count and page) this is a compartment search.
+  bool search = std::any_of(req.query.begin(), req.query.end(),
+                            [](const http::QueryParam& q) { return q.name != "_count" && q.name != "page"; });
+  if (search) {
+    if (type == "*") return Status::Invalid("A compartment search needs a resource type: Patient/{id}/{type}?...");
+    if (fhir::IsKnownResourceType(type) && !fhir::IsPatientCompartmentType(type)) {
+      return Status::Invalid("Resources of type '" + type + "' are never in a Patient compartment");
+    }
+    return SearchCompartment(store, base, req, patient_id, type);
+  }
   if (type != "*") {
     RETURN_IF_ERROR(CheckType(type));
     if (!fhir::IsPatientCompartmentType(type)) {
@@ -306,10 +318,19 @@ std::string CapabilityStatement(const ApiContext& ctx, const store::ResourceStor
   for (std::string_view type : fhir::AllResourceTypes()) {
     if (!first) out.push_back(',');
     first = false;
-    out += R"({"type":")" + std::string(type) +
-           R"(","interaction":[{"code":"read"},{"code":"vread"},{"code":"update"},{"code":"delete"},)"
-           R"({"code":"history-instance"},{"code":"create"}],"versioning":"versioned","readHistory":true,)"
-           R"("updateCreate":true,"conditionalCreate":true)";
+    out +=
+        R"({"type":")" + std::string(type) +
+        R"(","interaction":[{"code":"read"},{"code":"vread"},{"code":"update"},{"code":"delete"},)"
+        R"({"code":"history-instance"},{"code":"create"},{"code":"search-type"}],"versioning":"versioned","readHistory":true,)"
+        R"("updateCreate":true,"conditionalCreate":true,"searchParam":[)";
+    bool first_param = true;
+    for (const search::ParamDef* def : search::ParamsForType(type)) {
+      if (!first_param) out.push_back(',');
+      first_param = false;
+      out += "{\"name\":" + JsonString(def->code) + ",\"definition\":" + JsonString(def->url) + ",\"type\":\"" +
+             std::string(search::ParamTypeName(def->type)) + "\"}";
+    }
+    out += "]";
     if (type == "Patient") {
       out += R"(,"operation":[{"name":"export","definition":"http://hl7.org/fhir/uv/bulkdata/OperationDefinition/)"
              R"(patient-export"}])";

@@ -5,6 +5,7 @@
 #include "api/bulk_export.h"
 #include "api/fhir_response.h"
 #include "api/fhir_rest.h"
+#include "api/fhir_search.h"
 
 namespace fhirlake::api {
 
@@ -14,6 +15,7 @@ std::unique_ptr<http::Router> BuildRouter(const ApiContext& ctx) {
   });
   if (ctx.exports != nullptr) RegisterBulkExport(*router, ctx);
   RegisterFhirRest(*router, ctx);
+  RegisterFhirSearch(*router, ctx);
   return router;
 }
 

@@ -25,6 +25,7 @@
 #include "fhir/bundle.h"
 #include "fhir/json_values.h"
 #include "fhir/resource_parser.h"
+#include "search/extract.h"
 #include "store/resource_store.h"
 
 namespace fhirlake::app {
@@ -82,6 +83,7 @@ class StoreWriter {
   struct Item {
     fhir::ParsedResource parsed;
     std::string id;
+    search::IndexRows index;  // extracted on the parsing thread, so the writer thread only writes rows
   };
   using Batch = std::vector<Item>;
 
@@ -141,7 +143,7 @@ class StoreWriter {
           }
           txn = std::move(*t);
         }
-        auto stored = txn->Put(item.parsed, item.id, std::nullopt);
+        auto stored = txn->Put(item.parsed, item.id, std::nullopt, store::WriteOp::kPut, &item.index);
         if (!stored.ok()) {
           st = stored.status();
           break;
@@ -281,7 +283,14 @@ class Loader {
     std::string id = IdFor(fhir::TypedId{parsed->type, parsed->id}, full_url);
     unresolved_ += parsed->unresolved_urn_references;
     types_.insert(parsed->type);
-    batch_.push_back(StoreWriter::Item{std::move(*parsed), std::move(id)});
+    // The search index rows depend on the content only (not on versionId/lastUpdated), so they are extracted here
+    // from the content as it will be stored.
+    auto index = extractor_.Extract(fhir::RenderResource(*parsed, id, 1, "1970-01-01T00:00:00.000Z"));
+    if (!index.ok()) {
+      Error(path, line, index.status());
+      return Status::Ok();
+    }
+    batch_.push_back(StoreWriter::Item{std::move(*parsed), std::move(id), std::move(*index)});
     ++parsed_;
     if (batch_.size() >= kBatchItems) RETURN_IF_ERROR(PushBatch());
     MaybeProgress();
@@ -320,6 +329,7 @@ class Loader {
   static constexpr size_t kBatchItems = 1000;
   const LoadOptions& options_;
   fhir::ResourceParser parser_;
+  search::IndexExtractor extractor_;
   StoreWriter writer_;
   StoreWriter::Batch batch_;
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();

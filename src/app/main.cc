@@ -9,6 +9,7 @@
 
 #include "app/generate_command.h"
 #include "app/load_command.h"
+#include "app/reindex_command.h"
 #include "app/serve_command.h"
 #include "common/failpoint.h"
 
@@ -156,6 +157,11 @@ int main(int argc, char** argv) {
   g->add_option("--source", generate.source_dir, "Folder of Synthea Bundles (default: <repo>/data/synthea-r4-100)");
   g->add_flag("--bundles", generate.bundles, "Write each patient as a transaction Bundle, bundles/patient-<k>.json");
 
+  fhirlake::app::ReindexOptions reindex;
+  auto* ri = cli.add_subcommand("reindex", "Rebuild the search index of a datastore from its current resources");
+  ri->add_option("--data-dir", reindex.data_dir, "Data directory")->envname("FHIRLAKE_DATA_DIR")->required();
+  ri->add_option("--datastore", reindex.datastore_id, "Datastore id (default: every datastore)");
+
   CLI11_PARSE(cli, argc, argv);
   spdlog::set_level(spdlog::level::from_str(log_level));
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%eZ level=%l %v", spdlog::pattern_time_type::utc);
@@ -168,5 +174,6 @@ int main(int argc, char** argv) {
   if (s->parsed()) return fhirlake::app::RunServe(serve);
   if (l->parsed()) return fhirlake::app::RunLoad(load);
   if (g->parsed()) return fhirlake::app::RunGenerate(generate);
+  if (ri->parsed()) return fhirlake::app::RunReindex(reindex);
   return 2;
 }
