@@ -2,7 +2,9 @@
 // http/server.cc) -> the project's Request (built as server.cc builds it) -> Router::Dispatch over a table with
 // the real route patterns, whose handlers check what the router promises them (every capture present, not empty).
 // The input may hold several pipelined requests, like a keep-alive connection; its first byte says how the bytes
-// arrive (one read, or reads of 1..32 bytes), so the parser also sees requests split at every possible point.
+// arrive (one read, or reads of 1..32 bytes), so the parser also sees requests split at every possible point. The
+// bytes are read as the server reads them: Beast's own read_header/read over a simulated socket, and the server's
+// PutChunkedBody step (http/chunked_body.h) for chunked bodies.
 
 // g++12/clang in C++20 mode: <utility> before any asio header (see http/server.cc).
 // clang-format off
@@ -18,6 +20,7 @@
 #include <string>
 #include <string_view>
 
+#include "http/chunked_body.h"
 #include "http/http_types.h"
 #include "http/router.h"
 
@@ -90,18 +93,30 @@ const Router& TheRouter() {
   return *router;
 }
 
-// The peer's bytes, handed out `chunk` bytes per read (a TCP stream may split a request anywhere).
+// The peer's bytes as a SyncReadStream for Beast's own read algorithms, handed out `chunk` bytes per read_some (a
+// TCP stream may split a request anywhere); net::error::eof once they are all read.
 class SimulatedSocket {
  public:
   SimulatedSocket(const uint8_t* data, size_t size, size_t chunk) : data_(data), left_(size), chunk_(chunk) {}
-  // Appends the next read to `buffer`; false at end of stream.
-  bool Read(std::string* buffer) {
-    if (left_ == 0) return false;
-    const size_t n = std::min(chunk_, left_);
-    buffer->append(reinterpret_cast<const char*>(data_), n);
+
+  template <class MutableBufferSequence>
+  size_t read_some(const MutableBufferSequence& buffers, boost::beast::error_code& ec) {
+    ec = {};
+    if (left_ == 0) {
+      ec = boost::asio::error::eof;
+      return 0;
+    }
+    const size_t n = boost::asio::buffer_copy(buffers, boost::asio::buffer(data_, std::min(chunk_, left_)));
     data_ += n;
     left_ -= n;
-    return true;
+    return n;
+  }
+  template <class MutableBufferSequence>
+  size_t read_some(const MutableBufferSequence& buffers) {
+    boost::beast::error_code ec;
+    const size_t n = read_some(buffers, ec);
+    if (ec) throw boost::system::system_error(ec);
+    return n;
   }
 
  private:
@@ -110,34 +125,25 @@ class SimulatedSocket {
   size_t chunk_;
 };
 
-// What beast::http::read_some does over a flat_buffer, until the header (or the whole message) is done: put() the
-// unconsumed bytes, consume what the parser used, read more on need_more (Beast's contract: the next put() sees
-// more bytes than the last), put_eof() at the end of the stream. False when the server would answer an error or
-// see the peer go away.
-bool ReadUntil(SimulatedSocket& socket, std::string* buffer, bhttp::request_parser<bhttp::string_body>* parser,
-               bool header_only) {
-  auto done = [&] { return header_only ? parser->is_header_done() : parser->is_done(); };
+// Session::ReadChunkedBody in http/server.cc, with the socket read made synchronous: the same PutChunkedBody step,
+// then one read of up to 64 KiB (kSocketReadBytes) when it needs input. False when the server would answer an error
+// or see the peer go away.
+bool ReadChunkedBody(SimulatedSocket& socket, boost::beast::flat_buffer& buffer,
+                     bhttp::request_parser<bhttp::string_body>& parser) {
   boost::beast::error_code ec;
-  bool need_more = buffer->empty();
-  while (!done()) {
-    if (need_more) {
-      if (!socket.Read(buffer)) {
-        if (!parser->got_some()) return false;  // end_of_stream between requests
-        parser->put_eof(ec);
-        return !ec && done();
-      }
+  while (true) {
+    switch (fhirlake::http::PutChunkedBody(parser, buffer, ec)) {
+      case fhirlake::http::ChunkedBodyStep::kDone:
+        return true;
+      case fhirlake::http::ChunkedBodyStep::kError:
+        return false;
+      case fhirlake::http::ChunkedBodyStep::kNeedInput:
+        break;
     }
-    const size_t used = parser->put(boost::asio::buffer(buffer->data(), buffer->size()), ec);
-    buffer->erase(0, used);
-    if (ec == bhttp::error::need_more) {
-      ec = {};
-      need_more = true;
-      continue;
-    }
-    if (ec) return false;                      // 400 / 413 / 431 and close
-    need_more = buffer->empty() || used == 0;  // a put() that used nothing needs more bytes
+    const size_t n = socket.read_some(buffer.prepare(64 * 1024), ec);
+    buffer.commit(n);
+    if (ec) return false;
   }
-  return true;
 }
 
 // As Session::HandleRequest in http/server.cc.
@@ -167,17 +173,23 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const Router& router = TheRouter();
   // The first byte is how the peer's bytes arrive: below 0x80, in reads of 1..32 bytes; otherwise all at once.
   SimulatedSocket socket(data + 1, size - 1, data[0] < 0x80 ? data[0] % 32 + 1 : size);
-  std::string buffer;  // Beast's flat_buffer: unconsumed input, kept across pipelined requests
+  boost::beast::flat_buffer buffer;  // unconsumed input, kept across pipelined requests (Session::buffer_)
   for (int n = 0; n < kMaxRequestsPerInput; ++n) {
     bhttp::request_parser<bhttp::string_body> parser;
     parser.header_limit(kHeaderLimit);
     parser.body_limit(kBodyLimit);
-    // As http/server.cc: async_read_header (not eager), then async_read for the body (eager).
-    parser.eager(false);
-    if (!ReadUntil(socket, &buffer, &parser, /*header_only=*/true)) return 0;
+    // As http/server.cc: Beast's read_header (the synchronous twin of its async_read_header), then a chunked body
+    // through PutChunkedBody, any other body with Beast's read (async_read's twin).
+    boost::beast::error_code ec;
+    bhttp::read_header(socket, buffer, parser, ec);
+    if (ec) return 0;  // 400 / 431 and close, or the peer went away
     if (!parser.is_done()) {
-      parser.eager(true);
-      if (!ReadUntil(socket, &buffer, &parser, /*header_only=*/false)) return 0;
+      if (parser.chunked()) {
+        if (!ReadChunkedBody(socket, buffer, parser)) return 0;
+      } else {
+        bhttp::read(socket, buffer, parser, ec);
+        if (ec) return 0;
+      }
     }
     const bool keep_alive = parser.keep_alive();
     Request request = BuildRequest(parser.release());

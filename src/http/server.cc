@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "common/failpoint.h"
+#include "http/chunked_body.h"
 #include "http/handler_pool.h"
 
 namespace fhirlake::http {
@@ -430,17 +431,31 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
                                    " bytes, --http-body-budget-bytes); retry later",
                                kBusyRetryAfterSeconds);
     }
-    bhttp::async_read_some(stream_, buffer_, *parser_, Guard([this](const error_code& ec, size_t) {
-                             if (ec) return OnReadError(ec);
-                             if (parser_->is_done()) return HandleRequest();
-                             ReadChunkedBody();
-                           }));
+    // Not beast::http::async_read_some: its loop re-puts after need_more whatever the buffer holds, which Beast
+    // 1.74 cannot always take (PutChunkedBody, http/chunked_body.h; the fuzz harness runs the same step).
+    error_code ec;
+    switch (PutChunkedBody(*parser_, buffer_, ec)) {
+      case ChunkedBodyStep::kDone:
+        return HandleRequest();
+      case ChunkedBodyStep::kError:
+        return OnReadError(ec);
+      case ChunkedBodyStep::kNeedInput:
+        break;
+    }
+    stream_.async_read_some(buffer_.prepare(kSocketReadBytes), Guard([this](const error_code& rec, size_t n) {
+                              buffer_.commit(n);
+                              // The peer closed before the last chunk: nobody is left to answer (as Beast's
+                              // read_some reports it, partial_message).
+                              if (rec == net::error::eof) return OnReadError(bhttp::error::partial_message);
+                              if (rec) return OnReadError(rec);
+                              ReadChunkedBody();
+                            }));
   }
 
   bool ReserveChunkedBody() {
     std::string& body = parser_->get().body();
-    // One read_some hands the parser what is buffered plus at most one socket read; the parser's body limit
-    // (--max-body-bytes) stops it from going further.
+    // Each step hands the parser what is buffered, then reads at most kSocketReadBytes more; the parser's body
+    // limit (--max-body-bytes) stops it from going further.
     const size_t need = std::min(body.size() + buffer_.size() + kSocketReadBytes, server_->options_.max_body_bytes);
     if (need <= body.capacity()) return true;
     const size_t target = std::max(need, body.capacity() * 2);  // geometric, as the string itself would grow
