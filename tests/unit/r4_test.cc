@@ -182,5 +182,37 @@ TEST(R4ElementsTest, ExtensionsEverywhereAndResources) {
   }
 }
 
+TEST(R4Test, ElementShapesGiveCardinalityAndKind) {
+  ShapeContext patient = ResourceShape("Patient");
+  ASSERT_NE(patient, kUnknownShape);
+  EXPECT_EQ(ShapeName(patient), "Patient");
+  ElementShape name = MemberShape(patient, "name");
+  EXPECT_EQ(name.kind, ShapeKind::kComplex);
+  EXPECT_TRUE(name.repeating);
+  EXPECT_EQ(ShapeName(name.context), "HumanName");
+  EXPECT_EQ(name.context, DataTypeShape("HumanName"));
+  ElementShape given = MemberShape(name.context, "given");
+  EXPECT_EQ(given.kind, ShapeKind::kPrimitive);
+  EXPECT_TRUE(given.repeating);
+  ElementShape family = MemberShape(name.context, "family");
+  EXPECT_EQ(family.kind, ShapeKind::kPrimitive);
+  EXPECT_FALSE(family.repeating);
+  EXPECT_FALSE(MemberShape(patient, "birthDate").repeating);
+  EXPECT_FALSE(MemberShape(patient, "active").repeating);
+  EXPECT_EQ(MemberShape(patient, "deceasedBoolean").kind, ShapeKind::kPrimitive);  // choices by JSON name
+  EXPECT_EQ(MemberShape(patient, "deceased").kind, ShapeKind::kUnknown);
+  EXPECT_EQ(ShapeName(MemberShape(patient, "contact").context), "Patient.contact");  // a backbone element
+  EXPECT_EQ(MemberShape(patient, "contained").kind, ShapeKind::kResource);
+  EXPECT_FALSE(MemberShape(patient, "managingOrganization").repeating);
+  EXPECT_EQ(MemberShape(patient, "noSuchMember").kind, ShapeKind::kUnknown);
+  EXPECT_EQ(MemberShape(kUnknownShape, "name").kind, ShapeKind::kUnknown);
+  EXPECT_NE(ResourceShape("Parameters"), kUnknownShape);
+  EXPECT_EQ(ResourceShape("HumanName"), kUnknownShape);        // a data type, not a resource
+  EXPECT_EQ(DataTypeShape("Patient"), kUnknownShape);          // a resource, not a data type
+  EXPECT_EQ(DataTypeShape("Patient.contact"), kUnknownShape);  // a backbone element
+  EXPECT_EQ(ResourceShape(""), kUnknownShape);
+  for (std::string_view type : AllResourceTypes()) EXPECT_EQ(ShapeName(ResourceShape(type)), type);
+}
+
 }  // namespace
 }  // namespace fhirlake::fhir
