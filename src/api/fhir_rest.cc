@@ -11,6 +11,7 @@
 #include "common/json_escape.h"
 #include "fhir/operation_outcome.h"
 #include "fhir/page_cursor.h"
+#include "fhir/patch.h"
 #include "fhir/r4.h"
 #include "fhir/resource_parser.h"
 #include "search/search_params.h"
@@ -147,6 +148,126 @@ Result<Response> Update(store::ResourceStore& store, const std::string& base, co
   return ResourceResponse(stored.created ? 201 : 200, stored, base, true);
 }
 
+std::optional<int64_t> NoVersion() { return std::nullopt; }
+
+Result<std::optional<int64_t>> IfMatch(const Request& req) {
+  if (!req.headers.Has("If-Match")) return NoVersion();
+  ASSIGN_OR_RETURN(int64_t v, ParseVersionTag(req.headers.Get("If-Match")));
+  return std::optional<int64_t>(v);
+}
+
+// PUT {type}?criteria (FHIR R4 3.1.0.4.3): no match creates (with the body's id, or a new one), one match updates
+// it, several are a 412; all decided under the write lock.
+Result<Response> ConditionalUpdate(store::ResourceStore& store, const std::string& base, const Request& req,
+                                   const std::string& type) {
+  RETURN_IF_ERROR(CheckType(type));
+  if (req.raw_query.empty())
+    return Status::Invalid("PUT " + type + " needs an id (PUT " + type + "/{id}) or search criteria");
+  ASSIGN_OR_RETURN(ParsedBody body, ParseBody(req, type));
+  ASSIGN_OR_RETURN(std::optional<int64_t> if_match, IfMatch(req));
+  ASSIGN_OR_RETURN(auto txn, store.BeginWrite());
+  const std::string what = "The conditional update criteria '" + req.raw_query + "'";
+  ASSIGN_OR_RETURN(auto ids, FindByCondition(*txn, type, req.raw_query, what));
+  if (ids.size() > 1) {
+    return Status::PreconditionFailed(what + " match " + std::to_string(ids.size()) +
+                                      " or more resources; they must match at most one");
+  }
+  std::string id;
+  if (ids.size() == 1) {
+    id = ids[0];
+    if (!body.resource.id.empty() && body.resource.id != id) {
+      return Status::Invalid("The resource id '" + body.resource.id + "' differs from the matching resource's id '" +
+                             id + "'");
+    }
+  } else {
+    id = body.resource.id.empty() ? NewUuid() : body.resource.id;
+    if (!body.resource.id.empty()) {
+      auto existing = txn->Read(type, id);
+      if (existing.ok() && !existing->deleted) {
+        return Status::Conflict("The criteria match nothing but " + type + "/" + id +
+                                " exists and does not match them; update it by id instead");
+      }
+    }
+  }
+  ASSIGN_OR_RETURN(fhir::ParsedResource parsed, ResolveUnderLock(req, std::move(body), txn.get()));
+  ASSIGN_OR_RETURN(auto stored,
+                   txn->Put(parsed, id, if_match, ids.empty() ? store::WriteOp::kPost : store::WriteOp::kPut));
+  RETURN_IF_ERROR(txn->Commit());
+  return ResourceResponse(stored.created ? 201 : 200, stored, base, true);
+}
+
+// DELETE {type}?criteria: no match is a success, one is deleted, several are a 412 (single-delete mode).
+Result<Response> ConditionalDelete(store::ResourceStore& store, const Request& req, const std::string& type) {
+  RETURN_IF_ERROR(CheckType(type));
+  if (req.raw_query.empty()) {
+    return Status::Invalid("DELETE " + type + " needs an id (DELETE " + type + "/{id}) or search criteria");
+  }
+  ASSIGN_OR_RETURN(std::optional<int64_t> if_match, IfMatch(req));
+  ASSIGN_OR_RETURN(auto txn, store.BeginWrite());
+  const std::string what = "The conditional delete criteria '" + req.raw_query + "'";
+  ASSIGN_OR_RETURN(auto ids, FindByCondition(*txn, type, req.raw_query, what));
+  if (ids.size() > 1) {
+    return Status::PreconditionFailed(what + " match " + std::to_string(ids.size()) +
+                                      " or more resources; a conditional delete deletes at most one");
+  }
+  if (ids.empty()) {
+    return Response::Json(200, fhir::OperationOutcome("information", "informational",
+                                                      "No " + type + " matches the criteria; nothing was deleted"));
+  }
+  ASSIGN_OR_RETURN(auto tomb, txn->Delete(type, ids[0], if_match));
+  RETURN_IF_ERROR(txn->Commit());
+  Response resp = Response::Json(200, fhir::OperationOutcome("information", "informational",
+                                                             "Deleted " + type + "/" + ids[0] + " (version " +
+                                                                 std::to_string(tomb.version) + ")"));
+  resp.headers.Set("ETag", ETag(tomb.version));
+  return resp;
+}
+
+// PATCH {type}/{id} with a JSON Patch (application/json-patch+json) or a FHIRPath Patch Parameters resource
+// (application/fhir+json), applied to the current version under the write lock; the result is validated like any
+// update. docs/PATCH.md.
+Result<Response> Patch(store::ResourceStore& store, const std::string& base, const Request& req,
+                       const std::string& type, const std::string& id) {
+  RETURN_IF_ERROR(CheckType(type));
+  RETURN_IF_ERROR(CheckId(id));
+  std::string_view ct = req.headers.Get("Content-Type");
+  ct = ct.substr(0, ct.find(';'));
+  while (!ct.empty() && ct.back() == ' ') ct.remove_suffix(1);
+  const bool json_patch = ct == "application/json-patch+json";
+  if (!json_patch && ct != "application/fhir+json" && ct != "application/json") {
+    return Status::UnsupportedMediaType(
+        "PATCH takes a JSON Patch (Content-Type: application/json-patch+json) or a "
+        "FHIRPath Patch Parameters resource (Content-Type: application/fhir+json), "
+        "not '" +
+        std::string(ct) + "'");
+  }
+  if (req.body.empty()) return Status::Invalid("The PATCH request has no body");
+  ASSIGN_OR_RETURN(std::optional<int64_t> if_match, IfMatch(req));
+  ASSIGN_OR_RETURN(auto txn, store.BeginWrite());
+  ASSIGN_OR_RETURN(auto current, txn->Read(type, id));
+  if (current.deleted) return Status::Gone("Resource " + type + "/" + id + " was deleted; there is nothing to patch");
+  if (if_match && *if_match != current.version) {
+    return Status::PreconditionFailed("If-Match expected version " + std::to_string(*if_match) + " of " + type + "/" +
+                                      id + " but the current version is " + std::to_string(current.version));
+  }
+  auto patched =
+      json_patch ? fhir::ApplyJsonPatch(current.json, req.body) : fhir::ApplyFhirPathPatch(current.json, req.body);
+  if (!patched.ok()) return patched.status();
+  PlanReferenceResolver plan_resolver(nullptr, nullptr);
+  auto parsed = Parser().Parse(*patched, &plan_resolver);
+  Parser().ReleaseLargeBuffers();
+  if (!parsed.ok()) return parsed.status().WithContext("the patched resource is not valid");
+  if (plan_resolver.needs_store()) {
+    StoreReferenceResolver resolver(nullptr, txn.get());
+    parsed = Parser().Parse(*patched, &resolver);
+    Parser().ReleaseLargeBuffers();
+    if (!parsed.ok()) return parsed.status().WithContext("the patched resource is not valid");
+  }
+  ASSIGN_OR_RETURN(auto stored, txn->Put(*parsed, id, current.version));
+  RETURN_IF_ERROR(txn->Commit());
+  return ResourceResponse(200, stored, base, true);
+}
+
 Result<Response> Read(store::ResourceStore& store, const std::string& base, const std::string& type,
                       const std::string& id) {
   RETURN_IF_ERROR(CheckType(type));
@@ -245,6 +366,19 @@ std::string NextCursor(std::vector<store::StoredResource>* rows, size_t count, s
   return fhir::EncodePageCursor(scope, key_of(rows->back()));
 }
 
+// One history entry (history Bundles of an instance, a type or the whole system).
+std::string HistoryEntry(const std::string& base, const store::StoredResource& v) {
+  std::string out = "{\"fullUrl\":" + JsonString(base + "/" + v.type + "/" + v.id);
+  if (!v.deleted) out += ",\"resource\":" + v.json;
+  const char* method = v.deleted ? "DELETE" : (v.created_by_post ? "POST" : "PUT");
+  std::string url = v.created_by_post ? v.type : v.type + "/" + v.id;
+  out += ",\"request\":{\"method\":\"" + std::string(method) + "\",\"url\":" + JsonString(url) + "}";
+  out += ",\"response\":{\"status\":\"" +
+         std::string(v.deleted ? "204 No Content" : (v.version == 1 ? "201 Created" : "200 OK")) +
+         "\",\"etag\":" + JsonString(ETag(v.version)) + ",\"lastModified\":\"" + FormatInstant(v.last_updated) + "\"}}";
+  return out;
+}
+
 Result<Response> History(store::ResourceStore& store, const std::string& base, const Request& req,
                          const std::string& type, const std::string& id) {
   RETURN_IF_ERROR(CheckType(type));
@@ -256,17 +390,106 @@ Result<Response> History(store::ResourceStore& store, const std::string& base, c
   std::string next = NextCursor(&versions, p.count, "history", [](const auto& v) { return v.version; });
   std::string out = PageBundleStart("history", page.total, base + "/" + type + "/" + id + "/_history", p, next);
   for (size_t i = 0; i < versions.size(); ++i) {
-    const auto& v = versions[i];
     if (i) out.push_back(',');
-    out += "{\"fullUrl\":" + JsonString(base + "/" + type + "/" + id);
-    if (!v.deleted) out += ",\"resource\":" + v.json;
-    const char* method = v.deleted ? "DELETE" : (v.created_by_post ? "POST" : "PUT");
-    std::string url = v.created_by_post ? type : type + "/" + id;
-    out += ",\"request\":{\"method\":\"" + std::string(method) + "\",\"url\":" + JsonString(url) + "}";
-    out += ",\"response\":{\"status\":\"" +
-           std::string(v.deleted ? "204 No Content" : (v.version == 1 ? "201 Created" : "200 OK")) +
-           "\",\"etag\":" + JsonString(ETag(v.version)) + ",\"lastModified\":\"" + FormatInstant(v.last_updated) +
-           "\"}}";
+    out += HistoryEntry(base, versions[i]);
+  }
+  out += "]}";
+  return Response::Json(200, std::move(out));
+}
+
+// GET [base]/_history and GET [base]/{type}/_history: every version, newest first, `_since`, `_count`, paged by a
+// keyset cursor over (seq, rid) that also carries the total of the first page.
+Result<Response> HistoryAll(store::ResourceStore& store, const std::string& base, const Request& req,
+                            const std::string& type) {
+  if (!type.empty()) RETURN_IF_ERROR(CheckType(type));
+  store::ResourceStore::HistoryPageRequest hp;
+  size_t count = kDefaultPageSize;
+  std::string since_text, cursor;
+  int64_t carried_total = -1;
+  for (const auto& q : req.query) {
+    if (q.name == "_count") {
+      size_t n = 0;
+      auto [ptr, ec] = std::from_chars(q.value.data(), q.value.data() + q.value.size(), n);
+      if (q.value.empty() || ec != std::errc() || ptr != q.value.data() + q.value.size() || n < 1 || n > kMaxPageSize) {
+        return Status::Invalid("_count '" + q.value + "' is not valid; give a whole number from 1 to " +
+                               std::to_string(kMaxPageSize));
+      }
+      count = n;
+    } else if (q.name == "_since") {
+      auto t = ParseInstant(q.value);
+      if (!t.ok()) {
+        return Status::Invalid("_since '" + q.value + "' is not an instant; use e.g. 2024-01-01T00:00:00Z");
+      }
+      hp.since = *t;
+      since_text = q.value;
+    } else if (q.name == "page") {
+      ASSIGN_OR_RETURN(std::string key, fhir::DecodePageCursorText(q.value, "historyall"));
+      int64_t seq = 0, rid = 0;
+      if (std::sscanf(key.c_str(), "%ld;%ld;%ld", &seq, &rid, &carried_total) != 3) {
+        return Status::Invalid("The page cursor is not valid; follow the next link this server returned");
+      }
+      hp.after = std::make_pair(seq, rid);
+      cursor = q.value;
+    } else if (q.name != "_format") {
+      return Status::Invalid("History does not take the parameter '" + q.name + "'; it takes _count, _since and page");
+    }
+  }
+  hp.limit = count;
+  ASSIGN_OR_RETURN(auto page, store.HistoryAll(type, hp));
+  int64_t total = hp.after ? carried_total : page.total;
+  std::string next;
+  if (page.rows.size() > count) {
+    page.rows.resize(count);
+    const auto& last = page.rows.back();
+    next = fhir::EncodePageCursorText(
+        "historyall", std::to_string(last.seq) + ";" + std::to_string(last.rid) + ";" + std::to_string(total));
+  }
+  std::string url = base + (type.empty() ? "" : "/" + type) + "/_history";
+  std::string query = "?_count=" + std::to_string(count) + (since_text.empty() ? "" : "&_since=" + since_text);
+  std::string out = "{\"resourceType\":\"Bundle\",\"id\":\"" + NewUuid() + "\",\"type\":\"history\"";
+  if (total >= 0) out += ",\"total\":" + std::to_string(total);
+  out += ",\"link\":[{\"relation\":\"self\",\"url\":" +
+         JsonString(url + query + (cursor.empty() ? "" : "&page=" + cursor)) + "}";
+  if (!next.empty()) out += ",{\"relation\":\"next\",\"url\":" + JsonString(url + query + "&page=" + next) + "}";
+  out += "],\"entry\":[";
+  for (size_t i = 0; i < page.rows.size(); ++i) {
+    if (i) out.push_back(',');
+    out += HistoryEntry(base, page.rows[i]);
+  }
+  out += "]}";
+  return Response::Json(200, std::move(out));
+}
+
+// GET [base]/Patient/{id}/$everything: the Patient's compartment (every type, storage order, paged like the
+// compartment read) and, on each page, the resources outside the compartment that the page's resources refer to
+// (Organization, Practitioner, Medication, ...), with search.mode = include.
+Result<Response> Everything(store::ResourceStore& store, const std::string& base, const Request& req,
+                            const std::string& patient_id) {
+  RETURN_IF_ERROR(CheckId(patient_id));
+  ASSIGN_OR_RETURN(PageParams p, ParsePageParams(req, "everything"));
+  for (const auto& q : req.query) {
+    if (q.name != "_count" && q.name != "page" && q.name != "_format") {
+      return Status::Invalid("$everything does not take the parameter '" + q.name + "'; it takes _count and page");
+    }
+  }
+  ASSIGN_OR_RETURN(auto patient, store.Read("Patient", patient_id));
+  if (patient.deleted) return Status::Gone("Patient/" + patient_id + " was deleted");
+  ASSIGN_OR_RETURN(auto page, store.ReadCompartment(patient_id, "", {p.after, p.count}));
+  auto& rows = page.rows;
+  std::string next = NextCursor(&rows, p.count, "everything", [](const auto& r) { return r.rid; });
+  std::vector<int64_t> rids;
+  for (const auto& r : rows) rids.push_back(r.rid);
+  ASSIGN_OR_RETURN(auto referenced, store.ReferencedBy(rids, 5000));
+  std::string out = PageBundleStart("searchset", page.total, base + "/Patient/" + patient_id + "/$everything", p, next);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (i) out.push_back(',');
+    out += "{\"fullUrl\":" + JsonString(base + "/" + rows[i].type + "/" + rows[i].id) +
+           ",\"resource\":" + rows[i].json + ",\"search\":{\"mode\":\"match\"}}";
+  }
+  for (size_t i = 0; i < referenced.size(); ++i) {
+    if (i || !rows.empty()) out.push_back(',');
+    out += "{\"fullUrl\":" + JsonString(base + "/" + referenced[i].type + "/" + referenced[i].id) +
+           ",\"resource\":" + referenced[i].json + ",\"search\":{\"mode\":\"include\"}}";
   }
   out += "]}";
   return Response::Json(200, std::move(out));
@@ -397,6 +620,24 @@ void RegisterFhirRest(http::Router& router, const ApiContext& ctx) {
       return Response::Json(200, std::move(out));
     });
   });
+  router.Add("GET", r4 + "/_history", http::RouteInfo{"healthlake:ReadResource"},
+             [c](const Request& req, const RequestContext& p) {
+               return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
+                 return HistoryAll(s, base, req, "");
+               });
+             });
+  router.Add("GET", r4 + "/{type}/_history", http::RouteInfo{"healthlake:ReadResource"},
+             [c](const Request& req, const RequestContext& p) {
+               return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
+                 return HistoryAll(s, base, req, p.param("type"));
+               });
+             });
+  router.Add("GET", r4 + "/Patient/{id}/$everything", http::RouteInfo{"healthlake:SearchWithGet"},
+             [c](const Request& req, const RequestContext& p) {
+               return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
+                 return Everything(s, base, req, p.param("id"));
+               });
+             });
   router.Add("GET", r4 + "/Patient/{id}/*", http::RouteInfo{"healthlake:SearchWithGet"},
              [c](const Request& req, const RequestContext& p) {
                return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
@@ -437,6 +678,24 @@ void RegisterFhirRest(http::Router& router, const ApiContext& ctx) {
              [c](const Request& req, const RequestContext& p) {
                return WithStore(*c, p, [&](store::ResourceStore& s, const std::string&) {
                  return Delete(s, req, p.param("type"), p.param("id"));
+               });
+             });
+  router.Add("PATCH", r4 + "/{type}/{id}", http::RouteInfo{"healthlake:UpdateResource"},
+             [c](const Request& req, const RequestContext& p) {
+               return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
+                 return Patch(s, base, req, p.param("type"), p.param("id"));
+               });
+             });
+  router.Add("PUT", r4 + "/{type}", http::RouteInfo{"healthlake:UpdateResource"},
+             [c](const Request& req, const RequestContext& p) {
+               return WithStore(*c, p, [&](store::ResourceStore& s, const std::string& base) {
+                 return ConditionalUpdate(s, base, req, p.param("type"));
+               });
+             });
+  router.Add("DELETE", r4 + "/{type}", http::RouteInfo{"healthlake:DeleteResource"},
+             [c](const Request& req, const RequestContext& p) {
+               return WithStore(*c, p, [&](store::ResourceStore& s, const std::string&) {
+                 return ConditionalDelete(s, req, p.param("type"));
                });
              });
   router.Add("POST", r4 + "/{type}", http::RouteInfo{"healthlake:CreateResource"},

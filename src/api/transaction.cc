@@ -14,6 +14,7 @@
 #include "fhir/operation_outcome.h"
 #include "fhir/r4.h"
 #include "http/http_types.h"
+#include "search/query.h"
 
 namespace fhirlake::api {
 namespace {
@@ -364,8 +365,28 @@ Result<IdentifierCondition> ParseIdentifierCondition(std::string_view criterion,
 
 Result<std::vector<std::string>> FindByCondition(store::StoreTransaction& txn, std::string_view type,
                                                  std::string_view criterion, std::string_view what) {
-  ASSIGN_OR_RETURN(IdentifierCondition condition, ParseIdentifierCondition(criterion, what));
-  return txn.FindByIdentifier(type, condition.system, condition.value);
+  // identifier=[system|]value alone: the identifier index answers directly.
+  if (auto simple = ParseIdentifierCondition(criterion, what); simple.ok()) {
+    return txn.FindByIdentifier(type, simple->system, simple->value);
+  }
+  // Any other criterion is a search (docs/SEARCH.md), run inside the write transaction.
+  std::vector<std::pair<std::string, std::string>> params;
+  for (auto& p : http::ParseQuery(criterion)) {
+    if (p.name == "_count" || p.name == "page" || p.name == "_sort" || p.name == "_total" || p.name == "_summary" ||
+        p.name == "_elements" || p.name.starts_with("_include") || p.name.starts_with("_revinclude")) {
+      return Status::Invalid(std::string(what) + ": '" + p.name + "' is not a search criterion");
+    }
+    params.emplace_back(std::move(p.name), std::move(p.value));
+  }
+  if (params.empty()) return Status::Invalid(std::string(what) + " has no search criteria");
+  auto query = search::ParseSearchQuery({std::string(type)}, params, "", /*lenient=*/false);
+  if (!query.ok()) return query.status().WithContext(std::string(what));
+  query->count = 2;  // zero, one or several is all a conditional operation needs to know
+  query->total = search::TotalMode::kNone;
+  ASSIGN_OR_RETURN(store::SearchResult found, txn.Search(*query));
+  std::vector<std::string> ids;
+  for (auto& r : found.matches) ids.push_back(std::move(r.id));
+  return ids;
 }
 
 Result<std::optional<std::string>> PlanReferenceResolver::Resolve(std::string_view ref) {

@@ -46,6 +46,16 @@ struct StoredResource {
 // How a version was written, for history entries' request.method.
 enum class WriteOp { kPut = 0, kPost = 1 };
 
+// One page of a search: the matches (current, not deleted, in the query's sort order), the resources _include and
+// _revinclude add (each once, none that is also a match), the total when asked for, and the cursor of the next page
+// (empty on the last page).
+struct SearchResult {
+  std::vector<StoredResource> matches;
+  std::vector<StoredResource> included;
+  std::optional<int64_t> total;
+  std::string next_page;
+};
+
 // One write transaction. Destroying it without Commit() rolls everything back.
 class StoreTransaction {
  public:
@@ -70,6 +80,9 @@ class StoreTransaction {
   // to match any system).
   virtual Result<std::vector<std::string>> FindByIdentifier(std::string_view type, std::string_view system,
                                                             std::string_view value) = 0;
+  // A search inside this transaction (it sees this transaction's writes): conditional create, update and delete
+  // decide on what it returns under the write lock.
+  virtual Result<SearchResult> Search(const search::SearchQuery& query) = 0;
   virtual Status Commit() = 0;
 };
 
@@ -89,16 +102,6 @@ struct ScanRow {
   int64_t rid;
   std::string_view id;    // the resource id; valid during the callback
   std::string_view json;  // the bytes of the version current at the snapshot; valid during the callback
-};
-
-// One page of a search: the matches (current, not deleted, in the query's sort order), the resources _include and
-// _revinclude add (each once, none that is also a match), the total when asked for, and the cursor of the next page
-// (empty on the last page).
-struct SearchResult {
-  std::vector<StoredResource> matches;
-  std::vector<StoredResource> included;
-  std::optional<int64_t> total;
-  std::string next_page;
 };
 
 struct TypeRange {
@@ -138,6 +141,16 @@ class ResourceStore {
     ASSIGN_OR_RETURN(ResourcePage page, History(type, id, PageRequest{std::nullopt, kAllRows}));
     return std::move(page.rows);
   }
+  // Every version of every resource of `type` (empty: all types), newest first (by commit sequence, then row), with
+  // lastUpdated >= `since` when given (tombstones included). Keyset paging: `after` is the (seq, rid) of the previous
+  // page's last row; a page holds up to `limit` + 1 rows. `total` counts the whole read (computed when `after` is
+  // not given; -1 otherwise, the caller carries it).
+  struct HistoryPageRequest {
+    std::optional<std::pair<int64_t, int64_t>> after;
+    std::optional<EpochMillis> since;
+    size_t limit = 100;
+  };
+  virtual Result<ResourcePage> HistoryAll(std::string_view type, const HistoryPageRequest& page) = 0;
   // Patient ids of the compartments the current version of a resource is in (tests and diagnostics).
   virtual Result<std::vector<std::string>> CompartmentsOf(std::string_view type, std::string_view id) = 0;
   virtual Result<int64_t> CountCurrent() = 0;
@@ -145,6 +158,9 @@ class ResourceStore {
   // optionally of one type (empty: all), in storage order; the key is the rid: a page has rids > `after`.
   virtual Result<ResourcePage> ReadCompartment(std::string_view patient_id, std::string_view type,
                                                const PageRequest& page) = 0;
+  // The current resources outside the Patient compartment types that the resources `rids` refer to (literal
+  // references), other than those rows themselves, at most `limit` ($everything's referenced resources).
+  virtual Result<std::vector<StoredResource>> ReferencedBy(const std::vector<int64_t>& rids, size_t limit) = 0;
   // The whole compartment at once (tests and tools; request handlers page).
   Result<std::vector<StoredResource>> ReadCompartment(std::string_view patient_id, std::string_view type) {
     ASSIGN_OR_RETURN(ResourcePage page, ReadCompartment(patient_id, type, PageRequest{std::nullopt, kAllRows}));

@@ -253,6 +253,8 @@ class SqliteTransaction final : public StorageTransaction {
     return DropSearchRows(*conn_, rid);
   }
 
+  Result<SearchResult> Search(const search::SearchQuery& query) override { return RunSearch(*conn_, query, ""); }
+
   Status WriteIndexes(const fhir::ParsedResource& parsed, std::string_view id, int64_t rid,
                       const search::IndexRows& index) override {
     RETURN_IF_ERROR(WriteSearchRows(*conn_, rid, index));
@@ -404,6 +406,61 @@ class SqliteStore final : public ResourceStore, public JobStore {
       ASSIGN_OR_RETURN(bool row, q->Step());
       if (!row) break;
       out.rows.push_back(HistoryRow(current, *q));
+    }
+    return out;
+  }
+
+  Result<ResourcePage> HistoryAll(std::string_view type, const HistoryPageRequest& page) override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    RETURN_IF_ERROR(conn->Exec("BEGIN"));  // the page and the count from one snapshot (ended by the lease)
+    constexpr const char* kVersions =
+        " FROM (SELECT r.rid, r.type, r.id, r.version, r.seq, r.last_updated, r.deleted, r.json, r.op FROM resources r "
+        "WHERE (?1='' OR r.type=?1) UNION ALL SELECT h.rid, r.type, r.id, h.version, h.seq, h.last_updated, "
+        "h.deleted, h.json, h.op FROM history h JOIN resources r ON r.rid=h.rid WHERE (?1='' OR r.type=?1)) v "
+        "WHERE v.last_updated>=?2";
+    ResourcePage out;
+    out.total = -1;
+    if (!page.after) {
+      ASSIGN_OR_RETURN(auto n, conn->Prepare(std::string("SELECT count(*)") + kVersions));
+      n->Bind(1, type).Bind(2, page.since.value_or(INT64_MIN));
+      ASSIGN_OR_RETURN(bool row, n->Step());
+      out.total = row ? n->Int(0) : 0;
+    }
+    ASSIGN_OR_RETURN(auto q, conn->Prepare(std::string("SELECT v.rid, v.type, v.id, v.version, v.seq, v.last_updated, "
+                                                       "v.deleted, v.json, v.op") +
+                                           kVersions +
+                                           " AND (v.seq<?3 OR (v.seq=?3 AND v.rid<?4)) ORDER BY v.seq DESC, v.rid DESC "
+                                           "LIMIT ?5"));
+    q->Bind(1, type).Bind(2, page.since.value_or(INT64_MIN));
+    q->Bind(3, page.after ? page.after->first : INT64_MAX).Bind(4, page.after ? page.after->second : INT64_MAX);
+    q->Bind(5, PageSqlLimit(page.limit));
+    while (true) {
+      ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      StoredResource r = ReadRow(*q);
+      if (r.deleted) r.json.clear();
+      out.rows.push_back(std::move(r));
+    }
+    return out;
+  }
+
+  Result<std::vector<StoredResource>> ReferencedBy(const std::vector<int64_t>& rids, size_t limit) override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    std::vector<StoredResource> out;
+    if (rids.empty()) return out;
+    std::string list;
+    for (int64_t rid : rids) list += (list.empty() ? "" : ",") + std::to_string(rid);
+    // ext_ref holds the references to resources outside the Patient compartment (Organization, Practitioner, ...).
+    ASSIGN_OR_RETURN(auto q, conn->PrepareUncached(
+                                 "SELECT r.rid, r.type, r.id, r.version, r.seq, r.last_updated, r.deleted, r.json, "
+                                 "r.op FROM resources r WHERE r.deleted=0 AND r.rid IN (SELECT t.rid FROM ext_ref x "
+                                 "JOIN resources t ON t.type=x.target_type AND t.id=x.target_id WHERE x.rid IN (" +
+                                 list + ")) AND r.rid NOT IN (" + list + ") ORDER BY r.rid LIMIT ?1"));
+    q->Bind(1, static_cast<int64_t>(limit));
+    while (true) {
+      ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      out.push_back(ReadRow(*q));
     }
     return out;
   }

@@ -88,6 +88,7 @@ class VersionedTransaction final : public StoreTransaction {
     return storage_->FindByIdentifier(type, system, value);
   }
 
+  Result<SearchResult> Search(const search::SearchQuery& query) override { return storage_->Search(query); }
   Status Commit() override { return storage_->Commit(); }
 
  private:

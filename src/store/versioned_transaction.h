@@ -40,6 +40,7 @@ class StorageTransaction {
                               const search::IndexRows& index) = 0;
   virtual Result<std::vector<std::string>> FindByIdentifier(std::string_view type, std::string_view system,
                                                             std::string_view value) = 0;
+  virtual Result<SearchResult> Search(const search::SearchQuery& query) = 0;
   virtual Status Commit() = 0;
 };
 

@@ -257,7 +257,7 @@ def test_unknown_datastore_on_write_404(srv, http):
     assert_outcome(r, 404)
 
 
-@pytest.mark.parametrize("method,path", [("PATCH", "/Patient/x"), ("DELETE", "/metadata"), ("PUT", "/metadata"),
+@pytest.mark.parametrize("method,path", [("PATCH", "/Patient/x/_history"), ("DELETE", "/metadata"), ("PUT", "/metadata"),
                                          ("POST", "/metadata"), ("PATCH", "/Patient")])
 def test_method_not_allowed_405(srv, http, method, path):
     body = b'{"resourceType": "Patient"}' if method in ("PATCH", "PUT", "POST") else None

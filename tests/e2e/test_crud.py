@@ -301,12 +301,13 @@ def test_conditional_create_if_none_exist(server, http):
     assert r2.status_code == 200, describe_response(r2)
     assert r2.json()["id"] == first_id and r2.json()["name"] == [{"family": "Once"}]
     assert r2.headers.get("Content-Location", "").endswith(f"/Patient/{first_id}/_history/1")
-    # two matches -> 412; an unsupported criterion -> 400
+    # two matches -> 412 (by identifier, and by any other search criterion); an unknown criterion -> 400
     http.fhir("POST", base + "/Patient", patient)
     assert_outcome(http.fhir("POST", base + "/Patient", patient, headers={"If-None-Exist": "identifier=urn:mrn|ine-42"}),
                    412)
-    r = http.fhir("POST", base + "/Patient", patient, headers={"If-None-Exist": "name=Once"})
-    assert_outcome(r, 400)
+    assert_outcome(http.fhir("POST", base + "/Patient", patient, headers={"If-None-Exist": "name=Once"}), 412)
+    r = http.fhir("POST", base + "/Patient", patient, headers={"If-None-Exist": "nosuchparam=Once"})
+    assert_outcome(r, 400, ("nosuchparam",))
     assert "If-None-Exist" in r.json()["issue"][0]["diagnostics"]
 
 

@@ -59,6 +59,12 @@ class CountingStore final : public store::ResourceStore {
     return inner_->Search(query, patient);
   }
   Result<int64_t> Reindex() override { return inner_->Reindex(); }
+  Result<ResourcePage> HistoryAll(std::string_view type, const HistoryPageRequest& page) override {
+    return inner_->HistoryAll(type, page);
+  }
+  Result<std::vector<store::StoredResource>> ReferencedBy(const std::vector<int64_t>& rids, size_t limit) override {
+    return inner_->ReferencedBy(rids, limit);
+  }
   Result<store::Snapshot> TakeSnapshot() override { return inner_->TakeSnapshot(); }
   Result<store::TypeRange> RangeOf(const std::string& type, store::ScanScope scope,
                                    const std::string& job_id) override {
