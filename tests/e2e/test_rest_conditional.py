@@ -4,6 +4,8 @@ expectation is written out here from the requests the test itself makes."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from fhirlake_helpers import Session, assert_outcome, describe_response
@@ -170,3 +172,23 @@ def test_everything_compartment_plus_referenced(srv, http):
     assert includes == ["Organization/ev-org"]
     assert_outcome(http.get(f"{b}/Patient/nobody/$everything"), 404)
     assert_outcome(http.get(f"{b}/Patient/ev-p/$everything?_type=Observation"), 400, ("_type",))
+
+
+def test_reindex_command_rebuilds_the_index(server_factory, fhirlake_bin, http):
+    srv = server_factory()
+    b = srv.base
+    for i in range(5):
+        r = http.put(f"{b}/Patient/ri-{i}", json={**patient(f"Reindex{i}"), "id": f"ri-{i}"}, headers=FHIR)
+        assert r.status_code == 201
+    http.delete(f"{b}/Patient/ri-4")
+    srv.stop()
+    out = subprocess.run([str(fhirlake_bin), "reindex", "--data-dir", str(srv.data_dir)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"reindexed 4 resources of datastore {srv.datastore_id}" in out.stdout  # the tombstone has no rows
+    bad = subprocess.run([str(fhirlake_bin), "reindex", "--data-dir", str(srv.data_dir), "--datastore", "0" * 32],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "is not in" in bad.stderr
+    srv.start()
+    assert ids_of(http, f"{srv.base}/Patient?family=reindex") == ["ri-0", "ri-1", "ri-2", "ri-3"]
+    assert ids_of(http, f"{srv.base}/Patient?family:exact=Reindex2") == ["ri-2"]
