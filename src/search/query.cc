@@ -16,6 +16,15 @@ namespace {
 
 constexpr size_t kMaxValueBytes = 4096;
 constexpr size_t kMaxAlternatives = 100;
+// Bounds on one query, so that its SQL stays within SQLite's limits (expression depth 1000, 32766 bound values) and
+// its cost within reason: criteria (each parameter occurrence), values over all criteria, sort keys, and
+// _include/_revinclude (after dropping repeats).
+constexpr size_t kMaxCriteria = 100;
+constexpr size_t kMaxValues = 1000;
+constexpr size_t kMaxSortKeys = 16;
+constexpr size_t kMaxIncludes = 32;
+// Diagnostics quote what the client sent; they are cut to this many bytes.
+constexpr size_t kMaxMessageBytes = 2000;
 
 std::vector<std::string_view> Split(std::string_view s, char sep) {
   std::vector<std::string_view> out;
@@ -71,6 +80,49 @@ std::string Unescape(std::string_view s) {
 
 Status Bad(std::string_view param, const std::string& why) {
   return Status::Invalid("Search parameter '" + std::string(param) + "': " + why);
+}
+
+// The length of the valid UTF-8 sequence at the start of `s` (0: not valid UTF-8 there).
+size_t Utf8SequenceLength(std::string_view s) {
+  auto byte = [&](size_t i) { return static_cast<unsigned char>(s[i]); };
+  auto cont = [&](size_t i) { return i < s.size() && (byte(i) & 0xC0) == 0x80; };
+  unsigned char c = byte(0);
+  if (c < 0x80) return 1;
+  if (c >= 0xC2 && c <= 0xDF) return cont(1) ? 2 : 0;
+  if (c >= 0xE0 && c <= 0xEF) {
+    if (!cont(1) || !cont(2)) return 0;
+    if (c == 0xE0 && byte(1) < 0xA0) return 0;   // overlong
+    if (c == 0xED && byte(1) >= 0xA0) return 0;  // surrogate
+    return 3;
+  }
+  if (c >= 0xF0 && c <= 0xF4) {
+    if (!cont(1) || !cont(2) || !cont(3)) return 0;
+    if (c == 0xF0 && byte(1) < 0x90) return 0;   // overlong
+    if (c == 0xF4 && byte(1) >= 0x90) return 0;  // beyond U+10FFFF
+    return 4;
+  }
+  return 0;
+}
+
+// Client text made fit for a diagnostics line (which goes out as JSON): invalid UTF-8 bytes become U+FFFD and the
+// text is cut, on a character boundary, to kMaxMessageBytes.
+std::string FitForMessage(std::string_view s) {
+  std::string out;
+  while (!s.empty()) {
+    if (out.size() >= kMaxMessageBytes) {
+      out += "\xE2\x80\xA6";  // …
+      break;
+    }
+    size_t n = Utf8SequenceLength(s);
+    if (n == 0) {
+      out += "\xEF\xBF\xBD";
+      n = 1;
+    } else {
+      out.append(s.substr(0, n));
+    }
+    s.remove_prefix(n);
+  }
+  return out;
 }
 
 // Removes a leading comparison prefix; the value is left as it is (eq) when it starts with none, so that a value
@@ -247,6 +299,10 @@ class Parser {
     if (s.empty()) return Bad(name, "a reference value cannot be empty");
     std::string_view rel = s;
     bool absolute = s.find("://") != std::string::npos;
+    if (s.starts_with("urn:")) {
+      v.s3 = s;  // urn:uuid: / urn:oid: (a reference not resolved to a resource of this server)
+      return v;
+    }
     if (absolute) {
       if (!fhir_base_.empty() && rel.starts_with(fhir_base_) && rel.size() > fhir_base_.size() &&
           rel[fhir_base_.size()] == '/') {
@@ -265,6 +321,9 @@ class Parser {
     }
     std::string_view type = rel.substr(0, slash), id = rel.substr(slash + 1);
     if (size_t h = id.find("/_history/"); h != std::string_view::npos) id = id.substr(0, h);
+    if (fhir::IsKnownResourceType(type) && (id.empty() || id.starts_with('/'))) {
+      return Bad(name, "'" + s + "' has no id after the type; use Type/id");
+    }
     if (!fhir::IsKnownResourceType(type) || !IsFhirId(id)) {
       if (!absolute) {
         // Not Type/id: a relative URL or a canonical such as "ValueSet/x|1.0" is matched as written.
@@ -308,18 +367,26 @@ bool ModifierAllowed(ParamType type, Modifier m) {
 
 struct NameParts {
   std::string code;
-  std::string modifier;  // text after ':' (may be a type name)
-  std::string chain;     // text after the first '.', for reference parameters
+  std::string modifier;   // text after ':' (may be a type name)
+  std::string chain;      // text after the first '.', for reference parameters
+  bool chained = false;   // the name has a '.' (`chain` may still be empty: "subject.")
+  bool modified = false;  // the name has a ':' (`modifier` may still be empty: "name:")
 };
 
 NameParts SplitName(std::string_view name) {
   NameParts out;
   size_t dot = name.find('.');
   std::string_view head = name.substr(0, dot);
-  if (dot != std::string_view::npos) out.chain = std::string(name.substr(dot + 1));
+  if (dot != std::string_view::npos) {
+    out.chained = true;
+    out.chain = std::string(name.substr(dot + 1));
+  }
   size_t colon = head.find(':');
   out.code = std::string(head.substr(0, colon));
-  if (colon != std::string_view::npos) out.modifier = std::string(head.substr(colon + 1));
+  if (colon != std::string_view::npos) {
+    out.modified = true;
+    out.modifier = std::string(head.substr(colon + 1));
+  }
   return out;
 }
 
@@ -328,33 +395,37 @@ class QueryBuilder {
   QueryBuilder(std::string_view fhir_base, bool lenient) : values_(fhir_base), lenient_(lenient) {}
 
   // A criterion on `type` from parameter name `name` (modifier and chain included) with value `value`. nullopt:
-  // ignored (lenient mode; recorded in `ignored`).
-  Result<std::optional<Criterion>> Build(const std::string& type, std::string_view name, std::string_view value,
-                                         int depth, std::vector<std::string>* ignored) {
+  // ignored (lenient mode; recorded in `ignored`). `full`: the parameter name as the client wrote it (`name` is the
+  // part of it left inside a chain or _has); errors name `full`.
+  Result<std::optional<Criterion>> Build(const std::string& type, std::string_view name, std::string_view full,
+                                         std::string_view value, int depth, std::vector<std::string>* ignored) {
     if (value.size() > kMaxValueBytes)
-      return Bad(name, "the value is longer than " + std::to_string(kMaxValueBytes) + " bytes");
-    if (name.starts_with("_has:")) return BuildHas(type, name, value, depth, ignored);
+      return Bad(full, "the value is longer than " + std::to_string(kMaxValueBytes) + " bytes");
+    if (name.starts_with("_has:")) return BuildHas(type, name, full, value, depth, ignored);
     NameParts parts = SplitName(name);
     const ParamDef* def = FindParam(type, parts.code);
     if (def == nullptr) {
       std::string why = "unknown search parameter '" + parts.code + "' for " + type;
       if (lenient_) {
-        ignored->push_back(std::string(name) + " (" + why + ")");
+        ignored->push_back(std::string(full) + " (" + why + ")");
         return std::optional<Criterion>();
       }
-      return Status::Invalid("Unknown search parameter '" + std::string(name) + "' for " + type +
+      if (depth > 0) return Bad(full, why);
+      return Status::Invalid("Unknown search parameter '" + std::string(full) + "' for " + type +
                              " (see the CapabilityStatement at /metadata for the supported ones; send "
                              "'Prefer: handling=lenient' to ignore unknown parameters)");
     }
     Criterion c;
     c.param = def;
+    if (parts.chained && parts.chain.empty()) return Bad(full, "nothing follows the '.' of the chain");
     if (!parts.chain.empty()) {
       if (def->type != ParamType::kReference) {
-        return Bad(name, "only reference parameters can be chained; " + parts.code + " is a " +
+        return Bad(full, "only reference parameters can be chained; " + parts.code + " is a " +
                              std::string(ParamTypeName(def->type)) + " parameter");
       }
-      if (depth > 0) return Bad(name, "chains of more than one level are not supported");
+      if (depth > 0) return Bad(full, "chains of more than one level are not supported");
       std::string target = parts.modifier;
+      if (parts.modified && target.empty()) return Bad(full, "nothing follows the ':' of the type modifier");
       if (target.empty()) {
         // Without a type modifier the chain applies to the parameter's targets; one target is required so the
         // chained parameter has a definite meaning.
@@ -363,7 +434,7 @@ class QueryBuilder {
         for (std::string_view t : def->targets)
           if (FindParam(t, inner.code) != nullptr) candidates.emplace_back(t);
         if (candidates.size() != 1) {
-          return Bad(name, candidates.empty()
+          return Bad(full, candidates.empty()
                                ? "no target type of " + parts.code + " has a parameter '" + inner.code + "'"
                                : "'" + inner.code + "' exists on several target types of " + parts.code +
                                      "; name one with a type modifier, e.g. " + parts.code + ":" + candidates[0] + "." +
@@ -373,15 +444,16 @@ class QueryBuilder {
       } else if (!fhir::IsKnownResourceType(target) ||
                  (!def->targets.empty() &&
                   std::find(def->targets.begin(), def->targets.end(), target) == def->targets.end())) {
-        return Bad(name, "'" + target + "' is not a target type of " + parts.code);
+        return Bad(full, "'" + target + "' is not a target type of " + parts.code);
       }
-      ASSIGN_OR_RETURN(auto inner, Build(target, parts.chain, value, depth + 1, ignored));
+      ASSIGN_OR_RETURN(auto inner, Build(target, parts.chain, full, value, depth + 1, ignored));
       if (!inner) return std::optional<Criterion>();
       c.type_modifier = target;
       c.chain.push_back(std::move(*inner));
       return std::optional<Criterion>(std::move(c));
     }
     Modifier mod = Modifier::kNone;
+    if (parts.modified && parts.modifier.empty()) return Bad(full, "nothing follows the ':' of the modifier");
     if (!parts.modifier.empty()) {
       static constexpr std::pair<std::string_view, Modifier> kMods[] = {
           {"missing", Modifier::kMissing}, {"exact", Modifier::kExact}, {"contains", Modifier::kContains},
@@ -398,21 +470,21 @@ class QueryBuilder {
         c.type_modifier = parts.modifier;
         if (!def->targets.empty() &&
             std::find(def->targets.begin(), def->targets.end(), parts.modifier) == def->targets.end()) {
-          return Bad(name, "'" + parts.modifier + "' is not a target type of " + parts.code);
+          return Bad(full, "'" + parts.modifier + "' is not a target type of " + parts.code);
         }
         found = true;
       }
       if (!found || !ModifierAllowed(def->type, mod)) {
-        return Bad(name, "the modifier ':" + parts.modifier + "' is not supported on " +
+        return Bad(full, "the modifier ':" + parts.modifier + "' is not supported on " +
                              std::string(ParamTypeName(def->type)) + " parameters (see docs/SEARCH.md)");
       }
       if (def->from_resource_table && mod != Modifier::kNone && mod != Modifier::kMissing && mod != Modifier::kNot) {
-        return Bad(name, "the modifier ':" + parts.modifier + "' is not supported on " + parts.code);
+        return Bad(full, "the modifier ':" + parts.modifier + "' is not supported on " + parts.code);
       }
     }
     c.modifier = mod;
     if (mod == Modifier::kMissing) {
-      if (value != "true" && value != "false") return Bad(name, ":missing takes true or false");
+      if (value != "true" && value != "false") return Bad(full, ":missing takes true or false");
       c.missing = value == "true";
       return std::optional<Criterion>(std::move(c));
     }
@@ -431,18 +503,18 @@ class QueryBuilder {
       alternatives.push_back(value.substr(start));
     }
     if (alternatives.size() > kMaxAlternatives) {
-      return Bad(name, "more than " + std::to_string(kMaxAlternatives) + " comma-separated values");
+      return Bad(full, "more than " + std::to_string(kMaxAlternatives) + " comma-separated values");
     }
     for (std::string_view alt : alternatives) {
       if (def->code == "_id") {
-        if (!IsFhirId(alt)) return Bad(name, "'" + std::string(alt) + "' is not a resource id");
+        if (!IsFhirId(alt)) return Bad(full, "'" + std::string(alt) + "' is not a resource id");
         SearchValue v;
         v.s2 = std::string(alt);
         v.has_code = true;
         c.values.push_back(std::move(v));
         continue;
       }
-      ASSIGN_OR_RETURN(SearchValue v, values_.ParseValue(name, *def, mod, c.type_modifier, alt));
+      ASSIGN_OR_RETURN(SearchValue v, values_.ParseValue(full, *def, mod, c.type_modifier, alt));
       c.values.push_back(std::move(v));
     }
     return std::optional<Criterion>(std::move(c));
@@ -450,27 +522,27 @@ class QueryBuilder {
 
  private:
   // _has:Type:refparam:param=value (one level; `param` may carry a modifier).
-  Result<std::optional<Criterion>> BuildHas(const std::string& type, std::string_view name, std::string_view value,
-                                            int depth, std::vector<std::string>* ignored) {
+  Result<std::optional<Criterion>> BuildHas(const std::string& type, std::string_view name, std::string_view full,
+                                            std::string_view value, int depth, std::vector<std::string>* ignored) {
     std::vector<std::string_view> parts = Split(name, ':');
     if (parts.size() < 4 || parts[1].empty() || parts[2].empty() || parts[3].empty()) {
-      return Bad(name,
+      return Bad(full,
                  "_has needs the form _has:Type:reference-parameter:parameter=value, e.g. "
                  "_has:Observation:patient:code=1234-5");
     }
-    if (depth > 0) return Bad(name, "_has cannot be nested or chained");
+    if (depth > 0) return Bad(full, "_has cannot be nested or chained");
     std::string has_type(parts[1]);
-    if (!fhir::IsKnownResourceType(has_type)) return Bad(name, "'" + has_type + "' is not a resource type");
+    if (!fhir::IsKnownResourceType(has_type)) return Bad(full, "'" + has_type + "' is not a resource type");
     const ParamDef* ref = FindParam(has_type, parts[2]);
     if (ref == nullptr || ref->type != ParamType::kReference) {
-      return Bad(name, "'" + std::string(parts[2]) + "' is not a reference parameter of " + has_type);
+      return Bad(full, "'" + std::string(parts[2]) + "' is not a reference parameter of " + has_type);
     }
     if (!ref->targets.empty() && std::find(ref->targets.begin(), ref->targets.end(), type) == ref->targets.end()) {
-      return Bad(name, has_type + "." + std::string(parts[2]) + " never refers to a " + type);
+      return Bad(full, has_type + "." + std::string(parts[2]) + " never refers to a " + type);
     }
     std::string inner_name(parts[3]);
     for (size_t i = 4; i < parts.size(); ++i) inner_name += ":" + std::string(parts[i]);
-    ASSIGN_OR_RETURN(auto inner, Build(has_type, inner_name, value, depth + 1, ignored));
+    ASSIGN_OR_RETURN(auto inner, Build(has_type, inner_name, full, value, depth + 1, ignored));
     if (!inner) return std::optional<Criterion>();
     Criterion c;
     c.param = ref;
@@ -545,9 +617,22 @@ std::string UrlEncodeQueryComponent(std::string_view s) {
   return out;
 }
 
-Result<SearchQuery> ParseSearchQuery(std::vector<std::string> types,
-                                     const std::vector<std::pair<std::string, std::string>>& params,
-                                     std::string_view fhir_base, bool lenient, const SearchLimits& limits) {
+namespace {
+
+size_t ValueCount(const Criterion& c) {
+  size_t n = c.values.size();
+  for (const auto& inner : c.chain) n += ValueCount(inner);
+  return n;
+}
+
+bool SameInclude(const Include& a, const Include& b) {
+  return a.source_type == b.source_type && a.param == b.param && a.target_type == b.target_type &&
+         a.iterate == b.iterate;
+}
+
+Result<SearchQuery> ParseUnchecked(std::vector<std::string> types,
+                                   const std::vector<std::pair<std::string, std::string>>& params,
+                                   std::string_view fhir_base, bool lenient, const SearchLimits& limits) {
   SearchQuery q;
   q.count = limits.default_count;
   bool system_search = types.empty();
@@ -566,8 +651,10 @@ Result<SearchQuery> ParseSearchQuery(std::vector<std::string> types,
   q.types = types;
   QueryBuilder builder(fhir_base, lenient);
   std::vector<std::pair<std::string, std::string>> applied;
+  size_t value_count = 0;
   for (const auto& [name, value] : params) {
     if (name == "page") {
+      if (value.empty()) return Bad("page", "the cursor is empty; leave 'page' out to start at the first page");
       q.page = value;
       continue;
     }
@@ -608,7 +695,11 @@ Result<SearchQuery> ParseSearchQuery(std::vector<std::string> types,
         q.elements.emplace_back(e);
       }
     } else if (name == "_sort") {
-      for (std::string_view key : Split(value, ',')) {
+      std::vector<std::string_view> keys = Split(value, ',');
+      if (q.sort.size() + keys.size() > kMaxSortKeys) {
+        return Bad("_sort", "more than " + std::to_string(kMaxSortKeys) + " sort keys");
+      }
+      for (std::string_view key : keys) {
         SortKey k;
         if (key.starts_with('-')) {
           k.descending = true;
@@ -630,7 +721,13 @@ Result<SearchQuery> ParseSearchQuery(std::vector<std::string> types,
                name == "_revinclude" || name == "_revinclude:iterate" || name == "_revinclude:recurse") {
       bool reverse = name.starts_with("_revinclude");
       ASSIGN_OR_RETURN(Include inc, ParseInclude(name, value, reverse, types));
-      (reverse ? q.revincludes : q.includes).push_back(std::move(inc));
+      std::vector<Include>& list = reverse ? q.revincludes : q.includes;
+      if (std::none_of(list.begin(), list.end(), [&](const Include& i) { return SameInclude(i, inc); })) {
+        if (q.includes.size() + q.revincludes.size() >= kMaxIncludes) {
+          return Bad(name, "more than " + std::to_string(kMaxIncludes) + " different _include and _revinclude values");
+        }
+        list.push_back(std::move(inc));
+      }
     } else {
       if (name.empty()) continue;
       if (types.size() != 1) {
@@ -654,22 +751,41 @@ Result<SearchQuery> ParseSearchQuery(std::vector<std::string> types,
       }
       // Over several types only common Resource parameters get here, whose definitions agree on every type: the
       // first type's criterion serves all (the store matches the parameter's id on each type searched).
-      ASSIGN_OR_RETURN(auto c, builder.Build(types[0], name, value, 0, &q.ignored));
+      ASSIGN_OR_RETURN(auto c, builder.Build(types[0], name, name, value, 0, &q.ignored));
       if (!c) continue;
+      if (q.criteria.size() >= kMaxCriteria) {
+        return Bad(name, "a search takes at most " + std::to_string(kMaxCriteria) + " search parameters");
+      }
+      value_count += ValueCount(*c);
+      if (value_count > kMaxValues) {
+        return Bad(name, "a search takes at most " + std::to_string(kMaxValues) + " values over all its parameters");
+      }
       q.criteria.push_back(std::move(*c));
     }
     applied.emplace_back(name, value);
   }
-  // The applied parameters, sorted by name (a canonical self link), with _count made explicit.
+  // The applied parameters, sorted by name (a canonical self link), with _count explicit: once, with the page size
+  // in effect, also when the request repeated it or left it out.
+  std::erase_if(applied, [](const auto& p) { return p.first == "_count"; });
+  applied.emplace_back("_count", std::to_string(q.count));
   std::stable_sort(applied.begin(), applied.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-  bool has_count = false;
   for (const auto& [name, value] : applied) {
-    if (name == "_count") has_count = true;
     if (!q.applied_query.empty()) q.applied_query.push_back('&');
     q.applied_query += UrlEncodeQueryComponent(name) + "=" + UrlEncodeQueryComponent(value);
   }
-  if (!has_count)
-    q.applied_query += std::string(q.applied_query.empty() ? "" : "&") + "_count=" + std::to_string(q.count);
+  return q;
+}
+
+}  // namespace
+
+Result<SearchQuery> ParseSearchQuery(std::vector<std::string> types,
+                                     const std::vector<std::pair<std::string, std::string>>& params,
+                                     std::string_view fhir_base, bool lenient, const SearchLimits& limits) {
+  Result<SearchQuery> q = ParseUnchecked(std::move(types), params, fhir_base, lenient, limits);
+  // Diagnostics and the lenient outcome quote parameter names and values: keep them valid UTF-8 (they go out as
+  // JSON) and short.
+  if (!q.ok()) return Status(q.status().code(), FitForMessage(q.status().message()));
+  for (std::string& why : q->ignored) why = FitForMessage(why);
   return q;
 }
 

@@ -288,14 +288,7 @@ class SqlBuilder {
     std::string probe = "SELECT 1 FROM " + std::string(table) + " " + x + " WHERE " + x + ".rid=" + r + ".rid AND " +
                         ParamIn(x, def, types_, b);
     if (c.modifier == Modifier::kMissing) return (c.missing ? "NOT EXISTS(" : "EXISTS(") + probe + ")";
-    if (def.type == ParamType::kComposite) {
-      std::string out;
-      for (const auto& v : c.values) {
-        if (!out.empty()) out += " OR ";
-        out += CompositeCond(def, v, r, b);
-      }
-      return "(" + out + ")";
-    }
+    if (def.type == ParamType::kComposite) return CompositeCond(def, c.values, r, b);
     std::string alts = Alternatives(def.type, c.modifier == Modifier::kNot ? Modifier::kNone : c.modifier, c.values,
                                     MainCols(x), false, b);
     if (c.modifier == Modifier::kNot) return "NOT EXISTS(" + probe + " AND " + alts + ")";
@@ -344,8 +337,10 @@ class SqlBuilder {
     return "(" + out + ")";
   }
 
-  // One composite value: one tuple (group) of the parameter whose every component matches.
-  std::string CompositeCond(const ParamDef& def, const SearchValue& v, const std::string& r, Binds* b) {
+  // The composite values (OR): one tuple (group) of the parameter whose every component matches one of them. One
+  // probe for all the values, so that many alternatives cost one join per resource, not one each.
+  std::string CompositeCond(const ParamDef& def, const std::vector<SearchValue>& values, const std::string& r,
+                            Binds* b) {
     std::vector<std::string> as;
     for (size_t i = 0; i < def.components.size(); ++i) as.push_back(Alias("k"));
     std::string out = "EXISTS(SELECT 1 FROM sp_composite " + as[0];
@@ -355,11 +350,17 @@ class SqlBuilder {
              ".comp=" + std::to_string(i);
     }
     out += " WHERE " + as[0] + ".rid=" + r + ".rid AND " + ParamIn(as[0], def, types_, b) + " AND " + as[0] + ".comp=0";
-    for (size_t i = 0; i < as.size(); ++i) {
-      const ParamDef& comp = search::ParamById(def.components[i].param);
-      out += " AND " + ValueCond(comp.type, Modifier::kNone, v.components[i], CompositeCols(as[i]), true, b);
+    std::string alts;
+    for (const SearchValue& v : values) {
+      std::string tuple;
+      for (size_t i = 0; i < as.size(); ++i) {
+        const ParamDef& comp = search::ParamById(def.components[i].param);
+        tuple +=
+            (i ? " AND " : "") + ValueCond(comp.type, Modifier::kNone, v.components[i], CompositeCols(as[i]), true, b);
+      }
+      alts += (alts.empty() ? "(" : " OR (") + tuple + ")";
     }
-    return out + ")";
+    return out + " AND (" + alts + "))";
   }
 
   std::vector<std::string> types_;
@@ -487,7 +488,9 @@ std::string KeySql(const KeyValue& k, Binds* b) {
   }
 }
 
-// The cursor: "<total or -1>;<rid>[;<key>...]".
+// The cursor: "<total or -1>;<rid>[;<key>...];q<search>", `search` a fingerprint of the search it pages (types,
+// compartment, parameters without _count), so that a cursor given to another search is refused rather than
+// starting it at a foreign position. Cursors without the fingerprint (made before it existed) are still read.
 struct Cursor {
   int64_t total = -1;
   int64_t rid = 0;
@@ -500,7 +503,33 @@ Status BadSearchCursor() {
       "out to start at the first page");
 }
 
-Result<Cursor> DecodeCursor(std::string_view token, size_t key_count) {
+// FNV-1a over what identifies a search, as 16 hex digits.
+std::string SearchFingerprint(const SearchQuery& query, std::string_view compartment_patient) {
+  uint64_t h = 14695981039346656037ull;
+  auto mix = [&](std::string_view s) {
+    for (unsigned char c : s) {
+      h ^= c;
+      h *= 1099511628211ull;
+    }
+    h ^= 0xff;  // separator
+    h *= 1099511628211ull;
+  };
+  for (const auto& t : query.types) mix(t);
+  mix(compartment_patient);
+  std::string_view applied = query.applied_query;
+  while (!applied.empty()) {
+    size_t amp = applied.find('&');
+    std::string_view param = applied.substr(0, amp);
+    if (!param.starts_with("_count=")) mix(param);
+    if (amp == std::string_view::npos) break;
+    applied.remove_prefix(amp + 1);
+  }
+  std::string out(16, '0');
+  for (int i = 15; i >= 0; --i, h >>= 4) out[i] = HexDigit(static_cast<int>(h & 15));
+  return out;
+}
+
+Result<Cursor> DecodeCursor(std::string_view token, size_t key_count, std::string_view fingerprint) {
   ASSIGN_OR_RETURN(std::string text, fhir::DecodePageCursorText(token, "search"));
   std::vector<std::string_view> parts;
   std::string_view s = text;
@@ -509,6 +538,10 @@ Result<Cursor> DecodeCursor(std::string_view token, size_t key_count) {
     parts.push_back(s.substr(0, i));
     if (i == std::string_view::npos) break;
     s.remove_prefix(i + 1);
+  }
+  if (parts.size() == key_count + 3 && parts.back().starts_with('q')) {
+    if (parts.back().substr(1) != fingerprint) return BadSearchCursor();
+    parts.pop_back();
   }
   if (parts.size() != key_count + 2) return BadSearchCursor();
   Cursor c;
@@ -526,10 +559,23 @@ Result<Cursor> DecodeCursor(std::string_view token, size_t key_count) {
   return c;
 }
 
-std::string EncodeCursor(const Cursor& c) {
+std::string EncodeCursor(const Cursor& c, std::string_view fingerprint) {
   std::string text = std::to_string(c.total) + ";" + std::to_string(c.rid);
   for (const auto& k : c.keys) text += ";" + EncodeKey(k);
+  text += ";q" + std::string(fingerprint);
   return fhir::EncodePageCursorText("search", text);
+}
+
+// Prepares one statement of a search. Its SQL is generated from the client's query: a failure names what SQLite
+// said, never the SQL (diagnostics go to the client).
+Result<std::unique_ptr<SqliteStmt>> PrepareSearchSql(SqliteConnection& conn, const std::string& sql) {
+  sqlite3_stmt* stmt = nullptr;
+  int rc = sqlite3_prepare_v2(conn.raw(), sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
+  if (rc != SQLITE_OK) {
+    sqlite3_finalize(stmt);
+    return SqliteError(conn.raw(), "The search could not be prepared");
+  }
+  return std::make_unique<SqliteStmt>(stmt, conn.raw(), /*owned=*/true);
 }
 
 constexpr const char* kRowColumns = "r.rid, r.type, r.id, r.version, r.seq, r.last_updated, r.deleted, r.json, r.op";
@@ -571,7 +617,7 @@ Status AddIncludes(SqliteConnection& conn, const SearchQuery& query, const std::
                       rids + ") AND x.param=" + b.Int(inc.param->id) + " AND x.type<>''";
     if (!inc.target_type.empty()) sql += " AND x.type=" + b.Text(inc.target_type);
     sql += ") ORDER BY r.rid";
-    ASSIGN_OR_RETURN(auto q, conn.PrepareUncached(sql));
+    ASSIGN_OR_RETURN(auto q, PrepareSearchSql(conn, sql));
     b.Apply(*q);
     while (true) {
       ASSIGN_OR_RETURN(bool row, q->Step());
@@ -594,7 +640,7 @@ Status AddIncludes(SqliteConnection& conn, const SearchQuery& query, const std::
                       " AND x.id IN (" + ids + ") AND x.type||'/'||x.id IN (" + keys + ")";
     if (!inc.target_type.empty()) sql += " AND x.type=" + b.Text(inc.target_type);
     sql += ") ORDER BY r.rid";
-    ASSIGN_OR_RETURN(auto q, conn.PrepareUncached(sql));
+    ASSIGN_OR_RETURN(auto q, PrepareSearchSql(conn, sql));
     b.Apply(*q);
     while (true) {
       ASSIGN_OR_RETURN(bool row, q->Step());
@@ -642,7 +688,9 @@ Status WriteSearchRows(SqliteConnection& conn, int64_t rid, const search::IndexR
     for (const auto& r : rows.references) {
       q->Bind(1, static_cast<int64_t>(r.param));
       if (r.type.empty()) {
-        q->Bind(2, r.url).Bind(3, std::string_view());
+        // An empty text, not a default string_view: its null data() would bind NULL, which the NOT NULL column
+        // refuses and INSERT OR IGNORE then drops silently.
+        q->Bind(2, r.url).Bind(3, std::string_view(""));
       } else {
         q->Bind(2, r.id).Bind(3, r.type);
       }
@@ -783,8 +831,9 @@ Result<int64_t> ReindexIfNeeded(SqliteConnection& conn, bool force,
 Result<SearchResult> RunSearch(SqliteConnection& conn, const SearchQuery& query, std::string_view compartment_patient) {
   SearchResult out;
   std::optional<Cursor> cursor;
+  const std::string fingerprint = SearchFingerprint(query, compartment_patient);
   if (!query.page.empty()) {
-    ASSIGN_OR_RETURN(Cursor c, DecodeCursor(query.page, query.sort.size()));
+    ASSIGN_OR_RETURN(Cursor c, DecodeCursor(query.page, query.sort.size(), fingerprint));
     cursor = std::move(c);
   }
   Binds b;
@@ -822,7 +871,7 @@ Result<SearchResult> RunSearch(SqliteConnection& conn, const SearchQuery& query,
   if (cursor) {
     if (cursor->total >= 0) total = cursor->total;
   } else if (query.total != search::TotalMode::kNone || query.summary_count) {
-    ASSIGN_OR_RETURN(auto n, conn.PrepareUncached("SELECT count(*) FROM resources r WHERE " + where));
+    ASSIGN_OR_RETURN(auto n, PrepareSearchSql(conn, "SELECT count(*) FROM resources r WHERE " + where));
     b.Apply(*n);
     ASSIGN_OR_RETURN(bool row, n->Step());
     total = row ? n->Int(0) : 0;
@@ -859,7 +908,7 @@ Result<SearchResult> RunSearch(SqliteConnection& conn, const SearchQuery& query,
     sql += "r.k" + std::to_string(i) + (query.sort[i].descending ? " DESC, " : ", ");
   }
   sql += "r.rid LIMIT " + b.Int(static_cast<int64_t>(query.count) + 1);
-  ASSIGN_OR_RETURN(auto q, conn.PrepareUncached(sql));
+  ASSIGN_OR_RETURN(auto q, PrepareSearchSql(conn, sql));
   b.Apply(*q);
   std::vector<std::vector<KeyValue>> keys;
   while (true) {
@@ -885,9 +934,11 @@ Result<SearchResult> RunSearch(SqliteConnection& conn, const SearchQuery& query,
     next.total = total.value_or(-1);
     next.rid = out.matches.back().rid;
     next.keys = keys[query.count - 1];
-    out.next_page = EncodeCursor(next);
+    out.next_page = EncodeCursor(next, fingerprint);
     if (out.next_page.size() > (fhir::kMaxTextKeyBytes + 64) * 4 / 3) {
-      return Status::Invalid("A sort key of this search is too long to page through; sort on another parameter");
+      return Status::Invalid(
+          "Search parameter '_sort': a sort key of this search is too long to page through; sort on another "
+          "parameter");
     }
   }
   if (!query.includes.empty() || !query.revincludes.empty()) {

@@ -710,6 +710,20 @@ BAD = [
     ("Patient?_summary=bogus", "_summary"),
     ("Observation?component-code-value-quantity=http://loinc.org|8480-6", "component-code-value-quantity"),
     ("Observation?date=2020-01-01T25:00:00Z", "date"),
+    # regressions from the bad-input probe: each was a 200, a 500 quoting the SQL, or an OperationOutcome that
+    # was not valid UTF-8 (so not JSON)
+    ("Patient?name:=x", "name:"),
+    ("Encounter?patient.=x", "patient."),
+    ("Encounter?patient.organization.partof.name=x", "patient.organization.partof.name"),
+    ("Patient?_has:Observation:patient:code=", "_has:Observation:patient:code"),
+    ("Observation?subject=Patient/", "subject"),
+    ("Patient?page=", "page"),
+    ("Patient?_sort=" + ",".join(["birthdate"] * 2000), "_sort"),
+    ("Patient?" + "&".join(f"given=g{i}" for i in range(1000)), "given"),
+    ("Observation?" + "&".join(f"subject:Patient.name=n{i}" for i in range(1000)), "subject:Patient.name"),
+    ("Patient?birthdate=%FF%FE", "birthdate"),
+    ("Patient?%FF%FE=x", "\ufffd"),
+    ("Patient?_sort=%FF", "_sort"),
 ]
 
 
@@ -760,6 +774,18 @@ def test_lenient_handling(loaded_sample, search_http):
     assert b["total"] == 40
     # strict is the default, also when asked for explicitly
     assert_outcome(search_http.get(f"{base}/Patient?foo=bar", headers={"Prefer": "handling=strict"}), 400, ("foo",))
+
+
+def test_lenient_outcome_of_invalid_utf8_is_json(loaded_sample, search_http):
+    # Regression: the ignored parameter's name went into the outcome entry as it was, and the Bundle was not JSON.
+    base = loaded_sample.server.base
+    r = search_http.get(f"{base}/Patient?f%FFoo=bar&_count=1",
+                        headers={"Accept": FHIR_JSON, "Prefer": "handling=lenient"})
+    b = check_bundle(r, base)
+    outcomes = [e["resource"] for e in b.get("entry") or [] if (e.get("search") or {}).get("mode") == "outcome"]
+    assert len(outcomes) == 1, b
+    text = " ".join(i.get("diagnostics") or "" for i in outcomes[0].get("issue") or [])
+    assert "f\ufffdoo" in text, outcomes[0]
 
 
 # ---- resources the sample lacks: a second server with PUT resources --------------------------------------
