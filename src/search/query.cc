@@ -146,28 +146,6 @@ bool IsFhirId(std::string_view s) {
                      [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.'; });
 }
 
-std::string_view ModifierName(Modifier m) {
-  switch (m) {
-    case Modifier::kNone:
-      return "";
-    case Modifier::kMissing:
-      return "missing";
-    case Modifier::kExact:
-      return "exact";
-    case Modifier::kContains:
-      return "contains";
-    case Modifier::kText:
-      return "text";
-    case Modifier::kNot:
-      return "not";
-    case Modifier::kOfType:
-      return "of-type";
-    case Modifier::kType:
-      return "type";
-  }
-  return "";
-}
-
 class Parser {
  public:
   Parser(std::string_view fhir_base) : fhir_base_(fhir_base) {}
