@@ -308,13 +308,28 @@ class SqlBuilder {
     if (!selective || c.modifier == Modifier::kMissing || c.modifier == Modifier::kNot || c.modifier == Modifier::kText)
       return "";
     std::string x = Alias("d");
-    std::string out = r + ".rid IN (SELECT " + x + ".rid FROM " + TableOf(def.type) + " " + x + " WHERE " +
-                      ParamIn(x, def, types_, b) + " AND " +
-                      Alternatives(def.type, c.modifier, c.values, MainCols(x), false, b);
+    std::string out = r + ".rid IN (SELECT " + x + ".rid" + DriverRows(c, x, b);
     if (after_rid > 0) out += " AND " + x + ".rid>" + b->Int(after_rid);
     return out + ")";
   }
 
+  // `SELECT count(DISTINCT rid)` over a driving criterion's index rows alone: the total of a search whose only
+  // criterion drove it (no compartment). Index rows exist only for current, not deleted versions of the
+  // parameter's own type, so the index answers without touching the resource rows.
+  std::string IndexOnlyCount(const Criterion& c, Binds* b) {
+    std::string x = Alias("n");
+    return "SELECT count(DISTINCT " + x + ".rid)" + DriverRows(c, x, b);
+  }
+
+ private:
+  // " FROM <table> x WHERE <parameter> AND <alternatives>" of a driving criterion.
+  std::string DriverRows(const Criterion& c, const std::string& x, Binds* b) {
+    const ParamDef& def = *c.param;
+    return " FROM " + std::string(TableOf(def.type)) + " " + x + " WHERE " + ParamIn(x, def, types_, b) + " AND " +
+           Alternatives(def.type, c.modifier, c.values, MainCols(x), false, b);
+  }
+
+ public:
  private:
   std::string Alias(const char* stem) { return std::string(stem) + std::to_string(++aliases_); }
 
@@ -871,8 +886,13 @@ Result<SearchResult> RunSearch(SqliteConnection& conn, const SearchQuery& query,
   if (cursor) {
     if (cursor->total >= 0) total = cursor->total;
   } else if (query.total != search::TotalMode::kNone || query.summary_count) {
-    ASSIGN_OR_RETURN(auto n, PrepareSearchSql(conn, "SELECT count(*) FROM resources r WHERE " + where));
-    b.Apply(*n);
+    // One criterion that drove the search and no compartment: its index rows alone give the count.
+    const bool index_only = have_driver && query.criteria.size() == 1 && compartment_patient.empty();
+    Binds cb;
+    std::string count_sql =
+        index_only ? builder.IndexOnlyCount(query.criteria[0], &cb) : "SELECT count(*) FROM resources r WHERE " + where;
+    ASSIGN_OR_RETURN(auto n, PrepareSearchSql(conn, count_sql));
+    (index_only ? cb : b).Apply(*n);
     ASSIGN_OR_RETURN(bool row, n->Step());
     total = row ? n->Int(0) : 0;
   }

@@ -528,6 +528,32 @@ TEST_F(SqliteSearchTest, TotalNoneAndSummaryCount) {
   EXPECT_TRUE(zero->next_page.empty());
 }
 
+// A search whose one criterion drives it counts its total on the index rows alone: the count must agree with the
+// matches through updates, deletes and values repeated within one resource (two codings of one code).
+TEST_F(SqliteSearchTest, TotalOfASingleCriterionAgreesWithTheMatches) {
+  auto total_of = [&](std::vector<std::pair<std::string, std::string>> params) -> int64_t {
+    params.emplace_back("_summary", "count");
+    auto r = Search("Observation", params);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return r.ok() ? r->total.value_or(-1) : -1;
+  };
+  const int64_t before = total_of({{"code", "http://loinc.org|2345-7"}});
+  EXPECT_EQ(before, static_cast<int64_t>(Find("Observation", {{"code", "http://loinc.org|2345-7"}}).size()));
+  EXPECT_GT(before, 1);
+  MustPut("Observation", "ob-dup",
+          R"("status":"final","code":{"coding":[)" + Coding("http://loinc.org", "2345-7") + "," +
+              Coding("http://other.org", "2345-7") + R"(]},"subject":{"reference":"Patient/p3"})");
+  EXPECT_EQ(total_of({{"code", "2345-7"}}), static_cast<int64_t>(Find("Observation", {{"code", "2345-7"}}).size()));
+  EXPECT_EQ(total_of({{"code", "http://loinc.org|2345-7"}}), before + 1);
+  MustDelete("Observation", "ob-dup");
+  MustDelete("Observation", "ob2");
+  EXPECT_EQ(total_of({{"code", "http://loinc.org|2345-7"}}), before - 1);
+  MustPut("Observation", "ob3", R"("status":"final","code":{"text":"changed"},"subject":{"reference":"Patient/p2"})");
+  EXPECT_EQ(total_of({{"code", "http://loinc.org|2345-7"}}), before - 2);
+  EXPECT_EQ(total_of({{"code", "http://loinc.org|2345-7"}}),
+            static_cast<int64_t>(Find("Observation", {{"code", "http://loinc.org|2345-7"}}).size()));
+}
+
 // ---- _include / _revinclude ---------------------------------------------------------------------------------
 
 TEST_F(SqliteSearchTest, Include) {
