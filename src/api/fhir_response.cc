@@ -2,6 +2,7 @@
 #include "api/fhir_response.h"
 
 #include "fhir/operation_outcome.h"
+#include "fhir/r4.h"
 
 namespace fhirlake::api {
 
@@ -11,6 +12,14 @@ http::Response FhirError(const Status& status) {
 
 http::Response FhirError(int http_status, std::string_view issue_code, std::string_view diagnostics) {
   return http::Response::Json(http_status, fhir::OperationOutcome("error", issue_code, diagnostics));
+}
+
+Status CheckType(std::string_view type) {
+  if (!fhir::IsKnownResourceType(type)) {
+    return Status::NotFound("Unknown resource type '" + std::string(type) +
+                            "'; expected an R4 resource type such as Patient or Observation");
+  }
+  return Status::Ok();
 }
 
 Result<store::ResourceStore*> FindDatastore(const ApiContext& ctx, std::string_view datastore_id) {

@@ -7,6 +7,7 @@
 #include "api/api_context.h"
 #include "common/status.h"
 #include "http/http_types.h"
+#include "http/router.h"
 
 namespace fhirlake::api {
 
@@ -16,5 +17,17 @@ http::Response FhirError(int http_status, std::string_view issue_code, std::stri
 Result<store::ResourceStore*> FindDatastore(const ApiContext& ctx, std::string_view datastore_id);
 // Accepts application/fhir+json and application/json (parameters such as charset ignored).
 Status CheckJsonContentType(const http::Request& request);
+// 404 unless `type` is an R4 resource type (case-sensitive).
+Status CheckType(std::string_view type);
+
+// Runs `fn(store, fhir_base)` with the datastore named in the path, turning any Status into an OperationOutcome.
+template <typename Fn>
+http::Response WithStore(const ApiContext& ctx, const http::RequestContext& p, Fn fn) {
+  auto store = FindDatastore(ctx, p.param("ds"));
+  if (!store.ok()) return FhirError(store.status());
+  Result<http::Response> r = fn(**store, ctx.FhirBase((*store)->info().id));
+  if (!r.ok()) return FhirError(r.status());
+  return std::move(r).value();
+}
 
 }  // namespace fhirlake::api

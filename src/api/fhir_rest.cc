@@ -28,15 +28,6 @@ fhir::ResourceParser& Parser() {
   return parser;
 }
 
-Status CheckType(std::string_view type) {
-  if (!fhir::IsKnownResourceType(type)) {
-    return Status::NotFound("Unknown resource type '" + std::string(type) +
-                            "'; expected an R4 resource type such as "
-                            "Patient or Observation");
-  }
-  return Status::Ok();
-}
-
 Status CheckId(std::string_view id) {
   if (!IsValidFhirId(id)) {
     return Status::Invalid("Invalid resource id '" + std::string(id) +
@@ -58,16 +49,6 @@ Response ResourceResponse(int status, const store::StoredResource& r, const std:
     if (status == 201) resp.headers.Set("Content-Location", loc);
   }
   return resp;
-}
-
-// Runs `fn` with the datastore named in the path, turning any Status into an OperationOutcome response.
-template <typename Fn>
-Response WithStore(const ApiContext& ctx, const RequestContext& p, Fn fn) {
-  auto store = FindDatastore(ctx, p.param("ds"));
-  if (!store.ok()) return FhirError(store.status());
-  Result<Response> r = fn(**store, ctx.FhirBase((*store)->info().id));
-  if (!r.ok()) return FhirError(r.status());
-  return std::move(r).value();
 }
 
 // A request body parsed (so validated) before the write lock. `needs_store`: it has conditional references, which

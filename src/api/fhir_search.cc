@@ -95,23 +95,6 @@ Result<Response> RunSearch(store::ResourceStore& store, const std::string& base,
   return Response::Json(200, std::move(out));
 }
 
-Status CheckSearchType(std::string_view type) {
-  if (!fhir::IsKnownResourceType(type)) {
-    return Status::NotFound("Unknown resource type '" + std::string(type) +
-                            "'; expected an R4 resource type such as Patient or Observation");
-  }
-  return Status::Ok();
-}
-
-template <typename Fn>
-Response WithStore(const ApiContext& ctx, const RequestContext& p, Fn fn) {
-  auto store = FindDatastore(ctx, p.param("ds"));
-  if (!store.ok()) return FhirError(store.status());
-  Result<Response> r = fn(**store, ctx.FhirBase((*store)->info().id));
-  if (!r.ok()) return FhirError(r.status());
-  return std::move(r).value();
-}
-
 // The form body of POST _search (application/x-www-form-urlencoded), followed by any URL parameters.
 Result<std::vector<http::QueryParam>> SearchPostParams(const Request& req) {
   std::string_view ct = req.headers.Get("Content-Type");
@@ -130,13 +113,13 @@ Result<std::vector<http::QueryParam>> SearchPostParams(const Request& req) {
 
 Result<Response> SearchType(store::ResourceStore& store, const std::string& base, const Request& req,
                             const std::string& type, const std::vector<http::QueryParam>& params) {
-  RETURN_IF_ERROR(CheckSearchType(type));
+  RETURN_IF_ERROR(CheckType(type));
   return RunSearch(store, base, base + "/" + type, {type}, params, Lenient(req), "");
 }
 
 Result<Response> SearchCompartment(store::ResourceStore& store, const std::string& base, const Request& req,
                                    const std::string& patient_id, const std::string& type) {
-  RETURN_IF_ERROR(CheckSearchType(type));
+  RETURN_IF_ERROR(CheckType(type));
   if (!IsValidFhirId(patient_id)) return Status::Invalid("Invalid Patient id '" + patient_id + "'");
   return RunSearch(store, base, base + "/Patient/" + patient_id + "/" + type, {type}, req.query, Lenient(req),
                    patient_id);

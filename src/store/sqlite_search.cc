@@ -14,6 +14,7 @@
 #include "fhir/page_cursor.h"
 #include "fhir/r4.h"
 #include "search/extract.h"
+#include "store/sqlite_rows.h"
 
 namespace fhirlake::store {
 namespace {
@@ -593,22 +594,6 @@ Result<std::unique_ptr<SqliteStmt>> PrepareSearchSql(SqliteConnection& conn, con
   return std::make_unique<SqliteStmt>(stmt, conn.raw(), /*owned=*/true);
 }
 
-constexpr const char* kRowColumns = "r.rid, r.type, r.id, r.version, r.seq, r.last_updated, r.deleted, r.json, r.op";
-
-StoredResource RowOf(const SqliteStmt& q) {
-  StoredResource r;
-  r.rid = q.Int(0);
-  r.type = q.Str(1);
-  r.id = q.Str(2);
-  r.version = q.Int(3);
-  r.seq = q.Int(4);
-  r.last_updated = q.Int(5);
-  r.deleted = q.Int(6) != 0;
-  r.json = q.Str(7);
-  r.created_by_post = q.Int(8) == static_cast<int>(WriteOp::kPost);
-  return r;
-}
-
 // Adds the _include / _revinclude resources of `rows` to `out` (skipping `seen`).
 Status AddIncludes(SqliteConnection& conn, const SearchQuery& query, const std::vector<StoredResource>& rows,
                    bool iterate_pass, std::set<int64_t>* seen, std::vector<StoredResource>* out) {
@@ -626,7 +611,7 @@ Status AddIncludes(SqliteConnection& conn, const SearchQuery& query, const std::
     }
     if (rids.empty()) continue;
     Binds b;
-    std::string sql = std::string("SELECT ") + kRowColumns +
+    std::string sql = std::string("SELECT ") + kResourceRowColumns +
                       " FROM resources r WHERE r.deleted=0 AND r.rid IN (SELECT t.rid FROM sp_reference x JOIN "
                       "resources t ON t.type=x.type AND t.id=x.id WHERE x.rid IN (" +
                       rids + ") AND x.param=" + b.Int(inc.param->id) + " AND x.type<>''";
@@ -637,7 +622,7 @@ Status AddIncludes(SqliteConnection& conn, const SearchQuery& query, const std::
     while (true) {
       ASSIGN_OR_RETURN(bool row, q->Step());
       if (!row) break;
-      add_row(RowOf(*q));
+      add_row(ReadResourceRow(*q));
     }
   }
   for (const auto& inc : query.revincludes) {
@@ -649,7 +634,7 @@ Status AddIncludes(SqliteConnection& conn, const SearchQuery& query, const std::
       keys += (keys.empty() ? "" : ",") + b.Text(r.type + "/" + r.id);
     }
     if (ids.empty()) continue;
-    std::string sql = std::string("SELECT ") + kRowColumns +
+    std::string sql = std::string("SELECT ") + kResourceRowColumns +
                       " FROM resources r WHERE r.deleted=0 AND r.type=" + b.Text(inc.source_type) +
                       " AND r.rid IN (SELECT x.rid FROM sp_reference x WHERE x.param=" + b.Int(inc.param->id) +
                       " AND x.id IN (" + ids + ") AND x.type||'/'||x.id IN (" + keys + ")";
@@ -660,7 +645,7 @@ Status AddIncludes(SqliteConnection& conn, const SearchQuery& query, const std::
     while (true) {
       ASSIGN_OR_RETURN(bool row, q->Step());
       if (!row) break;
-      add_row(RowOf(*q));
+      add_row(ReadResourceRow(*q));
     }
   }
   if (!iterate_pass && !added.empty()) {
@@ -900,7 +885,7 @@ Result<SearchResult> RunSearch(SqliteConnection& conn, const SearchQuery& query,
   if (query.summary_count || query.count == 0) return out;
 
   // The page: keyset over (sort keys..., rid).
-  std::string select = std::string("SELECT ") + kRowColumns;
+  std::string select = std::string("SELECT ") + kResourceRowColumns;
   std::vector<std::string> key_exprs;
   for (const auto& k : query.sort) key_exprs.push_back(SortExpr(k, query.types, &b));
   for (size_t i = 0; i < key_exprs.size(); ++i) select += ", " + key_exprs[i] + " AS k" + std::to_string(i);
@@ -934,7 +919,7 @@ Result<SearchResult> RunSearch(SqliteConnection& conn, const SearchQuery& query,
   while (true) {
     ASSIGN_OR_RETURN(bool row, q->Step());
     if (!row) break;
-    out.matches.push_back(RowOf(*q));
+    out.matches.push_back(ReadResourceRow(*q));
     std::vector<KeyValue> kv;
     for (size_t i = 0; i < key_exprs.size(); ++i) {
       int col = 9 + static_cast<int>(i);

@@ -19,6 +19,7 @@
 #include "fhir/r4.h"
 #include "store/resource_store.h"
 #include "store/sqlite_db.h"
+#include "store/sqlite_rows.h"
 #include "store/sqlite_schema.h"
 #include "store/sqlite_search.h"
 #include "store/versioned_transaction.h"
@@ -117,21 +118,6 @@ Result<std::vector<std::string>> FirstColumn(SqliteStmt& q) {
   return out;
 }
 
-StoredResource ReadRow(const SqliteStmt& q) {
-  // columns: rid, type, id, version, seq, last_updated, deleted, json, op
-  StoredResource r;
-  r.rid = q.Int(0);
-  r.type = q.Str(1);
-  r.id = q.Str(2);
-  r.version = q.Int(3);
-  r.seq = q.Int(4);
-  r.last_updated = q.Int(5);
-  r.deleted = q.Int(6) != 0;
-  r.json = q.Str(7);
-  r.created_by_post = q.Int(8) == static_cast<int>(WriteOp::kPost);
-  return r;
-}
-
 // The SQL LIMIT of a page: one row more than asked for (it tells the caller a next page exists); -1 (no limit)
 // for ResourceStore::kAllRows.
 int64_t PageSqlLimit(size_t limit) { return limit >= ResourceStore::kAllRows ? -1 : static_cast<int64_t>(limit) + 1; }
@@ -144,7 +130,7 @@ Result<StoredResource> ReadCurrent(SqliteConnection& c, std::string_view type, s
   q->Bind(1, type).Bind(2, id);
   ASSIGN_OR_RETURN(bool row, q->Step());
   if (!row) return Status::NotFound("Resource " + std::string(type) + "/" + std::string(id) + " is not known");
-  return ReadRow(*q);
+  return ReadResourceRow(*q);
 }
 
 // The SQLite side of a write transaction: rows and indexes only; the versioning rules are VersionedTransaction's.
@@ -437,7 +423,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
     while (true) {
       ASSIGN_OR_RETURN(bool row, q->Step());
       if (!row) break;
-      StoredResource r = ReadRow(*q);
+      StoredResource r = ReadResourceRow(*q);
       if (r.deleted) r.json.clear();
       out.rows.push_back(std::move(r));
     }
@@ -460,7 +446,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
     while (true) {
       ASSIGN_OR_RETURN(bool row, q->Step());
       if (!row) break;
-      out.push_back(ReadRow(*q));
+      out.push_back(ReadResourceRow(*q));
     }
     return out;
   }
@@ -519,7 +505,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
     while (true) {
       ASSIGN_OR_RETURN(bool row, q->Step());
       if (!row) break;
-      out.rows.push_back(ReadRow(*q));
+      out.rows.push_back(ReadResourceRow(*q));
     }
     return out;
   }
