@@ -11,8 +11,9 @@ struct LoadOptions {
   std::string data_dir;
   std::string datastore_id;  // empty: the default datastore
   std::vector<std::string> paths;
-  size_t batch_size = 10000;  // resources per write transaction
-  bool progress = true;       // a progress line when stderr is a terminal
+  size_t batch_size = 10000;          // resources per write transaction
+  bool progress = true;               // a progress line when stderr is a terminal
+  std::string search_index = "auto";  // auto | rebuild | incremental (ResourceStore::BeginBulkLoad)
 };
 
 // Returns the process exit code: 0 all loaded, 1 some input was rejected, 2 the load could not run.

@@ -145,6 +145,12 @@ int main(int argc, char** argv) {
   l->add_option("--datastore", load.datastore_id, "Datastore id (default: the default datastore)");
   l->add_option("--batch-size", load.batch_size, "Resources per write transaction")->capture_default_str();
   l->add_flag("!--no-progress", load.progress, "Do not print a progress line on the terminal");
+  l->add_option("--search-index", load.search_index,
+                "How the search index's lookup B-trees follow the load: 'rebuild' drops them and rebuilds them "
+                "sorted at the end, 'incremental' inserts row by row, 'auto' rebuilds when the input is at least a "
+                "quarter of the database's size")
+      ->check(CLI::IsMember({"auto", "rebuild", "incremental"}))
+      ->capture_default_str();
   l->add_option("paths", load.paths, "Files or folders (.ndjson, .jsonl, .json)")->required();
 
   fhirlake::app::GenerateOptions generate;

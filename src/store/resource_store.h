@@ -172,6 +172,13 @@ class ResourceStore {
   virtual Result<SearchResult> Search(const search::SearchQuery& query, std::string_view compartment_patient = "") = 0;
   // Rebuilds every search index row from the current versions (`fhirlake reindex`); returns the resources indexed.
   virtual Result<int64_t> Reindex() = 0;
+  // Bulk loads (`fhirlake load`): with kDeferred, or kAuto when the load is large beside the store, the search
+  // index's lookup B-trees are dropped until EndBulkLoad rebuilds them in one sorted pass (searches meanwhile are
+  // correct but scan). Returns whether they were dropped. A load that stops before EndBulkLoad leaves them to the
+  // next open of the store, which builds them.
+  enum class BulkIndexing { kAuto, kDeferred, kImmediate };
+  virtual Result<bool> BeginBulkLoad(BulkIndexing mode, int64_t incoming_bytes) = 0;
+  virtual Status EndBulkLoad() = 0;
 
   // --- export reads ---
   virtual Result<Snapshot> TakeSnapshot() = 0;

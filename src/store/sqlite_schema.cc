@@ -6,6 +6,9 @@
 //   4  export_jobs.owner: the principal that started the job
 //   5  the search index: sp_string, sp_token, sp_reference, sp_date, sp_number, sp_quantity, sp_uri, sp_composite
 //      (rows of the current versions, filled by the store's reindex when meta.search_index_hash differs)
+//   6  the search tables keyed by (rid, param, value...) so that rows arrive in key order, with their (param, value)
+//      lookup indexes (store/sqlite_search.cc) built apart: a bulk load or reindex drops and rebuilds them in one
+//      sorted pass instead of inserting random keys row by row; the v5 rows are rebuilt by the reindex
 #include "store/sqlite_schema.h"
 
 #include <functional>
@@ -149,6 +152,35 @@ CREATE INDEX sp_composite_k ON sp_composite(param, comp, s2);
 CREATE INDEX sp_composite_rid ON sp_composite(rid, param);
 )sql";
 
+// The lookup indexes (param, value...) are not here: store/sqlite_search.cc creates them (EnsureSearchLookups).
+constexpr const char* kMigrationV6 = R"sql(
+DROP TABLE sp_string;
+DROP TABLE sp_token;
+DROP TABLE sp_reference;
+DROP TABLE sp_date;
+DROP TABLE sp_number;
+DROP TABLE sp_quantity;
+DROP TABLE sp_uri;
+DELETE FROM sp_composite;
+CREATE TABLE sp_string(rid INTEGER NOT NULL, param INTEGER NOT NULL, norm TEXT NOT NULL, exact TEXT NOT NULL,
+  PRIMARY KEY(rid, param, norm, exact)) WITHOUT ROWID;
+CREATE TABLE sp_token(rid INTEGER NOT NULL, param INTEGER NOT NULL, code TEXT NOT NULL, kind INTEGER NOT NULL,
+  system TEXT NOT NULL, PRIMARY KEY(rid, param, code, kind, system)) WITHOUT ROWID;
+CREATE TABLE sp_reference(rid INTEGER NOT NULL, param INTEGER NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL,
+  PRIMARY KEY(rid, param, id, type)) WITHOUT ROWID;
+CREATE TABLE sp_date(rid INTEGER NOT NULL, param INTEGER NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL,
+  PRIMARY KEY(rid, param, lo, hi)) WITHOUT ROWID;
+CREATE TABLE sp_number(rid INTEGER NOT NULL, param INTEGER NOT NULL, value REAL NOT NULL, lo REAL NOT NULL,
+  hi REAL NOT NULL, PRIMARY KEY(rid, param, value, lo, hi)) WITHOUT ROWID;
+CREATE TABLE sp_quantity(rid INTEGER NOT NULL, param INTEGER NOT NULL, value REAL NOT NULL, code TEXT NOT NULL,
+  system TEXT NOT NULL, unit TEXT NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL,
+  PRIMARY KEY(rid, param, value, code, system, unit, lo, hi)) WITHOUT ROWID;
+CREATE TABLE sp_uri(rid INTEGER NOT NULL, param INTEGER NOT NULL, value TEXT NOT NULL,
+  PRIMARY KEY(rid, param, value)) WITHOUT ROWID;
+DROP INDEX sp_composite_k;
+DELETE FROM meta WHERE key='search_index_hash';
+)sql";
+
 Status SetVersion(SqliteConnection& db, int version) {
   return db.Exec("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '" + std::to_string(version) +
                  "')");
@@ -177,7 +209,8 @@ Status ApplyMigration(SqliteConnection& db, int to_version) {
                     : to_version == 2 ? kMigrationV2
                     : to_version == 3 ? kMigrationV3
                     : to_version == 4 ? kMigrationV4
-                                      : kMigrationV5;
+                    : to_version == 5 ? kMigrationV5
+                                      : kMigrationV6;
   if (to_version == 3) RETURN_IF_ERROR(AddOpColumns(db));
   RETURN_IF_ERROR(db.Exec(sql));
   return SetVersion(db, to_version);

@@ -1,11 +1,12 @@
-// FHIR search over SQLite: the index tables (one per parameter type, keyed by parameter id then value then rid, with
-// a (rid, param) index for probes and deletes), their writes, the reindex, and the translation of a SearchQuery into
-// one SELECT per page (criteria as EXISTS probes, the first selective one as the driving rid set), keyset paging
-// over (sort keys..., rid), totals, and _include/_revinclude.
+// FHIR search over SQLite: the index tables (one per parameter type, keyed by (rid, param, value...) for probes and
+// deletes, with a (param, value..., rid) lookup index that a bulk load may drop and rebuild), their writes, the
+// reindex, and the translation of a SearchQuery into one SELECT per page (criteria as EXISTS probes, the first
+// selective one as the driving rid set), keyset paging over (sort keys..., rid), totals, and _include/_revinclude.
 #include "store/sqlite_search.h"
 
 #include <algorithm>
 #include <charconv>
+#include <chrono>
 #include <cmath>
 #include <set>
 #include <variant>
@@ -32,6 +33,21 @@ constexpr const char* kSearchTables[] = {"sp_string", "sp_token",    "sp_referen
 constexpr size_t kMaxIncluded = 5000;  // resources _include/_revinclude may add to one page
 constexpr int64_t kReindexBatch = 2000;
 constexpr std::string_view kHashKey = "search_index_hash";
+
+// The lookup indexes: (param, value...) then, implicitly, the table's key (rid, ...), so rows of one value come in
+// rid order. Random keys make them the costly part of a write; bulk loads drop them and rebuild them sorted.
+struct Lookup {
+  const char* name;
+  const char* columns;
+};
+constexpr Lookup kLookups[] = {{"sp_string_k", "sp_string(param, norm)"},
+                               {"sp_token_k", "sp_token(param, code)"},
+                               {"sp_reference_k", "sp_reference(param, id, type)"},
+                               {"sp_date_k", "sp_date(param, lo, hi)"},
+                               {"sp_number_k", "sp_number(param, value)"},
+                               {"sp_quantity_k", "sp_quantity(param, value)"},
+                               {"sp_uri_k", "sp_uri(param, value)"},
+                               {"sp_composite_k", "sp_composite(param, comp, s2)"}};
 
 const char* TableOf(ParamType t) {
   switch (t) {
@@ -756,6 +772,42 @@ Status DropSearchRows(SqliteConnection& conn, int64_t rid) {
   return Status::Ok();
 }
 
+Status DropSearchLookups(SqliteConnection& conn) {
+  for (const Lookup& l : kLookups) RETURN_IF_ERROR(conn.Exec(std::string("DROP INDEX IF EXISTS ") + l.name));
+  return Status::Ok();
+}
+
+Result<int> EnsureSearchLookups(SqliteConnection& conn,
+                                const std::function<void(std::string_view, int64_t, double)>& built) {
+  int count = 0;
+  for (const Lookup& l : kLookups) {
+    ASSIGN_OR_RETURN(auto q, conn.Prepare("SELECT count(*) FROM sqlite_master WHERE type='index' AND name=?1"));
+    q->Bind(1, std::string_view(l.name));
+    ASSIGN_OR_RETURN(bool row, q->Step());
+    bool exists = row && q->Int(0) > 0;
+    q.reset();
+    if (exists) continue;
+    std::string table(l.columns, std::string_view(l.columns).find('('));
+    int64_t rows = 0;
+    {
+      ASSIGN_OR_RETURN(auto n, conn.Prepare("SELECT count(*) FROM " + table));
+      ASSIGN_OR_RETURN(bool has, n->Step());
+      rows = has ? n->Int(0) : 0;
+    }
+    auto start = std::chrono::steady_clock::now();
+    // The sort spills to temporary files rather than memory (connections default to temp_store=MEMORY, which
+    // would hold the whole index in RAM while it is sorted); a helper thread sorts beside the main one.
+    RETURN_IF_ERROR(conn.Exec("PRAGMA temp_store=FILE; PRAGMA threads=1"));
+    Status st = conn.Exec(std::string("CREATE INDEX IF NOT EXISTS ") + l.name + " ON " + l.columns);
+    Status restore = conn.Exec("PRAGMA temp_store=MEMORY; PRAGMA threads=0");
+    RETURN_IF_ERROR(st);
+    RETURN_IF_ERROR(restore);
+    ++count;
+    if (built && rows > 0) built(l.name, rows, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  return count;
+}
+
 Result<int64_t> ReindexIfNeeded(SqliteConnection& conn, bool force,
                                 const std::function<void(int64_t, int64_t)>& progress) {
   const std::string hash(search::RegistryHash());
@@ -770,6 +822,9 @@ Result<int64_t> ReindexIfNeeded(SqliteConnection& conn, bool force,
       ASSIGN_OR_RETURN(auto n, conn.Prepare("SELECT count(*) FROM resources WHERE deleted=0"));
       ASSIGN_OR_RETURN(bool has, n->Step());
       total = has ? n->Int(0) : 0;
+      n.reset();
+      q.reset();  // a schema change refuses to run beside a statement still stepping
+      RETURN_IF_ERROR(DropSearchLookups(conn));  // rebuilt sorted once every row is in (EnsureSearchLookups)
       for (const char* t : kSearchTables) RETURN_IF_ERROR(conn.Exec(std::string("DELETE FROM ") + t));
       ASSIGN_OR_RETURN(auto del, conn.Prepare("DELETE FROM meta WHERE key=?1"));
       del->Bind(1, kHashKey);

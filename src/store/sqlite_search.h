@@ -1,4 +1,4 @@
-// The SQLite side of FHIR search (internal to the store): the index tables (schema v5, docs/STORAGE.md), writing
+// The SQLite side of FHIR search (internal to the store): the index tables (schema v6, docs/STORAGE.md), writing
 // and dropping a resource's rows, rebuilding them all (reindex), and running a search::SearchQuery as SQL.
 #pragma once
 
@@ -25,6 +25,15 @@ Status DropSearchRows(SqliteConnection& conn, int64_t rid);
 // progress through `progress` (rows done, rows total). Returns the number of resources indexed (0: nothing to do).
 Result<int64_t> ReindexIfNeeded(SqliteConnection& conn, bool force,
                                 const std::function<void(int64_t, int64_t)>& progress);
+
+// Drops the (param, value...) lookup indexes of the search tables, so that a bulk load or the reindex appends rows
+// in key order only; searches stay correct without them (they scan). Inside or outside a transaction.
+Status DropSearchLookups(SqliteConnection& conn);
+// Creates the lookup indexes that are missing (after DropSearchLookups, or a load that stopped before rebuilding
+// them), each in one sorted pass, outside any transaction; `built` hears (index, rows, seconds) for each one made.
+// Returns how many it made.
+Result<int> EnsureSearchLookups(SqliteConnection& conn,
+                                const std::function<void(std::string_view, int64_t, double)>& built);
 
 // Runs `query` in one read transaction on `conn` (the caller's lease). `compartment_patient`: restrict to that
 // Patient's compartment (compartment search).

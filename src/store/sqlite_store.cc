@@ -524,9 +524,44 @@ class SqliteStore final : public ResourceStore, public JobStore {
     std::unique_lock<std::mutex> lock(write_mu_);
     ASSIGN_OR_RETURN(SqliteConnection * conn, Writer());
     std::string id = info_.id;
-    return ReindexIfNeeded(*conn, force, [id](int64_t done, int64_t total) {
-      spdlog::info("datastore {}: search index rebuilt for {} of {} resources", id, done, total);
-    });
+    ASSIGN_OR_RETURN(int64_t n, ReindexIfNeeded(*conn, force, [id](int64_t done, int64_t total) {
+                       spdlog::info("datastore {}: search index rebuilt for {} of {} resources", id, done, total);
+                     }));
+    RETURN_IF_ERROR(EnsureLookupsLocked(*conn));
+    return n;
+  }
+
+  // Builds the search lookup indexes a bulk load or the reindex dropped (also those of a load that stopped).
+  Status EnsureLookupsLocked(SqliteConnection& conn) {
+    std::string id = info_.id;
+    return EnsureSearchLookups(conn,
+                               [id](std::string_view name, int64_t rows, double seconds) {
+                                 spdlog::info("datastore {}: search lookup index {} built over {} rows in {:.1f} s", id,
+                                              name, rows, seconds);
+                               })
+        .status();
+  }
+
+  Result<bool> BeginBulkLoad(BulkIndexing mode, int64_t incoming_bytes) override {
+    bool defer = mode == BulkIndexing::kDeferred;
+    if (mode == BulkIndexing::kAuto) {
+      std::error_code ec;
+      auto size = std::filesystem::file_size(info_.path, ec);
+      // Rebuilding costs a sort of every row; inserting costs random page writes per new row. Rebuild when the
+      // load brings at least a quarter as many bytes as the database already holds.
+      defer = ec || incoming_bytes >= static_cast<int64_t>(size / 4);
+    }
+    if (!defer) return false;
+    std::unique_lock<std::mutex> lock(write_mu_);
+    ASSIGN_OR_RETURN(SqliteConnection * conn, Writer());
+    RETURN_IF_ERROR(DropSearchLookups(*conn));
+    return true;
+  }
+
+  Status EndBulkLoad() override {
+    std::unique_lock<std::mutex> lock(write_mu_);
+    ASSIGN_OR_RETURN(SqliteConnection * conn, Writer());
+    return EnsureLookupsLocked(*conn);
   }
 
   Result<Snapshot> TakeSnapshot() override {

@@ -245,10 +245,11 @@ class LoadResult:
                 f"stdout:\n{self.stdout[-3000:]}\nstderr:\n{self.stderr[-3000:]}")
 
 
-def run_load(binary, data_dir, paths, datastore=None, timeout=300) -> LoadResult:
+def run_load(binary, data_dir, paths, datastore=None, timeout=300, extra=()) -> LoadResult:
     cmd = [str(binary), "load", "--data-dir", str(data_dir)]
     if datastore:
         cmd += ["--datastore", datastore]
+    cmd += list(extra)
     cmd += [str(p) for p in paths]
     t0 = time.monotonic()
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,

@@ -263,3 +263,40 @@ def test_load_next_to_running_server(fhirlake_bin, server, tmp_path):
             assert strip_server_meta(got.json()) == row
         assert s.get(f"{server.base}/Patient/live-0").json()["meta"]["versionId"] == "2"
         assert s.get(server.url + "/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("mode", ["rebuild", "incremental", "auto"])
+def test_load_search_index_modes_next_to_running_server(fhirlake_bin, server, tmp_path, mode):
+    """Each --search-index mode leaves the loaded resources searchable through the running server, and says
+    when it rebuilt the lookup indexes; searches on what was there before are unchanged."""
+    f = tmp_path / f"{mode}.ndjson"
+    rows = [{"resourceType": "Patient", "id": f"{mode}-{n}", "birthDate": "1931-02-03",
+             "name": [{"family": f"Indexmode{mode.capitalize()}"}]} for n in range(40)]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with Session() as s:
+        r = s.fhir("PUT", server.base + f"/Patient/{mode}-before",
+                   {"resourceType": "Patient", "id": f"{mode}-before", "gender": "unknown",
+                    "name": [{"family": f"Indexmode{mode.capitalize()}"}]})
+        assert r.status_code == 201, describe_response(r)
+        res = run_load(fhirlake_bin, server.data_dir, [f], datastore=server.datastore_id, timeout=120,
+                       extra=["--search-index", mode])
+        assert res.returncode == 0, res.describe()
+        assert res.loaded_count() == 40, res.describe()
+        rebuilt = "search index lookups rebuilt" in res.stdout
+        # auto: 40 small rows beside a store that already holds data → incremental
+        assert rebuilt == (mode == "rebuild"), res.describe()
+        got = s.get(f"{server.base}/Patient", params={"family": f"indexmode{mode}", "_count": "100"})
+        assert got.status_code == 200, describe_response(got)
+        ids = sorted(e["resource"]["id"] for e in got.json().get("entry", []))
+        assert ids == sorted([f"{mode}-{n}" for n in range(40)] + [f"{mode}-before"])
+        assert got.json()["total"] == 41
+        got = s.get(f"{server.base}/Patient", params={"birthdate": "1931-02-03", "family": f"indexmode{mode}",
+                                                      "_count": "100", "_elements": "id"})
+        assert got.status_code == 200, describe_response(got)
+        assert got.json()["total"] == 40
+
+
+def test_load_search_index_bad_value(fhirlake_bin, tmp_path):
+    res = run_load(fhirlake_bin, tmp_path / "data", [tmp_path], extra=["--search-index", "sometimes"])
+    assert res.returncode != 0, res.describe()
+    assert "--search-index" in res.stderr and "sometimes" in res.stderr, res.describe()

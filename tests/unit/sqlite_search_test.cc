@@ -690,6 +690,47 @@ TEST_F(SqliteSearchTest, ReindexRebuildsLostRows) {
   EXPECT_EQ(*fewer, 19);
 }
 
+TEST_F(SqliteSearchTest, BulkLoadRebuildsTheLookupIndexesAndSearchesStayCorrectMeanwhile) {
+  constexpr const char* kLookupCount = "SELECT count(*) FROM sqlite_master WHERE type='index' AND name LIKE 'sp_%_k'";
+  EXPECT_EQ(SqlInt(kLookupCount), 8);
+  const std::map<std::string, int64_t> rows_before = IndexRowCounts();
+  // Incremental: nothing dropped.
+  auto incremental = store_->BeginBulkLoad(ResourceStore::BulkIndexing::kImmediate, int64_t{1} << 40);
+  ASSERT_OK(incremental);
+  EXPECT_FALSE(*incremental);
+  EXPECT_EQ(SqlInt(kLookupCount), 8);
+  // Auto: an input small beside the database keeps them; a large one drops them.
+  auto small = store_->BeginBulkLoad(ResourceStore::BulkIndexing::kAuto, 1);
+  ASSERT_OK(small);
+  EXPECT_FALSE(*small);
+  EXPECT_EQ(SqlInt(kLookupCount), 8);
+  auto large = store_->BeginBulkLoad(ResourceStore::BulkIndexing::kAuto, int64_t{1} << 40);
+  ASSERT_OK(large);
+  EXPECT_TRUE(*large);
+  EXPECT_EQ(SqlInt(kLookupCount), 0);
+  // Without them, writes index and searches answer as before.
+  MustPut("Patient", "p6", R"("name":[{"family":"Mullins"}],"gender":"other")");
+  EXPECT_THAT(Find("Patient", {{"family", "mul"}}), UnorderedElementsAre("p1", "p2", "p6"));
+  EXPECT_THAT(Find("Observation", {{"component-code-value-quantity", "http://loinc.org|8480-6$gt100"}}),
+              ElementsAre("ob4"));
+  ASSERT_OK(store_->EndBulkLoad());
+  EXPECT_EQ(SqlInt(kLookupCount), 8);
+  EXPECT_THAT(Find("Patient", {{"family", "mul"}}), UnorderedElementsAre("p1", "p2", "p6"));
+  EXPECT_THAT(Find("Patient", {{"family", "mullins"}}), ElementsAre("p6"));
+  MustDelete("Patient", "p6");
+  EXPECT_EQ(IndexRowCounts(), rows_before);
+
+  // A load that stops before EndBulkLoad: the next open builds them, and the index is unchanged.
+  auto deferred = store_->BeginBulkLoad(ResourceStore::BulkIndexing::kDeferred, 0);
+  ASSERT_OK(deferred);
+  EXPECT_TRUE(*deferred);
+  EXPECT_EQ(SqlInt(kLookupCount), 0);
+  ASSERT_NO_FATAL_FAILURE(OpenCatalog());
+  EXPECT_EQ(SqlInt(kLookupCount), 8);
+  EXPECT_EQ(IndexRowCounts(), rows_before);
+  EXPECT_THAT(Find("Patient", {{"family", "mul"}}), UnorderedElementsAre("p1", "p2"));
+}
+
 // ---- regressions from the bad-input probe ------------------------------------------------------------------
 
 TEST_F(SqliteSearchTest, SqlFailuresDoNotQuoteTheSql) {

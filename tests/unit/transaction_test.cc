@@ -59,6 +59,8 @@ class CountingStore final : public store::ResourceStore {
     return inner_->Search(query, patient);
   }
   Result<int64_t> Reindex() override { return inner_->Reindex(); }
+  Result<bool> BeginBulkLoad(BulkIndexing mode, int64_t bytes) override { return inner_->BeginBulkLoad(mode, bytes); }
+  Status EndBulkLoad() override { return inner_->EndBulkLoad(); }
   Result<ResourcePage> HistoryAll(std::string_view type, const HistoryPageRequest& page) override {
     return inner_->HistoryAll(type, page);
   }
