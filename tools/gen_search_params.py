@@ -368,11 +368,72 @@ def build_registry(sps, resource_types):
         p["component_ids"] = [(ids[(p["type_name"], code)], e) for code, e in p.get("resolved", [])]
     if len(params) >= 65535:
         raise GenError("too many parameters for a uint16_t ParamId")
+    find_shared_rows(params)
     unsupported = sorted(set(unsupported))
     counted = {u for u, r in unsupported if not r.startswith("no expression")}
     if len(counted) > MAX_UNSUPPORTED_FRACTION * with_expression:
         raise GenError(f"{len(counted)} of {with_expression} definitions unsupported (over the 2% budget)")
     return params, unsupported, with_expression
+
+
+def find_shared_rows(params):
+    """Marks the parameters whose index rows other parameters of the same type already hold, so the store keeps
+    them once (docs/SEARCH-EXTRACTION.md, "Shared rows"). Two forms, both provable from the expressions alone:
+    - union: P's alternatives (for composites: (alternative, components) pairs) are exactly the union of those of
+      other parameters Q of its type and kind (Observation combo-code = code | component-code). P then has no rows
+      of its own: p["stored_in"] = [(Q, "")...], p["rows_elsewhere"] = True.
+    - restriction: an alternative of a reference parameter P is `E.where(resolve() is T)` where another reference
+      parameter Q's whole expression is E (Observation patient / subject). Q's rows of type T are P's rows, so P
+      keeps only its other rows: p["stored_in"] += [(Q, T)].
+    A parameter that holds another's rows (a target) never itself stores its rows elsewhere, so one lookup level
+    always suffices."""
+    def signatures(p):
+        alts = split_union(p["expression"])
+        if p["type"] != "kComposite":
+            return frozenset(alts)
+        comps = tuple((params[cid]["type"], e) for cid, e in p["component_ids"])
+        return frozenset((a, comps) for a in alts)
+
+    by_type = {}
+    for i, p in enumerate(params):
+        p["stored_in"], p["rows_elsewhere"] = [], False
+        if not p["from_resource_table"]:
+            by_type.setdefault(p["type_name"], []).append(i)
+    for idxs in by_type.values():
+        sig = {i: signatures(params[i]) for i in idxs}
+        targets, aliases = set(), set()
+        # Larger unions first; of two identical parameters the later one stores its rows in the earlier one.
+        for i in sorted(idxs, key=lambda i: (-len(sig[i]), -i)):
+            if i in targets:
+                continue
+            p = params[i]
+            parts = [j for j in idxs if j != i and j not in aliases and params[j]["type"] == p["type"]
+                     and sig[j] <= sig[i] and (sig[j] != sig[i] or j < i)]
+            covered = frozenset().union(*(sig[j] for j in parts)) if parts else frozenset()
+            if parts and covered == sig[i]:
+                p["stored_in"] = [(j, "") for j in sorted(parts)]
+                p["rows_elsewhere"] = True
+                aliases.add(i)
+                targets.update(parts)
+                continue
+            if p["type"] != "kReference":
+                continue
+            for alt in sorted(sig[i]):
+                m = re.fullmatch(r"(.+)\.where\(resolve\(\) is ([A-Z][A-Za-z]+)\)", alt)
+                if not m:
+                    continue
+                for j in idxs:
+                    if (j != i and j not in aliases and params[j]["type"] == "kReference"
+                            and sig[j] == frozenset([m.group(1)])):
+                        p["stored_in"].append((j, m.group(2)))
+                        targets.add(j)
+                        break
+            if p["stored_in"]:
+                aliases.add(i)
+    for p in params:
+        for j, _ in p["stored_in"]:
+            if params[j]["stored_in"]:
+                raise GenError(f"{p['url']}: shares rows with {params[j]['url']}, which itself shares rows")
 
 
 def cpp_str(s):
@@ -413,6 +474,12 @@ def render_params(params, unsupported, with_expression, resource_types):
             for cid, cexpr in p["component_ids"]:
                 emit(f"    {{{cid}, {cpp_str(cexpr)}}},")
             emit("};")
+    for i, p in enumerate(params):
+        if p["stored_in"]:
+            emit(f"constexpr StoredIn kStoredIn{i}[] = {{")
+            for j, target_type in p["stored_in"]:
+                emit(f"    {{{j}, {cpp_str(target_type)}}},")
+            emit("};")
     emit("")
     emit("constexpr ParamDef kParams[] = {")
     for i, p in enumerate(params):
@@ -423,7 +490,9 @@ def render_params(params, unsupported, with_expression, resource_types):
         lines = cpp_str_lines(p["expression"], 5, 100)
         lines[-1] += ","
         body.extend(lines)
-        emit(f"     {targets}, {components}, {'true' if p['from_resource_table'] else 'false'}}},")
+        stored_in = f"kStoredIn{i}" if p["stored_in"] else "{}"
+        emit(f"     {targets}, {components}, {'true' if p['from_resource_table'] else 'false'}, {stored_in},")
+        emit(f"     {'true' if p['rows_elsewhere'] else 'false'}}},")
     emit("};")
     emit("")
     emit("constexpr UnsupportedParam kUnsupported[] = {")

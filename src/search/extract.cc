@@ -492,6 +492,7 @@ Result<IndexRows> IndexExtractor::ExtractImpl(element resource) {
   for (const ParamDef* def : ParamsForType(type)) {
     const CompiledParam& c = compiled[def->id];
     if (def->from_resource_table || !c.path) continue;
+    if (def->rows_elsewhere && share_rows_) continue;  // its rows are those of def->stored_in
     const Marks marks(rows);
     values_.clear();
     c.path->Evaluate(root, root, scratch_, values_);
@@ -525,7 +526,29 @@ Result<IndexRows> IndexExtractor::ExtractImpl(element resource) {
     }
     DedupeSince(rows, marks);
   }
+  if (share_rows_) DropSharedRows(type, rows);
   return rows;
+}
+
+// A reference parameter whose rows of a target type are another's (Observation patient: subject's Patient rows)
+// keeps only its other rows (absolute URLs elsewhere, contained resources), which resolve() typed but whose row
+// carries no type.
+void IndexExtractor::DropSharedRows(std::string_view type, IndexRows& rows) {
+  for (const ParamDef* def : ParamsForType(type)) {
+    if (def->stored_in.empty() || def->rows_elsewhere || def->type != ParamType::kReference) continue;
+    auto shared = [&](const ReferenceRow& mine) {
+      for (const StoredIn& in : def->stored_in) {
+        for (const ReferenceRow& other : rows.references) {
+          if (other.param == in.param && (in.target_type.empty() || other.type == in.target_type) &&
+              other.type == mine.type && other.id == mine.id && other.url == mine.url) {
+            return true;
+          }
+        }
+      }
+      return false;
+    };
+    std::erase_if(rows.references, [&](const ReferenceRow& r) { return r.param == def->id && shared(r); });
+  }
 }
 
 }  // namespace fhirlake::search

@@ -23,6 +23,9 @@ class IndexExtractor {
   Result<IndexRows> Extract(std::string_view json);
   // The same over an already parsed DOM element (the resource object).
   Result<IndexRows> Extract(simdjson::dom::element resource);
+  // Tests: with false, every parameter gets all its rows, also those it shares with another (ParamDef::stored_in),
+  // so a test can check that what the store keeps once is exactly what each parameter would have had.
+  void set_share_rows(bool share) { share_rows_ = share; }
 
  private:
   // The JSON text of numbers, for their precision (the DOM keeps only their double value): tape index → token.
@@ -45,6 +48,9 @@ class IndexExtractor {
   };
 
   Result<IndexRows> ExtractImpl(simdjson::dom::element resource);
+  void DropSharedRows(std::string_view type, IndexRows& rows);
+
+  bool share_rows_ = true;
 
   simdjson::dom::parser parser_;
   NumberTexts numbers_;

@@ -23,6 +23,13 @@ struct CompositeComponent {
   std::string_view expression;  // FHIRPath relative to each value of the composite's expression
 };
 
+// Rows of a parameter that another parameter of the same type already holds (tools/gen_search_params.py,
+// find_shared_rows): those of `param`, restricted to references of `target_type` when it is not empty.
+struct StoredIn {
+  ParamId param;
+  std::string_view target_type;
+};
+
 struct ParamDef {
   ParamId id;
   std::string_view resource_type;  // the type this entry serves (a definition with several bases yields one per base)
@@ -34,6 +41,11 @@ struct ParamDef {
   std::span<const CompositeComponent> components;  // composite only, in definition order
   // _id and _lastUpdated are answered from the resource table, not from index rows: the extractor emits nothing.
   bool from_resource_table;
+  // The rows this parameter shares with others, which the store keeps only there: a search on it reads its own
+  // rows and those (docs/SEARCH-EXTRACTION.md, "Shared rows"). Empty for most parameters.
+  std::span<const StoredIn> stored_in;
+  // Every row is one of stored_in's: the extractor does not evaluate it at all.
+  bool rows_elsewhere;
 };
 
 // Every parameter of `resource_type` (common ones included), sorted by code. Empty for unknown types.

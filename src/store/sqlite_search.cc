@@ -100,19 +100,46 @@ class Binds {
 };
 
 // `x.param IN (...)`: the ids of parameter `code` on every type searched (a system search spans types).
+// The rows of parameter `def` (or, searching several types, of the parameter with its code on each of `types`) in
+// the index table aliased `alias`: its own rows and those it shares with other parameters (ParamDef::stored_in;
+// Observation patient = its own rows + subject's rows of type Patient).
 std::string ParamIn(const std::string& alias, const ParamDef& def, const std::vector<std::string>& types, Binds* b) {
-  std::vector<search::ParamId> ids;
+  std::vector<const ParamDef*> defs;
   if (types.size() <= 1) {
-    ids.push_back(def.id);
+    defs.push_back(&def);
   } else {
     for (const auto& t : types) {
-      if (const ParamDef* d = search::FindParam(t, def.code)) ids.push_back(d->id);
+      if (const ParamDef* d = search::FindParam(t, def.code)) defs.push_back(d);
     }
   }
-  if (ids.size() == 1) return alias + ".param=" + b->Int(ids[0]);
-  std::string out = alias + ".param IN (";
-  for (size_t i = 0; i < ids.size(); ++i) out += (i ? "," : "") + std::to_string(ids[i]);
-  return out + ")";
+  std::set<search::ParamId> plain, all;
+  std::vector<const search::StoredIn*> typed;
+  for (const ParamDef* d : defs) {
+    if (!d->rows_elsewhere) plain.insert(d->id);
+    for (const search::StoredIn& in : d->stored_in) {
+      if (in.target_type.empty()) {
+        plain.insert(in.param);
+      } else {
+        typed.push_back(&in);
+      }
+      all.insert(in.param);
+    }
+  }
+  all.insert(plain.begin(), plain.end());
+  auto in_list = [&](const std::set<search::ParamId>& ids) {
+    if (ids.size() == 1) return alias + ".param=" + std::to_string(*ids.begin());
+    std::string out = alias + ".param IN (";
+    for (auto it = ids.begin(); it != ids.end(); ++it) out += (it == ids.begin() ? "" : ",") + std::to_string(*it);
+    return out + ")";
+  };
+  if (typed.empty()) return in_list(all);
+  std::string either;
+  if (!plain.empty()) either = in_list(plain);
+  for (const search::StoredIn* in : typed) {
+    either += (either.empty() ? "(" : " OR (") + alias + ".param=" + std::to_string(in->param) + " AND " + alias +
+              ".type=" + b->Text(in->target_type) + ")";
+  }
+  return "(" + in_list(all) + " AND (" + either + "))";
 }
 
 // Column names of one value kind, in a main index table or in sp_composite.
@@ -274,8 +301,8 @@ class SqlBuilder {
     if (!c.has_type.empty()) {
       std::string x = Alias("h"), s = Alias("hs");
       return "EXISTS(SELECT 1 FROM sp_reference " + x + " JOIN resources " + s + " ON " + s + ".rid=" + x +
-             ".rid WHERE " + x + ".param=" + b->Int(def.id) + " AND " + x + ".type=" + r + ".type AND " + x +
-             ".id=" + r + ".id AND " + s + ".deleted=0 AND " + s + ".type=" + b->Text(c.has_type) + " AND " +
+             ".rid WHERE " + ParamIn(x, def, {}, b) + " AND " + x + ".type=" + r + ".type AND " + x + ".id=" + r +
+             ".id AND " + s + ".deleted=0 AND " + s + ".type=" + b->Text(c.has_type) + " AND " +
              SubCond(c.chain[0], s, c.has_type, b) + ")";
     }
     if (!c.chain.empty()) {
@@ -630,7 +657,7 @@ Status AddIncludes(SqliteConnection& conn, const SearchQuery& query, const std::
     std::string sql = std::string("SELECT ") + kResourceRowColumns +
                       " FROM resources r WHERE r.deleted=0 AND r.rid IN (SELECT t.rid FROM sp_reference x JOIN "
                       "resources t ON t.type=x.type AND t.id=x.id WHERE x.rid IN (" +
-                      rids + ") AND x.param=" + b.Int(inc.param->id) + " AND x.type<>''";
+                      rids + ") AND " + ParamIn("x", *inc.param, {}, &b) + " AND x.type<>''";
     if (!inc.target_type.empty()) sql += " AND x.type=" + b.Text(inc.target_type);
     sql += ") ORDER BY r.rid";
     ASSIGN_OR_RETURN(auto q, PrepareSearchSql(conn, sql));
@@ -652,7 +679,7 @@ Status AddIncludes(SqliteConnection& conn, const SearchQuery& query, const std::
     if (ids.empty()) continue;
     std::string sql = std::string("SELECT ") + kResourceRowColumns +
                       " FROM resources r WHERE r.deleted=0 AND r.type=" + b.Text(inc.source_type) +
-                      " AND r.rid IN (SELECT x.rid FROM sp_reference x WHERE x.param=" + b.Int(inc.param->id) +
+                      " AND r.rid IN (SELECT x.rid FROM sp_reference x WHERE " + ParamIn("x", *inc.param, {}, &b) +
                       " AND x.id IN (" + ids + ") AND x.type||'/'||x.id IN (" + keys + ")";
     if (!inc.target_type.empty()) sql += " AND x.type=" + b.Text(inc.target_type);
     sql += ") ORDER BY r.rid";
@@ -803,7 +830,8 @@ Result<int> EnsureSearchLookups(SqliteConnection& conn,
     RETURN_IF_ERROR(st);
     RETURN_IF_ERROR(restore);
     ++count;
-    if (built && rows > 0) built(l.name, rows, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    if (built && rows > 0)
+      built(l.name, rows, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
   return count;
 }
@@ -823,7 +851,7 @@ Result<int64_t> ReindexIfNeeded(SqliteConnection& conn, bool force,
       ASSIGN_OR_RETURN(bool has, n->Step());
       total = has ? n->Int(0) : 0;
       n.reset();
-      q.reset();  // a schema change refuses to run beside a statement still stepping
+      q.reset();                                 // a schema change refuses to run beside a statement still stepping
       RETURN_IF_ERROR(DropSearchLookups(conn));  // rebuilt sorted once every row is in (EnsureSearchLookups)
       for (const char* t : kSearchTables) RETURN_IF_ERROR(conn.Exec(std::string("DELETE FROM ") + t));
       ASSIGN_OR_RETURN(auto del, conn.Prepare("DELETE FROM meta WHERE key=?1"));

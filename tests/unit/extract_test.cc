@@ -4,14 +4,20 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <functional>
 #include <limits>
+#include <map>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <tuple>
 #include <vector>
 
 #include "search/normalize.h"
+#include "search/search_params.h"
 #include "test_util.h"
 
 namespace fhirlake::search {
@@ -175,6 +181,7 @@ TEST(ExtractTest, ObservationCodeAndValueQuantity) {
 
 TEST(ExtractTest, ObservationDatesAndReferences) {
   IndexExtractor ex;
+  ex.set_share_rows(false);  // each parameter's own rows (the store shares some: SharedRows tests)
   ASSERT_OK_AND_ASSIGN(IndexRows rows, ex.Extract(kObservation));
   auto date = Of(rows.dates, Id("Observation", "date"));
   ASSERT_EQ(date.size(), 1u);
@@ -209,6 +216,7 @@ TEST(ExtractTest, ObservationCompositeGroups) {
 
 TEST(ExtractTest, EncounterPeriodAndLength) {
   IndexExtractor ex;
+  ex.set_share_rows(false);  // each parameter's own rows (the store shares some: SharedRows tests)
   ASSERT_OK_AND_ASSIGN(IndexRows rows, ex.Extract(R"({
     "resourceType": "Encounter", "id": "e1", "status": "in-progress",
     "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
@@ -234,6 +242,7 @@ TEST(ExtractTest, EncounterPeriodAndLength) {
 
 TEST(ExtractTest, ConditionOnsetAndAbatement) {
   IndexExtractor ex;
+  ex.set_share_rows(false);  // each parameter's own rows (the store shares some: SharedRows tests)
   ASSERT_OK_AND_ASSIGN(IndexRows rows, ex.Extract(R"({
     "resourceType": "Condition", "id": "c1",
     "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
@@ -331,6 +340,156 @@ TEST(ExtractTest, NumbersKeepTheirWrittenPrecisionAmongOthers) {
   ASSERT_EQ(r.size(), 1u);
   EXPECT_NEAR(r[0].lo, 0.15, 1e-12);
   EXPECT_NEAR(r[0].hi, 0.405, 1e-12);
+}
+
+// ---- shared rows (ParamDef::stored_in) -------------------------------------------------------------------
+
+TEST(ExtractTest, SharedRowsAreKeptOnceAndWhatResolveTypedWithoutATypeStays) {
+  constexpr std::string_view kObs = R"({"resourceType": "Observation", "id": "o1", "status": "final",
+    "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+    "subject": {"reference": "Patient/pat1"},
+    "component": [{"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                   "valueQuantity": {"value": 120, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}]})";
+  IndexExtractor ex;
+  ASSERT_OK_AND_ASSIGN(IndexRows rows, ex.Extract(kObs));
+  EXPECT_EQ(References(rows, Id("Observation", "subject")), (RefSet{{"Patient", "pat1", ""}}));
+  EXPECT_EQ(References(rows, Id("Observation", "patient")), RefSet{});  // subject's Patient rows are its rows
+  EXPECT_EQ(Tokens(rows, Id("Observation", "combo-code")), TokenSet{});
+  EXPECT_EQ(Of(rows.composites, Id("Observation", "combo-code-value-quantity")).size(), 0u);
+  EXPECT_EQ(Of(rows.quantities, Id("Observation", "combo-value-quantity")).size(), 0u);
+  EXPECT_EQ(Tokens(rows, Id("Observation", "component-code")),
+            (TokenSet{{TokenKind::kCode, "http://loinc.org", "8480-6"}}));
+  // A subject that resolve() types as Patient but whose row has no type (another server's URL): patient keeps it.
+  constexpr std::string_view kRemote = R"({"resourceType": "Observation", "id": "o2", "status": "final",
+    "code": {"text": "x"}, "subject": {"reference": "https://other.example/fhir/Patient/p9"}})";
+  ASSERT_OK_AND_ASSIGN(IndexRows remote, ex.Extract(kRemote));
+  const RefSet url{{"", "", "https://other.example/fhir/Patient/p9"}};
+  EXPECT_EQ(References(remote, Id("Observation", "subject")), url);
+  EXPECT_EQ(References(remote, Id("Observation", "patient")), url);
+}
+
+// Key of a composite tuple: its component rows without the parameter and group numbers.
+using TupleKey =
+    std::set<std::tuple<int, std::string, std::string, std::string, int64_t, int64_t, double, double, double>>;
+std::set<TupleKey> Tuples(const IndexRows& rows, ParamId id) {
+  std::map<int, TupleKey> by_group;
+  for (const CompositeRow& r : Of(rows.composites, id)) {
+    by_group[r.group].insert({r.component, r.s1, r.s2, r.s3, r.i1, r.i2, r.n0, r.n1, r.n2});
+  }
+  std::set<TupleKey> out;
+  for (auto& [g, t] : by_group) out.insert(t);
+  return out;
+}
+
+template <typename Key>
+void CheckShared(const ParamDef& p, const std::function<std::set<Key>(const IndexRows&, const StoredIn*)>& of,
+                 const IndexRows& all, const IndexRows& stored, const std::string& where) {
+  std::set<Key> rebuilt = of(stored, nullptr);
+  for (const Key& k : rebuilt) ASSERT_TRUE(of(all, nullptr).count(k)) << where << ": a row " << p.code << " lacks";
+  for (const StoredIn& in : p.stored_in) {
+    for (const Key& k : of(stored, &in)) {
+      EXPECT_FALSE(of(stored, nullptr).count(k)) << where << ": " << p.code << " keeps a shared row twice";
+      rebuilt.insert(k);
+    }
+  }
+  EXPECT_EQ(rebuilt, of(all, nullptr)) << where << ": " << p.code << " (own rows + shared rows)";
+  if (p.rows_elsewhere) EXPECT_TRUE(of(stored, nullptr).empty()) << where << ": " << p.code;
+}
+
+// Over every resource of the 100-patient sample: for each parameter that shares rows, its own stored rows plus the
+// shared rows of the parameters it names are exactly the rows it would have alone, and no row is kept twice.
+TEST(ExtractTest, SharedRowsRebuildEveryParametersOwnRowsOnTheSample) {
+  const std::filesystem::path dir = std::filesystem::path(FHIRLAKE_SAMPLE_DIR);
+  ASSERT_TRUE(std::filesystem::is_directory(dir)) << dir << " is missing: run scripts/sample-data.sh";
+  IndexExtractor full, shared;
+  full.set_share_rows(false);
+  simdjson::dom::parser parser;
+  size_t resources = 0, checked = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.path().extension() != ".json") continue;
+    std::ifstream in(e.path(), std::ios::binary);
+    std::stringstream text;
+    text << in.rdbuf();
+    simdjson::dom::element bundle;
+    ASSERT_EQ(parser.parse(text.str()).get(bundle), simdjson::SUCCESS) << e.path();
+    simdjson::dom::array entries;
+    if (bundle["entry"].get(entries) != simdjson::SUCCESS) continue;  // not a Bundle (the sample's own notes)
+    // Synthea's bundles refer by urn:uuid; written as the loader stores them (Type/id), as in a real store.
+    std::map<std::string, std::string, std::less<>> local;
+    for (simdjson::dom::element entry : entries) {
+      std::string_view url, type, id;
+      if (entry["fullUrl"].get(url) == simdjson::SUCCESS &&
+          entry["resource"]["resourceType"].get(type) == simdjson::SUCCESS &&
+          entry["resource"]["id"].get(id) == simdjson::SUCCESS) {
+        local.emplace(std::string(url), std::string(type) + "/" + std::string(id));
+      }
+    }
+    for (simdjson::dom::element entry : entries) {
+      simdjson::dom::element res;
+      if (entry["resource"].get(res) != simdjson::SUCCESS) continue;
+      std::string json = simdjson::minify(res);
+      constexpr std::string_view kRef = "\"reference\":\"";
+      for (size_t at = json.find(kRef); at != std::string::npos; at = json.find(kRef, at + 1)) {
+        const size_t start = at + kRef.size(), end = json.find('"', start);
+        auto it = local.find(std::string_view(json).substr(start, end - start));
+        if (it != local.end()) json.replace(start, end - start, it->second);
+      }
+      ASSERT_OK_AND_ASSIGN(IndexRows all, full.Extract(json));
+      ASSERT_OK_AND_ASSIGN(IndexRows stored, shared.Extract(json));
+      ++resources;
+      std::string_view type = res["resourceType"].get_string().value_unsafe();
+      for (const ParamDef* p : ParamsForType(type)) {
+        if (p->stored_in.empty()) {
+          continue;
+        }
+        ++checked;
+        const std::string where = std::string(type) + " in " + e.path().filename().string();
+        auto ids = [&](const StoredIn* in) { return in ? in->param : p->id; };
+        switch (p->type) {
+          case ParamType::kReference:
+            CheckShared<std::tuple<std::string, std::string, std::string>>(
+                *p,
+                [&](const IndexRows& r, const StoredIn* in) {
+                  RefSet out;
+                  for (const auto& x : References(r, ids(in))) {
+                    if (!in || in->target_type.empty() || std::get<0>(x) == in->target_type) out.insert(x);
+                  }
+                  return out;
+                },
+                all, stored, where);
+            break;
+          case ParamType::kToken:
+            CheckShared<std::tuple<TokenKind, std::string, std::string>>(
+                *p, [&](const IndexRows& r, const StoredIn* in) { return Tokens(r, ids(in)); }, all, stored, where);
+            break;
+          case ParamType::kString:
+            CheckShared<std::pair<std::string, std::string>>(
+                *p, [&](const IndexRows& r, const StoredIn* in) { return Strings(r, ids(in)); }, all, stored, where);
+            break;
+          case ParamType::kQuantity:
+            CheckShared<std::tuple<std::string, std::string, std::string, double, double, double>>(
+                *p,
+                [&](const IndexRows& r, const StoredIn* in) {
+                  std::set<std::tuple<std::string, std::string, std::string, double, double, double>> out;
+                  for (const QuantityRow& q : Of(r.quantities, ids(in)))
+                    out.insert({q.system, q.code, q.unit, q.value, q.lo, q.hi});
+                  return out;
+                },
+                all, stored, where);
+            break;
+          case ParamType::kComposite:
+            CheckShared<TupleKey>(
+                *p, [&](const IndexRows& r, const StoredIn* in) { return Tuples(r, ids(in)); }, all, stored, where);
+            break;
+          default:
+            ADD_FAILURE() << p->code << ": a shared parameter of a type this test does not compare";
+        }
+        if (::testing::Test::HasFailure()) return;
+      }
+    }
+  }
+  EXPECT_GT(resources, 30000u);
+  EXPECT_GT(checked, 30000u);  // every Observation, Encounter, Condition... has some
 }
 
 // One extractor per thread; the compiled expressions are shared (built once, whichever thread comes first).

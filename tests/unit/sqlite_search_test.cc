@@ -554,6 +554,50 @@ TEST_F(SqliteSearchTest, TotalOfASingleCriterionAgreesWithTheMatches) {
             static_cast<int64_t>(Find("Observation", {{"code", "http://loinc.org|2345-7"}}).size()));
 }
 
+// ---- parameters that share rows (ParamDef::stored_in) ---------------------------------------------------------
+
+TEST_F(SqliteSearchTest, SharedParametersAnswerAsTheirOwnRowsWould) {
+  // patient = subject.where(resolve() is Patient): subject's Patient rows, plus patient's own row for another
+  // server's Patient (ob6), which has no type in the index.
+  EXPECT_THAT(Find("Observation", {{"patient", "p1"}}), UnorderedElementsAre("ob1", "ob2"));
+  EXPECT_THAT(Find("Observation", {{"patient", "Patient/p2"}}), UnorderedElementsAre("ob3", "ob5"));
+  EXPECT_THAT(Find("Observation", {{"patient", "http://other.example/fhir/Patient/zz"}}), ElementsAre("ob6"));
+  EXPECT_THAT(Find("Observation", {{"patient:missing", "true"}}), IsEmpty());
+  MustPut("Observation", "ob-group", R"("status":"final","code":{"text":"g"},"subject":{"reference":"Group/g1"})");
+  EXPECT_THAT(Find("Observation", {{"patient:missing", "true"}}), ElementsAre("ob-group"));
+  EXPECT_THAT(Find("Observation", {{"subject", "Group/g1"}}), ElementsAre("ob-group"));
+  EXPECT_THAT(Find("Observation", {{"patient:Patient", "p3"}, {"_sort", "-patient"}}), ElementsAre("ob4"));
+  EXPECT_THAT(Find("Observation", {{"code", "2345-7"}, {"_sort", "patient"}}), ElementsAre("ob2", "ob3"));
+  EXPECT_THAT(Find("Observation", {{"patient.family", "muller"}}), UnorderedElementsAre("ob1", "ob2", "ob3", "ob5"));
+  EXPECT_THAT(Find("Patient", {{"_has:Observation:patient:code", "85354-9"}}), UnorderedElementsAre("p2", "p3"));
+
+  auto inc = Search("Observation", {{"code", "2345-7"}, {"_include", "Observation:patient"}});
+  ASSERT_OK(inc);
+  EXPECT_THAT(Ids(inc->included), UnorderedElementsAre("p1", "p2"));
+  auto rev = Search("Patient", {{"_id", "p2"}, {"_revinclude", "Observation:patient"}});
+  ASSERT_OK(rev);
+  EXPECT_THAT(Ids(rev->included), UnorderedElementsAre("ob3", "ob5"));
+
+  // combo-code = code | component-code; combo-code-value-quantity = code-value-quantity | component-...
+  EXPECT_THAT(Find("Observation", {{"combo-code", "8480-6"}}), UnorderedElementsAre("ob4", "ob5"));
+  EXPECT_THAT(Find("Observation", {{"combo-code", "http://loinc.org|2345-7,8462-4"}}),
+              UnorderedElementsAre("ob2", "ob3", "ob4", "ob5"));
+  EXPECT_THAT(Find("Observation", {{"combo-code-value-quantity", "8480-6$gt100"}}), ElementsAre("ob4"));
+  EXPECT_THAT(Find("Observation", {{"combo-code-value-quantity", "8302-2$100|http://unitsofmeasure.org|mg"}}),
+              ElementsAre("ob1"));
+  EXPECT_THAT(Find("Observation", {{"combo-value-quantity", "lt10"}}), ElementsAre("ob2"));
+  EXPECT_THAT(Find("Observation", {{"combo-value-quantity", "ge120"}}), UnorderedElementsAre("ob4", "ob5"));
+  // The composite's components stay within one parameter's tuple: code of one, value of another never pair up.
+  EXPECT_THAT(Find("Observation", {{"combo-code-value-quantity", "85354-9$120"}}), IsEmpty());
+
+  // Across types (system search): the parameter of each type, with its own sharing.
+  auto sys = search::ParseSearchQuery({"Observation", "Encounter"}, {{"patient", "p1"}}, kBase, false);
+  ASSERT_OK(sys);
+  auto found = store_->Search(*sys);
+  ASSERT_OK(found);
+  EXPECT_THAT(Ids(found->matches), UnorderedElementsAre("ob1", "ob2", "e1"));
+}
+
 // ---- _include / _revinclude ---------------------------------------------------------------------------------
 
 TEST_F(SqliteSearchTest, Include) {
