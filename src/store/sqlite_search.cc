@@ -343,6 +343,7 @@ class SqlBuilder {
   // or empty. `after_rid`: the keyset position when the search is in rid order (0: none).
   std::string DriverCond(const Criterion& c, const std::string& r, int64_t after_rid, Binds* b) {
     const ParamDef& def = *c.param;
+    if (!c.chain.empty() && c.has_type.empty()) return ChainDriverCond(c, r, after_rid, b);
     if (!c.chain.empty() || !c.has_type.empty() || def.from_resource_table) return "";
     bool selective =
         def.type == ParamType::kReference || def.type == ParamType::kUri ||
@@ -353,6 +354,24 @@ class SqlBuilder {
       return "";
     std::string x = Alias("d");
     std::string out = r + ".rid IN (SELECT " + x + ".rid" + DriverRows(c, x, b);
+    if (after_rid > 0) out += " AND " + x + ".rid>" + b->Int(after_rid);
+    return out + ")";
+  }
+
+  // A chain drives when its criterion on the target type would drive there (Observation?patient.name=x: the few
+  // Patients named x first, then the rows that refer to them), or empty. The same rows as CriterionCond's chain.
+  std::string ChainDriverCond(const Criterion& c, const std::string& r, int64_t after_rid, Binds* b) {
+    const std::string t = Alias("ct");
+    SqlBuilder inner({c.type_modifier});
+    inner.aliases_ = aliases_ + 100;
+    const std::string target = inner.DriverCond(c.chain[0], t, 0, b);
+    aliases_ = inner.aliases_;
+    if (target.empty()) return "";
+    const std::string x = Alias("d");
+    std::string out = r + ".rid IN (SELECT " + x + ".rid FROM sp_reference " + x + " WHERE " +
+                      ParamIn(x, *c.param, types_, b) + " AND " + x + ".type=" + b->Text(c.type_modifier) + " AND " +
+                      x + ".id IN (SELECT " + t + ".id FROM resources " + t + " WHERE " + t +
+                      ".type=" + b->Text(c.type_modifier) + " AND " + t + ".deleted=0 AND " + target + ")";
     if (after_rid > 0) out += " AND " + x + ".rid>" + b->Int(after_rid);
     return out + ")";
   }
@@ -955,7 +974,8 @@ Result<SearchResult> RunSearch(SqliteConnection& conn, const SearchQuery& query,
     if (cursor->total >= 0) total = cursor->total;
   } else if (query.total != search::TotalMode::kNone || query.summary_count) {
     // One criterion that drove the search and no compartment: its index rows alone give the count.
-    const bool index_only = have_driver && query.criteria.size() == 1 && compartment_patient.empty();
+    const bool index_only =
+        have_driver && query.criteria.size() == 1 && query.criteria[0].chain.empty() && compartment_patient.empty();
     Binds cb;
     std::string count_sql =
         index_only ? builder.IndexOnlyCount(query.criteria[0], &cb) : "SELECT count(*) FROM resources r WHERE " + where;

@@ -598,6 +598,21 @@ TEST_F(SqliteSearchTest, SharedParametersAnswerAsTheirOwnRowsWould) {
   EXPECT_THAT(Ids(found->matches), UnorderedElementsAre("ob1", "ob2", "e1"));
 }
 
+TEST_F(SqliteSearchTest, ChainsThatDriveThePagePageEveryMatchOnce) {
+  // patient.family is selective on Patient, so the chain drives: the Patients first, then what refers to them.
+  EXPECT_THAT(WalkPages("Observation", {{"patient.family", "muller"}, {"_count", "1"}}),
+              ElementsAre("ob1", "ob2", "ob3", "ob5"));
+  EXPECT_THAT(WalkPages("Observation", {{"subject:Patient.family", "muller"}, {"code", "2345-7"}, {"_count", "1"}}),
+              ElementsAre("ob2", "ob3"));
+  auto r = Search("Observation", {{"patient.family", "muller"}, {"_total", "accurate"}, {"_count", "1"}});
+  ASSERT_OK(r);
+  EXPECT_EQ(r->total, 4);
+  // A deleted target no longer matches; a chain whose target criterion cannot drive (a date) still answers.
+  MustDelete("Patient", "p2");
+  EXPECT_THAT(Find("Observation", {{"patient.family", "muller"}}), ElementsAre("ob1", "ob2"));
+  EXPECT_THAT(Find("Observation", {{"patient.birthdate", "lt1960"}}), ElementsAre("ob1", "ob2"));
+}
+
 // ---- _include / _revinclude ---------------------------------------------------------------------------------
 
 TEST_F(SqliteSearchTest, Include) {
