@@ -342,20 +342,36 @@ class SqlBuilder {
   // `r.rid IN (...)` for a criterion that can drive the search from its index (an equality on a selective type),
   // or empty. `after_rid`: the keyset position when the search is in rid order (0: none).
   std::string DriverCond(const Criterion& c, const std::string& r, int64_t after_rid, Binds* b) {
-    const ParamDef& def = *c.param;
-    if (!c.chain.empty() && c.has_type.empty()) return ChainDriverCond(c, r, after_rid, b);
-    if (!c.chain.empty() || !c.has_type.empty() || def.from_resource_table) return "";
-    bool selective =
-        def.type == ParamType::kReference || def.type == ParamType::kUri ||
-        (def.type == ParamType::kToken && (c.modifier == Modifier::kNone || c.modifier == Modifier::kOfType) &&
-         std::all_of(c.values.begin(), c.values.end(), [](const SearchValue& v) { return v.has_code; })) ||
-        (def.type == ParamType::kString && c.modifier != Modifier::kContains);
-    if (!selective || c.modifier == Modifier::kMissing || c.modifier == Modifier::kNot || c.modifier == Modifier::kText)
-      return "";
+    if (!Drives(c, /*ranges=*/true)) return "";
+    if (!c.chain.empty()) return ChainDriverCond(c, r, after_rid, b);
     std::string x = Alias("d");
     std::string out = r + ".rid IN (SELECT " + x + ".rid" + DriverRows(c, x, b);
     if (after_rid > 0) out += " AND " + x + ".rid>" + b->Int(after_rid);
     return out + ")";
+  }
+
+  // Whether `c` can drive (DriverCond): an equality on a selective type, a chain whose target criterion is one, or
+  // with `ranges` a date range (an index-only scan of the parameter's rows, which beats probing every row of the
+  // type). The caller prefers equalities: RunSearch asks without ranges first.
+  static bool Drives(const Criterion& c, bool ranges) {
+    const ParamDef& def = *c.param;
+    if (!c.chain.empty()) return c.has_type.empty() && Drives(c.chain[0], /*ranges=*/false);
+    if (!c.has_type.empty() || def.from_resource_table) return false;
+    if (c.modifier == Modifier::kMissing || c.modifier == Modifier::kNot || c.modifier == Modifier::kText) return false;
+    switch (def.type) {
+      case ParamType::kReference:
+      case ParamType::kUri:
+        return true;
+      case ParamType::kToken:
+        return (c.modifier == Modifier::kNone || c.modifier == Modifier::kOfType) &&
+               std::all_of(c.values.begin(), c.values.end(), [](const SearchValue& v) { return v.has_code; });
+      case ParamType::kString:
+        return c.modifier != Modifier::kContains;
+      case ParamType::kDate:
+        return ranges;
+      default:
+        return false;
+    }
   }
 
   // A chain drives when its criterion on the target type would drive there (Observation?patient.name=x: the few
@@ -955,18 +971,19 @@ Result<SearchResult> RunSearch(SqliteConnection& conn, const SearchQuery& query,
     where += " AND r.rid IN (SELECT c.rid FROM compartment c WHERE c.patient_id=" + b.Text(compartment_patient) +
              " AND c.until_seq IS NULL)";
   }
-  bool have_driver = false;
-  const int64_t rid_after = query.sort.empty() && cursor ? cursor->rid : 0;
-  for (const auto& c : query.criteria) {
-    if (!have_driver) {
-      std::string d = builder.DriverCond(c, "r", rid_after, &b);
-      if (!d.empty()) {
-        where += " AND " + d;
-        have_driver = true;
-        continue;  // the driver's condition is the criterion itself
-      }
+  // The driving criterion: the first equality that can drive, else the first date range.
+  size_t driver = query.criteria.size();
+  for (bool ranges : {false, true}) {
+    for (size_t i = 0; i < query.criteria.size() && driver == query.criteria.size(); ++i) {
+      if (SqlBuilder::Drives(query.criteria[i], ranges)) driver = i;
     }
-    where += " AND " + builder.CriterionCond(c, "r", &b);
+  }
+  const bool have_driver = driver < query.criteria.size();
+  const int64_t rid_after = query.sort.empty() && cursor ? cursor->rid : 0;
+  for (size_t i = 0; i < query.criteria.size(); ++i) {
+    // the driver's condition is the criterion itself
+    where += " AND " + (i == driver ? builder.DriverCond(query.criteria[i], "r", rid_after, &b)
+                                    : builder.CriterionCond(query.criteria[i], "r", &b));
   }
   // Total (first page only; later pages carry it in the cursor: the count of when the first page was served).
   std::optional<int64_t> total;
