@@ -11,6 +11,9 @@
 namespace fhirlake::bulk {
 class ExportEngine;
 }
+namespace fhirlake::sink {
+class ObjectSink;
+}
 
 namespace fhirlake::api {
 
@@ -19,6 +22,13 @@ struct ApiContext {
   bulk::ExportEngine* exports = nullptr;
   std::string public_base_url;  // e.g. "http://127.0.0.1:8080" (no trailing slash)
   std::string version;
+  // The Bulk Data IG view: its files go to this bucket of `sink` (the server's own output location) and are
+  // served from it until `export_file_lifetime_ms` after the job ended; polls are told to come back after
+  // `export_poll_seconds`.
+  sink::ObjectSink* sink = nullptr;
+  std::string server_export_bucket = "fhirlake-server-exports";
+  int64_t export_file_lifetime_ms = int64_t{48} * 3600 * 1000;
+  int export_poll_seconds = 1;
 
   std::string FhirBase(std::string_view datastore_id) const {
     return public_base_url + "/datastore/" + std::string(datastore_id) + "/r4";

@@ -17,30 +17,10 @@ using http::Request;
 using http::RequestContext;
 using http::Response;
 
-// RFC 7240: Prefer is a comma-separated list of preferences (each possibly with ;parameters), names compared
-// case-insensitively; every Prefer header counts.
-bool PrefersAsync(const Request& req) {
-  for (const auto& [name, value] : req.headers.items()) {
-    if (!http::EqualsIgnoreCase(name, "Prefer")) continue;
-    std::string_view rest = value;
-    while (!rest.empty()) {
-      size_t comma = rest.find(',');
-      std::string_view pref = rest.substr(0, comma);
-      pref = pref.substr(0, pref.find(';'));
-      while (!pref.empty() && (pref.front() == ' ' || pref.front() == '\t')) pref.remove_prefix(1);
-      while (!pref.empty() && (pref.back() == ' ' || pref.back() == '\t')) pref.remove_suffix(1);
-      if (http::EqualsIgnoreCase(pref, "respond-async")) return true;
-      if (comma == std::string_view::npos) break;
-      rest.remove_prefix(comma + 1);
-    }
-  }
-  return false;
-}
-
 Response KickOff(const ApiContext& ctx, const Request& req, const RequestContext& p, bulk::ExportLevel level) {
   auto store = FindDatastore(ctx, p.param("ds"));
   if (!store.ok()) return FhirError(store.status());
-  if (!PrefersAsync(req)) {
+  if (!HasPreference(req, "respond-async")) {
     return FhirError(Status::Invalid("$export runs asynchronously: send the header 'Prefer: respond-async'"));
   }
   Status st = CheckJsonContentType(req);
@@ -183,18 +163,6 @@ void RegisterBulkExport(http::Router& router, const ApiContext& ctx) {
   router.Add(
       "POST", r4 + "/Group/{id}/$export", http::RouteInfo{"healthlake:StartFHIRExportJobWithPost"},
       [c](const Request& req, const RequestContext& p) { return KickOff(*c, req, p, bulk::ExportLevel::kGroup); });
-  // The Bulk Data IG's GET kick-off is not served yet: say so instead of treating "$export" as a resource id.
-  for (const std::string path : {r4 + "/$export", r4 + "/Patient/$export", r4 + "/Group/{id}/$export"}) {
-    router.Add("GET", path, http::RouteInfo{"healthlake:StartFHIRExportJobWithGet"},
-               [](const Request& req, const RequestContext&) {
-                 Response resp = FhirError(405, "not-supported",
-                                           "GET " + req.path +
-                                               " (the Bulk Data IG kick-off) is not supported; use POST with "
-                                               "the HealthLake JSON body and 'Prefer: respond-async'");
-                 resp.headers.Set("Allow", "POST");
-                 return resp;
-               });
-  }
   router.Add("GET", r4 + "/export/{job}", http::RouteInfo{"healthlake:DescribeFHIRExportJobWithGet"},
              [c](const Request&, const RequestContext& p) { return Describe(*c, p); });
   router.Add("DELETE", r4 + "/export/{job}", http::RouteInfo{"healthlake:CancelFHIRExportJobWithDelete"},

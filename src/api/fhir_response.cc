@@ -46,4 +46,22 @@ Status CheckJsonContentType(const http::Request& request) {
                                                 "application/json)");
 }
 
+bool HasPreference(const http::Request& request, std::string_view preference) {
+  for (const auto& [name, value] : request.headers.items()) {
+    if (!http::EqualsIgnoreCase(name, "Prefer")) continue;
+    std::string_view rest = value;
+    while (!rest.empty()) {
+      size_t comma = rest.find(',');
+      std::string_view pref = rest.substr(0, comma);
+      pref = pref.substr(0, pref.find(';'));
+      while (!pref.empty() && (pref.front() == ' ' || pref.front() == '\t')) pref.remove_prefix(1);
+      while (!pref.empty() && (pref.back() == ' ' || pref.back() == '\t')) pref.remove_suffix(1);
+      if (http::EqualsIgnoreCase(pref, preference)) return true;
+      if (comma == std::string_view::npos) break;
+      rest.remove_prefix(comma + 1);
+    }
+  }
+  return false;
+}
+
 }  // namespace fhirlake::api

@@ -17,6 +17,9 @@ http::Response FhirError(int http_status, std::string_view issue_code, std::stri
 Result<store::ResourceStore*> FindDatastore(const ApiContext& ctx, std::string_view datastore_id);
 // Accepts application/fhir+json and application/json (parameters such as charset ignored).
 Status CheckJsonContentType(const http::Request& request);
+// RFC 7240: whether any Prefer header lists `preference` ("respond-async", "handling=lenient"); names and values
+// compared case-insensitively, preference parameters (";...") ignored.
+bool HasPreference(const http::Request& request, std::string_view preference);
 // 404 unless `type` is an R4 resource type (case-sensitive).
 Status CheckType(std::string_view type);
 

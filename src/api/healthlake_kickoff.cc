@@ -21,50 +21,60 @@ std::string Trim(std::string_view s) {
 
 }  // namespace
 
+Result<bool> ParseCommonExportParam(const http::QueryParam& q, EpochMillis now, ExportRequest* req) {
+  if (q.name == "_outputFormat") {
+    if (req->output_format_given) return Status::Invalid("_outputFormat is given more than once");
+    req->output_format_given = true;
+    if (q.value != "application/fhir+ndjson" && q.value != "application/ndjson" && q.value != "ndjson") {
+      return Status::Invalid("_outputFormat '" + q.value +
+                             "' is not supported; use application/fhir+ndjson, application/ndjson or ndjson");
+    }
+    req->output_format = "application/fhir+ndjson";
+    return true;
+  }
+  if (q.name == "_type") {
+    std::string_view v = q.value;
+    while (true) {
+      size_t comma = v.find(',');
+      std::string type = Trim(v.substr(0, comma));
+      if (type.empty()) return Status::Invalid("_type '" + q.value + "' contains an empty resource type");
+      if (!fhir::IsKnownResourceType(type)) {
+        return Status::Invalid("_type names '" + type + "', which is not an R4 resource type");
+      }
+      if (req->level != ExportLevel::kSystem && !bulk::IsPatientLevelType(type)) {
+        return Status::Invalid("_type names '" + type +
+                               "', which is neither in the Patient compartment nor a type "
+                               "exported with it (Practitioner, Organization, Location, Medication, Device, ...); "
+                               "use a system-level $export for it");
+      }
+      if (std::find(req->types.begin(), req->types.end(), type) == req->types.end()) req->types.push_back(type);
+      if (comma == std::string_view::npos) break;
+      v.remove_prefix(comma + 1);
+    }
+    return true;
+  }
+  if (q.name == "_since") {
+    if (req->since) return Status::Invalid("_since is given more than once");
+    auto since = ParseInstant(q.value);
+    if (!since.ok()) return since.status().WithContext("_since");
+    if (*since > now) {
+      return Status::Invalid("_since '" + q.value + "' is in the future (server time is " + FormatInstant(now) + ")");
+    }
+    req->since = *since;
+    return true;
+  }
+  return false;
+}
+
 Result<ExportRequest> ParseHealthLakeKickoff(ExportLevel level, std::string group_id,
                                              const std::vector<http::QueryParam>& query, std::string_view body,
                                              EpochMillis now) {
   ExportRequest req;
   req.level = level;
   req.group_id = std::move(group_id);
-  bool saw_format = false;
   for (const auto& q : query) {
-    if (q.name == "_outputFormat") {
-      if (saw_format) return Status::Invalid("_outputFormat is given more than once");
-      saw_format = true;
-      if (q.value != "application/fhir+ndjson" && q.value != "application/ndjson" && q.value != "ndjson") {
-        return Status::Invalid("_outputFormat '" + q.value +
-                               "' is not supported; use application/fhir+ndjson, application/ndjson or ndjson");
-      }
-      req.output_format = "application/fhir+ndjson";
-    } else if (q.name == "_type") {
-      std::string_view v = q.value;
-      while (true) {
-        size_t comma = v.find(',');
-        std::string type = Trim(v.substr(0, comma));
-        if (type.empty()) return Status::Invalid("_type '" + q.value + "' contains an empty resource type");
-        if (!fhir::IsKnownResourceType(type)) {
-          return Status::Invalid("_type names '" + type + "', which is not an R4 resource type");
-        }
-        if (level != ExportLevel::kSystem && !bulk::IsPatientLevelType(type)) {
-          return Status::Invalid("_type names '" + type +
-                                 "', which is neither in the Patient compartment nor a type "
-                                 "exported with it (Practitioner, Organization, Location, Medication, Device, ...); "
-                                 "use a system-level $export for it");
-        }
-        if (std::find(req.types.begin(), req.types.end(), type) == req.types.end()) req.types.push_back(type);
-        if (comma == std::string_view::npos) break;
-        v.remove_prefix(comma + 1);
-      }
-    } else if (q.name == "_since") {
-      if (req.since) return Status::Invalid("_since is given more than once");
-      auto since = ParseInstant(q.value);
-      if (!since.ok()) return since.status().WithContext("_since");
-      if (*since > now) {
-        return Status::Invalid("_since '" + q.value + "' is in the future (server time is " + FormatInstant(now) + ")");
-      }
-      req.since = *since;
-    } else {
+    ASSIGN_OR_RETURN(bool known, ParseCommonExportParam(q, now, &req));
+    if (!known) {
       return Status::Invalid("Query parameter '" + q.name +
                              "' is not supported by $export; supported: _outputFormat, _type, _since");
     }

@@ -2,6 +2,7 @@
 // (".../Patient/$export", ".../export/{jobId}") are added before the generic "{type}/{id}" ones.
 #include "api/routes.h"
 
+#include "api/bulk_data_ig.h"
 #include "api/bulk_export.h"
 #include "api/fhir_response.h"
 #include "api/fhir_rest.h"
@@ -14,6 +15,7 @@ std::unique_ptr<http::Router> BuildRouter(const ApiContext& ctx) {
     return FhirError(status, status == 405 ? "not-supported" : "not-found", message);
   });
   if (ctx.exports != nullptr) RegisterBulkExport(*router, ctx);
+  if (ctx.exports != nullptr && ctx.sink != nullptr) RegisterBulkDataIg(*router, ctx);
   RegisterFhirRest(*router, ctx);
   RegisterFhirSearch(*router, ctx);
   return router;

@@ -100,6 +100,18 @@ int main(int argc, char** argv) {
       ->envname("FHIRLAKE_EXPORT_TASK_ROWS")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 40))
       ->capture_default_str();
+  s->add_option("--export-server-bucket", serve.export_server_bucket,
+                "Bucket (on the local output directory, or on --s3-endpoint) that holds the files of Bulk Data IG "
+                "(GET) exports, served by this server")
+      ->capture_default_str();
+  s->add_option("--export-file-hours", serve.export_file_hours,
+                "Hours after a Bulk Data IG export ends during which its files can be downloaded")
+      ->check(CLI::Range(1, 24 * 365))
+      ->capture_default_str();
+  s->add_option("--export-poll-seconds", serve.export_poll_seconds,
+                "Retry-After of a Bulk Data IG status poll while the job runs")
+      ->check(CLI::Range(0, 3600))
+      ->capture_default_str();
   s->add_option("--export-queue-limit", serve.export_queue_limit,
                 "Export jobs that may wait (SUBMITTED + QUEUED) per datastore; further kick-offs get 429")
       ->envname("FHIRLAKE_EXPORT_QUEUE_LIMIT")

@@ -113,6 +113,15 @@ int RunServe(const ServeOptions& options) {
   api::ApiContext ctx;
   ctx.catalog = catalog->get();
   ctx.exports = &engine;
+  ctx.sink = sink->get();
+  if (auto b = bulk::ParseS3Uri("s3://" + options.export_server_bucket); !b.ok() || !b->prefix.empty()) {
+    std::fprintf(stderr, "fhirlake serve: --export-server-bucket '%s' is not a bucket name%s%s\n",
+                 options.export_server_bucket.c_str(), b.ok() ? "" : ": ", b.ok() ? "" : b.status().message().c_str());
+    return 2;
+  }
+  ctx.server_export_bucket = options.export_server_bucket;
+  ctx.export_file_lifetime_ms = int64_t{options.export_file_hours} * 3600 * 1000;
+  ctx.export_poll_seconds = options.export_poll_seconds;
   ctx.version = FHIRLAKE_VERSION;
 
   http::ServerOptions hso;

@@ -32,6 +32,10 @@ struct ServeOptions {
   int64_t export_task_rows = 200000;
   int export_queue_limit = 25;                       // SUBMITTED + QUEUED per datastore; beyond: 429
   int64_t export_min_free_bytes = int64_t{1} << 30;  // local output: refuse kick-offs below this (507)
+  // The Bulk Data IG view (docs/EXPORT.md): where its files are held, for how long, and the poll interval.
+  std::string export_server_bucket = "fhirlake-server-exports";
+  int export_file_hours = 48;
+  int export_poll_seconds = 1;
   // S3 output (docs/EXPORT.md "S3"); with no endpoint, s3:// URIs map to {data_dir}/s3/.
   std::string s3_endpoint;
   std::string s3_region = "us-east-1";

@@ -27,6 +27,7 @@ struct ExportRequest {
   std::vector<std::string> types;  // empty: every type the level allows
   std::optional<EpochMillis> since;
   std::string output_format = "application/fhir+ndjson";
+  bool output_format_given = false;  // parsing: _outputFormat was in the request
   std::string job_name;
   std::string data_access_role_arn;
   S3Location output;

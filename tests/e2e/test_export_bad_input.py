@@ -274,12 +274,6 @@ def test_repeated_type_parameters_add_up(srv):
                                                  ("Group", "bad-input-group", 1): 1}), d=d)
 
 
-@pytest.mark.parametrize("level", ["system", "patient", "group"])
-def test_get_on_kickoff_url_is_405(srv, level):
-    r = srv.sess.get(export_url(srv.base, level, "bad-input-group"), headers={"Prefer": "respond-async"})
-    assert_outcome(r, 405)
-
-
 def test_unwritable_bucket(srv):
     srv.s3_root().mkdir(parents=True, exist_ok=True)
     blocker = srv.s3_root() / "not-a-directory-bucket"

@@ -1,0 +1,406 @@
+// The Bulk Data Access IG's view of export jobs: GET kick-off at system, Patient and Group level, the status
+// (poll) URL with its manifest, DELETE on it, and the download of the server-held files (gzip, Range). The jobs
+// are the one engine's (bulk::ExportEngine); only the way in and the answers differ from HealthLake's view.
+#include "api/bulk_data_ig.h"
+
+#include <zlib.h>
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+
+#include "api/fhir_response.h"
+#include "api/healthlake_kickoff.h"
+#include "bulk/export_engine.h"
+#include "common/json_escape.h"
+#include "fhir/operation_outcome.h"
+
+namespace fhirlake::api {
+namespace {
+
+using http::Request;
+using http::RequestContext;
+using http::Response;
+namespace js = bulk::job_status;
+
+constexpr size_t kDownloadChunk = 256 << 10;
+
+// An answer that is not an error (202 kick-off, poll in progress, DELETE accepted): an informational outcome.
+Response Informational(int status, std::string_view diagnostics) {
+  return Response::Json(status, fhir::OperationOutcome("information", "informational", diagnostics));
+}
+
+bool IsFinished(const std::string& status) { return status == js::kCompleted || status == js::kCompletedWithErrors; }
+
+std::string PollUrl(const ApiContext& ctx, std::string_view ds, std::string_view job) {
+  return ctx.FhirBase(ds) + "/$export-poll-status/" + std::string(job);
+}
+
+// "{Type}/{Type}-{n}.ndjson" of a file key: what follows the job's key prefix.
+std::string_view FileTail(const store::ExportFileRecord& f, const std::string& job_prefix) {
+  std::string_view key = f.key;
+  if (key.size() <= job_prefix.size() + 1 || key.substr(0, job_prefix.size()) != job_prefix) return {};
+  return key.substr(job_prefix.size() + 1);
+}
+
+// Media types of the kick-off's Accept: it must name application/fhir+json (the IG's only kick-off answer type).
+bool AcceptsFhirJson(const Request& req) {
+  std::string_view accept = req.headers.Get("Accept");
+  while (!accept.empty()) {
+    size_t comma = accept.find(',');
+    std::string_view item = accept.substr(0, comma);
+    item = item.substr(0, item.find(';'));
+    while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+    while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+    if (http::EqualsIgnoreCase(item, "application/fhir+json")) return true;
+    if (comma == std::string_view::npos) break;
+    accept.remove_prefix(comma + 1);
+  }
+  return false;
+}
+
+// Whether the client accepts gzip (Accept-Encoding, RFC 9110: "gzip" or "x-gzip" without q=0).
+bool AcceptsGzip(const Request& req) {
+  for (const auto& [name, value] : req.headers.items()) {
+    if (!http::EqualsIgnoreCase(name, "Accept-Encoding")) continue;
+    std::string_view rest = value;
+    while (!rest.empty()) {
+      size_t comma = rest.find(',');
+      std::string_view item = rest.substr(0, comma);
+      std::string_view coding = item.substr(0, item.find(';'));
+      while (!coding.empty() && coding.front() == ' ') coding.remove_prefix(1);
+      while (!coding.empty() && coding.back() == ' ') coding.remove_suffix(1);
+      bool zero = false;
+      if (size_t q = item.find("q="); q != std::string_view::npos) {
+        std::string_view qv = item.substr(q + 2);
+        zero = qv.starts_with("0") && qv.find_first_not_of("0. ") == std::string_view::npos;
+      }
+      if (!zero && (http::EqualsIgnoreCase(coding, "gzip") || http::EqualsIgnoreCase(coding, "x-gzip"))) return true;
+      if (comma == std::string_view::npos) break;
+      rest.remove_prefix(comma + 1);
+    }
+  }
+  return false;
+}
+
+Response KickOff(const ApiContext& ctx, const Request& req, const RequestContext& p, bulk::ExportLevel level) {
+  auto store = FindDatastore(ctx, p.param("ds"));
+  if (!store.ok()) return FhirError(store.status());
+  if (!HasPreference(req, "respond-async")) {
+    return FhirError(Status::Invalid("$export runs asynchronously: send the header 'Prefer: respond-async'"));
+  }
+  if (!AcceptsFhirJson(req)) {
+    return FhirError(
+        Status::Invalid("The $export kick-off answers application/fhir+json: send 'Accept: "
+                        "application/fhir+json' (got '" +
+                        std::string(req.headers.Get("Accept")) + "')"));
+  }
+  const bool lenient = HasPreference(req, "handling=lenient");
+  const EpochMillis now = Clock::System().NowMillis();
+  bulk::ExportRequest request;
+  request.level = level;
+  if (level == bulk::ExportLevel::kGroup) request.group_id = p.param("id");
+  for (const auto& q : req.query) {
+    auto known = ParseCommonExportParam(q, now, &request);
+    if (!known.ok()) return FhirError(known.status());
+    if (!*known && !lenient) {
+      return FhirError(Status::Invalid("Query parameter '" + q.name +
+                                       "' is not supported by this server's $export (supported: _outputFormat, "
+                                       "_type, _since); send 'Prefer: handling=lenient' to have it ignored"));
+    }
+  }
+  request.output = bulk::S3Location{ctx.server_export_bucket, ""};
+  request.request_url = ctx.public_base_url + req.target;
+  request.view = "ig";
+  request.owner = p.principal.id;
+  auto job = ctx.exports->Submit(*store, request);
+  if (!job.ok()) {
+    Response resp = FhirError(job.status());
+    if (job.status().code() == StatusCode::kTooManyRequests) resp.headers.Set("Retry-After", "30");
+    return resp;
+  }
+  Response resp = Informational(
+      202, "The export job " + job->job_id + " was accepted; poll " + PollUrl(ctx, (*store)->info().id, job->job_id));
+  resp.headers.Set("Content-Location", PollUrl(ctx, (*store)->info().id, job->job_id));
+  return resp;
+}
+
+// The job of an IG status or file URL: kNotFound unless it is a job of this view, not expired, files not deleted.
+Result<bulk::JobView> FindIgJob(const ApiContext& ctx, store::ResourceStore* store, const std::string& job_id) {
+  auto view = ctx.exports->Describe(store, job_id);
+  if (!view.ok() || view->job.view != "ig") {
+    if (!view.ok() && view.status().code() != StatusCode::kNotFound) return view.status();
+    return Status::NotFound("There is no Bulk Data export job '" + job_id + "' in datastore " + store->info().id);
+  }
+  return view;
+}
+
+std::optional<EpochMillis> ExpiresAt(const ApiContext& ctx, const store::ExportJobRecord& job) {
+  if (!job.end_time) return std::nullopt;
+  return *job.end_time + ctx.export_file_lifetime_ms;
+}
+
+std::string RenderManifest(const ApiContext& ctx, const bulk::JobView& v, std::string_view ds) {
+  const auto& j = v.job;
+  const std::string prefix = bulk::ExportEngine::JobKeyPrefix(j, ds);
+  const std::string file_base = ctx.FhirBase(ds) + "/$export-file/" + j.job_id + "/";
+  std::string out = "{\"transactionTime\":" + JsonString(j.snapshot ? FormatInstant(j.snapshot->time) : "") +
+                    ",\"request\":" + JsonString(j.request_url) + ",\"requiresAccessToken\":false";
+  std::string output, errors;
+  for (const auto& f : v.files) {
+    std::string entry = "{\"type\":" + JsonString(f.type) +
+                        ",\"url\":" + JsonString(file_base + std::string(FileTail(f, prefix))) +
+                        ",\"count\":" + std::to_string(f.count) + "}";
+    std::string& list = f.kind == "output" ? output : errors;
+    if (!list.empty()) list.push_back(',');
+    list += entry;
+  }
+  out += ",\"output\":[" + output + "],\"error\":[" + errors + "]";
+  if (!j.message.empty()) out += ",\"extension\":{\"message\":" + JsonString(j.message) + "}";
+  return out + "}";
+}
+
+Response Poll(const ApiContext& ctx, const RequestContext& p) {
+  auto store = FindDatastore(ctx, p.param("ds"));
+  if (!store.ok()) return FhirError(store.status());
+  auto view = FindIgJob(ctx, *store, p.param("job"));
+  if (!view.ok()) {
+    // A failure of the poll itself (not of the job): the client should retry.
+    if (view.status().code() != StatusCode::kNotFound) return FhirError(500, "transient", view.status().message());
+    return FhirError(view.status());
+  }
+  const auto& j = view->job;
+  const EpochMillis now = Clock::System().NowMillis();
+  if (IsFinished(j.status)) {
+    auto expires = ExpiresAt(ctx, j);
+    if (expires && *expires <= now) {
+      return FhirError(404, "not-found",
+                       "The files of export job " + j.job_id + " expired at " + FormatInstant(*expires));
+    }
+    Response resp = Response::Json(200, RenderManifest(ctx, *view, (*store)->info().id), "application/json");
+    if (expires) resp.headers.Set("Expires", FormatHttpDate(*expires));
+    return resp;
+  }
+  if (j.status == js::kFailed) {
+    return FhirError(500, "exception", "The export job " + j.job_id + " failed: " + j.message);
+  }
+  if (j.status.starts_with("CANCEL")) {
+    return FhirError(404, "not-found", "The export job " + j.job_id + " was cancelled");
+  }
+  int percent = view->planned_rows > 0
+                    ? static_cast<int>(std::min<int64_t>(99, view->written_rows * 100 / view->planned_rows))
+                    : 0;
+  Response resp = Informational(202, "The export job " + j.job_id + " is " + j.status);
+  resp.headers.Set("X-Progress", j.status + " " + std::to_string(percent) + "%");
+  resp.headers.Set("Retry-After", std::to_string(std::max(1, ctx.export_poll_seconds)));
+  return resp;
+}
+
+Response Delete(const ApiContext& ctx, const RequestContext& p) {
+  auto store = FindDatastore(ctx, p.param("ds"));
+  if (!store.ok()) return FhirError(store.status());
+  auto view = FindIgJob(ctx, *store, p.param("job"));
+  if (!view.ok()) return FhirError(view.status());
+  const auto& j = view->job;
+  if (IsFinished(j.status) || j.status == js::kFailed || j.status.starts_with("CANCEL")) {
+    return FhirError(409, "conflict",
+                     "The export job " + j.job_id + " has ended (" + j.status +
+                         "); deleting the files of an ended job is not supported yet: they expire on their own");
+  }
+  auto cancelled = ctx.exports->Cancel(*store, j.job_id);
+  if (!cancelled.ok()) return FhirError(cancelled.status());
+  return Informational(202, "The export job " + j.job_id + " is being cancelled");
+}
+
+// A single "bytes=first-last" / "bytes=first-" / "bytes=-suffix" range of an object of `size` bytes.
+struct ByteRange {
+  int64_t first = 0, last = 0;
+};
+enum class RangeParse { kNone, kOk, kUnsatisfiable };
+RangeParse ParseRange(std::string_view header, int64_t size, ByteRange* out) {
+  if (header.empty()) return RangeParse::kNone;
+  if (!header.starts_with("bytes=")) return RangeParse::kNone;  // another unit: ignored (RFC 9110 14.2)
+  std::string_view spec = header.substr(6);
+  if (spec.find(',') != std::string_view::npos) return RangeParse::kNone;  // several ranges: the whole file
+  size_t dash = spec.find('-');
+  if (dash == std::string_view::npos) return RangeParse::kNone;
+  auto number = [](std::string_view s, int64_t* v) {
+    if (s.empty() || s.size() > 18 || s.find_first_not_of("0123456789") != std::string_view::npos) return false;
+    *v = std::stoll(std::string(s));
+    return true;
+  };
+  int64_t a = 0, b = 0;
+  std::string_view first = spec.substr(0, dash), last = spec.substr(dash + 1);
+  if (first.empty()) {
+    if (!number(last, &b)) return RangeParse::kNone;
+    if (b == 0 || size == 0) return RangeParse::kUnsatisfiable;
+    out->first = std::max<int64_t>(0, size - b);
+    out->last = size - 1;
+    return RangeParse::kOk;
+  }
+  if (!number(first, &a)) return RangeParse::kNone;
+  if (last.empty()) {
+    b = size - 1;
+  } else if (!number(last, &b) || b < a) {
+    return RangeParse::kNone;
+  }
+  if (a >= size) return RangeParse::kUnsatisfiable;
+  out->first = a;
+  out->last = std::min(b, size - 1);
+  return RangeParse::kOk;
+}
+
+// Streams [first, last] of `reader`, optionally gzip-compressed as it goes (bounded memory: one chunk in, one out).
+class FileStream {
+ public:
+  FileStream(std::shared_ptr<sink::ObjectReader> reader, int64_t first, int64_t last, bool gzip)
+      : reader_(std::move(reader)), next_(first), last_(last), gzip_(gzip) {
+    if (gzip_) {
+      std::memset(&z_, 0, sizeof z_);
+      // windowBits 15 + 16: a gzip wrapper; level 1: ndjson compresses well even so, and it keeps pace with disks.
+      z_ok_ = deflateInit2(&z_, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) == Z_OK;
+    }
+  }
+  ~FileStream() {
+    if (gzip_ && z_ok_) deflateEnd(&z_);
+  }
+  FileStream(const FileStream&) = delete;
+  FileStream& operator=(const FileStream&) = delete;
+
+  // The body producer: appends the next piece; false when done. Throws when the file cannot be read (the server
+  // then cuts the connection, so a client sees a truncated transfer, never a short file that looks whole).
+  bool Next(std::string* chunk) {
+    if (done_) return false;
+    in_.resize(kDownloadChunk);
+    size_t n = 0;
+    if (next_ <= last_) {
+      const size_t want = static_cast<size_t>(std::min<int64_t>(kDownloadChunk, last_ - next_ + 1));
+      auto got = reader_->ReadAt(next_, in_.data(), want);
+      if (!got.ok()) throw std::runtime_error("export file read failed: " + got.status().message());
+      if (*got == 0) throw std::runtime_error("export file ended before its recorded size");
+      n = *got;
+      next_ += static_cast<int64_t>(n);
+    }
+    const bool end = next_ > last_;
+    if (!gzip_) {
+      chunk->append(in_.data(), n);
+      done_ = end;
+      return !end;
+    }
+    if (!z_ok_) throw std::runtime_error("gzip could not be initialised");
+    z_.next_in = reinterpret_cast<Bytef*>(in_.data());
+    z_.avail_in = static_cast<uInt>(n);
+    const int flush = end ? Z_FINISH : Z_NO_FLUSH;
+    char out[64 << 10];
+    do {
+      z_.next_out = reinterpret_cast<Bytef*>(out);
+      z_.avail_out = sizeof out;
+      int rc = deflate(&z_, flush);
+      if (rc == Z_STREAM_ERROR) throw std::runtime_error("gzip failed");
+      chunk->append(out, sizeof out - z_.avail_out);
+      if (rc == Z_STREAM_END) break;
+    } while (z_.avail_out == 0 || (flush == Z_FINISH));
+    done_ = end;
+    return !end;
+  }
+
+ private:
+  std::shared_ptr<sink::ObjectReader> reader_;
+  int64_t next_, last_;
+  bool gzip_;
+  bool z_ok_ = false;
+  bool done_ = false;
+  z_stream z_{};
+  std::string in_;
+};
+
+Response Download(const ApiContext& ctx, const Request& req, const RequestContext& p) {
+  auto store = FindDatastore(ctx, p.param("ds"));
+  if (!store.ok()) return FhirError(store.status());
+  auto view = FindIgJob(ctx, *store, p.param("job"));
+  if (!view.ok()) return FhirError(view.status());
+  const auto& j = view->job;
+  const std::string name = p.param("type") + "/" + p.param("file");
+  auto not_found = [&] { return FhirError(404, "not-found", "Export job " + j.job_id + " has no file " + name); };
+  if (!IsFinished(j.status)) return not_found();
+  auto expires = ExpiresAt(ctx, j);
+  const EpochMillis now = Clock::System().NowMillis();
+  if (expires && *expires <= now) {
+    return FhirError(404, "not-found",
+                     "The files of export job " + j.job_id + " expired at " + FormatInstant(*expires));
+  }
+  const std::string prefix = bulk::ExportEngine::JobKeyPrefix(j, (*store)->info().id);
+  const store::ExportFileRecord* file = nullptr;
+  for (const auto& f : view->files) {
+    if (FileTail(f, prefix) == name) file = &f;
+  }
+  if (file == nullptr) return not_found();
+  auto out = bulk::ExportEngine::JobOutput(j);
+  if (!out.ok()) return FhirError(out.status());
+  auto reader = ctx.sink->Open({j.data_access_role_arn, j.kms_key_id}, out->bucket, file->key);
+  if (!reader.ok()) {
+    if (reader.status().code() == StatusCode::kNotFound) return not_found();
+    return FhirError(500, "transient", "Export file " + name + " could not be opened: " + reader.status().message());
+  }
+  std::shared_ptr<sink::ObjectReader> r = std::move(reader).value();
+  const int64_t size = r->size();
+  const std::string tag =
+      j.job_id + "-" + file->kind + "-" + file->type + "-" + std::to_string(file->file_no) + "-" + std::to_string(size);
+  ByteRange range;
+  RangeParse rp = ParseRange(req.headers.Get("Range"), size, &range);
+  Response resp;
+  resp.headers.Set("Accept-Ranges", "bytes");
+  resp.headers.Set("Last-Modified", FormatHttpDate(j.end_time.value_or(now)));
+  if (expires) resp.headers.Set("Expires", FormatHttpDate(*expires));
+  resp.headers.Set("Vary", "Accept-Encoding");
+  if (rp == RangeParse::kUnsatisfiable) {
+    Response bad = FhirError(416, "invalid",
+                             "Range '" + std::string(req.headers.Get("Range")) + "' is outside " + name + " (" +
+                                 std::to_string(size) + " bytes)");
+    bad.headers.Set("Content-Range", "bytes */" + std::to_string(size));
+    return bad;
+  }
+  resp.headers.Set("Content-Type", "application/fhir+ndjson");
+  bool gzip = false;
+  if (rp == RangeParse::kOk) {
+    // Ranges are of the identity encoding, so a resumed download continues the same bytes.
+    resp.status = 206;
+    resp.headers.Set("Content-Range", "bytes " + std::to_string(range.first) + "-" + std::to_string(range.last) + "/" +
+                                          std::to_string(size));
+    resp.headers.Set("ETag", "\"" + tag + "\"");
+  } else {
+    range = ByteRange{0, size - 1};
+    gzip = AcceptsGzip(req);
+    if (gzip) resp.headers.Set("Content-Encoding", "gzip");
+    resp.headers.Set("ETag", "\"" + tag + (gzip ? "-gzip" : "") + "\"");
+  }
+  auto stream = std::make_shared<FileStream>(std::move(r), range.first, range.last, gzip);
+  resp.body_producer = [stream](std::string* chunk) { return stream->Next(chunk); };
+  return resp;
+}
+
+}  // namespace
+
+void RegisterBulkDataIg(http::Router& router, const ApiContext& ctx) {
+  const ApiContext* c = &ctx;
+  const std::string r4 = "/datastore/{ds}/r4";
+  router.Add(
+      "GET", r4 + "/$export", http::RouteInfo{"healthlake:StartFHIRExportJobWithGet"},
+      [c](const Request& req, const RequestContext& p) { return KickOff(*c, req, p, bulk::ExportLevel::kSystem); });
+  router.Add(
+      "GET", r4 + "/Patient/$export", http::RouteInfo{"healthlake:StartFHIRExportJobWithGet"},
+      [c](const Request& req, const RequestContext& p) { return KickOff(*c, req, p, bulk::ExportLevel::kPatient); });
+  router.Add(
+      "GET", r4 + "/Group/{id}/$export", http::RouteInfo{"healthlake:StartFHIRExportJobWithGet"},
+      [c](const Request& req, const RequestContext& p) { return KickOff(*c, req, p, bulk::ExportLevel::kGroup); });
+  router.Add("GET", r4 + "/$export-poll-status/{job}", http::RouteInfo{"healthlake:DescribeFHIRExportJobWithGet"},
+             [c](const Request&, const RequestContext& p) { return Poll(*c, p); });
+  router.Add("DELETE", r4 + "/$export-poll-status/{job}", http::RouteInfo{"healthlake:CancelFHIRExportJobWithDelete"},
+             [c](const Request&, const RequestContext& p) { return Delete(*c, p); });
+  router.Add("GET", r4 + "/$export-file/{job}/{type}/{file}", http::RouteInfo{"healthlake:GetExportedFile"},
+             [c](const Request& req, const RequestContext& p) { return Download(*c, req, p); });
+}
+
+}  // namespace fhirlake::api

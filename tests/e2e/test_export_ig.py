@@ -1,0 +1,321 @@
+"""The Bulk Data Access IG view of export: GET kick-off at the three levels, the status URL (202 + X-Progress +
+Retry-After, then 200 + Expires + the manifest), DELETE on it, and the download of the server-held files
+(gzip, Range, ETag) — driven by a client that behaves as the public Bulk Data clients do (GET kick-off with
+`Accept: application/fhir+json` and `Prefer: respond-async, handling=lenient`, polls with
+`Accept: application/json` honouring Retry-After, parallel gzip downloads, manifest `count` and `type` checked
+per file). Every expected set is computed in Python from the sample (export_helpers.expected_*), and the same
+export through the HealthLake view must give the same set.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import gzip
+import json
+import time
+import urllib.parse
+
+import pytest
+import requests
+
+from export_helpers import servers  # noqa: F401  (fixture)
+from export_helpers import (INSTANT_RE, SAMPLE_GROUP_ID, ServerPool, Template, assert_outcome, collect_output,
+                            describe, expected_group, expected_patient, expected_system, new_session, sample_data,
+                            start_export, wait_done)
+
+KICKOFF = {"Accept": "application/fhir+json", "Prefer": "respond-async, handling=lenient"}
+POLL = {"Accept": "application/json"}
+SERVER_BUCKET = "fhirlake-server-exports"
+
+
+@pytest.fixture(scope="module")
+def tpl(tmp_path_factory):
+    return Template(tmp_path_factory.mktemp("ig"), sample_data())
+
+
+class Env:
+    pass
+
+
+@pytest.fixture(scope="module")
+def env(tpl, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ig-env")
+    pool = ServerPool(root)
+    e = Env()
+    e.srv = pool.start(tpl.clone(root / "data"), ["--export-poll-seconds", "1"])
+    e.model = tpl.model()
+    yield e
+    errors = pool.stop_all()
+    assert not errors, errors
+
+
+def kickoff_url(base, level, group_id=None, query=""):
+    path = {"system": "/$export", "patient": "/Patient/$export", "group": f"/Group/{group_id}/$export"}[level]
+    return base + path + (("?" + query) if query else "")
+
+
+class BulkClient:
+    """What SMART's bulk-data-client and similar clients do, step by step, with the checks they make."""
+
+    def __init__(self, sess: requests.Session):
+        self.sess = sess
+        self.polls = []  # (status, Retry-After, X-Progress) of every poll
+
+    def kickoff(self, url, headers=KICKOFF) -> str:
+        r = self.sess.get(url, headers=headers)
+        assert r.status_code == 202, f"kick-off {url}: {r.status_code} {r.text[:800]}"
+        loc = r.headers.get("Content-Location", "")
+        assert loc.startswith("http://127.0.0.1:"), f"Content-Location is not absolute: {loc!r}"
+        return loc
+
+    def wait(self, status_url, timeout=120) -> requests.Response:
+        deadline = time.time() + timeout
+        while True:
+            r = self.sess.get(status_url, headers=POLL)
+            self.polls.append((r.status_code, r.headers.get("Retry-After"), r.headers.get("X-Progress")))
+            if r.status_code != 202:
+                return r
+            retry = r.headers.get("Retry-After")
+            assert retry is not None and retry.isdigit(), f"a 202 poll without a Retry-After in seconds: {retry!r}"
+            progress = r.headers.get("X-Progress", "")
+            assert 0 < len(progress) <= 100, f"X-Progress {progress!r}"
+            assert time.time() < deadline, f"the export did not finish in {timeout} s: {self.polls[-3:]}"
+            time.sleep(int(retry))
+
+    def download_all(self, manifest, parallel=4, gzip_ok=True):
+        """Downloads every output file in parallel; returns ({(type, id, version): n}, {url: bytes})."""
+        headers = {"Accept": "application/fhir+ndjson"}
+        if gzip_ok:
+            headers["Accept-Encoding"] = "gzip"
+
+        def one(entry):
+            r = requests.get(entry["url"], headers=headers, timeout=120)
+            assert r.status_code == 200, f"GET {entry['url']}: {r.status_code} {r.text[:300]}"
+            assert r.headers.get("Content-Type", "").split(";")[0] == "application/fhir+ndjson", r.headers
+            if gzip_ok:
+                assert r.headers.get("Content-Encoding") == "gzip", r.headers
+            return entry, r.content  # requests undoes the gzip
+
+        counter = collections.Counter()
+        bodies = {}
+        with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+            for entry, body in pool.map(one, manifest["output"]):
+                bodies[entry["url"]] = body
+                lines = body.split(b"\n")
+                assert lines[-1] == b"", f"{entry['url']} does not end with a newline"
+                lines = lines[:-1]
+                assert len(lines) == entry["count"], f"{entry['url']}: {len(lines)} lines, manifest says {entry['count']}"
+                for line in lines:
+                    obj = json.loads(line)
+                    assert obj["resourceType"] == entry["type"], f"a {obj['resourceType']} in {entry['url']}"
+                    counter[(obj["resourceType"], obj["id"], int(obj["meta"]["versionId"]))] += 1
+        return counter, bodies
+
+
+def check_manifest(r: requests.Response, kickoff: str):
+    assert r.status_code == 200, f"{r.status_code} {r.text[:800]}"
+    assert r.headers.get("Content-Type", "").split(";")[0] == "application/json", r.headers
+    assert r.headers.get("Expires"), "a finished status answer has no Expires header"
+    m = r.json()
+    assert INSTANT_RE.match(m["transactionTime"]), m["transactionTime"]
+    assert m["request"] == kickoff, (m["request"], kickoff)
+    assert m["requiresAccessToken"] is False
+    assert m["error"] == [], m["error"]
+    assert m["output"], "no output files"
+    for o in m["output"]:
+        assert set(o) == {"type", "url", "count"}, o
+        assert o["url"].startswith("http://127.0.0.1:"), o
+        assert o["count"] > 0, o
+    return m
+
+
+def ig_export(env, level="system", group_id=None, query=""):
+    client = BulkClient(new_session())
+    url = kickoff_url(env.srv.base, level, group_id, query)
+    status_url = client.kickoff(url)
+    m = check_manifest(client.wait(status_url), url)
+    got, bodies = client.download_all(m)
+    return client, status_url, m, got, bodies
+
+
+def diff(got, expected):
+    return f"missing {sorted(expected - got)[:10]}, extra {sorted(got - expected)[:10]}, " \
+           f"twice {[k for k, n in got.items() if n > 1][:10]}"
+
+
+# ---------------------------------------------------------------------------------------------- the three levels
+
+def test_system_export_through_the_ig_view_is_the_expected_set(env):
+    client, status_url, m, got, _ = ig_export(env)
+    expected = expected_system(env.model.state)
+    assert got == expected, diff(got, expected)
+    assert any(s == 202 for s, _, _ in client.polls) or len(client.polls) == 1
+
+
+def test_patient_export_through_the_ig_view_is_the_expected_set(env):
+    _, _, _, got, _ = ig_export(env, "patient")
+    expected = expected_patient(env.model.state)
+    assert got == expected, diff(got, expected)
+
+
+def test_group_export_through_the_ig_view_is_the_expected_set(env):
+    _, _, _, got, _ = ig_export(env, "group", SAMPLE_GROUP_ID)
+    expected = expected_group(env.model.state, SAMPLE_GROUP_ID)
+    assert got == expected, diff(got, expected)
+
+
+def test_type_and_since_and_repeated_parameters(env):
+    _, _, _, got, _ = ig_export(env, "patient", query="_type=Patient&_type=Condition,AllergyIntolerance"
+                                                      "&_outputFormat=ndjson")
+    expected = expected_patient(env.model.state, types={"Patient", "Condition", "AllergyIntolerance"})
+    assert got == expected, diff(got, expected)
+    # _since after every write: nothing changed since, so no files at all.
+    client = BulkClient(new_session())
+    since = urllib.parse.quote(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1)))
+    url = kickoff_url(env.srv.base, "system", query=f"_since={since}")
+    r = client.wait(client.kickoff(url))
+    assert r.status_code == 200, r.text
+    assert r.json()["output"] == [] and r.json()["error"] == []
+
+
+def test_same_set_as_the_healthlake_view(env):
+    _, _, _, got, _ = ig_export(env, "patient", query="_type=Patient,Observation")
+    srv = env.srv
+    job = start_export(srv.sess, srv.base, "patient", query="_type=Patient,Observation")
+    d = wait_done(srv.sess, srv.base, job)
+    assert collect_output(srv, d).counter == got
+
+
+def test_healthlake_describe_shows_an_ig_job_with_the_server_location(env):
+    client = BulkClient(new_session())
+    status_url = client.kickoff(kickoff_url(env.srv.base, "system", query="_type=Organization"))
+    client.wait(status_url)
+    job_id = status_url.rsplit("/", 1)[1]
+    d = describe(env.srv.sess, env.srv.base, job_id)
+    props = d["exportJobProperties"]
+    assert props["jobStatus"] == "COMPLETED", props
+    assert props["outputDataConfig"]["s3Configuration"]["s3Uri"] == f"s3://{SERVER_BUCKET}", props
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+def test_gzip_download_is_byte_identical_to_the_plain_one(env):
+    _, _, m, _, bodies = ig_export(env, "system", query="_type=Patient,Encounter")
+    for entry in m["output"]:
+        plain = requests.get(entry["url"], headers={"Accept-Encoding": "identity"}, timeout=60)
+        assert plain.status_code == 200 and "Content-Encoding" not in plain.headers, plain.headers
+        raw = requests.get(entry["url"], headers={"Accept-Encoding": "gzip"}, timeout=60, stream=True)
+        compressed = raw.raw.read(decode_content=False)
+        assert raw.headers["Content-Encoding"] == "gzip"
+        assert gzip.decompress(compressed) == plain.content == bodies[entry["url"]]
+        assert len(compressed) < len(plain.content) / 3, "ndjson should compress well"
+        assert raw.headers["ETag"] != plain.headers["ETag"], "one strong ETag per encoding"
+        assert plain.headers["ETag"].startswith('"') and not plain.headers["ETag"].startswith('W/')
+
+
+def test_range_requests_resume_a_download(env):
+    _, _, m, _, bodies = ig_export(env, "system", query="_type=Patient")
+    url = m["output"][0]["url"]
+    whole = bodies[url]
+    size = len(whole)
+    cut = size // 3
+    r = requests.get(url, headers={"Range": f"bytes={cut}-", "Accept-Encoding": "gzip"}, timeout=60)
+    assert r.status_code == 206, r.text[:300]
+    assert "Content-Encoding" not in r.headers, "ranges are of the identity encoding"
+    assert r.headers["Content-Range"] == f"bytes {cut}-{size - 1}/{size}"
+    assert whole[:cut] + r.content == whole
+    r = requests.get(url, headers={"Range": "bytes=10-19"}, timeout=60)
+    assert r.status_code == 206 and r.content == whole[10:20], r.headers
+    r = requests.get(url, headers={"Range": "bytes=-5"}, timeout=60)
+    assert r.status_code == 206 and r.content == whole[-5:], r.headers
+    r = requests.get(url, headers={"Range": f"bytes={size}-"}, timeout=60)
+    assert_outcome(r, 416)
+    assert r.headers["Content-Range"] == f"bytes */{size}"
+
+
+def test_unknown_files_and_jobs_are_404(env):
+    _, status_url, m, _, _ = ig_export(env, "system", query="_type=Organization")
+    base = env.srv.base
+    job_id = status_url.rsplit("/", 1)[1]
+    url = m["output"][0]["url"]
+    for bad in [url.replace("-1.ndjson", "-99.ndjson"), url.replace("Organization/", "Patient/"),
+                f"{base}/$export-file/{job_id}/..%2F..%2Fetc/passwd", f"{base}/$export-file/0000/Organization/x"]:
+        r = requests.get(bad, timeout=30)
+        assert_outcome(r, 404)
+        assert "/tmp" not in r.text and "/work" not in r.text, r.text
+    r = requests.get(f"{base}/$export-poll-status/{'0' * 32}", headers=POLL, timeout=30)
+    assert_outcome(r, 404)
+    # A HealthLake-view job has no IG status URL.
+    srv = env.srv
+    hl = start_export(srv.sess, srv.base, "system", query="_type=Organization")
+    wait_done(srv.sess, srv.base, hl)
+    assert_outcome(requests.get(f"{base}/$export-poll-status/{hl}", headers=POLL, timeout=30), 404)
+
+
+# ---------------------------------------------------------------------------------------------- DELETE
+
+def test_delete_cancels_a_running_job_and_the_status_url_then_404s(tpl, servers, tmp_path):
+    srv = servers.start(tpl.clone(tmp_path / "data"),
+                        ["--export-poll-seconds", "1", "--test-export-batch-delay-ms", "300",
+                         "--export-batch-rows", "100"])
+    client = BulkClient(new_session())
+    status_url = client.kickoff(kickoff_url(srv.base, "system"))
+    r = requests.get(status_url, headers=POLL, timeout=30)
+    assert r.status_code == 202, r.text
+    r = requests.delete(status_url, timeout=30)
+    assert r.status_code == 202, r.text
+    deadline = time.time() + 60
+    while True:
+        r = requests.get(status_url, headers=POLL, timeout=30)
+        if r.status_code == 404:
+            break
+        assert r.status_code == 202 and time.time() < deadline, (r.status_code, r.text[:300])
+        time.sleep(0.2)
+    assert_outcome(r, 404, mentions=["cancel"])
+
+
+def test_delete_of_an_ended_job_is_refused_for_now(env):
+    _, status_url, m, _, _ = ig_export(env, "system", query="_type=Organization")
+    r = requests.delete(status_url, timeout=30)
+    assert_outcome(r, 409, mentions=["ended"])
+    assert requests.get(m["output"][0]["url"], timeout=30).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------- bad kick-offs
+
+@pytest.mark.parametrize("headers,mention", [
+    ({"Accept": "application/fhir+json"}, "respond-async"),
+    ({"Prefer": "respond-async"}, "Accept"),
+    ({"Prefer": "respond-async", "Accept": "application/xml"}, "Accept"),
+])
+@pytest.mark.parametrize("level", ["system", "patient", "group"])
+def test_kickoff_headers_are_required(env, headers, mention, level):
+    r = requests.get(kickoff_url(env.srv.base, level, SAMPLE_GROUP_ID), headers=headers, timeout=30)
+    assert_outcome(r, 400, mentions=[mention])
+
+
+@pytest.mark.parametrize("query,mention", [
+    ("_outputFormat=application/xml", "_outputFormat"),
+    ("_outputFormat=text/html", "_outputFormat"),
+    ("_type=Patient,Nonsense", "Nonsense"),
+    ("_since=yesterday", "_since"),
+    ("_since=2999-01-01T00:00:00Z", "future"),
+])
+def test_bad_parameters_are_400(env, query, mention):
+    r = requests.get(kickoff_url(env.srv.base, "system", query=query), headers=KICKOFF, timeout=30)
+    assert_outcome(r, 400, mentions=[mention])
+
+
+def test_unsupported_parameter_is_400_unless_lenient(env):
+    url = kickoff_url(env.srv.base, "system", query="_type=Organization&_unknownThing=1")
+    strict = {"Accept": "application/fhir+json", "Prefer": "respond-async"}
+    r = requests.get(url, headers=strict, timeout=30)
+    assert_outcome(r, 400, mentions=["_unknownThing", "handling=lenient"])
+    client = BulkClient(new_session())
+    assert client.wait(client.kickoff(url)).status_code == 200
+
+
+def test_unknown_group_is_404(env):
+    r = requests.get(kickoff_url(env.srv.base, "group", "no-such-group"), headers=KICKOFF, timeout=30)
+    assert_outcome(r, 404, mentions=["no-such-group"])
