@@ -36,7 +36,7 @@ EXPECTED_TYPE_COUNT = 145
 COLUMN_LIMIT = 120  # .clang-format ColumnLimit
 # Bump when the extraction rules of src/search/extract.cc or normalize.cc change meaning: it is part of
 # RegistryHash(), so stores built with other rules are reindexed.
-EXTRACTION_RULES_VERSION = 1
+EXTRACTION_RULES_VERSION = 2  # 2: :text rows kept only for values without a code (search answers :text from the JSON)
 MAX_UNSUPPORTED_FRACTION = 0.02
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -496,7 +496,13 @@ Result<IndexRows> IndexExtractor::ExtractImpl(element resource) {
     const Marks marks(rows);
     values_.clear();
     c.path->Evaluate(root, root, scratch_, values_);
-    if (def->type != ParamType::kComposite) {
+    if (def->type == ParamType::kToken) {
+      for (const PathNode& n : values_) {
+        const size_t before = rows.tokens.size();
+        ValueRows(def->type, def->id, n, rows, text_of);
+        if (share_rows_) DropTextRowsBeside(rows.tokens, before);
+      }
+    } else if (def->type != ParamType::kComposite) {
       for (const PathNode& n : values_) ValueRows(def->type, def->id, n, rows, text_of);
     } else {
       // values_ are the tuples; each component is evaluated relative to one tuple.
@@ -528,6 +534,40 @@ Result<IndexRows> IndexExtractor::ExtractImpl(element resource) {
   }
   if (share_rows_) DropSharedRows(type, rows);
   return rows;
+}
+
+// The :text rows of one token value (a coding's display, a concept's or identifier type's text) are not stored
+// when the value has a code row: searches answer :text from the resource itself (TokenTexts), and :missing needs
+// only some row. A value with text only keeps its text rows, so that it still counts as present.
+void IndexExtractor::DropTextRowsBeside(std::vector<TokenRow>& tokens, size_t from) {
+  const bool has_code = std::any_of(tokens.begin() + static_cast<std::ptrdiff_t>(from), tokens.end(),
+                                    [](const TokenRow& t) { return t.kind != TokenKind::kText; });
+  if (!has_code) return;
+  tokens.erase(std::remove_if(tokens.begin() + static_cast<std::ptrdiff_t>(from), tokens.end(),
+                              [](const TokenRow& t) { return t.kind == TokenKind::kText; }),
+               tokens.end());
+}
+
+Result<std::vector<std::string>> IndexExtractor::TokenTexts(std::string_view json, const ParamDef& def) {
+  std::vector<std::string> out;
+  if (def.type != ParamType::kToken) return out;
+  element root_element;
+  numbers_.Reset({}, nullptr);
+  if (parser_.parse(json.data(), json.size()).get(root_element) != simdjson::SUCCESS) {
+    return Status::Invalid("stored resource is not JSON");
+  }
+  const CompiledParam& c = CompiledParams()[def.id];
+  if (!c.path) return out;
+  const PathNode root = ResourceNode(root_element);
+  values_.clear();
+  c.path->Evaluate(root, root, scratch_, values_);
+  IndexRows rows;
+  auto text_of = [this](element number) { return numbers_.Find(number); };
+  for (const PathNode& n : values_) ValueRows(def.type, def.id, n, rows, text_of);
+  for (TokenRow& t : rows.tokens) {
+    if (t.kind == TokenKind::kText) out.push_back(std::move(t.code));
+  }
+  return out;
 }
 
 // A reference parameter whose rows of a target type are another's (Observation patient: subject's Patient rows)

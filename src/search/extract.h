@@ -23,8 +23,12 @@ class IndexExtractor {
   Result<IndexRows> Extract(std::string_view json);
   // The same over an already parsed DOM element (the resource object).
   Result<IndexRows> Extract(simdjson::dom::element resource);
-  // Tests: with false, every parameter gets all its rows, also those it shares with another (ParamDef::stored_in),
-  // so a test can check that what the store keeps once is exactly what each parameter would have had.
+  // The normalised :text texts of token parameter `def` in `json` (CodingDisplay, CodeableConcept.text,
+  // Identifier.type.text): what a `:text` search matches, evaluated on the resource since the index does not keep
+  // them for values that have a code.
+  Result<std::vector<std::string>> TokenTexts(std::string_view json, const ParamDef& def);
+  // Tests: with false, every parameter gets all its rows, also those it shares with another (ParamDef::stored_in)
+  // and the :text rows of values that have a code, so a test can check what each parameter would have alone.
   void set_share_rows(bool share) { share_rows_ = share; }
 
  private:
@@ -49,6 +53,7 @@ class IndexExtractor {
 
   Result<IndexRows> ExtractImpl(simdjson::dom::element resource);
   void DropSharedRows(std::string_view type, IndexRows& rows);
+  static void DropTextRowsBeside(std::vector<TokenRow>& tokens, size_t from);
 
   bool share_rows_ = true;
 

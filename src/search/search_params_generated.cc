@@ -16,7 +16,7 @@ namespace {
 
 using enum ParamType;
 
-constexpr std::string_view kRegistryHash = "e8a8543d504ea100";  // sha256 prefix of rules v1 + tables
+constexpr std::string_view kRegistryHash = "951b683555ca43f0";  // sha256 prefix of rules v2 + tables
 
 // clang-format off
 constexpr std::string_view kTargets0[] = {

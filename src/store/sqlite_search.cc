@@ -252,7 +252,7 @@ std::string ValueCond(ParamType type, Modifier mod, const SearchValue& v, const 
       return "(" + c.norm + ">=" + b->Text(v.s1) + " AND " + c.norm + "<" + b->Text(v.s1 + "\xff") + ")";
     case ParamType::kToken: {
       std::string kind = composite ? "" : c.kind + "=";
-      if (mod == Modifier::kText) return "(" + kind + "1 AND instr(" + c.code + "," + b->Text(v.s2) + ")>0)";
+      if (mod == Modifier::kText) return "0";  // answered from the resource (CriterionCond, fl_token_text)
       if (mod == Modifier::kOfType) {
         return "(" + kind + "2 AND " + c.system + "=" + b->Text(v.s1) + " AND " + c.code + "=" + b->Text(v.s2) + ")";
       }
@@ -326,6 +326,12 @@ class SqlBuilder {
         out += DateCond(r + ".last_updated", r + ".last_updated", v, b);
       }
       return "(" + out + ")";
+    }
+    if (def.type == ParamType::kToken && c.modifier == Modifier::kText) {
+      // The index keeps no :text rows for values with a code: evaluate the parameter on the resource itself.
+      std::string out = "fl_token_text(" + r + ".type," + r + ".json," + b->Text(def.code);
+      for (const auto& v : c.values) out += "," + b->Text(v.s2);
+      return out + ")";
     }
     std::string x = Alias("x");
     std::string table = TableOf(def.type);
@@ -740,7 +746,38 @@ Status AddIncludes(SqliteConnection& conn, const SearchQuery& query, const std::
   return Status::Ok();
 }
 
+// fl_token_text(type, json, code, needle...): 1 when a :text text of the token parameter `code` of `type` in the
+// resource `json` contains one of the (normalised) needles. One extractor per thread.
+void TokenTextFunction(sqlite3_context* ctx, int argc, sqlite3_value** argv) {
+  if (argc < 4) return sqlite3_result_error(ctx, "fl_token_text needs type, json, code and a text", -1);
+  auto text = [&](int i) {
+    const unsigned char* p = sqlite3_value_text(argv[i]);
+    return p == nullptr
+               ? std::string_view()
+               : std::string_view(reinterpret_cast<const char*>(p), static_cast<size_t>(sqlite3_value_bytes(argv[i])));
+  };
+  const ParamDef* def = search::FindParam(text(0), text(2));
+  if (def == nullptr) return sqlite3_result_int(ctx, 0);
+  thread_local search::IndexExtractor extractor;
+  auto texts = extractor.TokenTexts(text(1), *def);
+  if (!texts.ok()) return sqlite3_result_error(ctx, texts.status().message().c_str(), -1);
+  for (int i = 3; i < argc; ++i) {
+    const std::string_view needle = text(i);
+    for (const std::string& t : *texts) {
+      if (t.find(needle) != std::string::npos) return sqlite3_result_int(ctx, 1);
+    }
+  }
+  sqlite3_result_int(ctx, 0);
+}
+
 }  // namespace
+
+Status RegisterSearchFunctions(SqliteConnection& conn) {
+  int rc = sqlite3_create_function_v2(conn.raw(), "fl_token_text", -1, SQLITE_UTF8 | SQLITE_DETERMINISTIC, nullptr,
+                                      TokenTextFunction, nullptr, nullptr, nullptr);
+  if (rc != SQLITE_OK) return SqliteError(conn.raw(), "registering the search functions failed");
+  return Status::Ok();
+}
 
 Status WriteSearchRows(SqliteConnection& conn, int64_t rid, const search::IndexRows& rows) {
   if (!rows.strings.empty()) {

@@ -15,6 +15,10 @@
 
 namespace fhirlake::store {
 
+// Registers the SQL functions searches use (fl_token_text: `:text` on a token parameter); every connection that
+// runs searches needs them.
+Status RegisterSearchFunctions(SqliteConnection& conn);
+
 // Writes the rows of the current version of `rid` (inside the caller's write transaction).
 Status WriteSearchRows(SqliteConnection& conn, int64_t rid, const search::IndexRows& rows);
 // Drops every index row of `rid` (the version they came from is no longer current).

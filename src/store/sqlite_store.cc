@@ -90,6 +90,7 @@ class ConnectionPool {
     RETURN_IF_ERROR(
         conn->Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF;"
                    " PRAGMA temp_store=MEMORY; PRAGMA cache_size=-4096;"));
+    RETURN_IF_ERROR(RegisterSearchFunctions(*conn));
     return conn;
   }
 

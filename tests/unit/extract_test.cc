@@ -52,6 +52,15 @@ TokenSet Tokens(const IndexRows& rows, ParamId id) {
   return out;
 }
 
+// The token rows other than :text rows.
+TokenSet CodeTokens(const IndexRows& rows, ParamId id) {
+  TokenSet out;
+  for (const auto& t : Tokens(rows, id)) {
+    if (std::get<0>(t) != TokenKind::kText) out.insert(t);
+  }
+  return out;
+}
+
 using RefSet = std::set<std::tuple<std::string, std::string, std::string>>;
 RefSet References(const IndexRows& rows, ParamId id) {
   RefSet out;
@@ -108,6 +117,7 @@ TEST(ExtractTest, PatientNameAddressBirthdate) {
 
 TEST(ExtractTest, PatientTokens) {
   IndexExtractor ex;
+  ex.set_share_rows(false);  // each parameter's own rows, :text rows included (the store keeps fewer)
   ASSERT_OK_AND_ASSIGN(IndexRows rows, ex.Extract(kPatient));
   EXPECT_EQ(Tokens(rows, Id("Patient", "identifier")),
             (TokenSet{{TokenKind::kCode, "http://hospital.example/mrn", "12345"},
@@ -158,6 +168,7 @@ constexpr std::string_view kObservation = R"({
 
 TEST(ExtractTest, ObservationCodeAndValueQuantity) {
   IndexExtractor ex;
+  ex.set_share_rows(false);  // each parameter's own rows, :text rows included (the store keeps fewer)
   ASSERT_OK_AND_ASSIGN(IndexRows rows, ex.Extract(kObservation));
   EXPECT_EQ(Tokens(rows, Id("Observation", "code")), (TokenSet{{TokenKind::kCode, "http://loinc.org", "85354-9"},
                                                                {TokenKind::kText, "", "blood pressure panel"},
@@ -368,6 +379,30 @@ TEST(ExtractTest, SharedRowsAreKeptOnceAndWhatResolveTypedWithoutATypeStays) {
   EXPECT_EQ(References(remote, Id("Observation", "patient")), url);
 }
 
+TEST(ExtractTest, TextRowsAreKeptOnlyForValuesWithoutACode) {
+  constexpr std::string_view kCond = R"({"resourceType": "Condition", "id": "c1",
+    "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006", "display": "Diabetes"}],
+             "text": "Type 2 diabetes"},
+    "category": [{"text": "Only text here"}],
+    "subject": {"reference": "Patient/p1"}})";
+  IndexExtractor ex;
+  ASSERT_OK_AND_ASSIGN(IndexRows rows, ex.Extract(kCond));
+  EXPECT_EQ(Tokens(rows, Id("Condition", "code")),
+            (TokenSet{{TokenKind::kCode, "http://snomed.info/sct", "44054006"}}));
+  EXPECT_EQ(Tokens(rows, Id("Condition", "category")),
+            (TokenSet{{TokenKind::kText, "", NormalizeString("Only text here")}}));
+  const ParamDef* code = FindParam("Condition", "code");
+  ASSERT_NE(code, nullptr);
+  ASSERT_OK_AND_ASSIGN(auto texts, ex.TokenTexts(kCond, *code));
+  EXPECT_EQ(std::set<std::string>(texts.begin(), texts.end()),
+            (std::set<std::string>{NormalizeString("Diabetes"), NormalizeString("Type 2 diabetes")}));
+  const ParamDef* subject = FindParam("Condition", "subject");
+  ASSERT_NE(subject, nullptr);
+  ASSERT_OK_AND_ASSIGN(auto none, ex.TokenTexts(kCond, *subject));  // not a token parameter
+  EXPECT_TRUE(none.empty());
+  EXPECT_FALSE(ex.TokenTexts("{not json", *code).ok());
+}
+
 // Key of a composite tuple: its component rows without the parameter and group numbers.
 using TupleKey =
     std::set<std::tuple<int, std::string, std::string, std::string, int64_t, int64_t, double, double, double>>;
@@ -440,6 +475,14 @@ TEST(ExtractTest, SharedRowsRebuildEveryParametersOwnRowsOnTheSample) {
       std::string_view type = res["resourceType"].get_string().value_unsafe();
       for (const ParamDef* p : ParamsForType(type)) {
         if (p->stored_in.empty()) {
+          if (p->type == ParamType::kToken) {
+            // :text rows are kept only for values without a code; code rows all; and a parameter with any row
+            // keeps one (so :missing answers as before).
+            const TokenSet l = Tokens(all, p->id), st = Tokens(stored, p->id);
+            ASSERT_EQ(CodeTokens(stored, p->id), CodeTokens(all, p->id)) << type << "." << p->code;
+            for (const auto& t : st) ASSERT_TRUE(l.count(t)) << type << "." << p->code;
+            ASSERT_EQ(l.empty(), st.empty()) << type << "." << p->code << " in " << e.path().filename();
+          }
           continue;
         }
         ++checked;
@@ -460,7 +503,7 @@ TEST(ExtractTest, SharedRowsRebuildEveryParametersOwnRowsOnTheSample) {
             break;
           case ParamType::kToken:
             CheckShared<std::tuple<TokenKind, std::string, std::string>>(
-                *p, [&](const IndexRows& r, const StoredIn* in) { return Tokens(r, ids(in)); }, all, stored, where);
+                *p, [&](const IndexRows& r, const StoredIn* in) { return CodeTokens(r, ids(in)); }, all, stored, where);
             break;
           case ParamType::kString:
             CheckShared<std::pair<std::string, std::string>>(
