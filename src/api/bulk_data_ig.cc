@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <stdexcept>
 
@@ -86,6 +87,50 @@ bool AcceptsGzip(const Request& req) {
 }
 
 Response KickOff(const ApiContext& ctx, const Request& req, const RequestContext& p, bulk::ExportLevel level) {
+  return IgKickOff(ctx, req, p, level, req.query);
+}
+
+}  // namespace
+
+Result<std::optional<std::vector<http::QueryParam>>> ParseKickoffParameters(std::string_view body) {
+  nlohmann::json j = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return std::optional<std::vector<http::QueryParam>>();
+  auto rt = j.find("resourceType");
+  if (rt == j.end() || !rt->is_string() || rt->get<std::string>() != "Parameters") {
+    return std::optional<std::vector<http::QueryParam>>();
+  }
+  std::vector<http::QueryParam> out;
+  auto params = j.find("parameter");
+  if (params == j.end()) return std::optional<std::vector<http::QueryParam>>(std::move(out));
+  if (!params->is_array()) return Status::Invalid("Parameters.parameter must be an array");
+  for (const auto& prm : *params) {
+    if (!prm.is_object() || !prm.contains("name") || !prm["name"].is_string()) {
+      return Status::Invalid("Every Parameters.parameter needs a string 'name'");
+    }
+    const std::string name = prm["name"].get<std::string>();
+    std::optional<std::string> value;
+    for (const char* key : {"valueString", "valueCode", "valueInstant", "valueDateTime", "valueUri", "valueUrl",
+                            "valueCanonical", "valueId"}) {
+      if (auto v = prm.find(key); v != prm.end()) {
+        if (!v->is_string()) return Status::Invalid("Parameter '" + name + "': " + key + " must be a string");
+        if (value) return Status::Invalid("Parameter '" + name + "' has more than one value");
+        value = v->get<std::string>();
+      }
+    }
+    if (!value) {
+      // Another value type (valueReference for `patient`, a part, ...): the parameter name alone, so the
+      // kick-off answers it as unsupported (or ignores it under handling=lenient).
+      out.push_back(
+          {name + " (as " + (prm.size() > 1 ? std::string(std::next(prm.begin()).key()) : "no value") + ")", ""});
+      continue;
+    }
+    out.push_back({name, *value});
+  }
+  return std::optional<std::vector<http::QueryParam>>(std::move(out));
+}
+
+Response IgKickOff(const ApiContext& ctx, const Request& req, const RequestContext& p, bulk::ExportLevel level,
+                   const std::vector<http::QueryParam>& params) {
   auto store = FindDatastore(ctx, p.param("ds"));
   if (!store.ok()) return FhirError(store.status());
   if (!HasPreference(req, "respond-async")) {
@@ -102,7 +147,7 @@ Response KickOff(const ApiContext& ctx, const Request& req, const RequestContext
   bulk::ExportRequest request;
   request.level = level;
   if (level == bulk::ExportLevel::kGroup) request.group_id = p.param("id");
-  for (const auto& q : req.query) {
+  for (const auto& q : params) {
     auto known = ParseCommonExportParam(q, now, &request);
     if (!known.ok()) return FhirError(known.status());
     if (!*known && !lenient) {
@@ -127,12 +172,18 @@ Response KickOff(const ApiContext& ctx, const Request& req, const RequestContext
   return resp;
 }
 
+namespace {
+
 // The job of an IG status or file URL: kNotFound unless it is a job of this view, not expired, files not deleted.
 Result<bulk::JobView> FindIgJob(const ApiContext& ctx, store::ResourceStore* store, const std::string& job_id) {
   auto view = ctx.exports->Describe(store, job_id);
   if (!view.ok() || view->job.view != "ig") {
     if (!view.ok() && view.status().code() != StatusCode::kNotFound) return view.status();
     return Status::NotFound("There is no Bulk Data export job '" + job_id + "' in datastore " + store->info().id);
+  }
+  if (view->job.files_deleted_at) {
+    return Status::NotFound("The export job " + job_id + " and its files were deleted at " +
+                            FormatInstant(*view->job.files_deleted_at) + ": " + view->job.message);
   }
   return view;
 }
@@ -205,9 +256,11 @@ Response Delete(const ApiContext& ctx, const RequestContext& p) {
   if (!view.ok()) return FhirError(view.status());
   const auto& j = view->job;
   if (IsFinished(j.status) || j.status == js::kFailed || j.status.starts_with("CANCEL")) {
-    return FhirError(409, "conflict",
-                     "The export job " + j.job_id + " has ended (" + j.status +
-                         "); deleting the files of an ended job is not supported yet: they expire on their own");
+    // An ended job: its files go now (a download already running finishes: the open file outlives its name).
+    auto deleted = ctx.exports->DeleteServerFiles(*store, j.job_id,
+                                                  "The client deleted its files (DELETE on the Bulk Data status URL).");
+    if (!deleted.ok()) return FhirError(deleted.status());
+    return Informational(202, "The files of export job " + j.job_id + " were deleted");
   }
   auto cancelled = ctx.exports->Cancel(*store, j.job_id);
   if (!cancelled.ok()) return FhirError(cancelled.status());

@@ -4,6 +4,7 @@
 
 #include <map>
 
+#include "api/bulk_data_ig.h"
 #include "api/fhir_response.h"
 #include "api/healthlake_kickoff.h"
 #include "bulk/export_engine.h"
@@ -25,6 +26,14 @@ Response KickOff(const ApiContext& ctx, const Request& req, const RequestContext
   }
   Status st = CheckJsonContentType(req);
   if (!st.ok()) return FhirError(st);
+  // A FHIR Parameters body is the Bulk Data IG's POST kick-off; any other body is HealthLake's, validated as such.
+  auto params = ParseKickoffParameters(req.body);
+  if (!params.ok()) return FhirError(params.status());
+  if (*params) {
+    std::vector<http::QueryParam> all = req.query;
+    all.insert(all.end(), (*params)->begin(), (*params)->end());
+    return IgKickOff(ctx, req, p, level, all);
+  }
   std::string group_id = level == bulk::ExportLevel::kGroup ? p.param("id") : "";
   auto request = ParseHealthLakeKickoff(level, group_id, req.query, req.body, Clock::System().NowMillis());
   if (!request.ok()) return FhirError(request.status());

@@ -516,7 +516,8 @@ std::string CapabilityStatement(const ApiContext& ctx, const store::ResourceStor
                     R"(","kind":"instance","software":{"name":"fhirlake","version":)" + JsonString(ctx.version) +
                     R"(},"implementation":{"description":"fhirlake datastore )" + store.info().id + R"(","url":)" +
                     JsonString(ctx.FhirBase(store.info().id)) +
-                    R"(},"fhirVersion":"4.0.1","format":["application/fhir+json","application/json"],)"
+                    R"(},"instantiates":["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],)"
+                    R"("fhirVersion":"4.0.1","format":["application/fhir+json","application/json"],)"
                     R"("rest":[{"mode":"server","resource":[)";
   bool first = true;
   for (std::string_view type : fhir::AllResourceTypes()) {
@@ -535,12 +536,12 @@ std::string CapabilityStatement(const ApiContext& ctx, const store::ResourceStor
              std::string(search::ParamTypeName(def->type)) + "\"}";
     }
     out += "]";
-    if (type == "Patient") {
-      out += R"(,"operation":[{"name":"export","definition":"http://hl7.org/fhir/uv/bulkdata/OperationDefinition/)"
-             R"(patient-export"}])";
-    } else if (type == "Group") {
-      out += R"(,"operation":[{"name":"export","definition":"http://hl7.org/fhir/uv/bulkdata/OperationDefinition/)"
-             R"(group-export"}])";
+    // Both names: test kits look the type-level export up as "export" and as "patient-export"/"group-export".
+    if (type == "Patient" || type == "Group") {
+      const std::string op = type == "Patient" ? "patient-export" : "group-export";
+      const std::string def = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/" + op;
+      out += R"(,"operation":[{"name":"export","definition":")" + def + R"("},{"name":")" + op + R"(","definition":")" +
+             def + R"("}])";
     }
     out += "}";
   }

@@ -144,6 +144,10 @@ int main(int argc, char** argv) {
       ->envname("FHIRLAKE_S3_MAX_ATTEMPTS")
       ->check(CLI::Range(1, 100))
       ->capture_default_str();
+  s->add_option("--test-export-file-lifetime-ms", serve.test_export_file_lifetime_ms,
+                "TEST ONLY: Bulk Data IG export files expire this long after their job ended (instead of "
+                "--export-file-hours), and expired files are swept that often")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
   s->add_option("--test-export-batch-delay-ms", serve.export_batch_delay_ms,
                 "TEST ONLY: sleep this long after every export batch, so tests can act on a running job")
       ->envname("FHIRLAKE_TEST_EXPORT_BATCH_DELAY_MS")

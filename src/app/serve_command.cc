@@ -90,6 +90,12 @@ int RunServe(const ServeOptions& options) {
   eo.task_rows = options.export_task_rows;
   eo.queue_limit = options.export_queue_limit;
   eo.min_free_bytes = options.export_min_free_bytes;
+  eo.server_file_lifetime_ms = options.test_export_file_lifetime_ms > 0
+                                   ? options.test_export_file_lifetime_ms
+                                   : int64_t{options.export_file_hours} * 3600 * 1000;
+  if (options.test_export_file_lifetime_ms > 0) {
+    eo.sweep_interval_ms = std::clamp<int64_t>(options.test_export_file_lifetime_ms / 2, 50, 60000);
+  }
   if (options.s3_endpoint.empty()) eo.local_output_dir = (std::filesystem::path(options.data_dir) / "s3").string();
   eo.journal_dir = (std::filesystem::path(options.data_dir) / "journal").string();
   {
@@ -120,7 +126,9 @@ int RunServe(const ServeOptions& options) {
     return 2;
   }
   ctx.server_export_bucket = options.export_server_bucket;
-  ctx.export_file_lifetime_ms = int64_t{options.export_file_hours} * 3600 * 1000;
+  ctx.export_file_lifetime_ms = options.test_export_file_lifetime_ms > 0
+                                    ? options.test_export_file_lifetime_ms
+                                    : int64_t{options.export_file_hours} * 3600 * 1000;
   ctx.export_poll_seconds = options.export_poll_seconds;
   ctx.version = FHIRLAKE_VERSION;
 

@@ -438,9 +438,63 @@ Status ExportEngine::CompleteCancel(store::ResourceStore* store, const store::Ex
   return Status::Ok();
 }
 
+Result<store::ExportJobRecord> ExportEngine::DeleteServerFiles(store::ResourceStore* store, std::string_view job_id,
+                                                               const std::string& why) {
+  ASSIGN_OR_RETURN(store::ExportJobRecord job, store->jobs().GetJob(job_id));
+  if (!job.files_deleted_at) {
+    if (!IsTerminal(job.status)) {
+      return Status::Conflict("export job " + job.job_id + " is " + job.status +
+                              ": only ended jobs' files are deleted");
+    }
+    store::JobUpdate update;
+    update.files_deleted_at = clock_.NowMillis();
+    update.message = job.message.empty() ? why : job.message + " " + why;
+    // The same status (a compare-and-set on it): the job's outcome does not change, only that its files are gone.
+    ASSIGN_OR_RETURN(job, store->jobs().TransitionJob(job.job_id, {job.status}, job.status, update));
+  }
+  auto out = JobOutput(job);
+  if (!out.ok()) return out.status();
+  ASSIGN_OR_RETURN(auto files, store->jobs().Files(job.job_id));
+  const sink::WriteContext ctx{job.data_access_role_arn, job.kms_key_id};
+  for (const auto& f : files) {
+    Status st = sink_->Delete(ctx, out->bucket, f.key);
+    if (!st.ok() && st.code() != StatusCode::kNotFound) return st;
+  }
+  RETURN_IF_ERROR(store->jobs().DropFileRecords(job.job_id));
+  spdlog::info("event=export_files_deleted datastore={} job={} files={}", store->info().id, job.job_id, files.size());
+  return job;
+}
+
+void ExportEngine::SweepServerFiles() {
+  if (options_.server_file_lifetime_ms <= 0) return;
+  const EpochMillis now = clock_.NowMillis();
+  for (store::ResourceStore* store : catalog_->All()) {
+    auto jobs = store->jobs().JobsWithFilesToRemove(options_.server_files_view, now - options_.server_file_lifetime_ms);
+    if (!jobs.ok()) {
+      spdlog::warn("event=export_sweep_failed datastore={} reason=\"{}\"", store->info().id, jobs.status().message());
+      continue;
+    }
+    for (const auto& job : *jobs) {
+      auto r = DeleteServerFiles(store, job.job_id,
+                                 "Its files expired at " +
+                                     FormatInstant(job.end_time.value_or(now) + options_.server_file_lifetime_ms) +
+                                     " and were deleted.");
+      if (!r.ok()) {
+        spdlog::warn("event=export_sweep_failed datastore={} job={} reason=\"{}\"", store->info().id, job.job_id,
+                     r.status().message());
+      }
+    }
+  }
+}
+
 void ExportEngine::SchedulerLoop() {
   while (!stopping_) {
     try {
+      const EpochMillis now = clock_.NowMillis();
+      if (now - last_sweep_ms_ >= options_.sweep_interval_ms) {
+        last_sweep_ms_ = now;
+        SweepServerFiles();
+      }
       ScheduleOnce();
     } catch (const std::exception& e) {
       spdlog::error("event=export_scheduler_error reason=\"{}\"", e.what());

@@ -48,6 +48,11 @@ struct EngineOptions {
   int state_retry_initial_ms = 100;  // backoff before the second attempt; doubles each time
   // Server paths that must never appear in a client-visible job message (the data directory).
   std::vector<std::string> redact_paths;
+  // Jobs of `server_files_view` (the Bulk Data IG's) keep their files in the server's own bucket for this long
+  // after they end; the scheduler then deletes them (every `sweep_interval_ms`). 0: never.
+  std::string server_files_view = "ig";
+  int64_t server_file_lifetime_ms = int64_t{48} * 3600 * 1000;
+  int64_t sweep_interval_ms = 60000;
 };
 
 // Job statuses (HealthLake's names).
@@ -92,6 +97,15 @@ class ExportEngine {
   Result<JobView> Describe(store::ResourceStore* store, std::string_view job_id);
   // kNotFound for an unknown job; kNotSupported when the job can no longer be cancelled.
   Result<store::ExportJobRecord> Cancel(store::ResourceStore* store, std::string_view job_id);
+
+  // Deletes the server-held files of an ended job (the IG's DELETE on its status URL, or expiry): records it first
+  // (files_deleted_at, and `why` appended to the message HealthLake's describe shows), then removes the objects
+  // and forgets the file records. A deletion that stops half-way is finished by the next sweep. kConflict when
+  // the job has not ended.
+  Result<store::ExportJobRecord> DeleteServerFiles(store::ResourceStore* store, std::string_view job_id,
+                                                   const std::string& why);
+  // One sweep over every datastore: expired server-held files, and deletions that stopped half-way.
+  void SweepServerFiles();
 
   // "{prefix/}{datastoreId}-FHIR_EXPORT-{jobId}": the key prefix of a job's files in its bucket.
   static std::string JobKeyPrefix(const store::ExportJobRecord& job, std::string_view datastore_id);
@@ -158,6 +172,7 @@ class ExportEngine {
   std::thread scheduler_;
   std::vector<std::thread> workers_;
   bool started_ = false;
+  int64_t last_sweep_ms_ = 0;  // scheduler thread only
 };
 
 }  // namespace fhirlake::bulk

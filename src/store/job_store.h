@@ -53,6 +53,9 @@ struct ExportJobRecord {
   std::string message;
   bool include_referenced = true;
   int64_t queue_order = 0;  // assigned by the store at insert
+  // Bulk Data IG jobs: when their server-held files were deleted (DELETE on the status URL, or expiry); from then
+  // on the status URL and the files answer 404.
+  std::optional<EpochMillis> files_deleted_at;
 };
 
 // What a transition writes besides the status (unset members keep their value).
@@ -61,6 +64,7 @@ struct JobUpdate {
   std::optional<EpochMillis> end_time;
   std::optional<Snapshot> snapshot;
   std::optional<std::string> message;
+  std::optional<EpochMillis> files_deleted_at;
 };
 
 struct ExportTaskRecord {
@@ -114,6 +118,12 @@ class JobStore {
     return CommitFiles({file}, file.job_id, file.task_no, task_after_rid, task_done);
   }
   virtual Result<std::vector<ExportFileRecord>> Files(const std::string& job_id) = 0;
+  // Forgets the job's committed files (after their objects were deleted: files_deleted_at is set).
+  virtual Status DropFileRecords(const std::string& job_id) = 0;
+  // Ended jobs of `view` whose server-held files must go: ended at or before `ended_before` and not deleted yet,
+  // or deleted (files_deleted_at set) with file records left (a deletion that stopped half-way).
+  virtual Result<std::vector<ExportJobRecord>> JobsWithFilesToRemove(std::string_view view,
+                                                                     EpochMillis ended_before) = 0;
   // Removes the per-job scope rows. Call only once the job's final state is durable.
   virtual Status DropJobScratch(const std::string& job_id) = 0;
   // Ids of jobs in a final state that still have scope rows (a drop that failed; swept at start-up).

@@ -9,6 +9,7 @@
 //   6  the search tables keyed by (rid, param, value...) so that rows arrive in key order, with their (param, value)
 //      lookup indexes (store/sqlite_search.cc) built apart: a bulk load or reindex drops and rebuilds them in one
 //      sorted pass instead of inserting random keys row by row; the v5 rows are rebuilt by the reindex
+//   7  export_jobs.files_deleted_at: when a Bulk Data IG job's server-held files were deleted (DELETE or expiry)
 #include "store/sqlite_schema.h"
 
 #include <functional>
@@ -181,6 +182,10 @@ DROP INDEX sp_composite_k;
 DELETE FROM meta WHERE key='search_index_hash';
 )sql";
 
+constexpr const char* kMigrationV7 = R"sql(
+ALTER TABLE export_jobs ADD COLUMN files_deleted_at INTEGER;
+)sql";
+
 Status SetVersion(SqliteConnection& db, int version) {
   return db.Exec("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '" + std::to_string(version) +
                  "')");
@@ -210,7 +215,8 @@ Status ApplyMigration(SqliteConnection& db, int to_version) {
                     : to_version == 3 ? kMigrationV3
                     : to_version == 4 ? kMigrationV4
                     : to_version == 5 ? kMigrationV5
-                                      : kMigrationV6;
+                    : to_version == 6 ? kMigrationV6
+                                      : kMigrationV7;
   if (to_version == 3) RETURN_IF_ERROR(AddOpColumns(db));
   RETURN_IF_ERROR(db.Exec(sql));
   return SetVersion(db, to_version);

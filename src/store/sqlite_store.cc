@@ -835,8 +835,9 @@ class SqliteStore final : public ResourceStore, public JobStore {
       std::string sql =
           "UPDATE export_jobs SET status=?1, start_time=coalesce(?3, start_time), end_time=coalesce(?4, end_time), "
           "snapshot_seq=coalesce(?5, snapshot_seq), snapshot_time=coalesce(?6, snapshot_time), "
-          "message=coalesce(?7, message) WHERE job_id=?2 AND status IN (";
-      for (size_t i = 0; i < from.size(); ++i) sql += (i ? ",?" : "?") + std::to_string(i + 8);
+          "message=coalesce(?7, message), files_deleted_at=coalesce(?8, files_deleted_at) WHERE job_id=?2 AND "
+          "status IN (";
+      for (size_t i = 0; i < from.size(); ++i) sql += (i ? ",?" : "?") + std::to_string(i + 9);
       sql += ")";
       ASSIGN_OR_RETURN(auto u, c.Prepare(sql));
       u->Bind(1, to).Bind(2, job_id).Bind(3, update.start_time).Bind(4, update.end_time);
@@ -847,7 +848,8 @@ class SqliteStore final : public ResourceStore, public JobStore {
       } else {
         u->Bind(7, std::optional<int64_t>());
       }
-      int k = 8;
+      u->Bind(8, update.files_deleted_at);
+      int k = 9;
       for (std::string_view f : from) u->Bind(k++, f);
       RETURN_IF_ERROR(u->Run());
       const bool changed = sqlite3_changes(c.raw()) == 1;
@@ -983,6 +985,31 @@ class SqliteStore final : public ResourceStore, public JobStore {
     return out;
   }
 
+  Status DropFileRecords(const std::string& job_id) override {
+    return WithWrite([&](SqliteConnection& c) -> Status {
+      ASSIGN_OR_RETURN(auto d, c.Prepare("DELETE FROM export_files WHERE job_id=?1"));
+      d->Bind(1, job_id);
+      return d->Run();
+    });
+  }
+
+  Result<std::vector<ExportJobRecord>> JobsWithFilesToRemove(std::string_view view, EpochMillis ended_before) override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    ASSIGN_OR_RETURN(auto q, conn->Prepare(std::string(kSelectJob) +
+                                           " WHERE view=?1 AND end_time IS NOT NULL AND ((files_deleted_at IS NULL AND "
+                                           "end_time<=?2 AND status IN ('COMPLETED','COMPLETED_WITH_ERRORS')) OR "
+                                           "(files_deleted_at IS NOT NULL AND EXISTS (SELECT 1 FROM export_files f "
+                                           "WHERE f.job_id=export_jobs.job_id))) ORDER BY queue_order"));
+    q->Bind(1, view).Bind(2, ended_before);
+    std::vector<ExportJobRecord> out;
+    while (true) {
+      ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      out.push_back(ReadJob(*q));
+    }
+    return out;
+  }
+
   Status DropJobScratch(const std::string& job_id) override {
     return WithWrite([&](SqliteConnection& c) -> Status {
       RETURN_IF_ERROR(DeleteJobRows(c, StagingKey(job_id), {"export_scope"}));
@@ -994,7 +1021,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
   static constexpr const char* kSelectJob =
       "SELECT job_id, queue_order, job_name, status, view, level, group_id, types, since, output_format, s3_uri, "
       "kms_key_id, role_arn, request_url, submit_time, start_time, end_time, snapshot_seq, snapshot_time, message, "
-      "include_referenced, owner FROM export_jobs";
+      "include_referenced, owner, files_deleted_at FROM export_jobs";
 
   // Where MaterializeGroupScope stages the referenced resources it finds (not a valid job id, so never a job's).
   static std::string StagingKey(const std::string& job_id) { return job_id + ".referenced"; }
@@ -1047,6 +1074,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
     j.message = q.Str(19);
     j.include_referenced = q.Int(20) != 0;
     j.owner = q.Str(21);
+    j.files_deleted_at = q.OptInt(22);
     return j;
   }
 

@@ -275,11 +275,100 @@ def test_delete_cancels_a_running_job_and_the_status_url_then_404s(tpl, servers,
     assert_outcome(r, 404, mentions=["cancel"])
 
 
-def test_delete_of_an_ended_job_is_refused_for_now(env):
-    _, status_url, m, _, _ = ig_export(env, "system", query="_type=Organization")
+def test_delete_of_an_ended_job_removes_its_files(env):
+    _, status_url, m, _, _ = ig_export(env, "system", query="_type=Organization,Location")
+    job_id = status_url.rsplit("/", 1)[1]
+    files = [env.srv.s3_root() / SERVER_BUCKET / f"{env.srv.datastore_id}-FHIR_EXPORT-{job_id}" /
+             o["url"].split("/")[-2] / o["url"].split("/")[-1] for o in m["output"]]
+    assert files and all(f.is_file() for f in files), files
+    # A download that has started when the DELETE comes finishes whole.
+    running = requests.get(m["output"][0]["url"], stream=True, timeout=30)
+    assert running.status_code == 200
     r = requests.delete(status_url, timeout=30)
-    assert_outcome(r, 409, mentions=["ended"])
-    assert requests.get(m["output"][0]["url"], timeout=30).status_code == 200
+    assert r.status_code == 202, r.text
+    assert r.json()["issue"][0]["severity"] == "information"
+    assert b"".join(running.iter_content(1 << 16)).count(b"\n") == m["output"][0]["count"]
+    assert_outcome(requests.get(status_url, headers=POLL, timeout=30), 404, mentions=["deleted"])
+    for o in m["output"]:
+        assert_outcome(requests.get(o["url"], timeout=30), 404)
+    assert not any(f.exists() for f in files), "the files are still on disk"
+    assert_outcome(requests.delete(status_url, timeout=30), 404)
+    # HealthLake's describe keeps the final status and says the files were deleted.
+    props = describe(env.srv.sess, env.srv.base, job_id)["exportJobProperties"]
+    assert props["jobStatus"] == "COMPLETED", props
+    assert "deleted" in props["message"], props
+
+
+def test_files_expire_and_are_swept(tpl, servers, tmp_path):
+    srv = servers.start(tpl.clone(tmp_path / "data"),
+                        ["--export-poll-seconds", "1", "--test-export-file-lifetime-ms", "1500"])
+    client = BulkClient(new_session())
+    status_url = client.kickoff(kickoff_url(srv.base, "system", query="_type=Organization"))
+    r = client.wait(status_url)
+    assert r.status_code == 200, r.text
+    m = r.json()
+    expires = r.headers["Expires"]
+    assert expires.endswith(" GMT"), expires
+    job_id = status_url.rsplit("/", 1)[1]
+    folder = srv.s3_root() / SERVER_BUCKET / f"{srv.datastore_id}-FHIR_EXPORT-{job_id}"
+    assert any(folder.rglob("*.ndjson"))
+    deadline = time.time() + 30
+    while any(folder.rglob("*.ndjson")):
+        assert time.time() < deadline, "expired files were not removed"
+        time.sleep(0.2)
+    assert_outcome(requests.get(status_url, headers=POLL, timeout=30), 404, mentions=["expired"])
+    assert_outcome(requests.get(m["output"][0]["url"], timeout=30), 404)
+    props = describe(srv.sess, srv.base, job_id)["exportJobProperties"]
+    assert props["jobStatus"] == "COMPLETED" and "expired" in props["message"], props
+    # A user's own bucket (the HealthLake view) is never swept.
+    hl = start_export(srv.sess, srv.base, "system", query="_type=Organization")
+    d = wait_done(srv.sess, srv.base, hl)
+    time.sleep(2.5)
+    assert collect_output(srv, d).counter, "the HealthLake job's files were removed"
+
+
+# ---------------------------------------------------------------------------------------------- POST Parameters
+
+def test_post_with_a_parameters_body_is_the_ig_view(env):
+    client = BulkClient(new_session())
+    url = kickoff_url(env.srv.base, "patient")
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "_type", "valueString": "Patient,Condition"}, {"name": "_outputFormat", "valueString": "ndjson"}]}
+    r = client.sess.post(url, data=json.dumps(body), headers={**KICKOFF, "Content-Type": "application/fhir+json"})
+    assert r.status_code == 202, r.text
+    status_url = r.headers["Content-Location"]
+    assert "/$export-poll-status/" in status_url
+    m = check_manifest(client.wait(status_url), url)
+    got, _ = client.download_all(m)
+    expected = expected_patient(env.model.state, types={"Patient", "Condition"})
+    assert got == expected, diff(got, expected)
+
+
+@pytest.mark.parametrize("parameter,mention", [
+    ({"name": "patient", "valueReference": {"reference": "Patient/x"}}, "patient"),
+    ({"name": "_type", "valueInteger": 3}, "_type"),
+])
+def test_parameters_the_server_does_not_support_are_400_unless_lenient(env, parameter, mention):
+    url = kickoff_url(env.srv.base, "patient")
+    body = json.dumps({"resourceType": "Parameters", "parameter": [parameter]})
+    strict = {"Accept": "application/fhir+json", "Prefer": "respond-async", "Content-Type": "application/fhir+json"}
+    assert_outcome(requests.post(url, data=body, headers=strict, timeout=30), 400, mentions=[mention])
+    r = requests.post(url, data=body, headers={**KICKOFF, "Content-Type": "application/fhir+json"}, timeout=30)
+    assert r.status_code == 202, r.text
+    assert BulkClient(new_session()).wait(r.headers["Content-Location"]).status_code == 200
+
+
+@pytest.mark.parametrize("body,mention", [
+    ({"resourceType": "Parameters", "parameter": {"name": "_type"}}, "array"),
+    ({"resourceType": "Parameters", "parameter": [{"valueString": "Patient"}]}, "name"),
+    ({"resourceType": "Parameters", "parameter": [{"name": "_type", "valueString": "Patient",
+                                                   "valueCode": "Patient"}]}, "more than one"),
+    ({"resourceType": "Parameters", "parameter": [{"name": "_type", "valueString": "NotAType"}]}, "NotAType"),
+])
+def test_malformed_parameters_bodies_are_400(env, body, mention):
+    r = requests.post(kickoff_url(env.srv.base, "system"), data=json.dumps(body),
+                      headers={**KICKOFF, "Content-Type": "application/fhir+json"}, timeout=30)
+    assert_outcome(r, 400, mentions=[mention])
 
 
 # ---------------------------------------------------------------------------------------------- bad kick-offs
@@ -319,3 +408,18 @@ def test_unsupported_parameter_is_400_unless_lenient(env):
 def test_unknown_group_is_404(env):
     r = requests.get(kickoff_url(env.srv.base, "group", "no-such-group"), headers=KICKOFF, timeout=30)
     assert_outcome(r, 404, mentions=["no-such-group"])
+
+
+def test_capability_statement_instantiates_bulk_data_and_names_the_operations(env):
+    r = requests.get(env.srv.base + "/metadata", timeout=30)
+    assert r.status_code == 200
+    cs = r.json()
+    assert "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data" in cs["instantiates"]
+    rest = cs["rest"][0]
+    assert {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"} \
+        in rest["operation"]
+    by_type = {res["type"]: res for res in rest["resource"]}
+    for t, op in (("Patient", "patient-export"), ("Group", "group-export")):
+        ops = {(o["name"], o["definition"]) for o in by_type[t]["operation"]}
+        want = f"http://hl7.org/fhir/uv/bulkdata/OperationDefinition/{op}"
+        assert ops == {("export", want), (op, want)}, ops
