@@ -61,6 +61,22 @@ Result<bool> ParseCommonExportParam(const http::QueryParam& q, EpochMillis now, 
       return Status::Invalid("_since '" + q.value + "' is in the future (server time is " + FormatInstant(now) + ")");
     }
     req->since = *since;
+    if (req->until && *req->until < *req->since) {
+      return Status::Invalid("_until (" + FormatInstant(*req->until) + ") is before _since (" +
+                             FormatInstant(*req->since) + ")");
+    }
+    return true;
+  }
+  if (q.name == "_until") {
+    if (req->until) return Status::Invalid("_until is given more than once");
+    auto until = ParseInstant(q.value);
+    if (!until.ok()) return until.status().WithContext("_until");
+    // An _until after the job's transactionTime means the transactionTime: the snapshot bounds it anyway.
+    req->until = *until;
+    if (req->since && *req->until < *req->since) {
+      return Status::Invalid("_until (" + FormatInstant(*req->until) + ") is before _since (" +
+                             FormatInstant(*req->since) + ")");
+    }
     return true;
   }
   return false;
@@ -76,7 +92,7 @@ Result<ExportRequest> ParseHealthLakeKickoff(ExportLevel level, std::string grou
     ASSIGN_OR_RETURN(bool known, ParseCommonExportParam(q, now, &req));
     if (!known) {
       return Status::Invalid("Query parameter '" + q.name +
-                             "' is not supported by $export; supported: _outputFormat, _type, _since");
+                             "' is not supported by $export; supported: _outputFormat, _type, _since, _until");
     }
   }
 

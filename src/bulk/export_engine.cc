@@ -352,6 +352,7 @@ Result<store::ExportJobRecord> ExportEngine::Submit(store::ResourceStore* store,
   job.group_id = request.group_id;
   job.types = request.types;
   job.since = request.since;
+  job.until = request.until;
   job.output_format = request.output_format;
   job.s3_uri = request.output.Uri();
   job.kms_key_id = request.kms_key_id;
@@ -797,6 +798,7 @@ ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::Exp
   {
     std::lock_guard<std::mutex> lock(job.mu);
     req.since = job.record.since;
+    req.until = job.record.until;
     req.snapshot = *job.record.snapshot;
   }
   while (true) {

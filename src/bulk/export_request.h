@@ -26,6 +26,7 @@ struct ExportRequest {
   std::string group_id;
   std::vector<std::string> types;  // empty: every type the level allows
   std::optional<EpochMillis> since;
+  std::optional<EpochMillis> until;  // _until (HealthLake's newer export): lastUpdated <= until
   std::string output_format = "application/fhir+ndjson";
   bool output_format_given = false;  // parsing: _outputFormat was in the request
   std::string job_name;

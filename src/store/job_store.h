@@ -41,6 +41,7 @@ struct ExportJobRecord {
   std::string group_id;
   std::vector<std::string> types;  // empty: all
   std::optional<EpochMillis> since;
+  std::optional<EpochMillis> until;  // _until: only resources last updated at or before it
   std::string output_format;
   std::string s3_uri;  // normalised, without trailing slash
   std::string kms_key_id;

@@ -93,6 +93,7 @@ struct ScanRequest {
   int64_t after_rid = 0;             // exclusive lower bound (keyset paging)
   int64_t max_rid = INT64_MAX;       // inclusive upper bound (task key range)
   std::optional<EpochMillis> since;  // only versions with lastUpdated >= since
+  std::optional<EpochMillis> until;  // only versions with lastUpdated <= until (the version as of the snapshot)
   Snapshot snapshot;
   size_t max_rows = 1000;
   size_t max_bytes = 4 << 20;

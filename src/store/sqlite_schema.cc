@@ -9,7 +9,8 @@
 //   6  the search tables keyed by (rid, param, value...) so that rows arrive in key order, with their (param, value)
 //      lookup indexes (store/sqlite_search.cc) built apart: a bulk load or reindex drops and rebuilds them in one
 //      sorted pass instead of inserting random keys row by row; the v5 rows are rebuilt by the reindex
-//   7  export_jobs.files_deleted_at: when a Bulk Data IG job's server-held files were deleted (DELETE or expiry)
+//   7  export_jobs.files_deleted_at: when a Bulk Data IG job's server-held files were deleted (DELETE or expiry);
+//      export_jobs.until_ms: the job's _until
 #include "store/sqlite_schema.h"
 
 #include <functional>
@@ -184,6 +185,7 @@ DELETE FROM meta WHERE key='search_index_hash';
 
 constexpr const char* kMigrationV7 = R"sql(
 ALTER TABLE export_jobs ADD COLUMN files_deleted_at INTEGER;
+ALTER TABLE export_jobs ADD COLUMN until_ms INTEGER;
 )sql";
 
 Status SetVersion(SqliteConnection& db, int version) {

@@ -608,6 +608,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
     std::string sql;
     const bool since = req.since.has_value();
+    const EpochMillis until = req.until.value_or(INT64_MAX);
     switch (req.scope) {
       case ScanScope::kAll:
         sql = "SELECT rid, seq, deleted, last_updated, json, id FROM resources r WHERE type=?1 AND rid>?2 AND rid<=?3";
@@ -660,6 +661,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
       std::string_view json;
       if (q->Int(1) <= req.snapshot.seq) {
         if (q->Int(2) != 0) continue;  // deleted as of the snapshot
+        if (q->Int(3) > until) continue;
         json = q->Text(4);
       } else {
         // Changed after the snapshot: the version as of the snapshot lives in history.
@@ -678,6 +680,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
         }
         if (!*hrow || (*h)->Int(0) != 0) continue;  // created after, or deleted as of the snapshot
         if (since && (*h)->Int(1) < *req.since) continue;
+        if ((*h)->Int(1) > until) continue;
         old_json = (*h)->Str(2);
         json = old_json;
       }
@@ -821,8 +824,8 @@ class SqliteStore final : public ResourceStore, public JobStore {
                        c.Prepare("INSERT INTO export_jobs(job_id, queue_order, job_name, status, view, level, "
                                  "group_id, types, since, output_format, s3_uri, kms_key_id, role_arn, "
                                  "request_url, submit_time, start_time, end_time, snapshot_seq, snapshot_time, "
-                                 "message, include_referenced, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, "
-                                 "?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"));
+                                 "message, include_referenced, owner, until_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "
+                                 "?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"));
       BindJob(*ins, *job);
       return ins->Run();
     });
@@ -1021,7 +1024,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
   static constexpr const char* kSelectJob =
       "SELECT job_id, queue_order, job_name, status, view, level, group_id, types, since, output_format, s3_uri, "
       "kms_key_id, role_arn, request_url, submit_time, start_time, end_time, snapshot_seq, snapshot_time, message, "
-      "include_referenced, owner, files_deleted_at FROM export_jobs";
+      "include_referenced, owner, files_deleted_at, until_ms FROM export_jobs";
 
   // Where MaterializeGroupScope stages the referenced resources it finds (not a valid job id, so never a job's).
   static std::string StagingKey(const std::string& job_id) { return job_id + ".referenced"; }
@@ -1049,6 +1052,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
     q.Bind(18, j.snapshot ? std::optional<int64_t>(j.snapshot->seq) : std::nullopt);
     q.Bind(19, j.snapshot ? std::optional<int64_t>(j.snapshot->time) : std::nullopt);
     q.Bind(20, j.message).Bind(21, j.include_referenced ? 1 : 0).Bind(22, j.owner);
+    q.Bind(23, j.until);
   }
 
   static ExportJobRecord ReadJob(const SqliteStmt& q) {
@@ -1075,6 +1079,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
     j.include_referenced = q.Int(20) != 0;
     j.owner = q.Str(21);
     j.files_deleted_at = q.OptInt(22);
+    j.until = q.OptInt(23);
     return j;
   }
 

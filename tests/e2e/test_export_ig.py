@@ -23,6 +23,7 @@ from export_helpers import servers  # noqa: F401  (fixture)
 from export_helpers import (INSTANT_RE, SAMPLE_GROUP_ID, ServerPool, Template, assert_outcome, collect_output,
                             describe, expected_group, expected_patient, expected_system, new_session, sample_data,
                             start_export, wait_done)
+from export_helpers import kickoff as hl_kickoff
 
 KICKOFF = {"Accept": "application/fhir+json", "Prefer": "respond-async, handling=lenient"}
 POLL = {"Accept": "application/json"}
@@ -196,6 +197,46 @@ def test_healthlake_describe_shows_an_ig_job_with_the_server_location(env):
     props = d["exportJobProperties"]
     assert props["jobStatus"] == "COMPLETED", props
     assert props["outputDataConfig"]["s3Configuration"]["s3Uri"] == f"s3://{SERVER_BUCKET}", props
+
+
+def test_until_in_both_views(tpl, servers, tmp_path):
+    """_until: only resources whose version as of the snapshot was last updated at or before it."""
+    srv = servers.start(tpl.clone(tmp_path / "data"), ["--export-poll-seconds", "1"])
+    model = tpl.model()
+    sess = srv.sess
+    updated = {}
+
+    def put(rid):
+        r = model.put(sess, srv.base, {"resourceType": "Basic", "id": rid, "code": {"text": rid}})
+        updated[rid] = r.json()["meta"]["lastUpdated"]
+
+    put("until-early")
+    put("until-changed")
+    time.sleep(0.05)
+    until = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + ".%03dZ" % (int(time.time() * 1000) % 1000)
+    time.sleep(0.05)
+    put("until-late")
+    put("until-changed")  # its version as of the export is after _until: not exported
+    expected = collections.Counter({k: n for k, n in expected_system(model.state, types={"Basic"}).items()
+                                    if updated.get(k[1], "") <= until})
+    assert set(k[1] for k in expected) >= {"until-early"} and not {"until-late", "until-changed"} & {
+        k[1] for k in expected}
+    q = "_type=Basic&_until=" + urllib.parse.quote(until)
+    client = BulkClient(new_session())
+    url = kickoff_url(srv.base, "system", query=q)
+    r = client.wait(client.kickoff(url))
+    assert r.status_code == 200, r.text
+    got, _ = client.download_all(r.json())
+    assert got == expected, diff(got, expected)
+    hl = start_export(sess, srv.base, "system", query=q)
+    assert collect_output(srv, wait_done(sess, srv.base, hl)).counter == expected
+    # _until before _since, a bad instant, twice: 400 in both views
+    for bad, mention in ((f"_since=2020-01-02T00:00:00Z&_until=2020-01-01T00:00:00Z", "before _since"),
+                         ("_until=soon", "_until"), ("_until=2020-01-01T00:00:00Z&_until=2021-01-01T00:00:00Z",
+                                                     "more than once")):
+        assert_outcome(requests.get(kickoff_url(srv.base, "system", query=bad), headers=KICKOFF, timeout=30), 400,
+                       mentions=[mention])
+        assert_outcome(hl_kickoff(sess, srv.base, "system", query=bad), 400, mentions=[mention])
 
 
 # ---------------------------------------------------------------------------------------------- files
