@@ -214,7 +214,7 @@ std::string RenderManifest(const ApiContext& ctx, const bulk::JobView& v, std::s
   return out + "}";
 }
 
-Response Poll(const ApiContext& ctx, const RequestContext& p) {
+Response Poll(const ApiContext& ctx, const Request& req, const RequestContext& p) {
   auto store = FindDatastore(ctx, p.param("ds"));
   if (!store.ok()) return FhirError(store.status());
   auto view = FindIgJob(ctx, *store, p.param("job"));
@@ -225,6 +225,23 @@ Response Poll(const ApiContext& ctx, const RequestContext& p) {
   }
   const auto& j = view->job;
   const EpochMillis now = Clock::System().NowMillis();
+  if (ctx.export_poll_seconds > 0) {
+    // Polled sooner than half the advertised interval after the previous answer to this client: 429.
+    const int64_t interval_ms = int64_t{ctx.export_poll_seconds} * 1000;
+    std::string client =
+        p.principal.id + "@" +
+        std::string(std::string_view(req.remote_address).substr(0, std::string_view(req.remote_address).rfind(':')));
+    auto earlier = (*store)->jobs().RecordPoll(j.job_id, client, now, interval_ms / 2);
+    if (!earlier.ok()) return FhirError(500, "transient", earlier.status().message());
+    if (*earlier) {
+      const int64_t wait_ms = std::max<int64_t>(0, **earlier + interval_ms - now);
+      Response resp = FhirError(429, "throttled",
+                                "Polled too often: wait " + std::to_string(ctx.export_poll_seconds) +
+                                    " s between status requests (Retry-After)");
+      resp.headers.Set("Retry-After", std::to_string(std::max<int64_t>(1, (wait_ms + 999) / 1000)));
+      return resp;
+    }
+  }
   if (IsFinished(j.status)) {
     auto expires = ExpiresAt(ctx, j);
     if (expires && *expires <= now) {
@@ -246,7 +263,7 @@ Response Poll(const ApiContext& ctx, const RequestContext& p) {
                     : 0;
   Response resp = Informational(202, "The export job " + j.job_id + " is " + j.status);
   resp.headers.Set("X-Progress", j.status + " " + std::to_string(percent) + "%");
-  resp.headers.Set("Retry-After", std::to_string(std::max(1, ctx.export_poll_seconds)));
+  resp.headers.Set("Retry-After", std::to_string(ctx.export_poll_seconds));
   return resp;
 }
 
@@ -450,7 +467,7 @@ void RegisterBulkDataIg(http::Router& router, const ApiContext& ctx) {
       "GET", r4 + "/Group/{id}/$export", http::RouteInfo{"healthlake:StartFHIRExportJobWithGet"},
       [c](const Request& req, const RequestContext& p) { return KickOff(*c, req, p, bulk::ExportLevel::kGroup); });
   router.Add("GET", r4 + "/$export-poll-status/{job}", http::RouteInfo{"healthlake:DescribeFHIRExportJobWithGet"},
-             [c](const Request&, const RequestContext& p) { return Poll(*c, p); });
+             [c](const Request& req, const RequestContext& p) { return Poll(*c, req, p); });
   router.Add("DELETE", r4 + "/$export-poll-status/{job}", http::RouteInfo{"healthlake:CancelFHIRExportJobWithDelete"},
              [c](const Request&, const RequestContext& p) { return Delete(*c, p); });
   router.Add("GET", r4 + "/$export-file/{job}/{type}/{file}", http::RouteInfo{"healthlake:GetExportedFile"},

@@ -109,7 +109,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 24 * 365))
       ->capture_default_str();
   s->add_option("--export-poll-seconds", serve.export_poll_seconds,
-                "Retry-After of a Bulk Data IG status poll while the job runs")
+                "Retry-After of a Bulk Data IG status poll while the job runs; a client polling sooner than half "
+                "of it gets 429 (0: no limit)")
       ->check(CLI::Range(0, 3600))
       ->capture_default_str();
   s->add_option("--export-queue-limit", serve.export_queue_limit,

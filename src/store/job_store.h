@@ -119,6 +119,11 @@ class JobStore {
     return CommitFiles({file}, file.job_id, file.task_no, task_after_rid, task_done);
   }
   virtual Result<std::vector<ExportFileRecord>> Files(const std::string& job_id) = 0;
+  // The Bulk Data IG's poll rate limit: when `client` got an answer about `job_id` less than `min_interval_ms` before
+  // `now`, returns that earlier time (the caller answers 429) and records nothing; otherwise records `now` as its
+  // latest answer and returns nullopt. One write transaction, so concurrent polls (on any node) are counted once.
+  virtual Result<std::optional<EpochMillis>> RecordPoll(const std::string& job_id, const std::string& client,
+                                                        EpochMillis now, int64_t min_interval_ms) = 0;
   // Forgets the job's committed files (after their objects were deleted: files_deleted_at is set).
   virtual Status DropFileRecords(const std::string& job_id) = 0;
   // Ended jobs of `view` whose server-held files must go: ended at or before `ended_before` and not deleted yet,

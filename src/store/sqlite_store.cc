@@ -990,10 +990,34 @@ class SqliteStore final : public ResourceStore, public JobStore {
 
   Status DropFileRecords(const std::string& job_id) override {
     return WithWrite([&](SqliteConnection& c) -> Status {
-      ASSIGN_OR_RETURN(auto d, c.Prepare("DELETE FROM export_files WHERE job_id=?1"));
-      d->Bind(1, job_id);
-      return d->Run();
+      for (const char* sql : {"DELETE FROM export_files WHERE job_id=?1", "DELETE FROM export_polls WHERE job_id=?1"}) {
+        ASSIGN_OR_RETURN(auto d, c.Prepare(sql));
+        d->Bind(1, job_id);
+        RETURN_IF_ERROR(d->Run());
+      }
+      return Status::Ok();
     });
+  }
+
+  Result<std::optional<EpochMillis>> RecordPoll(const std::string& job_id, const std::string& client, EpochMillis now,
+                                                int64_t min_interval_ms) override {
+    std::optional<EpochMillis> earlier;
+    RETURN_IF_ERROR(WithWrite([&](SqliteConnection& c) -> Status {
+      ASSIGN_OR_RETURN(auto q, c.Prepare("SELECT last_ms FROM export_polls WHERE job_id=?1 AND client=?2"));
+      q->Bind(1, job_id).Bind(2, client);
+      ASSIGN_OR_RETURN(bool row, q->Step());
+      const std::optional<EpochMillis> last = row ? std::optional<EpochMillis>(q->Int(0)) : std::nullopt;
+      q.reset();
+      if (last && now - *last < min_interval_ms && now >= *last) {
+        earlier = last;
+        return Status::Ok();
+      }
+      ASSIGN_OR_RETURN(auto u, c.Prepare("INSERT OR REPLACE INTO export_polls(job_id, client, last_ms) VALUES "
+                                         "(?1, ?2, ?3)"));
+      u->Bind(1, job_id).Bind(2, client).Bind(3, now);
+      return u->Run();
+    }));
+    return earlier;
   }
 
   Result<std::vector<ExportJobRecord>> JobsWithFilesToRemove(std::string_view view, EpochMillis ended_before) override {

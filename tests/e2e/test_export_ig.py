@@ -82,7 +82,7 @@ class BulkClient:
             progress = r.headers.get("X-Progress", "")
             assert 0 < len(progress) <= 100, f"X-Progress {progress!r}"
             assert time.time() < deadline, f"the export did not finish in {timeout} s: {self.polls[-3:]}"
-            time.sleep(int(retry))
+            time.sleep(max(int(retry), 0.05))
 
     def download_all(self, manifest, parallel=4, gzip_ok=True):
         """Downloads every output file in parallel; returns ({(type, id, version): n}, {url: bytes})."""
@@ -239,6 +239,26 @@ def test_until_in_both_views(tpl, servers, tmp_path):
         assert_outcome(hl_kickoff(sess, srv.base, "system", query=bad), 400, mentions=[mention])
 
 
+def test_polling_too_often_is_429_with_retry_after(tpl, servers, tmp_path):
+    srv = servers.start(tpl.clone(tmp_path / "data"),
+                        ["--export-poll-seconds", "2", "--test-export-batch-delay-ms", "200",
+                         "--export-batch-rows", "200"])
+    client = BulkClient(new_session())
+    status_url = client.kickoff(kickoff_url(srv.base, "system"))
+    first = requests.get(status_url, headers=POLL, timeout=30)
+    assert first.status_code == 202 and first.headers["Retry-After"] == "2", first.headers
+    again = requests.get(status_url, headers=POLL, timeout=30)
+    assert_outcome(again, 429, mentions=["too often"])
+    assert again.headers["Retry-After"] in ("1", "2"), again.headers
+    time.sleep(1.1)  # half the interval: allowed again
+    assert requests.get(status_url, headers=POLL, timeout=30).status_code == 202
+    # A client that honours Retry-After is never throttled.
+    time.sleep(2)
+    r = client.wait(status_url, timeout=300)
+    assert r.status_code == 200, r.text
+    assert all(status != 429 for status, _, _ in client.polls), client.polls
+
+
 # ---------------------------------------------------------------------------------------------- files
 
 def test_gzip_download_is_byte_identical_to_the_plain_one(env):
@@ -298,7 +318,7 @@ def test_unknown_files_and_jobs_are_404(env):
 
 def test_delete_cancels_a_running_job_and_the_status_url_then_404s(tpl, servers, tmp_path):
     srv = servers.start(tpl.clone(tmp_path / "data"),
-                        ["--export-poll-seconds", "1", "--test-export-batch-delay-ms", "300",
+                        ["--export-poll-seconds", "0", "--test-export-batch-delay-ms", "300",
                          "--export-batch-rows", "100"])
     client = BulkClient(new_session())
     status_url = client.kickoff(kickoff_url(srv.base, "system"))
