@@ -153,8 +153,8 @@ Response IgKickOff(const ApiContext& ctx, const Request& req, const RequestConte
     if (!*known && !lenient) {
       return FhirError(Status::Invalid("Query parameter '" + q.name +
                                        "' is not supported by this server's $export (supported: _outputFormat, "
-                                       "_type, _since, _until); send 'Prefer: handling=lenient' to have it "
-                                       "ignored"));
+                                       "_type, _since, _until, _tag, _security); send 'Prefer: "
+                                       "handling=lenient' to have it ignored"));
     }
   }
   request.output = bulk::S3Location{ctx.server_export_bucket, ""};

@@ -67,6 +67,19 @@ Result<bool> ParseCommonExportParam(const http::QueryParam& q, EpochMillis now, 
     }
     return true;
   }
+  if (q.name == "_tag" || q.name == "_security") {
+    std::vector<std::string>& into = q.name == "_tag" ? req->tags : req->security;
+    std::string_view v = q.value;
+    while (true) {
+      size_t comma = v.find(',');
+      std::string item = Trim(v.substr(0, comma));
+      RETURN_IF_ERROR(bulk::CheckCodingFilter(q.name, item));
+      if (std::find(into.begin(), into.end(), item) == into.end()) into.push_back(item);
+      if (comma == std::string_view::npos) break;
+      v.remove_prefix(comma + 1);
+    }
+    return true;
+  }
   if (q.name == "_until") {
     if (req->until) return Status::Invalid("_until is given more than once");
     auto until = ParseInstant(q.value);
@@ -92,7 +105,8 @@ Result<ExportRequest> ParseHealthLakeKickoff(ExportLevel level, std::string grou
     ASSIGN_OR_RETURN(bool known, ParseCommonExportParam(q, now, &req));
     if (!known) {
       return Status::Invalid("Query parameter '" + q.name +
-                             "' is not supported by $export; supported: _outputFormat, _type, _since, _until");
+                             "' is not supported by $export; supported: _outputFormat, _type, _since, _until, "
+                             "_tag, _security");
     }
   }
 

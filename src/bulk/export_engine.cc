@@ -353,6 +353,8 @@ Result<store::ExportJobRecord> ExportEngine::Submit(store::ResourceStore* store,
   job.types = request.types;
   job.since = request.since;
   job.until = request.until;
+  job.tags = request.tags;
+  job.security = request.security;
   job.output_format = request.output_format;
   job.s3_uri = request.output.Uri();
   job.kms_key_id = request.kms_key_id;
@@ -795,11 +797,14 @@ ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::Exp
   req.max_rid = task.max_rid;
   req.max_rows = options_.batch_rows;
   req.max_bytes = options_.batch_bytes;
+  std::vector<std::string> tags, security;  // _tag / _security: rows that do not match are skipped
   {
     std::lock_guard<std::mutex> lock(job.mu);
     req.since = job.record.since;
     req.until = job.record.until;
     req.snapshot = *job.record.snapshot;
+    tags = job.record.tags;
+    security = job.record.security;
   }
   while (true) {
     if (job.cancel || stopping_) {
@@ -815,6 +820,7 @@ ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::Exp
                 " resource (the datastore is damaged; restore it, or PUT the resource again)"));
         return Status::Ok();
       }
+      if (!MatchesMetaFilters(row.json, tags, security)) return Status::Ok();
       if (!writer) RETURN_IF_ERROR(open_file());
       RETURN_IF_ERROR(writer->Append(row.json));
       RETURN_IF_ERROR(writer->Append("\n"));

@@ -2,6 +2,9 @@
 // Patient-level export may contain. Each error names the field and what was expected.
 #include "bulk/export_request.h"
 
+#include <simdjson.h>
+
+#include <algorithm>
 #include <regex>
 
 #include "fhir/r4.h"
@@ -133,6 +136,55 @@ bool IsJobName(std::string_view name) {
     bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == ' ' ||
               std::string_view("_.:/=+-%@").find(static_cast<char>(c)) != std::string_view::npos;
     if (!ok) return false;
+  }
+  return true;
+}
+
+Status CheckCodingFilter(std::string_view param, std::string_view item) {
+  if (item.empty()) return Status::Invalid(std::string(param) + " has an empty value; expected system|code");
+  if (item == "|") return Status::Invalid(std::string(param) + " '|' names neither a system nor a code");
+  if (std::count(item.begin(), item.end(), '|') > 1) {
+    return Status::Invalid(std::string(param) + " '" + std::string(item) +
+                           "' has more than one '|'; expected system|code, system|, |code or code");
+  }
+  return Status::Ok();
+}
+
+namespace {
+
+// One item against the codings of `list` (meta.tag or meta.security).
+bool AnyCodingMatches(simdjson::dom::element meta, const char* list, std::string_view item) {
+  simdjson::dom::array codings;
+  if (meta[list].get(codings) != simdjson::SUCCESS) return false;
+  const size_t bar = item.find('|');
+  const bool any_system = bar == std::string_view::npos;
+  const std::string_view system = any_system ? std::string_view() : item.substr(0, bar);
+  const std::string_view code = any_system ? item : item.substr(bar + 1);
+  for (simdjson::dom::element c : codings) {
+    std::string_view cs, cc;
+    const bool has_system = c["system"].get(cs) == simdjson::SUCCESS;
+    const bool has_code = c["code"].get(cc) == simdjson::SUCCESS;
+    if (!any_system && (system.empty() ? has_system && !cs.empty() : cs != system)) continue;
+    if (!code.empty() && (!has_code || cc != code)) continue;
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+bool MatchesMetaFilters(std::string_view json, const std::vector<std::string>& tags,
+                        const std::vector<std::string>& security) {
+  if (tags.empty() && security.empty()) return true;
+  thread_local simdjson::dom::parser parser;
+  simdjson::dom::element root, meta;
+  if (parser.parse(json.data(), json.size()).get(root) != simdjson::SUCCESS) return false;
+  if (root["meta"].get(meta) != simdjson::SUCCESS) return false;
+  for (const auto& t : tags) {
+    if (!AnyCodingMatches(meta, "tag", t)) return false;
+  }
+  for (const auto& s : security) {
+    if (!AnyCodingMatches(meta, "security", s)) return false;
   }
   return true;
 }

@@ -27,6 +27,10 @@ struct ExportRequest {
   std::vector<std::string> types;  // empty: every type the level allows
   std::optional<EpochMillis> since;
   std::optional<EpochMillis> until;  // _until (HealthLake's newer export): lastUpdated <= until
+  // _tag / _security: "system|code", "system|" (any code of the system), "|code" (no system) or "code" (any
+  // system); every one must match a coding of meta.tag / meta.security.
+  std::vector<std::string> tags;
+  std::vector<std::string> security;
   std::string output_format = "application/fhir+ndjson";
   bool output_format_given = false;  // parsing: _outputFormat was in the request
   std::string job_name;
@@ -48,6 +52,12 @@ size_t LongestJobKeySuffix();
 bool IsIamRoleArn(std::string_view arn);
 bool IsKmsKeyId(std::string_view key);
 bool IsJobName(std::string_view name);
+// Checks one _tag/_security item ("system|code", "system|", "|code", "code"); kInvalid names `param`.
+Status CheckCodingFilter(std::string_view param, std::string_view item);
+// Whether the resource `json` has, for every item of `tags`, a matching coding in meta.tag, and likewise for
+// `security` in meta.security (items as CheckCodingFilter accepts). True when both are empty.
+bool MatchesMetaFilters(std::string_view json, const std::vector<std::string>& tags,
+                        const std::vector<std::string>& security);
 // Types a Patient- or Group-level export can contain: compartment types and the types they reference.
 bool IsPatientLevelType(std::string_view type);
 

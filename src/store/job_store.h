@@ -41,7 +41,8 @@ struct ExportJobRecord {
   std::string group_id;
   std::vector<std::string> types;  // empty: all
   std::optional<EpochMillis> since;
-  std::optional<EpochMillis> until;  // _until: only resources last updated at or before it
+  std::optional<EpochMillis> until;         // _until: only resources last updated at or before it
+  std::vector<std::string> tags, security;  // _tag / _security items (bulk::MatchesMetaFilters)
   std::string output_format;
   std::string s3_uri;  // normalised, without trailing slash
   std::string kms_key_id;

@@ -38,6 +38,27 @@ std::string JoinTypes(const std::vector<std::string>& types) {
   return out;
 }
 
+// _tag/_security items may hold commas: one per line.
+std::string JoinLines(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& t : items) {
+    if (!out.empty()) out.push_back('\n');
+    out += t;
+  }
+  return out;
+}
+
+std::vector<std::string> SplitLines(std::string_view s) {
+  std::vector<std::string> out;
+  while (!s.empty()) {
+    size_t nl = s.find('\n');
+    out.emplace_back(s.substr(0, nl));
+    if (nl == std::string_view::npos) break;
+    s.remove_prefix(nl + 1);
+  }
+  return out;
+}
+
 std::vector<std::string> SplitTypes(std::string_view s) {
   std::vector<std::string> out;
   while (!s.empty()) {
@@ -824,8 +845,9 @@ class SqliteStore final : public ResourceStore, public JobStore {
                        c.Prepare("INSERT INTO export_jobs(job_id, queue_order, job_name, status, view, level, "
                                  "group_id, types, since, output_format, s3_uri, kms_key_id, role_arn, "
                                  "request_url, submit_time, start_time, end_time, snapshot_seq, snapshot_time, "
-                                 "message, include_referenced, owner, until_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "
-                                 "?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"));
+                                 "message, include_referenced, owner, until_ms, tag_filter, security_filter) VALUES "
+                                 "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, "
+                                 "?19, ?20, ?21, ?22, ?23, ?24, ?25)"));
       BindJob(*ins, *job);
       return ins->Run();
     });
@@ -1048,7 +1070,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
   static constexpr const char* kSelectJob =
       "SELECT job_id, queue_order, job_name, status, view, level, group_id, types, since, output_format, s3_uri, "
       "kms_key_id, role_arn, request_url, submit_time, start_time, end_time, snapshot_seq, snapshot_time, message, "
-      "include_referenced, owner, files_deleted_at, until_ms FROM export_jobs";
+      "include_referenced, owner, files_deleted_at, until_ms, tag_filter, security_filter FROM export_jobs";
 
   // Where MaterializeGroupScope stages the referenced resources it finds (not a valid job id, so never a job's).
   static std::string StagingKey(const std::string& job_id) { return job_id + ".referenced"; }
@@ -1076,7 +1098,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
     q.Bind(18, j.snapshot ? std::optional<int64_t>(j.snapshot->seq) : std::nullopt);
     q.Bind(19, j.snapshot ? std::optional<int64_t>(j.snapshot->time) : std::nullopt);
     q.Bind(20, j.message).Bind(21, j.include_referenced ? 1 : 0).Bind(22, j.owner);
-    q.Bind(23, j.until);
+    q.Bind(23, j.until).Bind(24, JoinLines(j.tags)).Bind(25, JoinLines(j.security));
   }
 
   static ExportJobRecord ReadJob(const SqliteStmt& q) {
@@ -1104,6 +1126,8 @@ class SqliteStore final : public ResourceStore, public JobStore {
     j.owner = q.Str(21);
     j.files_deleted_at = q.OptInt(22);
     j.until = q.OptInt(23);
+    j.tags = SplitLines(q.Text(24));
+    j.security = SplitLines(q.Text(25));
     return j;
   }
 

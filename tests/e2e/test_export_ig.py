@@ -259,6 +259,61 @@ def test_polling_too_often_is_429_with_retry_after(tpl, servers, tmp_path):
     assert all(status != 429 for status, _, _ in client.polls), client.polls
 
 
+def test_tag_and_security_in_both_views(tpl, servers, tmp_path):
+    srv = servers.start(tpl.clone(tmp_path / "data"), ["--export-poll-seconds", "1"])
+    assert tpl.model().ids("Basic") == [], "the sample has Basic resources: pick another type for this test"
+    T, S = "http://example.org/tags", "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+    written = {
+        "tag-a": {"tag": [{"system": T, "code": "a"}]},
+        "tag-ab": {"tag": [{"system": T, "code": "a"}, {"system": T, "code": "b"}]},
+        "tag-a-r": {"tag": [{"system": T, "code": "a"}], "security": [{"system": S, "code": "R"}]},
+        "sec-r": {"security": [{"system": S, "code": "R"}]},
+        "tag-other": {"tag": [{"system": "http://other", "code": "a"}]},
+        "untagged": {},
+    }
+    for rid, meta in written.items():
+        body = {"resourceType": "Basic", "id": rid, "code": {"text": rid}}
+        if meta:
+            body["meta"] = meta
+        r = srv.sess.put(f"{srv.base}/Basic/{rid}", data=json.dumps(body), headers={"Content-Type": "application/fhir+json"})
+        assert r.status_code == 201, r.text
+
+    def expect(tags=(), security=()):
+        def ok(items, codings):
+            for item in items:
+                system, bar, code = item.rpartition("|") if "|" in item else (None, "", item)
+                if not any((system is None or (c.get("system", "") == system if system else "system" not in c))
+                           and (not code or c.get("code") == code) for c in codings):
+                    return False
+            return True
+        return collections.Counter({("Basic", rid, 1): 1 for rid, meta in written.items()
+                                    if ok(tags, meta.get("tag", [])) and ok(security, meta.get("security", []))})
+
+    cases = [
+        (f"_tag={T}|a", expect([f"{T}|a"])),
+        (f"_tag={T}|a&_tag={T}|b", expect([f"{T}|a", f"{T}|b"])),
+        (f"_tag={T}|", expect([f"{T}|"])),
+        ("_tag=a", expect(["a"])),
+        (f"_security={S}|R", expect(security=[f"{S}|R"])),
+        (f"_tag={T}|a&_security={S}|R", expect([f"{T}|a"], [f"{S}|R"])),
+    ]
+    assert [sum(e.values()) for _, e in cases] == [3, 1, 3, 4, 2, 1], "the expected sets are not what the cases mean"
+    for q, expected in cases:
+        query = "_type=Basic&" + "&".join(f"{k}={urllib.parse.quote(v)}" for k, v in
+                                          (part.split("=", 1) for part in q.split("&")))
+        client = BulkClient(new_session())
+        r = client.wait(client.kickoff(kickoff_url(srv.base, "system", query=query)))
+        assert r.status_code == 200, r.text
+        got, _ = client.download_all(r.json()) if r.json()["output"] else (collections.Counter(), {})
+        assert got == expected, (q, diff(got, expected))
+        hl = start_export(srv.sess, srv.base, "system", query=query)
+        assert collect_output(srv, wait_done(srv.sess, srv.base, hl)).counter == expected, q
+    for bad, mention in (("_tag=", "_tag"), ("_security=a|b|c", "more than one"), ("_tag=|", "_tag")):
+        assert_outcome(requests.get(kickoff_url(srv.base, "system", query=bad), headers=KICKOFF, timeout=30), 400,
+                       mentions=[mention])
+        assert_outcome(hl_kickoff(srv.sess, srv.base, "system", query=bad), 400, mentions=[mention])
+
+
 # ---------------------------------------------------------------------------------------------- files
 
 def test_gzip_download_is_byte_identical_to_the_plain_one(env):

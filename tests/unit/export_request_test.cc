@@ -213,5 +213,35 @@ TEST(LevelNameTest, Names) {
   EXPECT_EQ(LevelName(ExportLevel::kGroup), "group");
 }
 
+TEST(MetaFiltersTest, SystemCodeForms) {
+  const std::string r = R"({"resourceType":"Basic","id":"b","meta":{"tag":[{"system":"http://t","code":"a"},)"
+                        R"({"code":"nosys"}],"security":[{"system":"http://s","code":"R"}]}})";
+  EXPECT_TRUE(MatchesMetaFilters(r, {}, {}));
+  EXPECT_TRUE(MatchesMetaFilters(r, {"http://t|a"}, {}));
+  EXPECT_TRUE(MatchesMetaFilters(r, {"http://t|"}, {}));
+  EXPECT_TRUE(MatchesMetaFilters(r, {"a"}, {}));
+  EXPECT_TRUE(MatchesMetaFilters(r, {"|nosys"}, {}));
+  EXPECT_FALSE(MatchesMetaFilters(r, {"|a"}, {}));  // "|a": a code without a system; this one has a system
+  EXPECT_FALSE(MatchesMetaFilters(r, {"http://t|b"}, {}));
+  EXPECT_FALSE(MatchesMetaFilters(r, {"http://other|"}, {}));
+  EXPECT_TRUE(MatchesMetaFilters(r, {"http://t|a", "nosys"}, {}));  // several: all must match
+  EXPECT_FALSE(MatchesMetaFilters(r, {"http://t|a", "missing"}, {}));
+  EXPECT_TRUE(MatchesMetaFilters(r, {"http://t|a"}, {"http://s|R"}));  // both given: both must match
+  EXPECT_FALSE(MatchesMetaFilters(r, {"http://t|a"}, {"http://s|V"}));
+  EXPECT_FALSE(MatchesMetaFilters(r, {}, {"http://t|a"}));  // a tag is not a security label
+  EXPECT_FALSE(MatchesMetaFilters(R"({"resourceType":"Basic","id":"x"})", {"a"}, {}));
+  EXPECT_FALSE(MatchesMetaFilters("not json", {"a"}, {}));
+}
+
+TEST(MetaFiltersTest, CheckCodingFilter) {
+  EXPECT_TRUE(CheckCodingFilter("_tag", "http://t|a").ok());
+  EXPECT_TRUE(CheckCodingFilter("_tag", "http://t|").ok());
+  EXPECT_TRUE(CheckCodingFilter("_tag", "|a").ok());
+  EXPECT_TRUE(CheckCodingFilter("_tag", "a").ok());
+  EXPECT_STATUS(CheckCodingFilter("_tag", ""), kInvalid, "_tag");
+  EXPECT_STATUS(CheckCodingFilter("_security", "|"), kInvalid, "_security");
+  EXPECT_STATUS(CheckCodingFilter("_tag", "a|b|c"), kInvalid, "more than one");
+}
+
 }  // namespace
 }  // namespace fhirlake::bulk
