@@ -15,6 +15,7 @@
 #include "api/fhir_response.h"
 #include "api/healthlake_kickoff.h"
 #include "bulk/export_engine.h"
+#include "common/ids.h"
 #include "common/json_escape.h"
 #include "fhir/operation_outcome.h"
 
@@ -117,6 +118,13 @@ Result<std::optional<std::vector<http::QueryParam>>> ParseKickoffParameters(std:
         value = v->get<std::string>();
       }
     }
+    if (!value && name == "patient") {
+      auto ref = prm.find("valueReference");
+      if (ref != prm.end() && ref->is_object() && ref->contains("reference") && (*ref)["reference"].is_string()) {
+        out.push_back({name, (*ref)["reference"].get<std::string>()});
+        continue;
+      }
+    }
     if (!value) {
       // Another value type (valueReference for `patient`, a part, ...): the parameter name alone, so the
       // kick-off answers it as unsupported (or ignores it under handling=lenient).
@@ -148,15 +156,37 @@ Response IgKickOff(const ApiContext& ctx, const Request& req, const RequestConte
   request.level = level;
   if (level == bulk::ExportLevel::kGroup) request.group_id = p.param("id");
   for (const auto& q : params) {
+    if (q.name == "patient") {
+      if (level == bulk::ExportLevel::kSystem) {
+        return FhirError(
+            Status::Invalid("patient is a parameter of Patient- and Group-level exports, not of a "
+                            "system-level $export"));
+      }
+      std::string_view v = q.value;
+      while (true) {
+        size_t comma = v.find(',');
+        std::string_view ref = v.substr(0, comma);
+        if (ref.starts_with("Patient/")) ref.remove_prefix(8);
+        if (!IsValidFhirId(ref)) {
+          return FhirError(Status::Invalid("patient '" + q.value + "' is not a Patient reference (Patient/{id})"));
+        }
+        request.patients.emplace_back(ref);
+        if (comma == std::string_view::npos) break;
+        v.remove_prefix(comma + 1);
+      }
+      continue;
+    }
     auto known = ParseCommonExportParam(q, now, &request);
     if (!known.ok()) return FhirError(known.status());
     if (!*known && !lenient) {
       return FhirError(Status::Invalid("Query parameter '" + q.name +
                                        "' is not supported by this server's $export (supported: _outputFormat, "
-                                       "_type, _since, _until, _tag, _security); send 'Prefer: "
+                                       "_type, _since, _until, _tag, _security, patient); send 'Prefer: "
                                        "handling=lenient' to have it ignored"));
     }
   }
+  std::sort(request.patients.begin(), request.patients.end());
+  request.patients.erase(std::unique(request.patients.begin(), request.patients.end()), request.patients.end());
   request.output = bulk::S3Location{ctx.server_export_bucket, ""};
   request.request_url = ctx.public_base_url + req.target;
   request.view = "ig";

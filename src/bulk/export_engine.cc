@@ -18,6 +18,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
@@ -315,11 +316,24 @@ std::string HumanBytes(int64_t b) {
 }  // namespace
 
 Result<store::ExportJobRecord> ExportEngine::Submit(store::ResourceStore* store, const ExportRequest& request) {
+  std::vector<std::string> members;
   if (request.level == ExportLevel::kGroup) {
     auto group = store->Read("Group", request.group_id);
     if (!group.ok() || group->deleted) {
       return Status::NotFound("Group '" + request.group_id + "' is not known in datastore " + store->info().id +
                               (group.ok() ? " (it was deleted)" : ""));
+    }
+    if (!request.patients.empty()) {
+      ASSIGN_OR_RETURN(members, GroupMembers(group->json));
+    }
+  }
+  for (const auto& p : request.patients) {
+    auto patient = store->Read("Patient", p);
+    if (!patient.ok() || patient->deleted) {
+      return Status::Invalid("patient: Patient/" + p + " is not known in datastore " + store->info().id);
+    }
+    if (request.level == ExportLevel::kGroup && !std::binary_search(members.begin(), members.end(), p)) {
+      return Status::Invalid("patient: Patient/" + p + " is not an active member of Group " + request.group_id);
     }
   }
   if (!options_.local_output_dir.empty() && options_.min_free_bytes > 0) {
@@ -355,6 +369,7 @@ Result<store::ExportJobRecord> ExportEngine::Submit(store::ResourceStore* store,
   job.until = request.until;
   job.tags = request.tags;
   job.security = request.security;
+  job.patients = request.patients;
   job.output_format = request.output_format;
   job.s3_uri = request.output.Uri();
   job.kms_key_id = request.kms_key_id;
@@ -584,7 +599,9 @@ Result<std::vector<store::ExportTaskRecord>> ExportEngine::PlanTasks(store::Reso
   std::vector<store::ExportTaskRecord> tasks;
   for (const auto& type : types) {
     store::ScanScope scope = store::ScanScope::kAll;
-    if (job.level == "patient") {
+    if (job.level == "patient" && !job.patients.empty()) {
+      scope = store::ScanScope::kJobScope;
+    } else if (job.level == "patient") {
       if (fhir::IsPatientCompartmentType(type)) {
         scope = store::ScanScope::kAnyCompartment;
       } else if (job.include_referenced) {
@@ -637,7 +654,18 @@ Status ExportEngine::StartJob(store::ResourceStore* store, const store::ExportJo
                               FormatInstant(snap.time));
     }
     ASSIGN_OR_RETURN(auto members, GroupMembers(group->json));
+    if (!job.patients.empty()) {
+      // `patient`: only those of the members the request named (members as of the snapshot).
+      std::vector<std::string> kept;
+      std::set_intersection(members.begin(), members.end(), job.patients.begin(), job.patients.end(),
+                            std::back_inserter(kept));
+      members = std::move(kept);
+    }
     RETURN_IF_ERROR(store->MaterializeGroupScope(job.job_id, job.group_id, members, job.include_referenced, snap));
+    RETURN_IF_ERROR(failpoint::Hit("export.scope"));
+  } else if (job.level == "patient" && !job.patients.empty()) {
+    // `patient` at Patient level: the named patients' compartments, as a Group of them would be (no Group).
+    RETURN_IF_ERROR(store->MaterializeGroupScope(job.job_id, "", job.patients, job.include_referenced, snap));
     RETURN_IF_ERROR(failpoint::Hit("export.scope"));
   } else if (job.level == "patient" && job.include_referenced) {
     RETURN_IF_ERROR(store->MaterializeReferencedScope(job.job_id, snap));

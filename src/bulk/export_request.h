@@ -31,6 +31,8 @@ struct ExportRequest {
   // system); every one must match a coding of meta.tag / meta.security.
   std::vector<std::string> tags;
   std::vector<std::string> security;
+  // `patient` (the IG's POST Parameters; Patient and Group level): only these patients (ids), sorted, unique.
+  std::vector<std::string> patients;
   std::string output_format = "application/fhir+ndjson";
   bool output_format_given = false;  // parsing: _outputFormat was in the request
   std::string job_name;

@@ -43,6 +43,7 @@ struct ExportJobRecord {
   std::optional<EpochMillis> since;
   std::optional<EpochMillis> until;         // _until: only resources last updated at or before it
   std::vector<std::string> tags, security;  // _tag / _security items (bulk::MatchesMetaFilters)
+  std::vector<std::string> patients;        // the IG's `patient`: only these patients (sorted ids)
   std::string output_format;
   std::string s3_uri;  // normalised, without trailing slash
   std::string kms_key_id;

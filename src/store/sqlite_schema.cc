@@ -10,7 +10,8 @@
 //      lookup indexes (store/sqlite_search.cc) built apart: a bulk load or reindex drops and rebuilds them in one
 //      sorted pass instead of inserting random keys row by row; the v5 rows are rebuilt by the reindex
 //   7  export_jobs.files_deleted_at: when a Bulk Data IG job's server-held files were deleted (DELETE or expiry);
-//      export_jobs.until_ms, tag_filter, security_filter: the job's _until, _tag, _security (newline-separated);
+//      export_jobs.until_ms, tag_filter, security_filter, patient_filter: the job's _until, _tag, _security,
+//      patient (newline-separated);
 //      export_polls: when each client last got a status answer (the IG view's poll rate limit, kept in the store so
 //      that every node sees it)
 #include "store/sqlite_schema.h"
@@ -190,6 +191,7 @@ ALTER TABLE export_jobs ADD COLUMN files_deleted_at INTEGER;
 ALTER TABLE export_jobs ADD COLUMN until_ms INTEGER;
 ALTER TABLE export_jobs ADD COLUMN tag_filter TEXT NOT NULL DEFAULT '';
 ALTER TABLE export_jobs ADD COLUMN security_filter TEXT NOT NULL DEFAULT '';
+ALTER TABLE export_jobs ADD COLUMN patient_filter TEXT NOT NULL DEFAULT '';
 CREATE TABLE export_polls(job_id TEXT NOT NULL, client TEXT NOT NULL, last_ms INTEGER NOT NULL,
   PRIMARY KEY(job_id, client)) WITHOUT ROWID;
 )sql";

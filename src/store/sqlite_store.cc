@@ -845,9 +845,9 @@ class SqliteStore final : public ResourceStore, public JobStore {
                        c.Prepare("INSERT INTO export_jobs(job_id, queue_order, job_name, status, view, level, "
                                  "group_id, types, since, output_format, s3_uri, kms_key_id, role_arn, "
                                  "request_url, submit_time, start_time, end_time, snapshot_seq, snapshot_time, "
-                                 "message, include_referenced, owner, until_ms, tag_filter, security_filter) VALUES "
-                                 "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, "
-                                 "?19, ?20, ?21, ?22, ?23, ?24, ?25)"));
+                                 "message, include_referenced, owner, until_ms, tag_filter, security_filter, "
+                                 "patient_filter) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, "
+                                 "?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)"));
       BindJob(*ins, *job);
       return ins->Run();
     });
@@ -1070,7 +1070,8 @@ class SqliteStore final : public ResourceStore, public JobStore {
   static constexpr const char* kSelectJob =
       "SELECT job_id, queue_order, job_name, status, view, level, group_id, types, since, output_format, s3_uri, "
       "kms_key_id, role_arn, request_url, submit_time, start_time, end_time, snapshot_seq, snapshot_time, message, "
-      "include_referenced, owner, files_deleted_at, until_ms, tag_filter, security_filter FROM export_jobs";
+      "include_referenced, owner, files_deleted_at, until_ms, tag_filter, security_filter, patient_filter FROM "
+      "export_jobs";
 
   // Where MaterializeGroupScope stages the referenced resources it finds (not a valid job id, so never a job's).
   static std::string StagingKey(const std::string& job_id) { return job_id + ".referenced"; }
@@ -1098,7 +1099,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
     q.Bind(18, j.snapshot ? std::optional<int64_t>(j.snapshot->seq) : std::nullopt);
     q.Bind(19, j.snapshot ? std::optional<int64_t>(j.snapshot->time) : std::nullopt);
     q.Bind(20, j.message).Bind(21, j.include_referenced ? 1 : 0).Bind(22, j.owner);
-    q.Bind(23, j.until).Bind(24, JoinLines(j.tags)).Bind(25, JoinLines(j.security));
+    q.Bind(23, j.until).Bind(24, JoinLines(j.tags)).Bind(25, JoinLines(j.security)).Bind(26, JoinLines(j.patients));
   }
 
   static ExportJobRecord ReadJob(const SqliteStmt& q) {
@@ -1128,6 +1129,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
     j.until = q.OptInt(23);
     j.tags = SplitLines(q.Text(24));
     j.security = SplitLines(q.Text(25));
+    j.patients = SplitLines(q.Text(26));
     return j;
   }
 

@@ -23,6 +23,7 @@ from export_helpers import servers  # noqa: F401  (fixture)
 from export_helpers import (INSTANT_RE, SAMPLE_GROUP_ID, ServerPool, Template, assert_outcome, collect_output,
                             describe, expected_group, expected_patient, expected_system, new_session, sample_data,
                             start_export, wait_done)
+from export_helpers import _add_referenced, _finish, r4
 from export_helpers import kickoff as hl_kickoff
 
 KICKOFF = {"Accept": "application/fhir+json", "Prefer": "respond-async, handling=lenient"}
@@ -461,7 +462,7 @@ def test_post_with_a_parameters_body_is_the_ig_view(env):
 
 
 @pytest.mark.parametrize("parameter,mention", [
-    ({"name": "patient", "valueReference": {"reference": "Patient/x"}}, "patient"),
+    ({"name": "includeAssociatedData", "valueCode": "LatestProvenanceResources"}, "includeAssociatedData"),
     ({"name": "_type", "valueInteger": 3}, "_type"),
 ])
 def test_parameters_the_server_does_not_support_are_400_unless_lenient(env, parameter, mention):
@@ -485,6 +486,58 @@ def test_malformed_parameters_bodies_are_400(env, body, mention):
     r = requests.post(kickoff_url(env.srv.base, "system"), data=json.dumps(body),
                       headers={**KICKOFF, "Content-Type": "application/fhir+json"}, timeout=30)
     assert_outcome(r, 400, mentions=[mention])
+
+
+def expected_for_patients(state, patient_ids, group_id=None):
+    """The Group-level rule with the members given: those Patients, their compartments, one hop of references."""
+    live = {k: e for k, e in state.items() if not e.deleted}
+    comp = r4().compartment_types
+    members = set(patient_ids)
+    scope = {("Group", group_id)} if group_id else set()
+    scope |= {("Patient", p) for p in members if ("Patient", p) in live}
+    for k, e in live.items():
+        if e.type not in ("Group", "Patient") and e.type in comp and e.patients & members:
+            scope.add(k)
+    _add_referenced(scope, live)
+    return _finish(scope, live)
+
+
+@pytest.mark.parametrize("level", ["patient", "group"])
+def test_patient_parameter_exports_only_those_patients(env, level):
+    from export_helpers import group_members
+    members = sorted(group_members(env.model.get("Group", SAMPLE_GROUP_ID).resource))
+    chosen = members[:2] if level == "group" else env.model.ids("Patient")[3:5]
+    url = kickoff_url(env.srv.base, level, SAMPLE_GROUP_ID)
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": f"Patient/{chosen[0]}"}},
+        {"name": "patient", "valueReference": {"reference": f"Patient/{chosen[1]}"}}]}
+    client = BulkClient(new_session())
+    r = client.sess.post(url, data=json.dumps(body), headers={**KICKOFF, "Content-Type": "application/fhir+json"})
+    assert r.status_code == 202, r.text
+    m = check_manifest(client.wait(r.headers["Content-Location"]), url)
+    got, _ = client.download_all(m)
+    expected = expected_for_patients(env.model.state, chosen, SAMPLE_GROUP_ID if level == "group" else None)
+    assert {k[1] for k in got if k[0] == "Patient"} == set(chosen)
+    assert got == expected, diff(got, expected)
+
+
+def test_patient_parameter_bad_input(env):
+    from export_helpers import group_members
+    members = group_members(env.model.get("Group", SAMPLE_GROUP_ID).resource)
+    outsider = next(p for p in env.model.ids("Patient") if p not in members) if len(members) < 100 else None
+    hdrs = {**KICKOFF, "Content-Type": "application/fhir+json"}
+
+    def post(level, refs):
+        body = {"resourceType": "Parameters",
+                "parameter": [{"name": "patient", "valueReference": {"reference": ref}} for ref in refs]}
+        return requests.post(kickoff_url(env.srv.base, level, SAMPLE_GROUP_ID), data=json.dumps(body), headers=hdrs,
+                             timeout=30)
+
+    assert_outcome(post("patient", ["Patient/no-such-patient"]), 400, mentions=["no-such-patient"])
+    assert_outcome(post("system", ["Patient/" + env.model.ids("Patient")[0]]), 400, mentions=["system-level"])
+    assert_outcome(post("patient", ["Observation/x y"]), 400, mentions=["Patient reference"])
+    if outsider:
+        assert_outcome(post("group", [f"Patient/{outsider}"]), 400, mentions=["not an active member"])
 
 
 # ---------------------------------------------------------------------------------------------- bad kick-offs
