@@ -49,42 +49,21 @@ std::string_view FileTail(const store::ExportFileRecord& f, const std::string& j
 
 // Media types of the kick-off's Accept: it must name application/fhir+json (the IG's only kick-off answer type).
 bool AcceptsFhirJson(const Request& req) {
-  std::string_view accept = req.headers.Get("Accept");
-  while (!accept.empty()) {
-    size_t comma = accept.find(',');
-    std::string_view item = accept.substr(0, comma);
-    item = item.substr(0, item.find(';'));
-    while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
-    while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
-    if (http::EqualsIgnoreCase(item, "application/fhir+json")) return true;
-    if (comma == std::string_view::npos) break;
-    accept.remove_prefix(comma + 1);
-  }
-  return false;
+  return AnyHeaderItem(req, "Accept", [](std::string_view item, std::string_view) {
+    return http::EqualsIgnoreCase(item, "application/fhir+json");
+  });
 }
 
 // Whether the client accepts gzip (Accept-Encoding, RFC 9110: "gzip" or "x-gzip" without q=0).
 bool AcceptsGzip(const Request& req) {
-  for (const auto& [name, value] : req.headers.items()) {
-    if (!http::EqualsIgnoreCase(name, "Accept-Encoding")) continue;
-    std::string_view rest = value;
-    while (!rest.empty()) {
-      size_t comma = rest.find(',');
-      std::string_view item = rest.substr(0, comma);
-      std::string_view coding = item.substr(0, item.find(';'));
-      while (!coding.empty() && coding.front() == ' ') coding.remove_prefix(1);
-      while (!coding.empty() && coding.back() == ' ') coding.remove_suffix(1);
-      bool zero = false;
-      if (size_t q = item.find("q="); q != std::string_view::npos) {
-        std::string_view qv = item.substr(q + 2);
-        zero = qv.starts_with("0") && qv.find_first_not_of("0. ") == std::string_view::npos;
-      }
-      if (!zero && (http::EqualsIgnoreCase(coding, "gzip") || http::EqualsIgnoreCase(coding, "x-gzip"))) return true;
-      if (comma == std::string_view::npos) break;
-      rest.remove_prefix(comma + 1);
+  return AnyHeaderItem(req, "Accept-Encoding", [](std::string_view coding, std::string_view params) {
+    bool zero = false;
+    if (size_t q = params.find("q="); q != std::string_view::npos) {
+      std::string_view qv = params.substr(q + 2);
+      zero = qv.starts_with("0") && qv.find_first_not_of("0. ") == std::string_view::npos;
     }
-  }
-  return false;
+    return !zero && (http::EqualsIgnoreCase(coding, "gzip") || http::EqualsIgnoreCase(coding, "x-gzip"));
+  });
 }
 
 Response KickOff(const ApiContext& ctx, const Request& req, const RequestContext& p, bulk::ExportLevel level) {

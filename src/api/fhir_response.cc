@@ -1,6 +1,8 @@
 // Status → OperationOutcome responses for every FHIR path.
 #include "api/fhir_response.h"
 
+#include <functional>
+
 #include "fhir/operation_outcome.h"
 #include "fhir/r4.h"
 
@@ -46,22 +48,34 @@ Status CheckJsonContentType(const http::Request& request) {
                                                 "application/json)");
 }
 
-bool HasPreference(const http::Request& request, std::string_view preference) {
+bool AnyHeaderItem(const http::Request& request, std::string_view header,
+                   const std::function<bool(std::string_view, std::string_view)>& fn) {
+  auto trim = [](std::string_view v) {
+    while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+    return v;
+  };
   for (const auto& [name, value] : request.headers.items()) {
-    if (!http::EqualsIgnoreCase(name, "Prefer")) continue;
+    if (!http::EqualsIgnoreCase(name, header)) continue;
     std::string_view rest = value;
     while (!rest.empty()) {
-      size_t comma = rest.find(',');
-      std::string_view pref = rest.substr(0, comma);
-      pref = pref.substr(0, pref.find(';'));
-      while (!pref.empty() && (pref.front() == ' ' || pref.front() == '\t')) pref.remove_prefix(1);
-      while (!pref.empty() && (pref.back() == ' ' || pref.back() == '\t')) pref.remove_suffix(1);
-      if (http::EqualsIgnoreCase(pref, preference)) return true;
+      const size_t comma = rest.find(',');
+      const std::string_view item = rest.substr(0, comma);
+      const size_t semi = item.find(';');
+      if (fn(trim(item.substr(0, semi)), semi == std::string_view::npos ? std::string_view() : item.substr(semi + 1))) {
+        return true;
+      }
       if (comma == std::string_view::npos) break;
       rest.remove_prefix(comma + 1);
     }
   }
   return false;
+}
+
+bool HasPreference(const http::Request& request, std::string_view preference) {
+  return AnyHeaderItem(request, "Prefer", [&](std::string_view item, std::string_view) {
+    return http::EqualsIgnoreCase(item, preference);
+  });
 }
 
 }  // namespace fhirlake::api

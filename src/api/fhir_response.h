@@ -2,6 +2,7 @@
 // the FHIR handlers: datastore lookup, media-type checks.
 #pragma once
 
+#include <functional>
 #include <string_view>
 
 #include "api/api_context.h"
@@ -20,6 +21,10 @@ Status CheckJsonContentType(const http::Request& request);
 // RFC 7240: whether any Prefer header lists `preference` ("respond-async", "handling=lenient"); names and values
 // compared case-insensitively, preference parameters (";...") ignored.
 bool HasPreference(const http::Request& request, std::string_view preference);
+// Whether `fn(item, parameters)` holds for some item of the comma-separated lists in every `header` header (items
+// trimmed, cut at the first ';', whose rest is `parameters`).
+bool AnyHeaderItem(const http::Request& request, std::string_view header,
+                   const std::function<bool(std::string_view, std::string_view)>& fn);
 // 404 unless `type` is an R4 resource type (case-sensitive).
 Status CheckType(std::string_view type);
 

@@ -19,6 +19,14 @@ std::string Trim(std::string_view s) {
   return std::string(s);
 }
 
+Status CheckSinceBeforeUntil(const ExportRequest& req) {
+  if (req.since && req.until && *req.until < *req.since) {
+    return Status::Invalid("_until (" + FormatInstant(*req.until) + ") is before _since (" + FormatInstant(*req.since) +
+                           ")");
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Result<bool> ParseCommonExportParam(const http::QueryParam& q, EpochMillis now, ExportRequest* req) {
@@ -61,10 +69,7 @@ Result<bool> ParseCommonExportParam(const http::QueryParam& q, EpochMillis now, 
       return Status::Invalid("_since '" + q.value + "' is in the future (server time is " + FormatInstant(now) + ")");
     }
     req->since = *since;
-    if (req->until && *req->until < *req->since) {
-      return Status::Invalid("_until (" + FormatInstant(*req->until) + ") is before _since (" +
-                             FormatInstant(*req->since) + ")");
-    }
+    RETURN_IF_ERROR(CheckSinceBeforeUntil(*req));
     return true;
   }
   if (q.name == "_tag" || q.name == "_security") {
@@ -86,10 +91,7 @@ Result<bool> ParseCommonExportParam(const http::QueryParam& q, EpochMillis now, 
     if (!until.ok()) return until.status().WithContext("_until");
     // An _until after the job's transactionTime means the transactionTime: the snapshot bounds it anyway.
     req->until = *until;
-    if (req->since && *req->until < *req->since) {
-      return Status::Invalid("_until (" + FormatInstant(*req->until) + ") is before _since (" +
-                             FormatInstant(*req->since) + ")");
-    }
+    RETURN_IF_ERROR(CheckSinceBeforeUntil(*req));
     return true;
   }
   return false;

@@ -29,46 +29,31 @@ namespace {
 
 constexpr size_t kMaxPooledConnections = 8;
 
-std::string JoinTypes(const std::vector<std::string>& types) {
-  std::string out;
-  for (const auto& t : types) {
-    if (!out.empty()) out.push_back(',');
-    out += t;
-  }
-  return out;
-}
-
-// _tag/_security items may hold commas: one per line.
-std::string JoinLines(const std::vector<std::string>& items) {
+// Lists in one TEXT column: types comma-separated; _tag/_security/patient items (which may hold commas) one per line.
+std::string JoinWith(const std::vector<std::string>& items, char sep) {
   std::string out;
   for (const auto& t : items) {
-    if (!out.empty()) out.push_back('\n');
+    if (!out.empty()) out.push_back(sep);
     out += t;
   }
   return out;
 }
 
-std::vector<std::string> SplitLines(std::string_view s) {
+std::vector<std::string> SplitOn(std::string_view s, char sep) {
   std::vector<std::string> out;
   while (!s.empty()) {
-    size_t nl = s.find('\n');
-    out.emplace_back(s.substr(0, nl));
-    if (nl == std::string_view::npos) break;
-    s.remove_prefix(nl + 1);
+    size_t at = s.find(sep);
+    out.emplace_back(s.substr(0, at));
+    if (at == std::string_view::npos) break;
+    s.remove_prefix(at + 1);
   }
   return out;
 }
 
-std::vector<std::string> SplitTypes(std::string_view s) {
-  std::vector<std::string> out;
-  while (!s.empty()) {
-    size_t comma = s.find(',');
-    out.emplace_back(s.substr(0, comma));
-    if (comma == std::string_view::npos) break;
-    s.remove_prefix(comma + 1);
-  }
-  return out;
-}
+std::string JoinTypes(const std::vector<std::string>& types) { return JoinWith(types, ','); }
+std::vector<std::string> SplitTypes(std::string_view s) { return SplitOn(s, ','); }
+std::string JoinLines(const std::vector<std::string>& items) { return JoinWith(items, '\n'); }
+std::vector<std::string> SplitLines(std::string_view s) { return SplitOn(s, '\n'); }
 
 class SqliteStore;
 
