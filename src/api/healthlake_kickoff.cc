@@ -3,6 +3,7 @@
 // what a HealthLake user sees in the OperationOutcome diagnostics.
 #include "api/healthlake_kickoff.h"
 
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "fhir/r4.h"
@@ -17,6 +18,16 @@ std::string Trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
   while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
   return std::string(s);
+}
+
+// Calls `fn` with each comma-separated item of `value`, trimmed; true when every call succeeded.
+Result<bool> ForEachItem(std::string_view value, const std::function<Status(std::string)>& fn) {
+  while (true) {
+    size_t comma = value.find(',');
+    RETURN_IF_ERROR(fn(Trim(value.substr(0, comma))));
+    if (comma == std::string_view::npos) return true;
+    value.remove_prefix(comma + 1);
+  }
 }
 
 Status CheckSinceBeforeUntil(const ExportRequest& req) {
@@ -41,10 +52,7 @@ Result<bool> ParseCommonExportParam(const http::QueryParam& q, EpochMillis now, 
     return true;
   }
   if (q.name == "_type") {
-    std::string_view v = q.value;
-    while (true) {
-      size_t comma = v.find(',');
-      std::string type = Trim(v.substr(0, comma));
+    return ForEachItem(q.value, [&](std::string type) -> Status {
       if (type.empty()) return Status::Invalid("_type '" + q.value + "' contains an empty resource type");
       if (!fhir::IsKnownResourceType(type)) {
         return Status::Invalid("_type names '" + type + "', which is not an R4 resource type");
@@ -56,10 +64,8 @@ Result<bool> ParseCommonExportParam(const http::QueryParam& q, EpochMillis now, 
                                "use a system-level $export for it");
       }
       if (std::find(req->types.begin(), req->types.end(), type) == req->types.end()) req->types.push_back(type);
-      if (comma == std::string_view::npos) break;
-      v.remove_prefix(comma + 1);
-    }
-    return true;
+      return Status::Ok();
+    });
   }
   if (q.name == "_since") {
     if (req->since) return Status::Invalid("_since is given more than once");
@@ -74,16 +80,11 @@ Result<bool> ParseCommonExportParam(const http::QueryParam& q, EpochMillis now, 
   }
   if (q.name == "_tag" || q.name == "_security") {
     std::vector<std::string>& into = q.name == "_tag" ? req->tags : req->security;
-    std::string_view v = q.value;
-    while (true) {
-      size_t comma = v.find(',');
-      std::string item = Trim(v.substr(0, comma));
+    return ForEachItem(q.value, [&](std::string item) -> Status {
       RETURN_IF_ERROR(bulk::CheckCodingFilter(q.name, item));
       if (std::find(into.begin(), into.end(), item) == into.end()) into.push_back(item);
-      if (comma == std::string_view::npos) break;
-      v.remove_prefix(comma + 1);
-    }
-    return true;
+      return Status::Ok();
+    });
   }
   if (q.name == "_until") {
     if (req->until) return Status::Invalid("_until is given more than once");

@@ -18,6 +18,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "http/http_types.h"
@@ -74,6 +75,14 @@ class Router {
   Response Dispatch(const Request& request) const;
   // Whether the request would be routed to an inline_ok route (the server runs those on its I/O threads).
   bool IsInline(const Request& request) const;
+
+  // Every route as "METHOD /pattern" with its info, in registration order (the route table, for tests and for the
+  // authorization step's coverage check).
+  std::vector<std::pair<std::string, RouteInfo>> Routes() const {
+    std::vector<std::pair<std::string, RouteInfo>> out;
+    for (const auto& r : routes_) out.emplace_back(r.name, r.info);
+    return out;
+  }
 
   // The segments of a raw path, each percent-decoded after splitting. Leading/trailing '/' are dropped.
   static std::vector<std::string> Segments(std::string_view raw_path);
