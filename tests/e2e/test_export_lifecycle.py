@@ -235,7 +235,10 @@ def test_sink_failure_fails_the_job(tpl, servers, tmp_path):
     wait_committed(srv, job, min_rows=50)
     job_dir = job_dir_of(srv, describe(srv.sess, srv.base, job))
     assert job_dir.is_dir()
-    shutil.rmtree(job_dir)
+    # Moved aside in one step (the server may be creating a file in it right now, which would make a recursive
+    # delete fail with "directory not empty"), then replaced by a file: the job's next write must fail.
+    aside = job_dir.with_name(job_dir.name + ".moved-aside")
+    job_dir.rename(aside)
     job_dir.write_text("not a folder\n")
 
     d = wait_status(srv.sess, srv.base, job, {"FAILED"}, timeout=30)
