@@ -13,7 +13,9 @@ build, and `gen_r4_tables.py --check`, need only what is committed. Its shape:
    "contexts": {                                   one line per complex type, resource and backbone element
      "Quantity": {"value": "decimal", "comparator": "code", ...},
      "Observation": {"component": "#Observation.component[]", "valueQuantity": "Quantity", ...},
-     ...}}
+     ...},
+   "mandatory": {                                  per resource, its top-level elements of minimum cardinality 1
+     "Observation": ["code", "status"], ...}}        (what _elements keeps besides the elements asked for)
 
 Each context maps an element's JSON name to its type: a primitive or complex type name, a resource type name,
 "Resource" (any resource; its resourceType says which), "System.String" and the like (FHIRPath system types:
@@ -72,6 +74,7 @@ def type_name(code):
 def extract(definitions):
     primitives = sorted(sd["id"] for sd in definitions if sd.get("kind") == "primitive-type")
     contexts = {}
+    mandatory = {}
     for sd in definitions:
         kind = sd.get("kind")
         if kind not in ("complex-type", "resource") or sd.get("derivation") == "constraint":
@@ -115,13 +118,22 @@ def extract(definitions):
                 if json_name in contexts[parent]:
                     raise ExtractError(f"{parent}: element {json_name} defined twice")
                 contexts[parent][json_name] = t
-    return {"fhirVersion": FHIR_VERSION, "primitives": primitives, "contexts": dict(sorted(contexts.items()))}
+                if kind == "resource" and parent == name and el.get("min", 0) >= 1:
+                    mandatory.setdefault(name, []).append(json_name)
+    return {"fhirVersion": FHIR_VERSION, "primitives": primitives, "contexts": dict(sorted(contexts.items())),
+            "mandatory": {k: sorted(v) for k, v in sorted(mandatory.items())}}
 
 
 def render(doc):
     lines = ["{", f'"fhirVersion": {json.dumps(doc["fhirVersion"])},', f'"primitives": {json.dumps(doc["primitives"])},',
              '"contexts": {']
     items = list(doc["contexts"].items())
+    for i, (name, members) in enumerate(items):
+        sep = "," if i + 1 < len(items) else ""
+        lines.append(f"{json.dumps(name)}: {json.dumps(members, separators=(',', ':'))}{sep}")
+    lines.append("},")
+    lines.append('"mandatory": {')
+    items = list(doc["mandatory"].items())
     for i, (name, members) in enumerate(items):
         sep = "," if i + 1 < len(items) else ""
         lines.append(f"{json.dumps(name)}: {json.dumps(members, separators=(',', ':'))}{sep}")

@@ -28,6 +28,10 @@ using http::Response;
 namespace js = bulk::job_status;
 
 constexpr size_t kDownloadChunk = 256 << 10;
+// The kick-off parameters of the IG view (its OperationDefinitions list the same).
+constexpr std::string_view kIgKickoffParams =
+    "_outputFormat, _type, _since, _until, _tag, _security, _elements, "
+    "_typeFilter, patient";
 
 // An answer that is not an error (202 kick-off, poll in progress, DELETE accepted): an informational outcome.
 Response Informational(int status, std::string_view diagnostics) {
@@ -132,6 +136,7 @@ Response IgKickOff(const ApiContext& ctx, const Request& req, const RequestConte
   const bool lenient = HasPreference(req, "handling=lenient");
   const EpochMillis now = Clock::System().NowMillis();
   bulk::ExportRequest request;
+  request.lenient = lenient;
   request.level = level;
   if (level == bulk::ExportLevel::kGroup) request.group_id = p.param("id");
   for (const auto& q : params) {
@@ -157,11 +162,14 @@ Response IgKickOff(const ApiContext& ctx, const Request& req, const RequestConte
     }
     auto known = ParseCommonExportParam(q, now, &request);
     if (!known.ok()) return FhirError(known.status());
-    if (!*known && !lenient) {
-      return FhirError(Status::Invalid("Query parameter '" + q.name +
-                                       "' is not supported by this server's $export (supported: _outputFormat, "
-                                       "_type, _since, _until, _tag, _security, patient); send 'Prefer: "
-                                       "handling=lenient' to have it ignored"));
+    if (!*known) {
+      if (!lenient) {
+        return FhirError(
+            Status::Invalid("Query parameter '" + q.name + "' is not supported by this server's $export (supported: " +
+                            std::string(kIgKickoffParams) + "); send 'Prefer: handling=lenient' to have it ignored"));
+      }
+      request.notes.push_back("The $export parameter '" + q.name +
+                              "' is not supported by this server and was ignored (Prefer: handling=lenient)");
     }
   }
   std::sort(request.patients.begin(), request.patients.end());
@@ -209,16 +217,18 @@ std::string RenderManifest(const ApiContext& ctx, const bulk::JobView& v, std::s
   const std::string file_base = ctx.FhirBase(ds) + "/$export-file/" + j.job_id + "/";
   std::string out = "{\"transactionTime\":" + JsonString(j.snapshot ? FormatInstant(j.snapshot->time) : "") +
                     ",\"request\":" + JsonString(j.request_url) + ",\"requiresAccessToken\":false";
-  std::string output, errors;
+  std::string output, errors, deleted;
   for (const auto& f : v.files) {
     std::string entry = "{\"type\":" + JsonString(f.type) +
                         ",\"url\":" + JsonString(file_base + std::string(FileTail(f, prefix))) +
                         ",\"count\":" + std::to_string(f.count) + "}";
-    std::string& list = f.kind == "output" ? output : errors;
+    std::string& list = f.kind == "output" ? output : f.kind == "deleted" ? deleted : errors;
     if (!list.empty()) list.push_back(',');
     list += entry;
   }
   out += ",\"output\":[" + output + "],\"error\":[" + errors + "]";
+  // With _since, the resources deleted since then (an empty list when there were none).
+  if (j.since) out += ",\"deleted\":[" + deleted + "]";
   if (!j.message.empty()) out += ",\"extension\":{\"message\":" + JsonString(j.message) + "}";
   return out + "}";
 }
@@ -461,6 +471,55 @@ Response Download(const ApiContext& ctx, const Request& req, const RequestContex
   return resp;
 }
 
+// The OperationDefinitions of the three kick-offs as this server implements them: the IG's canonical definition as
+// `base`, and exactly the parameters the IG view accepts (HealthLake's _tag and _security included).
+std::string OperationDefinition(const ApiContext& ctx, std::string_view ds, std::string_view id) {
+  struct Param {
+    const char* name;
+    const char* type;
+    const char* max;
+    bool type_level;  // Patient and Group level only
+    const char* doc;
+  };
+  static constexpr Param kParams[] = {
+      {"_outputFormat", "string", "1", false, "application/fhir+ndjson (also application/ndjson, ndjson)"},
+      {"_since", "instant", "1", false,
+       "only resources last updated at or after it; with it, the manifest lists the deletions since in `deleted`"},
+      {"_until", "instant", "1", false, "only resources last updated at or before it"},
+      {"_type", "string", "*", false, "only these resource types (comma-separated or repeated)"},
+      {"_elements", "string", "*", false,
+       "top-level elements ('name' or 'Type.name') kept besides the mandatory ones; resources tagged SUBSETTED"},
+      {"_typeFilter", "string", "*", false,
+       "a FHIR search query on one type ('Type?name=value'); several for one type are OR-ed"},
+      {"_tag", "string", "*", false, "meta.tag system|code every exported resource has (HealthLake)"},
+      {"_security", "string", "*", false, "meta.security system|code every exported resource has (HealthLake)"},
+      {"patient", "Reference", "*", true, "only these patients (POST with a Parameters body)"},
+  };
+  const bool system = id == "export";
+  std::string out =
+      "{\"resourceType\":\"OperationDefinition\",\"id\":" + JsonString(id) +
+      ",\"url\":" + JsonString(ctx.FhirBase(ds) + "/OperationDefinition/" + std::string(id)) +
+      ",\"version\":" + JsonString(ctx.version) + ",\"name\":" +
+      JsonString(system                   ? "FhirlakeBulkDataExport"
+                 : id == "patient-export" ? "FhirlakeBulkDataPatientExport"
+                                          : "FhirlakeBulkDataGroupExport") +
+      ",\"status\":\"active\",\"kind\":\"operation\",\"affectsState\":false,\"code\":\"export\"" +
+      ",\"base\":" + JsonString("http://hl7.org/fhir/uv/bulkdata/OperationDefinition/" + std::string(id)) +
+      ",\"system\":" + (system ? "true" : "false") + ",\"type\":" + (system ? "false" : "true") +
+      ",\"instance\":" + (id == "group-export" ? "true" : "false");
+  if (!system) out += std::string(",\"resource\":[") + (id == "patient-export" ? "\"Patient\"" : "\"Group\"") + "]";
+  out += ",\"parameter\":[";
+  bool first = true;
+  for (const Param& prm : kParams) {
+    if (prm.type_level && system) continue;
+    if (!first) out.push_back(',');
+    first = false;
+    out += "{\"name\":" + JsonString(prm.name) + ",\"use\":\"in\",\"min\":0,\"max\":" + JsonString(prm.max) +
+           ",\"type\":" + JsonString(prm.type) + ",\"documentation\":" + JsonString(prm.doc) + "}";
+  }
+  return out + "]}";
+}
+
 }  // namespace
 
 void RegisterBulkDataIg(http::Router& router, const ApiContext& ctx) {
@@ -481,6 +540,15 @@ void RegisterBulkDataIg(http::Router& router, const ApiContext& ctx) {
              [c](const Request&, const RequestContext& p) { return Delete(*c, p); });
   router.Add("GET", r4 + "/$export-file/{job}/{type}/{file}", http::RouteInfo{"healthlake:GetExportedFile"},
              [c](const Request& req, const RequestContext& p) { return Download(*c, req, p); });
+  // Only these three ids: any other OperationDefinition is a stored resource like any other.
+  for (const char* id : {"export", "patient-export", "group-export"}) {
+    router.Add("GET", r4 + "/OperationDefinition/" + id, http::RouteInfo{"healthlake:ReadResource"},
+               [c, id](const Request&, const RequestContext& p) {
+                 auto store = FindDatastore(*c, p.param("ds"));
+                 if (!store.ok()) return FhirError(store.status());
+                 return Response::Json(200, OperationDefinition(*c, (*store)->info().id, id));
+               });
+  }
 }
 
 }  // namespace fhirlake::api

@@ -113,7 +113,7 @@ std::string RenderDescribe(const bulk::JobView& v, const std::string& datastore_
     out += ",\"request\":" + JsonString(j.request_url) + ",\"requiresAccessToken\":false,\"output\":[";
     auto out_loc = bulk::ExportEngine::JobOutput(j);
     std::string bucket = out_loc.ok() ? out_loc->bucket : "";
-    std::string errors;
+    std::string errors, deleted;
     bool first_out = true;
     for (const auto& f : v.files) {
       std::string entry = "{\"type\":" + JsonString(f.type) + ",\"url\":" + JsonString("s3://" + bucket + "/" + f.key) +
@@ -123,11 +123,13 @@ std::string RenderDescribe(const bulk::JobView& v, const std::string& datastore_
         first_out = false;
         out += entry;
       } else {
-        if (!errors.empty()) errors.push_back(',');
-        errors += entry;
+        std::string& list = f.kind == "deleted" ? deleted : errors;
+        if (!list.empty()) list.push_back(',');
+        list += entry;
       }
     }
     out += "],\"error\":[" + errors + "]";
+    if (j.since) out += ",\"deleted\":[" + deleted + "]";
   }
   out += "}";
   return out;

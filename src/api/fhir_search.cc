@@ -11,6 +11,7 @@
 #include "common/time.h"
 #include "fhir/operation_outcome.h"
 #include "fhir/r4.h"
+#include "fhir/subset.h"
 #include "search/query.h"
 
 namespace fhirlake::api {
@@ -25,30 +26,10 @@ bool Lenient(const Request& req) {
   return prefer.find("handling=lenient") != std::string_view::npos;
 }
 
-// _elements: the listed top-level elements plus the mandatory ones, tagged SUBSETTED (FHIR R4 search 3.1.1.5.9).
-std::string Subset(const std::string& json, const std::vector<std::string>& elements) {
-  nlohmann::ordered_json doc = nlohmann::ordered_json::parse(json, nullptr, false);
-  if (!doc.is_object()) return json;
-  nlohmann::ordered_json out = nlohmann::ordered_json::object();
-  for (auto it = doc.begin(); it != doc.end(); ++it) {
-    const std::string& k = it.key();
-    if (k == "resourceType" || k == "id" || k == "meta" ||
-        std::find(elements.begin(), elements.end(), k) != elements.end()) {
-      out[k] = it.value();
-    }
-  }
-  nlohmann::ordered_json& meta = out["meta"];
-  if (!meta.is_object()) meta = nlohmann::ordered_json::object();
-  meta["tag"].push_back({{"system", "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"},
-                         {"code", "SUBSETTED"},
-                         {"display", "subsetted"}});
-  return out.dump();
-}
-
 std::string Entry(const std::string& base, const store::StoredResource& r, const char* mode,
                   const std::vector<std::string>& elements) {
   return "{\"fullUrl\":" + JsonString(base + "/" + r.type + "/" + r.id) + ",\"resource\":" +
-         (elements.empty() || std::string_view(mode) != "match" ? r.json : Subset(r.json, elements)) +
+         (elements.empty() || std::string_view(mode) != "match" ? r.json : fhir::SubsetElements(r.json, elements)) +
          ",\"search\":{\"mode\":\"" + mode + "\"}}";
 }
 

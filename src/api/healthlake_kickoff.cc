@@ -86,6 +86,32 @@ Result<bool> ParseCommonExportParam(const http::QueryParam& q, EpochMillis now, 
       return Status::Ok();
     });
   }
+  if (q.name == "_elements") {
+    return ForEachItem(q.value, [&](std::string e) -> Status {
+      // "name" or "Type.name": a top-level element of every type, or of one.
+      const size_t dot = e.find('.');
+      std::string_view type = dot == std::string::npos ? std::string_view() : std::string_view(e).substr(0, dot);
+      std::string_view name = dot == std::string::npos ? std::string_view(e) : std::string_view(e).substr(dot + 1);
+      const bool name_ok = !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
+      });
+      if (!name_ok || (dot != std::string::npos && !fhir::IsKnownResourceType(type))) {
+        return Status::Invalid("_elements '" + e +
+                               "' is not a top-level element name (such as 'status') or a resource type and one "
+                               "('Observation.status')");
+      }
+      if (std::find(req->elements.begin(), req->elements.end(), e) == req->elements.end()) req->elements.push_back(e);
+      return Status::Ok();
+    });
+  }
+  if (q.name == "_typeFilter") {
+    for (std::string& f : bulk::SplitTypeFilterValue(q.value)) {
+      if (std::find(req->type_filters.begin(), req->type_filters.end(), f) == req->type_filters.end()) {
+        req->type_filters.push_back(std::move(f));
+      }
+    }
+    return true;
+  }
   if (q.name == "_until") {
     if (req->until) return Status::Invalid("_until is given more than once");
     auto until = ParseInstant(q.value);
@@ -109,7 +135,7 @@ Result<ExportRequest> ParseHealthLakeKickoff(ExportLevel level, std::string grou
     if (!known) {
       return Status::Invalid("Query parameter '" + q.name +
                              "' is not supported by $export; supported: _outputFormat, _type, _since, _until, "
-                             "_tag, _security");
+                             "_tag, _security, _elements, _typeFilter");
     }
   }
 

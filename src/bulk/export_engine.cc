@@ -27,6 +27,7 @@
 #include "common/ids.h"
 #include "fhir/operation_outcome.h"
 #include "fhir/r4.h"
+#include "fhir/subset.h"
 
 namespace fhirlake::bulk {
 
@@ -55,6 +56,9 @@ struct ExportEngine::ActiveJob {
 namespace {
 
 constexpr size_t kMaxErrorLinesPerFile = 10000;
+// The error file that reports the parameters ignored under handling=lenient (written when the job ends); the files
+// of rows that could not be exported are numbered from 1.
+constexpr int kNotesFileNo = 0;
 
 bool IsTerminal(std::string_view s) {
   return s == js::kCompleted || s == js::kCompletedWithErrors || s == js::kFailed || s == js::kCancelCompleted ||
@@ -285,10 +289,8 @@ Status ExportEngine::Resume(store::ResourceStore* store, const store::ExportJobR
   for (const auto& f : files) {
     int& n = active->last_file_no[f.type];  // error files share OperationOutcome's numbering
     n = std::max(n, f.file_no);
-    if (f.kind != "output") {
-      active->has_errors = true;
-      continue;
-    }
+    if (f.kind == "error" && f.file_no != kNotesFileNo) active->has_errors = true;
+    if (f.kind != "output") continue;
     active->written_rows += f.count;
     active->written_bytes += f.bytes;
   }
@@ -316,6 +318,12 @@ std::string HumanBytes(int64_t b) {
 }  // namespace
 
 Result<store::ExportJobRecord> ExportEngine::Submit(store::ResourceStore* store, const ExportRequest& request) {
+  std::vector<std::string> notes = request.notes;
+  {
+    ExportRequest checked = request;
+    RETURN_IF_ERROR(CheckTypeFilters(&checked));
+    notes = std::move(checked.notes);
+  }
   std::vector<std::string> members;
   if (request.level == ExportLevel::kGroup) {
     auto group = store->Read("Group", request.group_id);
@@ -370,6 +378,9 @@ Result<store::ExportJobRecord> ExportEngine::Submit(store::ResourceStore* store,
   job.tags = request.tags;
   job.security = request.security;
   job.patients = request.patients;
+  job.type_filters = request.type_filters;
+  job.elements = request.elements;
+  job.notes = std::move(notes);
   job.output_format = request.output_format;
   job.s3_uri = request.output.Uri();
   job.kms_key_id = request.kms_key_id;
@@ -597,6 +608,8 @@ Result<std::vector<store::ExportTaskRecord>> ExportEngine::PlanTasks(store::Reso
     for (std::string_view t : fhir::AllResourceTypes()) types.emplace_back(t);
   }
   std::vector<store::ExportTaskRecord> tasks;
+  std::set<std::string> filtered;
+  for (const auto& f : job.type_filters) filtered.insert(f.substr(0, f.find('?')));
   for (const auto& type : types) {
     store::ScanScope scope = store::ScanScope::kAll;
     if (job.level == "patient" && !job.patients.empty()) {
@@ -612,7 +625,29 @@ Result<std::vector<store::ExportTaskRecord>> ExportEngine::PlanTasks(store::Reso
     } else if (job.level == "group") {
       scope = store::ScanScope::kJobScope;
     }
+    if (job.since) {
+      // The type's deletions since _since (the IG's `deleted` files): one task, through the lastUpdated index.
+      store::ExportTaskRecord d;
+      d.job_id = job.job_id;
+      d.task_no = static_cast<int>(tasks.size());
+      d.type = type;
+      d.scope = scope;
+      d.min_rid = 0;
+      d.max_rid = INT64_MAX;
+      d.after_rid = 0;
+      d.deleted = true;
+      tasks.push_back(std::move(d));
+    }
     ASSIGN_OR_RETURN(store::TypeRange range, store->RangeOf(type, scope, job.job_id));
+    if (filtered.count(type)) {
+      // Only the _typeFilter matches are exported: plan over their range (and count), within the scope's.
+      ASSIGN_OR_RETURN(store::TypeRange matches,
+                       store->RangeOf(type, store::ScanScope::kJobScope, store::FilterScopeKey(job.job_id)));
+      range.rows = std::min(range.rows, matches.rows);
+      range.min_rid = std::max(range.min_rid, matches.min_rid);
+      range.max_rid = std::min(range.max_rid, matches.max_rid);
+      if (range.max_rid < range.min_rid) range.rows = 0;
+    }
     if (range.rows == 0) continue;
     int64_t pieces = std::max<int64_t>(1, (range.rows + options_.task_rows - 1) / options_.task_rows);
     int64_t span = range.max_rid - range.min_rid + 1;
@@ -640,7 +675,13 @@ Result<std::vector<store::ExportTaskRecord>> ExportEngine::PlanTasks(store::Reso
 // IN_PROGRESS only by a compare-and-set from SUBMITTED/QUEUED, which a cancel that came first makes fail.
 Status ExportEngine::StartJob(store::ResourceStore* store, const store::ExportJobRecord& waiting) {
   RETURN_IF_ERROR(failpoint::Hit("export.plan"));
-  ASSIGN_OR_RETURN(store::Snapshot snap, store->TakeSnapshot());
+  std::vector<store::ResourceStore::TypeFilter> filters;
+  {
+    // Validated at kick-off; parsed again here (a restart re-plans from the persisted text).
+    ASSIGN_OR_RETURN(auto parsed, ParseTypeFilters(waiting.type_filters, FhirBaseOfKickoffUrl(waiting.request_url)));
+    for (auto& [type, queries] : parsed) filters.push_back({type, std::move(queries)});
+  }
+  ASSIGN_OR_RETURN(store::Snapshot snap, store->TakeSnapshotWithFilters(waiting.job_id, filters));
   RETURN_IF_ERROR(failpoint::Hit("export.snapshot"));
   store::ExportJobRecord job = waiting;
   job.snapshot = snap;
@@ -781,7 +822,13 @@ ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::Exp
     return f;
   };
   auto open_file = [&]() -> Status {
-    file = new_file("output", task.type);
+    if (task.deleted) {
+      // The IG's deleted files: "{prefix}/deleted/deleted-{n}.ndjson", numbered across the job's types.
+      file = new_file("deleted", "Bundle");
+      file.key = job.key_prefix + "/deleted/deleted-" + std::to_string(file.file_no) + ".ndjson";
+    } else {
+      file = new_file("output", task.type);
+    }
     ASSIGN_OR_RETURN(writer, sink_->Create(job.write_ctx, job.output.bucket, file.key));
     return Status::Ok();
   };
@@ -826,6 +873,7 @@ ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::Exp
   req.max_rows = options_.batch_rows;
   req.max_bytes = options_.batch_bytes;
   std::vector<std::string> tags, security;  // _tag / _security: rows that do not match are skipped
+  std::vector<std::string> elements;        // _elements: each row is cut down to them
   {
     std::lock_guard<std::mutex> lock(job.mu);
     req.since = job.record.since;
@@ -833,7 +881,24 @@ ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::Exp
     req.snapshot = *job.record.snapshot;
     tags = job.record.tags;
     security = job.record.security;
+    // _elements: "name" applies to every type, "Type.name" to that type only; a type none applies to is exported
+    // whole.
+    for (const std::string& e : job.record.elements) {
+      const size_t dot = e.find('.');
+      if (dot == std::string::npos) {
+        elements.push_back(e);
+      } else if (std::string_view(e).substr(0, dot) == task.type) {
+        elements.push_back(e.substr(dot + 1));
+      }
+    }
+    const std::string filter_prefix = task.type + "?";
+    const bool filtered = std::any_of(job.record.type_filters.begin(), job.record.type_filters.end(),
+                                      [&](const std::string& f) { return f.starts_with(filter_prefix); });
+    // _typeFilter selects resources; a deletion has no content to match, so it is listed whatever the filters.
+    if (filtered && !task.deleted) req.filter_key = store::FilterScopeKey(job.job_id);
   }
+  req.tombstones = task.deleted;
+  std::string line;
   while (true) {
     if (job.cancel || stopping_) {
       if (writer) writer->Abort();
@@ -841,21 +906,34 @@ ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::Exp
     }
     req.after_rid = after;
     auto progress = job.store->Scan(req, [&](const store::ScanRow& row) -> Status {
-      if (!std::string_view(row.json).starts_with(expected_prefix)) {
+      std::string_view out = row.json;
+      if (task.deleted) {
+        // One transaction Bundle per deleted resource, with its DELETE entry (the IG's format).
+        line =
+            "{\"resourceType\":\"Bundle\",\"type\":\"transaction\",\"entry\":[{\"request\":{\"method\":"
+            "\"DELETE\",\"url\":\"" +
+            task.type + "/" + std::string(row.id) + "\"}}]}";
+        out = line;
+      } else if (!std::string_view(row.json).starts_with(expected_prefix)) {
         errors.push_back(fhir::OperationOutcome(
             "error", "exception",
             task.type + "/" + std::string(row.id) + " could not be exported: its stored bytes are not a " + task.type +
                 " resource (the datastore is damaged; restore it, or PUT the resource again)"));
         return Status::Ok();
+      } else {
+        if (!MatchesMetaFilters(row.json, tags, security)) return Status::Ok();
+        if (!elements.empty()) {
+          line = fhir::SubsetElements(row.json, elements);
+          out = line;
+        }
       }
-      if (!MatchesMetaFilters(row.json, tags, security)) return Status::Ok();
       if (!writer) RETURN_IF_ERROR(open_file());
-      RETURN_IF_ERROR(writer->Append(row.json));
+      RETURN_IF_ERROR(writer->Append(out));
       RETURN_IF_ERROR(writer->Append("\n"));
       file.count += 1;
-      file.bytes += static_cast<int64_t>(row.json.size() + 1);
+      file.bytes += static_cast<int64_t>(out.size() + 1);
       job.written_rows += 1;
-      job.written_bytes += static_cast<int64_t>(row.json.size() + 1);
+      job.written_bytes += static_cast<int64_t>(out.size() + 1);
       return Status::Ok();
     });
     if (!progress.ok()) return fail(progress.status());
@@ -885,6 +963,39 @@ void ExportEngine::TaskFinished(const std::shared_ptr<ActiveJob>& job, TaskOutco
     if (--job->tasks_remaining > 0) return;
   }
   Finalize(job);
+}
+
+// The parameters the kick-off ignored under handling=lenient, as OperationOutcomes in the job's error file number
+// kNotesFileNo (once: a finalisation that runs again after a restart finds it recorded).
+Status ExportEngine::WriteNotesFile(ActiveJob& job) {
+  std::vector<std::string> notes;
+  {
+    std::lock_guard<std::mutex> lock(job.mu);
+    notes = job.record.notes;
+  }
+  if (notes.empty()) return Status::Ok();
+  ASSIGN_OR_RETURN(auto files, job.store->jobs().Files(job.job_id));
+  for (const auto& f : files) {
+    if (f.kind == "error" && f.file_no == kNotesFileNo) return Status::Ok();
+  }
+  store::ExportFileRecord f;
+  f.job_id = job.job_id;
+  f.kind = "error";
+  f.type = "OperationOutcome";
+  f.file_no = kNotesFileNo;
+  f.task_no = -1;
+  f.key = job.key_prefix + "/OperationOutcome/OperationOutcome-" + std::to_string(kNotesFileNo) + ".ndjson";
+  ASSIGN_OR_RETURN(auto w, sink_->Create(job.write_ctx, job.output.bucket, f.key));
+  for (const std::string& note : notes) {
+    std::string line = fhir::OperationOutcome("warning", "not-supported", note);
+    RETURN_IF_ERROR(w->Append(line));
+    RETURN_IF_ERROR(w->Append("\n"));
+    f.count += 1;
+    f.bytes += static_cast<int64_t>(line.size() + 1);
+  }
+  RETURN_IF_ERROR(w->Commit());
+  // No task advances (task -1 matches none).
+  return job.store->jobs().CommitFiles({f}, job.job_id, -1, 0, true);
 }
 
 // Runs on the worker that finished the job's last task. Neither the engine lock nor the job's is held across the
@@ -918,6 +1029,11 @@ void ExportEngine::Finalize(const std::shared_ptr<ActiveJob>& job) {
     Status swept = job->record.snapshot ? CleanupOutput(store, job->record) : Status::Ok();
     if (!swept.ok()) spdlog::warn("event=export_cleanup_failed job={} reason=\"{}\"", job->job_id, swept.message());
     FailJob(store, job->job_id, "The export failed: " + failure);
+    Forget(job->job_id);
+    return;
+  }
+  if (Status notes = WriteNotesFile(*job); !notes.ok()) {
+    FailJob(store, job->job_id, "The export failed: its error file could not be written: " + notes.message());
     Forget(job->job_id);
     return;
   }

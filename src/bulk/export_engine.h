@@ -139,6 +139,7 @@ class ExportEngine {
   TaskOutcome RunTask(ActiveJob& job, const store::ExportTaskRecord& task, std::string* failure);
   void TaskFinished(const std::shared_ptr<ActiveJob>& job, TaskOutcome outcome, const std::string& failure);
   void Finalize(const std::shared_ptr<ActiveJob>& job);
+  Status WriteNotesFile(ActiveJob& job);
   // Ends a job that is CANCEL_SUBMITTED or CANCEL_IN_PROGRESS: removes its unlisted output, then CANCEL_COMPLETED.
   Status CompleteCancel(store::ResourceStore* store, const store::ExportJobRecord& job);
   // A compare-and-set transition, retried (with backoff) on errors other than a conflict.

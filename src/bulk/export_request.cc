@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <regex>
 
+#include "common/url.h"
 #include "fhir/r4.h"
 
 namespace fhirlake::bulk {
@@ -31,6 +32,101 @@ Status CheckBucketName(std::string_view b, std::string_view uri) {
 }
 
 }  // namespace
+
+std::vector<std::string> SplitTypeFilterValue(std::string_view value) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  for (size_t comma = value.find(','); comma != std::string_view::npos; comma = value.find(',', comma + 1)) {
+    std::string_view next = value.substr(comma + 1);
+    size_t q = next.find('?');
+    if (q == std::string_view::npos || !fhir::IsKnownResourceType(next.substr(0, q))) continue;
+    out.emplace_back(value.substr(start, comma - start));
+    start = comma + 1;
+  }
+  out.emplace_back(value.substr(start));
+  return out;
+}
+
+Result<TypeFilters> ParseTypeFilters(const std::vector<std::string>& filters, std::string_view fhir_base, bool lenient,
+                                     std::vector<std::string>* ignored) {
+  // Parameters that shape a search's answer rather than select resources.
+  static constexpr std::string_view kNotFilters[] = {"_sort",   "_count",    "_include",   "_revinclude",    "_summary",
+                                                     "_total",  "_elements", "_contained", "_containedType", "page",
+                                                     "_format", "_pretty",   "_type"};
+  TypeFilters out;
+  for (const std::string& filter : filters) {
+    auto bad = [&](const std::string& why) { return Status::Invalid("_typeFilter '" + filter + "': " + why); };
+    size_t q = filter.find('?');
+    if (q == std::string::npos || q == 0)
+      return bad("expected a search query on one type, such as Observation?code=...");
+    std::string type = filter.substr(0, q);
+    if (!fhir::IsKnownResourceType(type)) return bad("'" + type + "' is not an R4 resource type");
+    std::vector<std::pair<std::string, std::string>> params;
+    std::string_view rest = std::string_view(filter).substr(q + 1);
+    while (!rest.empty()) {
+      size_t amp = rest.find('&');
+      std::string_view pair = rest.substr(0, amp);
+      if (!pair.empty()) {
+        size_t eq = pair.find('=');
+        std::string name = PercentDecode(pair.substr(0, eq), true);
+        std::string value = eq == std::string_view::npos ? "" : PercentDecode(pair.substr(eq + 1), true);
+        std::string bare = name.substr(0, name.find(':'));
+        if (std::find(std::begin(kNotFilters), std::end(kNotFilters), bare) != std::end(kNotFilters)) {
+          return bad("'" + name +
+                     "' shapes a search's answer and selects no resources; a filter takes search "
+                     "parameters only");
+        }
+        params.emplace_back(std::move(name), std::move(value));
+      }
+      if (amp == std::string_view::npos) break;
+      rest.remove_prefix(amp + 1);
+    }
+    if (params.empty()) return bad("the query has no search parameter");
+    auto parsed = search::ParseSearchQuery({type}, params, fhir_base, lenient);
+    if (!parsed.ok()) return bad(parsed.status().message());
+    if (ignored) {
+      for (const std::string& why : parsed->ignored) ignored->push_back("_typeFilter " + type + ": " + why);
+    }
+    auto it = std::find_if(out.begin(), out.end(), [&](const auto& e) { return e.first == type; });
+    if (it == out.end()) {
+      out.emplace_back(type, std::vector<search::SearchQuery>());
+      it = std::prev(out.end());
+    }
+    it->second.push_back(std::move(*parsed));
+  }
+  return out;
+}
+
+std::string FhirBaseOfKickoffUrl(std::string_view url) {
+  url = url.substr(0, url.find('?'));
+  if (url.ends_with("/$export")) url.remove_suffix(8);
+  if (url.ends_with("/Patient")) {
+    url.remove_suffix(8);
+  } else if (size_t g = url.rfind("/Group/");
+             g != std::string_view::npos && url.find('/', g + 7) == std::string_view::npos) {
+    url = url.substr(0, g);
+  }
+  return std::string(url);
+}
+
+Status CheckTypeFilters(ExportRequest* req) {
+  if (req->type_filters.empty()) return Status::Ok();
+  std::vector<std::string> ignored;
+  ASSIGN_OR_RETURN(TypeFilters parsed,
+                   ParseTypeFilters(req->type_filters, FhirBaseOfKickoffUrl(req->request_url), req->lenient, &ignored));
+  for (const auto& [type, queries] : parsed) {
+    if (!req->types.empty() && std::find(req->types.begin(), req->types.end(), type) == req->types.end()) {
+      return Status::Invalid("_typeFilter filters " + type + ", which _type leaves out; add " + type +
+                             " to _type, or drop the filter");
+    }
+    if (req->level != ExportLevel::kSystem && !IsPatientLevelType(type)) {
+      return Status::Invalid("_typeFilter filters " + type + ", which a " + std::string(LevelName(req->level)) +
+                             "-level export does not contain");
+    }
+  }
+  req->notes.insert(req->notes.end(), ignored.begin(), ignored.end());
+  return Status::Ok();
+}
 
 bool IsPatientLevelType(std::string_view type) {
   // Outside the compartment, these are what clinical resources point at; they are exported one hop deep.

@@ -9,6 +9,7 @@
 
 #include "common/status.h"
 #include "common/time.h"
+#include "search/query.h"
 
 namespace fhirlake::bulk {
 
@@ -33,6 +34,12 @@ struct ExportRequest {
   std::vector<std::string> security;
   // `patient` (the IG's POST Parameters; Patient and Group level): only these patients (ids), sorted, unique.
   std::vector<std::string> patients;
+  // _typeFilter: "Type?search-query" each (checked by ParseTypeFilters); _elements: top-level element names.
+  std::vector<std::string> type_filters;
+  std::vector<std::string> elements;
+  // What `Prefer: handling=lenient` made the kick-off ignore, one diagnostics line each (reported in `error`).
+  std::vector<std::string> notes;
+  bool lenient = false;  // `Prefer: handling=lenient`: unknown search parameters in _typeFilter are ignored (noted)
   std::string output_format = "application/fhir+ndjson";
   bool output_format_given = false;  // parsing: _outputFormat was in the request
   std::string job_name;
@@ -60,6 +67,22 @@ Status CheckCodingFilter(std::string_view param, std::string_view item);
 // `security` in meta.security (items as CheckCodingFilter accepts). True when both are empty.
 bool MatchesMetaFilters(std::string_view json, const std::vector<std::string>& tags,
                         const std::vector<std::string>& security);
+// Parses _typeFilter values ("Type?name=value&...", the query percent-encoded or not) into each type's searches, in
+// the order the types first appear; several filters of one type are OR-ed. `fhir_base`: the datastore's FHIR base
+// (absolute references to it are local). Search result parameters (_sort, _count, _include, ...) are refused: a
+// filter selects resources. `lenient`: unknown search parameters are ignored, each reported in `ignored`.
+using TypeFilters = std::vector<std::pair<std::string, std::vector<search::SearchQuery>>>;
+Result<TypeFilters> ParseTypeFilters(const std::vector<std::string>& filters, std::string_view fhir_base,
+                                     bool lenient = true, std::vector<std::string>* ignored = nullptr);
+// The FHIR base a kick-off URL was sent to: what precedes "/$export", "/Patient/$export" or "/Group/{id}/$export".
+std::string FhirBaseOfKickoffUrl(std::string_view url);
+// Checks the request's _typeFilter values (ParseTypeFilters, with the base of request_url) against its level and
+// _type; what handling=lenient ignored goes to `notes`.
+Status CheckTypeFilters(ExportRequest* req);
+// Splits one _typeFilter parameter value into its queries: a comma separates two queries only where a resource type
+// and '?' follow it (a comma inside a query separates a parameter's alternatives).
+std::vector<std::string> SplitTypeFilterValue(std::string_view value);
+
 // Types a Patient- or Group-level export can contain: compartment types and the types they reference.
 bool IsPatientLevelType(std::string_view type);
 

@@ -85,6 +85,7 @@ struct ElementShape {
   ShapeKind kind = ShapeKind::kUnknown;
   bool repeating = false;  // max cardinality > 1: a JSON array
   ShapeContext context = kUnknownShape;
+  bool mandatory = false;  // a resource's top-level element of minimum cardinality 1 (what _elements always keeps)
 };
 
 // The shape of a resource's top-level members; knows Parameters too. kUnknownShape for anything else.

@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include "common/url.h"
+
 namespace fhirlake::http {
 
 // Case-insensitive header list (names compared ASCII-case-insensitively; order preserved).
@@ -60,8 +62,7 @@ struct Response {
   static Response Json(int status, std::string body, std::string_view content_type = "application/fhir+json");
 };
 
-// Percent-decodes `s`; when `plus_is_space`, '+' becomes ' ' (query strings). Invalid escapes are kept as-is.
-std::string PercentDecode(std::string_view s, bool plus_is_space);
+using fhirlake::PercentDecode;  // common/url.h
 // Splits "a=1&b=2" into decoded params.
 std::vector<QueryParam> ParseQuery(std::string_view raw_query);
 

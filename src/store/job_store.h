@@ -24,6 +24,9 @@ struct Snapshot {
   EpochMillis time = 0;
 };
 
+// The export_scope key under which a job's _typeFilter matches are listed (ScanRequest::filter_key).
+inline std::string FilterScopeKey(const std::string& job_id) { return job_id + ".filter"; }
+
 // Which rows an export task scans.
 enum class ScanScope {
   kAll,             // every resource of the type
@@ -44,6 +47,13 @@ struct ExportJobRecord {
   std::optional<EpochMillis> until;         // _until: only resources last updated at or before it
   std::vector<std::string> tags, security;  // _tag / _security items (bulk::MatchesMetaFilters)
   std::vector<std::string> patients;        // the IG's `patient`: only these patients (sorted ids)
+  // _typeFilter: "Type?search-query" each, as received (several for one type are OR-ed; a type with none is not
+  // filtered); re-parsed by the engine when the job starts.
+  std::vector<std::string> type_filters;
+  std::vector<std::string> elements;  // _elements: top-level element names (empty: whole resources)
+  // Parameters ignored under `Prefer: handling=lenient`, one diagnostics line each: written as OperationOutcomes
+  // into the job's error file, so the manifest's `error` reports them.
+  std::vector<std::string> notes;
   std::string output_format;
   std::string s3_uri;  // normalised, without trailing slash
   std::string kms_key_id;
@@ -80,11 +90,12 @@ struct ExportTaskRecord {
   int64_t after_rid = 0;  // checkpoint: everything up to here is in committed files
   int64_t planned_rows = 0;
   bool done = false;
+  bool deleted = false;  // lists the type's deletions since the job's _since (tombstones), not its resources
 };
 
 struct ExportFileRecord {
   std::string job_id;
-  std::string kind;  // "output" or "error"
+  std::string kind;  // "output", "error" or "deleted" (the IG's deleted files: Bundles of DELETE entries)
   std::string type;
   int file_no = 0;
   std::string key;  // object key within the bucket

@@ -97,6 +97,13 @@ struct ScanRequest {
   Snapshot snapshot;
   size_t max_rows = 1000;
   size_t max_bytes = 4 << 20;
+  // Non-empty: only rows also listed under this key of the scope table (a job's _typeFilter matches,
+  // FilterScopeKey).
+  std::string filter_key;
+  // The deletions instead of the resources: rows whose version as of the snapshot is a tombstone written at or
+  // after `since` (required), handed over with empty json. With kAnyCompartment / kJobScope, a tombstone is in
+  // scope when the version it deleted was in a compartment in scope (kJobScope: of the job's patients).
+  bool tombstones = false;
 };
 
 struct ScanRow {
@@ -183,6 +190,16 @@ class ResourceStore {
 
   // --- export reads ---
   virtual Result<Snapshot> TakeSnapshot() = 0;
+  // An export's _typeFilter: a type and the searches (OR-ed) its exported resources must match.
+  struct TypeFilter {
+    std::string type;
+    std::vector<search::SearchQuery> queries;
+  };
+  // Takes a snapshot and lists, under FilterScopeKey(job_id) of the scope table, the resources of each filter's type
+  // that match one of its queries as of exactly that snapshot (the searches run in a read transaction begun before
+  // the snapshot's commit, while no other write can happen). Replaces what an earlier run listed for the job.
+  virtual Result<Snapshot> TakeSnapshotWithFilters(const std::string& job_id,
+                                                   const std::vector<TypeFilter>& filters) = 0;
   virtual Result<TypeRange> RangeOf(const std::string& type, ScanScope scope, const std::string& job_id) = 0;
   // Reads up to max_rows / max_bytes rows with rid in (after_rid, max_rid], in rid order, each in its version
   // as of the snapshot (skipping rows absent or deleted then, or older than `since`), in one bounded read

@@ -14,6 +14,9 @@
 //      patient (newline-separated);
 //      export_polls: when each client last got a status answer (the IG view's poll rate limit, kept in the store so
 //      that every node sees it)
+//   8  export_jobs.type_filter, elements, notes: the job's _typeFilter queries, _elements and the parameters ignored
+//      under handling=lenient (newline-separated); export_tasks.deleted: a task that lists deletions (the IG's
+//      `deleted` files of an export with _since)
 #include "store/sqlite_schema.h"
 
 #include <functional>
@@ -196,6 +199,13 @@ CREATE TABLE export_polls(job_id TEXT NOT NULL, client TEXT NOT NULL, last_ms IN
   PRIMARY KEY(job_id, client)) WITHOUT ROWID;
 )sql";
 
+constexpr const char* kMigrationV8 = R"sql(
+ALTER TABLE export_jobs ADD COLUMN type_filter TEXT NOT NULL DEFAULT '';
+ALTER TABLE export_jobs ADD COLUMN elements TEXT NOT NULL DEFAULT '';
+ALTER TABLE export_jobs ADD COLUMN notes TEXT NOT NULL DEFAULT '';
+ALTER TABLE export_tasks ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+)sql";
+
 Status SetVersion(SqliteConnection& db, int version) {
   return db.Exec("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '" + std::to_string(version) +
                  "')");
@@ -226,7 +236,8 @@ Status ApplyMigration(SqliteConnection& db, int to_version) {
                     : to_version == 4 ? kMigrationV4
                     : to_version == 5 ? kMigrationV5
                     : to_version == 6 ? kMigrationV6
-                                      : kMigrationV7;
+                    : to_version == 7 ? kMigrationV7
+                                      : kMigrationV8;
   if (to_version == 3) RETURN_IF_ERROR(AddOpColumns(db));
   RETURN_IF_ERROR(db.Exec(sql));
   return SetVersion(db, to_version);

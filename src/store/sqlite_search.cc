@@ -983,6 +983,60 @@ Result<int64_t> ReindexIfNeeded(SqliteConnection& conn, bool force,
   return done;
 }
 
+namespace {
+
+// The WHERE clause of a search on the resource row `r`: current, not deleted, of the query's types, in the
+// compartment when one is given, and every criterion (the driving one as an index lookup). `driver_out`: which
+// criterion drives (criteria.size(): none). `rid_after`: the keyset position of a search in rid order (0: none).
+std::string SearchWhere(const SearchQuery& query, std::string_view compartment_patient, int64_t rid_after,
+                        SqlBuilder& builder, Binds* b, size_t* driver_out) {
+  std::string where;
+  if (query.types.size() == 1) {
+    where = "r.type=" + b->Text(query.types[0]);
+  } else if (query.types.size() < fhir::AllResourceTypes().size()) {
+    where = "r.type IN (";
+    for (size_t i = 0; i < query.types.size(); ++i) where += (i ? "," : "") + b->Text(query.types[i]);
+    where += ")";
+  } else {
+    where = "1";
+  }
+  where += " AND r.deleted=0";
+  if (!compartment_patient.empty()) {
+    where += " AND r.rid IN (SELECT c.rid FROM compartment c WHERE c.patient_id=" + b->Text(compartment_patient) +
+             " AND c.until_seq IS NULL)";
+  }
+  // The driving criterion: the first equality that can drive, else the first date range.
+  size_t& driver = *driver_out;
+  driver = query.criteria.size();
+  for (bool ranges : {false, true}) {
+    for (size_t i = 0; i < query.criteria.size() && driver == query.criteria.size(); ++i) {
+      if (SqlBuilder::Drives(query.criteria[i], ranges)) driver = i;
+    }
+  }
+  for (size_t i = 0; i < query.criteria.size(); ++i) {
+    // the driver's condition is the criterion itself
+    where += " AND " + (i == driver ? builder.DriverCond(query.criteria[i], "r", rid_after, b)
+                                    : builder.CriterionCond(query.criteria[i], "r", b));
+  }
+  return where;
+}
+
+}  // namespace
+
+Status ForEachMatchingRid(SqliteConnection& conn, const SearchQuery& query, const std::function<Status(int64_t)>& fn) {
+  Binds b;
+  SqlBuilder builder(query.types);
+  size_t driver = 0;
+  const std::string where = SearchWhere(query, "", 0, builder, &b, &driver);
+  ASSIGN_OR_RETURN(auto q, PrepareSearchSql(conn, "SELECT r.rid FROM resources r WHERE " + where + " ORDER BY r.rid"));
+  b.Apply(*q);
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, q->Step());
+    if (!row) return Status::Ok();
+    RETURN_IF_ERROR(fn(q->Int(0)));
+  }
+}
+
 Result<SearchResult> RunSearch(SqliteConnection& conn, const SearchQuery& query, std::string_view compartment_patient) {
   SearchResult out;
   std::optional<Cursor> cursor;
@@ -993,35 +1047,10 @@ Result<SearchResult> RunSearch(SqliteConnection& conn, const SearchQuery& query,
   }
   Binds b;
   SqlBuilder builder(query.types);
-  std::string where;
-  if (query.types.size() == 1) {
-    where = "r.type=" + b.Text(query.types[0]);
-  } else if (query.types.size() < fhir::AllResourceTypes().size()) {
-    where = "r.type IN (";
-    for (size_t i = 0; i < query.types.size(); ++i) where += (i ? "," : "") + b.Text(query.types[i]);
-    where += ")";
-  } else {
-    where = "1";
-  }
-  where += " AND r.deleted=0";
-  if (!compartment_patient.empty()) {
-    where += " AND r.rid IN (SELECT c.rid FROM compartment c WHERE c.patient_id=" + b.Text(compartment_patient) +
-             " AND c.until_seq IS NULL)";
-  }
-  // The driving criterion: the first equality that can drive, else the first date range.
-  size_t driver = query.criteria.size();
-  for (bool ranges : {false, true}) {
-    for (size_t i = 0; i < query.criteria.size() && driver == query.criteria.size(); ++i) {
-      if (SqlBuilder::Drives(query.criteria[i], ranges)) driver = i;
-    }
-  }
-  const bool have_driver = driver < query.criteria.size();
   const int64_t rid_after = query.sort.empty() && cursor ? cursor->rid : 0;
-  for (size_t i = 0; i < query.criteria.size(); ++i) {
-    // the driver's condition is the criterion itself
-    where += " AND " + (i == driver ? builder.DriverCond(query.criteria[i], "r", rid_after, &b)
-                                    : builder.CriterionCond(query.criteria[i], "r", &b));
-  }
+  size_t driver = 0;
+  const std::string where = SearchWhere(query, compartment_patient, rid_after, builder, &b, &driver);
+  const bool have_driver = driver < query.criteria.size();
   // Total (first page only; later pages carry it in the cursor: the count of when the first page was served).
   std::optional<int64_t> total;
   if (cursor) {

@@ -44,4 +44,9 @@ Result<int> EnsureSearchLookups(SqliteConnection& conn,
 Result<SearchResult> RunSearch(SqliteConnection& conn, const search::SearchQuery& query,
                                std::string_view compartment_patient);
 
+// Calls `fn` with the rid of every resource matching `query`'s criteria (its types, current and not deleted), in rid
+// order, inside the caller's read transaction on `conn`; paging, sorting and includes of the query do not apply.
+Status ForEachMatchingRid(SqliteConnection& conn, const search::SearchQuery& query,
+                          const std::function<Status(int64_t)>& fn);
+
 }  // namespace fhirlake::store

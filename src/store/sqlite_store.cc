@@ -581,6 +581,58 @@ class SqliteStore final : public ResourceStore, public JobStore {
     return snap;
   }
 
+  Result<Snapshot> TakeSnapshotWithFilters(const std::string& job_id, const std::vector<TypeFilter>& filters) override {
+    const std::string key = FilterScopeKey(job_id);
+    RETURN_IF_ERROR(WithWrite([&](SqliteConnection& c) { return DeleteJobRows(c, key, {"export_scope"}); }));
+    if (filters.empty()) return TakeSnapshot();
+    ASSIGN_OR_RETURN(auto reader, pool_.Acquire());
+    Snapshot snap;
+    {
+      ASSIGN_OR_RETURN(auto txn, BeginWrite());
+      snap = Snapshot{txn->seq() - 1, txn->last_updated()};
+      // The reader's view begins now, while this transaction holds the only write lock and has committed nothing: it
+      // sees exactly the commits up to snap.seq. Its first read fixes the view (WAL mode).
+      RETURN_IF_ERROR(reader->Exec("BEGIN"));
+      ASSIGN_OR_RETURN(auto probe, reader->Prepare("SELECT value FROM counters WHERE name='seq'"));
+      ASSIGN_OR_RETURN(bool row, probe->Step());
+      if (!row) return Status::Internal("the store's commit counter is missing");
+      probe.reset();
+      RETURN_IF_ERROR(txn->Commit());
+    }
+    // The matches go into the scope table in bounded write transactions while the reader keeps its view (WAL lets a
+    // writer commit beside an open reader), so memory stays bounded however many resources match.
+    constexpr size_t kChunk = 20000;
+    std::vector<int64_t> pending;
+    std::string pending_type;
+    auto flush = [&]() -> Status {
+      if (pending.empty()) return Status::Ok();
+      RETURN_IF_ERROR(WithWrite([&](SqliteConnection& c) -> Status {
+        ASSIGN_OR_RETURN(auto ins,
+                         c.Prepare("INSERT OR IGNORE INTO export_scope(job_id, type, rid) VALUES (?1, ?2, ?3)"));
+        for (int64_t rid : pending) {
+          ins->Bind(1, key).Bind(2, pending_type).Bind(3, rid);
+          RETURN_IF_ERROR(ins->Run());
+        }
+        return Status::Ok();
+      }));
+      pending.clear();
+      return Status::Ok();
+    };
+    for (const TypeFilter& f : filters) {
+      RETURN_IF_ERROR(flush());
+      pending_type = f.type;
+      for (const search::SearchQuery& q : f.queries) {
+        RETURN_IF_ERROR(ForEachMatchingRid(*reader, q, [&](int64_t rid) -> Status {
+          pending.push_back(rid);
+          return pending.size() >= kChunk ? flush() : Status::Ok();
+        }));
+      }
+    }
+    RETURN_IF_ERROR(flush());
+    RETURN_IF_ERROR(reader->Exec("COMMIT"));
+    return snap;
+  }
+
   Result<TypeRange> RangeOf(const std::string& type, ScanScope scope, const std::string& job_id) override {
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
     std::string sql;
@@ -612,6 +664,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
 
   Result<ScanProgress> Scan(const ScanRequest& req, const std::function<Status(const ScanRow&)>& on_row) override {
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    if (req.tombstones) return ScanTombstones(*conn, req, on_row);
     std::string sql;
     const bool since = req.since.has_value();
     const EpochMillis until = req.until.value_or(INT64_MAX);
@@ -632,12 +685,16 @@ class SqliteStore final : public ResourceStore, public JobStore {
         break;
     }
     if (since) sql += " AND r.last_updated>=?4";
+    if (!req.filter_key.empty()) {
+      sql += " AND EXISTS (SELECT 1 FROM export_scope f WHERE f.job_id=?8 AND f.type=?1 AND f.rid=r.rid)";
+    }
     sql += req.scope == ScanScope::kJobScope ? " ORDER BY s.rid LIMIT ?5" : " ORDER BY rid LIMIT ?5";
     ASSIGN_OR_RETURN(auto q, conn->Prepare(sql));
     q->Bind(1, req.type).Bind(2, req.after_rid).Bind(3, req.max_rid).Bind(5, static_cast<int64_t>(req.max_rows));
     if (since) q->Bind(4, *req.since);
     if (req.scope == ScanScope::kJobScope) q->Bind(6, req.job_id);
     if (req.scope == ScanScope::kAnyCompartment) q->Bind(7, req.snapshot.seq);
+    if (!req.filter_key.empty()) q->Bind(8, req.filter_key);
 
     // One read transaction for the batch (and its history lookups); the rows are copied into `buffer`.
     struct PendingRow {
@@ -709,6 +766,75 @@ class SqliteStore final : public ResourceStore, public JobStore {
       RETURN_IF_ERROR(
           on_row(ScanRow{r.rid, all.substr(r.offset, r.id_size), all.substr(r.offset + r.id_size, r.json_size)}));
     }
+    return progress;
+  }
+
+  // ScanRequest::tombstones: the rows changed since `since` (through the (type, last_updated) index, so an incremental
+  // export reads only what changed), in rid order, whose version as of the snapshot is a tombstone written in
+  // [since, until]; with a compartment scope, only those whose deleted version was in a compartment in scope (the
+  // compartment rows that the deletion ended carry its seq as until_seq).
+  Result<ScanProgress> ScanTombstones(SqliteConnection& conn, const ScanRequest& req,
+                                      const std::function<Status(const ScanRow&)>& on_row) {
+    if (!req.since) return Status::Invalid("a scan of deletions needs a _since");
+    const EpochMillis until = req.until.value_or(INT64_MAX);
+    ASSIGN_OR_RETURN(auto q, conn.Prepare("SELECT rid, seq, deleted, last_updated, id FROM resources r INDEXED BY "
+                                          "resources_type_lu WHERE type=?1 AND last_updated>=?4 AND rid>?2 AND "
+                                          "rid<=?3 AND (deleted=1 OR seq>?6) ORDER BY rid LIMIT ?5"));
+    q->Bind(1, req.type).Bind(2, req.after_rid).Bind(3, req.max_rid).Bind(4, *req.since);
+    q->Bind(5, static_cast<int64_t>(req.max_rows)).Bind(6, req.snapshot.seq);
+    std::string in_scope_sql = "SELECT 1 FROM compartment c WHERE c.rid=?1 AND c.until_seq=?2";
+    if (req.scope == ScanScope::kJobScope) {
+      in_scope_sql += " AND c.patient_id IN (SELECT patient_id FROM export_job_patients WHERE job_id=?3)";
+    }
+    ASSIGN_OR_RETURN(auto in_scope, conn.Prepare(in_scope_sql + " LIMIT 1"));
+    ASSIGN_OR_RETURN(auto hist, conn.Prepare("SELECT deleted, last_updated, seq FROM history WHERE rid=?1 AND seq<=?2 "
+                                             "ORDER BY version DESC LIMIT 1"));
+    std::vector<std::pair<int64_t, std::string>> found;
+    RETURN_IF_ERROR(conn.Exec("BEGIN"));  // one view for the batch; ended below, before anyone sees a row
+    ScanProgress progress{req.after_rid, false};
+    size_t rows = 0;
+    Status st = [&]() -> Status {
+      while (true) {
+        ASSIGN_OR_RETURN(bool row, q->Step());
+        if (!row) {
+          progress.exhausted = rows < req.max_rows;
+          return Status::Ok();
+        }
+        ++rows;
+        const int64_t rid = q->Int(0);
+        progress.last_rid = rid;
+        int64_t tomb_seq = q->Int(1);
+        EpochMillis deleted_at = q->Int(3);
+        if (tomb_seq > req.snapshot.seq) {
+          // Changed after the snapshot: what it was then lives in history.
+          hist->Reset();
+          hist->Bind(1, rid).Bind(2, req.snapshot.seq);
+          ASSIGN_OR_RETURN(bool h, hist->Step());
+          if (!h || hist->Int(0) == 0) continue;  // created after, or live at the snapshot
+          deleted_at = hist->Int(1);
+          tomb_seq = hist->Int(2);
+          if (deleted_at < *req.since) continue;
+        } else if (q->Int(2) == 0) {
+          continue;
+        }
+        if (deleted_at > until) continue;
+        if (req.scope != ScanScope::kAll) {
+          in_scope->Reset();
+          in_scope->Bind(1, rid).Bind(2, tomb_seq);
+          if (req.scope == ScanScope::kJobScope) in_scope->Bind(3, req.job_id);
+          ASSIGN_OR_RETURN(bool in, in_scope->Step());
+          if (!in) continue;
+        }
+        found.emplace_back(rid, q->Str(4));
+      }
+    }();
+    q.reset();
+    in_scope.reset();
+    hist.reset();
+    Status ended = conn.Exec("COMMIT");
+    RETURN_IF_ERROR(st);
+    RETURN_IF_ERROR(ended);
+    for (const auto& [rid, id] : found) RETURN_IF_ERROR(on_row(ScanRow{rid, id, {}}));
     return progress;
   }
 
@@ -831,8 +957,9 @@ class SqliteStore final : public ResourceStore, public JobStore {
                                  "group_id, types, since, output_format, s3_uri, kms_key_id, role_arn, "
                                  "request_url, submit_time, start_time, end_time, snapshot_seq, snapshot_time, "
                                  "message, include_referenced, owner, until_ms, tag_filter, security_filter, "
-                                 "patient_filter) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, "
-                                 "?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)"));
+                                 "patient_filter, type_filter, elements, notes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "
+                                 "?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, "
+                                 "?25, ?26, ?27, ?28, ?29)"));
       BindJob(*ins, *job);
       return ins->Run();
     });
@@ -887,8 +1014,9 @@ class SqliteStore final : public ResourceStore, public JobStore {
     ASSIGN_OR_RETURN(
         auto q, conn->Prepare("SELECT job_id FROM export_jobs WHERE status IN ('COMPLETED', 'COMPLETED_WITH_ERRORS', "
                               "'FAILED', 'CANCEL_COMPLETED', 'CANCEL_FAILED') AND (EXISTS (SELECT 1 FROM "
-                              "export_scope s WHERE s.job_id=export_jobs.job_id) OR EXISTS (SELECT 1 FROM "
-                              "export_job_patients p WHERE p.job_id=export_jobs.job_id)) ORDER BY queue_order"));
+                              "export_scope s WHERE s.job_id IN (export_jobs.job_id, export_jobs.job_id || "
+                              "'.filter')) OR EXISTS (SELECT 1 FROM export_job_patients p WHERE "
+                              "p.job_id=export_jobs.job_id)) ORDER BY queue_order"));
     return FirstColumn(*q);
   }
 
@@ -923,11 +1051,12 @@ class SqliteStore final : public ResourceStore, public JobStore {
       RETURN_IF_ERROR(DeleteJobRows(c, job_id, {"export_tasks"}));
       ASSIGN_OR_RETURN(auto ins,
                        c.Prepare("INSERT INTO export_tasks(job_id, task_no, type, scope, min_rid, max_rid, "
-                                 "after_rid, planned_rows, done) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"));
+                                 "after_rid, planned_rows, done, deleted) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, "
+                                 "?10)"));
       for (const auto& t : tasks) {
         ins->Bind(1, job_id).Bind(2, t.task_no).Bind(3, t.type).Bind(4, static_cast<int64_t>(t.scope));
         ins->Bind(5, t.min_rid).Bind(6, t.max_rid).Bind(7, t.after_rid).Bind(8, t.planned_rows);
-        ins->Bind(9, t.done ? 1 : 0);
+        ins->Bind(9, t.done ? 1 : 0).Bind(10, t.deleted ? 1 : 0);
         RETURN_IF_ERROR(ins->Run());
       }
       return Status::Ok();
@@ -937,7 +1066,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
   Result<std::vector<ExportTaskRecord>> Tasks(const std::string& job_id) override {
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
     ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT task_no, type, scope, min_rid, max_rid, after_rid, planned_rows, "
-                                           "done FROM export_tasks WHERE job_id=?1 ORDER BY task_no"));
+                                           "done, deleted FROM export_tasks WHERE job_id=?1 ORDER BY task_no"));
     q->Bind(1, job_id);
     std::vector<ExportTaskRecord> out;
     while (true) {
@@ -953,6 +1082,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
       t.after_rid = q->Int(5);
       t.planned_rows = q->Int(6);
       t.done = q->Int(7) != 0;
+      t.deleted = q->Int(8) != 0;
       out.push_back(std::move(t));
     }
     return out;
@@ -1047,6 +1177,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
   Status DropJobScratch(const std::string& job_id) override {
     return WithWrite([&](SqliteConnection& c) -> Status {
       RETURN_IF_ERROR(DeleteJobRows(c, StagingKey(job_id), {"export_scope"}));
+      RETURN_IF_ERROR(DeleteJobRows(c, FilterScopeKey(job_id), {"export_scope"}));
       return DeleteJobRows(c, job_id, {"export_scope", "export_job_patients"});
     });
   }
@@ -1055,8 +1186,8 @@ class SqliteStore final : public ResourceStore, public JobStore {
   static constexpr const char* kSelectJob =
       "SELECT job_id, queue_order, job_name, status, view, level, group_id, types, since, output_format, s3_uri, "
       "kms_key_id, role_arn, request_url, submit_time, start_time, end_time, snapshot_seq, snapshot_time, message, "
-      "include_referenced, owner, files_deleted_at, until_ms, tag_filter, security_filter, patient_filter FROM "
-      "export_jobs";
+      "include_referenced, owner, files_deleted_at, until_ms, tag_filter, security_filter, patient_filter, "
+      "type_filter, elements, notes FROM export_jobs";
 
   // Where MaterializeGroupScope stages the referenced resources it finds (not a valid job id, so never a job's).
   static std::string StagingKey(const std::string& job_id) { return job_id + ".referenced"; }
@@ -1085,6 +1216,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
     q.Bind(19, j.snapshot ? std::optional<int64_t>(j.snapshot->time) : std::nullopt);
     q.Bind(20, j.message).Bind(21, j.include_referenced ? 1 : 0).Bind(22, j.owner);
     q.Bind(23, j.until).Bind(24, JoinLines(j.tags)).Bind(25, JoinLines(j.security)).Bind(26, JoinLines(j.patients));
+    q.Bind(27, JoinLines(j.type_filters)).Bind(28, JoinLines(j.elements)).Bind(29, JoinLines(j.notes));
   }
 
   static ExportJobRecord ReadJob(const SqliteStmt& q) {
@@ -1115,6 +1247,9 @@ class SqliteStore final : public ResourceStore, public JobStore {
     j.tags = SplitLines(q.Text(24));
     j.security = SplitLines(q.Text(25));
     j.patients = SplitLines(q.Text(26));
+    j.type_filters = SplitLines(q.Text(27));
+    j.elements = SplitLines(q.Text(28));
+    j.notes = SplitLines(q.Text(29));
     return j;
   }
 

@@ -294,8 +294,9 @@ class Model:
                      headers={"Content-Type": FHIR_JSON})
         prev = self.state.get(key)
         version = (prev.version if prev else 0) + 1
-        assert r.status_code == (201 if version == 1 else 200), \
-            f"PUT {key[0]}/{key[1]}: expected {201 if version == 1 else 200}, got {r.status_code}: {r.text[:500]}"
+        created = prev is None or prev.deleted  # a PUT after a DELETE creates the resource again (201)
+        assert r.status_code == (201 if created else 200), \
+            f"PUT {key[0]}/{key[1]}: expected {201 if created else 200}, got {r.status_code}: {r.text[:500]}"
         got = json.loads(r.content)
         assert got["meta"]["versionId"] == str(version), f"PUT {key}: versionId {got['meta']['versionId']} != {version}"
         self.seq += 1
@@ -703,6 +704,8 @@ class ExportResult:
         self.counter = collections.Counter()
         self.files = {}  # key (relative to the bucket) -> list of line bytes
         self.error_files = {}
+        self.deleted_files = {}  # key -> list of line bytes (the `deleted` files of an export with _since)
+        self.deleted = collections.Counter()  # (type, id) of each DELETE entry in them
         self.job_dir = None
 
 
@@ -741,6 +744,15 @@ def collect_output(server: Server, d: dict, check_manifest=True) -> ExportResult
             rel = p.relative_to(job_dir)
             assert len(rel.parts) == 2, f"file {rel} is not at {{Type}}/{{Type}}-{{n}}.ndjson"
             folder, name = rel.parts
+            if folder == "deleted":
+                assert re.match(r"^deleted-[1-9][0-9]*\.ndjson$", name), f"file {rel} is not deleted/deleted-{{n}}.ndjson"
+                data = p.read_bytes()
+                assert data.endswith(b"\n"), f"{rel}: does not end with a newline"
+                lines = data[:-1].split(b"\n")
+                res.deleted_files[str(p.relative_to(bucket_dir))] = lines
+                for line in lines:
+                    res.deleted[deleted_entry(line)] += 1
+                continue
             m = FILE_NAME_RE.match(name)
             assert m and m.group(1) == folder, f"file {rel} is not named {{Type}}/{{Type}}-{{n}}.ndjson"
             assert folder in r4().all_types, f"folder {folder} is not an R4 resource type"
@@ -772,7 +784,10 @@ def collect_output(server: Server, d: dict, check_manifest=True) -> ExportResult
 def check_manifest_matches_disk(res: ExportResult, bucket: str):
     d, props = res.describe, res.props
     assert "output" in d and "error" in d, f"no output/error manifest in {json.dumps(d)[:1500]}"
-    for name, files in (("output", res.files), ("error", res.error_files)):
+    lists = [("output", res.files), ("error", res.error_files)]
+    if res.deleted_files or "deleted" in d:
+        lists.append(("deleted", res.deleted_files))
+    for name, files in lists:
         listed = d[name]
         urls = [o["url"] for o in listed]
         assert len(urls) == len(set(urls)), f"{name} lists a file twice: {urls}"
@@ -783,7 +798,7 @@ def check_manifest_matches_disk(res: ExportResult, bucket: str):
                              f" count differences: {[(u, got[u], want[u]) for u in got if u in want and got[u] != want[u]]}")
         for o in listed:
             assert set(o) == {"type", "url", "count"}, o
-            assert o["url"].split("/")[-2] == o["type"], o
+            assert o["url"].split("/")[-2] == ("deleted" if name == "deleted" else o["type"]), o
     total = sum(len(v) for v in res.files.values())
     assert props["exportedResourceCount"] == total, (props["exportedResourceCount"], total)
     per_type = collections.Counter()
@@ -792,6 +807,17 @@ def check_manifest_matches_disk(res: ExportResult, bucket: str):
     assert {e["type"]: e["count"] for e in props["exportedResources"]} == dict(per_type), props["exportedResources"]
     nbytes = sum(sum(len(x) + 1 for x in v) for v in res.files.values())
     assert props["exportedBytes"] == nbytes, (props["exportedBytes"], nbytes)
+
+
+def deleted_entry(line: bytes) -> tuple:
+    """The (type, id) of a line of a `deleted` file: a transaction Bundle with one DELETE entry (the IG's format)."""
+    b = json.loads(line)
+    assert b.get("resourceType") == "Bundle" and b.get("type") == "transaction", b
+    entries = b.get("entry") or []
+    assert len(entries) == 1 and entries[0]["request"]["method"] == "DELETE", b
+    t, _, i = entries[0]["request"]["url"].partition("/")
+    assert t and i and "/" not in i, b
+    return (t, i)
 
 
 def diff_text(got: collections.Counter, expected: collections.Counter, limit=15) -> str:

@@ -192,7 +192,9 @@ def test_accepted_output_formats(srv, fmt):
     ("system", "_foo=1", ["_foo"]),
     ("system", "_typ=Patient", ["_typ"]),
     ("patient", "patient=Patient/bad-input-pt", ["patient"]),
-    ("group", "_elements=id", ["_elements"]),
+    ("group", "_elements=a-b", ["_elements"]),
+    ("group", "_typeFilter=Observation", ["_typeFilter"]),
+    ("system", "_typeFilter=Observation%3F_sort%3Ddate", ["_typeFilter", "_sort"]),
     ("system", "_outputFormat=ndjson&_outputFormat=ndjson", ["_outputFormat"]),
 ])
 def test_bad_query(srv, level, query, mentions):

@@ -473,7 +473,13 @@ def test_parameters_the_server_does_not_support_are_400_unless_lenient(env, para
     assert_outcome(requests.post(url, data=body, headers=strict, timeout=30), 400, mentions=[mention])
     r = requests.post(url, data=body, headers={**KICKOFF, "Content-Type": "application/fhir+json"}, timeout=30)
     assert r.status_code == 202, r.text
-    assert BulkClient(new_session()).wait(r.headers["Content-Location"]).status_code == 200
+    done = BulkClient(new_session()).wait(r.headers["Content-Location"])
+    assert done.status_code == 200
+    # Ignored, and said so in the manifest's `error`: one OperationOutcome naming the parameter.
+    errors = done.json()["error"]
+    assert len(errors) == 1 and errors[0]["type"] == "OperationOutcome" and errors[0]["count"] == 1, errors
+    outcome = json.loads(requests.get(errors[0]["url"], timeout=30).text)
+    assert mention in outcome["issue"][0]["diagnostics"], outcome
 
 
 @pytest.mark.parametrize("body,mention", [

@@ -243,5 +243,66 @@ TEST(MetaFiltersTest, CheckCodingFilter) {
   EXPECT_STATUS(CheckCodingFilter("_tag", "a|b|c"), kInvalid, "more than one");
 }
 
+TEST(TypeFilterTest, SplitsCommaJoinedQueriesOnlyBeforeAType) {
+  EXPECT_THAT(SplitTypeFilterValue("Observation?code=a,b,Patient?gender=male"),
+              ElementsAre("Observation?code=a,b", "Patient?gender=male"));
+  EXPECT_THAT(SplitTypeFilterValue("Observation?code=a,Nonsense?x"), ElementsAre("Observation?code=a,Nonsense?x"));
+  EXPECT_THAT(SplitTypeFilterValue("Observation?code=a"), ElementsAre("Observation?code=a"));
+}
+
+TEST(TypeFilterTest, ParsesEachTypesQueriesInOrder) {
+  ASSERT_OK_AND_ASSIGN(auto f, ParseTypeFilters({"Observation?code=http%3A%2F%2Floinc.org%7C1234-5&status=final",
+                                                 "Patient?gender=female", "Observation?code=x"},
+                                                "http://h/r4", /*lenient=*/false));
+  ASSERT_EQ(f.size(), 2u);
+  EXPECT_EQ(f[0].first, "Observation");
+  ASSERT_EQ(f[0].second.size(), 2u);
+  ASSERT_EQ(f[0].second[0].criteria.size(), 2u);
+  EXPECT_EQ(f[0].second[0].criteria[0].values[0].s1, "http://loinc.org");  // percent-decoded
+  EXPECT_EQ(f[0].second[0].criteria[0].values[0].s2, "1234-5");
+  EXPECT_EQ(f[1].first, "Patient");
+  EXPECT_THAT(f[0].second[0].types, ElementsAre("Observation"));
+}
+
+TEST(TypeFilterTest, RejectsWhatIsNotAFilter) {
+  for (const char* bad : {"Observation", "?code=1", "Nonsense?code=1", "Observation?", "Observation?_sort=date",
+                          "Observation?_include=Observation:subject", "Observation?_count=3", "Observation?page=x",
+                          "Observation?date=yesterday", "Observation?unknownParam=1"}) {
+    EXPECT_STATUS(ParseTypeFilters({bad}, "", false), kInvalid, "_typeFilter") << bad;
+  }
+}
+
+TEST(TypeFilterTest, LenientIgnoresUnknownParametersAndReportsThem) {
+  std::vector<std::string> ignored;
+  ASSERT_OK_AND_ASSIGN(auto f, ParseTypeFilters({"Observation?unknownParam=1&status=final"}, "", true, &ignored));
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].second[0].criteria.size(), 1u);
+  ASSERT_EQ(ignored.size(), 1u);
+  EXPECT_THAT(ignored[0], ::testing::HasSubstr("unknownParam"));
+}
+
+TEST(TypeFilterTest, CheckedAgainstTypeAndLevel) {
+  ExportRequest r;
+  r.request_url = "http://h/datastore/x/r4/Patient/$export?_typeFilter=...";
+  r.level = ExportLevel::kPatient;
+  r.type_filters = {"Library?name=x"};
+  EXPECT_STATUS(CheckTypeFilters(&r), kInvalid, "patient-level");
+  r.type_filters = {"Observation?status=final"};
+  EXPECT_OK(CheckTypeFilters(&r));
+  r.types = {"Condition"};
+  EXPECT_STATUS(CheckTypeFilters(&r), kInvalid, "_type leaves out");
+  r.types = {};
+  r.lenient = true;
+  r.type_filters = {"Observation?unknownParam=1"};
+  EXPECT_OK(CheckTypeFilters(&r));
+  ASSERT_EQ(r.notes.size(), 1u);
+}
+
+TEST(TypeFilterTest, FhirBaseOfTheKickoffUrl) {
+  EXPECT_EQ(FhirBaseOfKickoffUrl("http://h:1/datastore/ab/r4/$export?_type=Patient"), "http://h:1/datastore/ab/r4");
+  EXPECT_EQ(FhirBaseOfKickoffUrl("http://h/r4/Patient/$export"), "http://h/r4");
+  EXPECT_EQ(FhirBaseOfKickoffUrl("http://h/r4/Group/g1/$export?x=/Group/"), "http://h/r4");
+}
+
 }  // namespace
 }  // namespace fhirlake::bulk

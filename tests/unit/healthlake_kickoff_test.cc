@@ -138,11 +138,30 @@ TEST(KickoffTest, Since) {
 }
 
 TEST(KickoffTest, UnknownQueryParameter) {
-  for (const char* name : {"_typeFilter", "_elements", "patient", "includeAssociatedData", "_TYPE"}) {
+  for (const char* name : {"patient", "includeAssociatedData", "organizeOutputBy", "_TYPE"}) {
     auto r = Kickoff({{name, "x"}});
     EXPECT_STATUS(r, kInvalid, Quoted(name)) << name;
     EXPECT_STATUS(r, kInvalid, "not supported") << name;
   }
+}
+
+TEST(KickoffTest, ElementsAreTopLevelNamesOptionallyOfOneType) {
+  auto r = Kickoff({{"_elements", "status, Patient.gender"}, {"_elements", "status"}});
+  ASSERT_OK(r);
+  EXPECT_THAT(r->elements, ElementsAre("status", "Patient.gender"));
+  for (const char* bad : {"", "a-b", "Nonsense.status", "Observation.", "code.coding", ".status", "a,,b"}) {
+    EXPECT_STATUS(Kickoff({{"_elements", bad}}), kInvalid, "_elements") << bad;
+  }
+}
+
+TEST(KickoffTest, TypeFiltersAreCollectedWhole) {
+  // Repeated, and comma-joined: a comma separates two queries only before "Type?".
+  auto r = Kickoff({{"_typeFilter", "Observation?code=a,b&status=final,Patient?gender=female"},
+                    {"_typeFilter", "Condition?clinical-status=active"},
+                    {"_typeFilter", "Patient?gender=female"}});
+  ASSERT_OK(r);
+  EXPECT_THAT(r->type_filters, ElementsAre("Observation?code=a,b&status=final", "Patient?gender=female",
+                                           "Condition?clinical-status=active"));
 }
 
 TEST(KickoffTest, BodyMustBeAJsonObject) {

@@ -22,6 +22,7 @@
 #include "common/ids.h"
 #include "common/time.h"
 #include "fhir/resource_parser.h"
+#include "search/query.h"
 #include "store/resource_store.h"
 #include "store/sqlite_db.h"
 #include "store/sqlite_schema.h"
@@ -730,6 +731,73 @@ TEST_F(SqliteStoreTest, ScanSinceFiltersByLastUpdated) {
   // With a new snapshot, the new version of `a` is in.
   req.snapshot = MustSnapshot();
   EXPECT_THAT(ScanRefs(req), ElementsAre("Patient/a@2", "Patient/b@1", "Patient/c@1"));
+}
+
+TEST_F(SqliteStoreTest, TypeFilterMatchesAreTheSnapshots) {
+  MustPut("Patient", "p1", R"("gender":"female")");
+  MustPut("Patient", "p2", R"("gender":"male")");
+  MustPut("Patient", "p3", R"("gender":"female")");
+  MustPut("Patient", "p4", R"("gender":"female")");
+  ASSERT_OK(Delete("Patient", "p4"));
+  ASSERT_OK_AND_ASSIGN(auto female, search::ParseSearchQuery({"Patient"}, {{"gender", "female"}}, "", false));
+  ASSERT_OK_AND_ASSIGN(auto male, search::ParseSearchQuery({"Patient"}, {{"gender", "male"}}, "", false));
+  // A stale list from an interrupted earlier start is replaced.
+  ASSERT_OK(store_->TakeSnapshotWithFilters("job1", {{"Patient", {male}}}));
+  ASSERT_OK_AND_ASSIGN(Snapshot snap, store_->TakeSnapshotWithFilters("job1", {{"Patient", {female}}}));
+  MustPut("Patient", "p1", R"("gender":"male")");    // stops matching after the snapshot: still exported (v1)
+  MustPut("Patient", "p2", R"("gender":"female")");  // starts matching after the snapshot: not exported
+  MustPut("Patient", "p5", R"("gender":"female")");  // created after the snapshot
+  ScanRequest req = Request("Patient", snap);
+  req.filter_key = FilterScopeKey("job1");
+  EXPECT_THAT(ScanRefs(req), ElementsAre("Patient/p1@1", "Patient/p3@1"));
+  ASSERT_OK_AND_ASSIGN(TypeRange range, store_->RangeOf("Patient", ScanScope::kJobScope, FilterScopeKey("job1")));
+  EXPECT_EQ(range.rows, 2);
+  // Two queries for one type are OR-ed.
+  ASSERT_OK_AND_ASSIGN(Snapshot both, store_->TakeSnapshotWithFilters("job2", {{"Patient", {female, male}}}));
+  req = Request("Patient", both);
+  req.filter_key = FilterScopeKey("job2");
+  EXPECT_THAT(ScanRefs(req), ElementsAre("Patient/p1@2", "Patient/p2@2", "Patient/p3@1", "Patient/p5@1"));
+  // The list is scratch: dropped with the job's other scratch rows.
+  ASSERT_OK(store_->jobs().DropJobScratch("job2"));
+  EXPECT_THAT(ScanRefs(req), IsEmpty());
+}
+
+TEST_F(SqliteStoreTest, ScanOfTombstonesListsTheDeletionsSinceAsOfTheSnapshot) {
+  MustPut("Patient", "early");
+  ASSERT_OK(Delete("Patient", "early"));  // before since
+  MustPut("Patient", "b");
+  MustPut("Patient", "c");
+  MustPut("Patient", "d");
+  MustPut("Patient", "f");
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const EpochMillis since = Clock::System().NowMillis();
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_OK(Delete("Patient", "b"));
+  ASSERT_OK(Delete("Patient", "c"));
+  MustPut("Patient", "c");  // re-created: live at the snapshot
+  MustPut("Patient", "e");
+  ASSERT_OK(Delete("Patient", "e"));  // created and deleted since
+  ASSERT_OK(Delete("Patient", "f"));
+  Snapshot snap = MustSnapshot();
+  ASSERT_OK(Delete("Patient", "d"));  // after the snapshot: live then
+  MustPut("Patient", "f");            // re-created after the snapshot: a tombstone then
+  ScanRequest req = Request("Patient", snap);
+  req.tombstones = true;
+  req.since = since;
+  std::vector<std::string> ids;
+  for (;;) {
+    ASSERT_OK_AND_ASSIGN(auto progress, store_->Scan(req, [&](const ScanRow& row) {
+      EXPECT_TRUE(row.json.empty());
+      ids.emplace_back(row.id);
+      return Status::Ok();
+    }));
+    if (progress.exhausted) break;
+    req.after_rid = progress.last_rid;
+  }
+  EXPECT_THAT(ids, ElementsAre("b", "f", "e"));  // rid order
+  req.since.reset();
+  req.after_rid = 0;
+  EXPECT_STATUS(store_->Scan(req, [](const ScanRow&) { return Status::Ok(); }), kInvalid, "_since");
 }
 
 TEST_F(SqliteStoreTest, RangeOf) {

@@ -68,6 +68,10 @@ class CountingStore final : public store::ResourceStore {
     return inner_->ReferencedBy(rids, limit);
   }
   Result<store::Snapshot> TakeSnapshot() override { return inner_->TakeSnapshot(); }
+  Result<store::Snapshot> TakeSnapshotWithFilters(const std::string& job_id,
+                                                  const std::vector<TypeFilter>& filters) override {
+    return inner_->TakeSnapshotWithFilters(job_id, filters);
+  }
   Result<store::TypeRange> RangeOf(const std::string& type, store::ScanScope scope,
                                    const std::string& job_id) override {
     return inner_->RangeOf(type, scope, job_id);
