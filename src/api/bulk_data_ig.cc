@@ -3,6 +3,7 @@
 // are the one engine's (bulk::ExportEngine); only the way in and the answers differ from HealthLake's view.
 #include "api/bulk_data_ig.h"
 
+#include <spdlog/spdlog.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -342,11 +343,56 @@ RangeParse ParseRange(std::string_view header, int64_t size, ByteRange* out) {
   return RangeParse::kOk;
 }
 
+// A running download's lease (store::JobStore::BeginDownload): recorded before the file is opened, renewed while it
+// streams, ended with it, so that deleting the job's files (DELETE, expiry) waits for the download to finish.
+class DownloadLease {
+ public:
+  static constexpr int64_t kLeaseMs = 120000;  // a lease outlives a crashed server by this much at most
+  static constexpr int64_t kRenewMs = 30000;
+  DownloadLease(store::JobStore* jobs, bulk::ExportEngine* engine, std::string job_id)
+      : jobs_(jobs), engine_(engine), job_id_(std::move(job_id)), token_(NewHexId()) {}
+  ~DownloadLease() {
+    if (!begun_) return;
+    if (Status st = jobs_->EndDownload(job_id_, token_); !st.ok()) {
+      spdlog::warn("event=export_download_lease_end_failed job={} reason=\"{}\"", job_id_, st.message());
+    }
+    // A deletion may have waited for this download: the sweep finishes it now rather than within a minute.
+    auto job = jobs_->GetJob(job_id_);
+    if (job.ok() && job->files_deleted_at) engine_->RequestSweep();
+  }
+  DownloadLease(const DownloadLease&) = delete;
+  DownloadLease& operator=(const DownloadLease&) = delete;
+
+  Status Begin() {
+    last_ = Clock::System().NowMillis();
+    RETURN_IF_ERROR(jobs_->BeginDownload(job_id_, token_, last_ + kLeaseMs));
+    begun_ = true;
+    return Status::Ok();
+  }
+  void Renew() {
+    const EpochMillis now = Clock::System().NowMillis();
+    if (now - last_ < kRenewMs) return;
+    last_ = now;
+    if (Status st = jobs_->BeginDownload(job_id_, token_, now + kLeaseMs); !st.ok()) {
+      spdlog::warn("event=export_download_lease_renew_failed job={} reason=\"{}\"", job_id_, st.message());
+    }
+  }
+
+ private:
+  store::JobStore* jobs_;
+  bulk::ExportEngine* engine_;
+  std::string job_id_;
+  std::string token_;
+  EpochMillis last_ = 0;
+  bool begun_ = false;
+};
+
 // Streams [first, last] of `reader`, optionally gzip-compressed as it goes (bounded memory: one chunk in, one out).
 class FileStream {
  public:
-  FileStream(std::shared_ptr<sink::ObjectReader> reader, int64_t first, int64_t last, bool gzip)
-      : reader_(std::move(reader)), next_(first), last_(last), gzip_(gzip) {
+  FileStream(std::shared_ptr<sink::ObjectReader> reader, int64_t first, int64_t last, bool gzip,
+             std::shared_ptr<DownloadLease> lease)
+      : reader_(std::move(reader)), lease_(std::move(lease)), next_(first), last_(last), gzip_(gzip) {
     if (gzip_) {
       std::memset(&z_, 0, sizeof z_);
       // windowBits 15 + 16: a gzip wrapper; level 1: ndjson compresses well even so, and it keeps pace with disks.
@@ -363,6 +409,7 @@ class FileStream {
   // then cuts the connection, so a client sees a truncated transfer, never a short file that looks whole).
   bool Next(std::string* chunk) {
     if (done_) return false;
+    lease_->Renew();
     in_.resize(kDownloadChunk);
     size_t n = 0;
     if (next_ <= last_) {
@@ -398,6 +445,7 @@ class FileStream {
 
  private:
   std::shared_ptr<sink::ObjectReader> reader_;
+  std::shared_ptr<DownloadLease> lease_;
   int64_t next_, last_;
   bool gzip_;
   bool z_ok_ = false;
@@ -427,6 +475,14 @@ Response Download(const ApiContext& ctx, const Request& req, const RequestContex
     if (FileTail(f, prefix) == name) file = &f;
   }
   if (file == nullptr) return not_found();
+  auto lease = std::make_shared<DownloadLease>(&(*store)->jobs(), ctx.exports, j.job_id);
+  if (Status st = lease->Begin(); !st.ok()) {
+    return FhirError(500, "transient", "Export file " + name + " could not be opened: " + st.message());
+  }
+  // Read again now that the lease is recorded: a deletion that came first is seen here, one that comes later waits.
+  auto again = (*store)->jobs().GetJob(j.job_id);
+  if (!again.ok()) return FhirError(500, "transient", "Export job " + j.job_id + ": " + again.status().message());
+  if (again->files_deleted_at) return not_found();
   auto out = bulk::ExportEngine::JobOutput(j);
   if (!out.ok()) return FhirError(out.status());
   auto reader = ctx.sink->Open({j.data_access_role_arn, j.kms_key_id}, out->bucket, file->key);
@@ -466,7 +522,7 @@ Response Download(const ApiContext& ctx, const Request& req, const RequestContex
     if (gzip) resp.headers.Set("Content-Encoding", "gzip");
     resp.headers.Set("ETag", "\"" + tag + (gzip ? "-gzip" : "") + "\"");
   }
-  auto stream = std::make_shared<FileStream>(std::move(r), range.first, range.last, gzip);
+  auto stream = std::make_shared<FileStream>(std::move(r), range.first, range.last, gzip, std::move(lease));
   resp.body_producer = [stream](std::string* chunk) { return stream->Next(chunk); };
   return resp;
 }

@@ -149,6 +149,9 @@ int main(int argc, char** argv) {
                 "TEST ONLY: Bulk Data IG export files expire this long after their job ended (instead of "
                 "--export-file-hours), and expired files are swept that often")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
+  s->add_option("--test-export-sweep-ms", serve.test_export_sweep_ms,
+                "TEST ONLY: sweep expired and deleted Bulk Data IG export files this often (default: every minute)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
   s->add_option("--test-export-batch-delay-ms", serve.export_batch_delay_ms,
                 "TEST ONLY: sleep this long after every export batch, so tests can act on a running job")
       ->envname("FHIRLAKE_TEST_EXPORT_BATCH_DELAY_MS")

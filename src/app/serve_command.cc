@@ -96,6 +96,7 @@ int RunServe(const ServeOptions& options) {
   if (options.test_export_file_lifetime_ms > 0) {
     eo.sweep_interval_ms = std::clamp<int64_t>(options.test_export_file_lifetime_ms / 2, 50, 60000);
   }
+  if (options.test_export_sweep_ms > 0) eo.sweep_interval_ms = std::max<int64_t>(50, options.test_export_sweep_ms);
   if (options.s3_endpoint.empty()) eo.local_output_dir = (std::filesystem::path(options.data_dir) / "s3").string();
   eo.journal_dir = (std::filesystem::path(options.data_dir) / "journal").string();
   {

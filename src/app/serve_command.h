@@ -37,6 +37,7 @@ struct ServeOptions {
   int export_file_hours = 48;
   int export_poll_seconds = 1;
   int64_t test_export_file_lifetime_ms = 0;  // test-only: overrides export_file_hours (and sweeps that often)
+  int64_t test_export_sweep_ms = 0;          // test-only: the sweep interval (0: a minute, or as above)
   // S3 output (docs/EXPORT.md "S3"); with no endpoint, s3:// URIs map to {data_dir}/s3/.
   std::string s3_endpoint;
   std::string s3_region = "us-east-1";

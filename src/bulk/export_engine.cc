@@ -481,6 +481,14 @@ Result<store::ExportJobRecord> ExportEngine::DeleteServerFiles(store::ResourceSt
     // The same status (a compare-and-set on it): the job's outcome does not change, only that its files are gone.
     ASSIGN_OR_RETURN(job, store->jobs().TransitionJob(job.job_id, {job.status}, job.status, update));
   }
+  // A download that is running keeps its file: the objects go at a later sweep, once no lease is live (new downloads
+  // already answer 404, files_deleted_at being set before the leases are counted).
+  ASSIGN_OR_RETURN(int64_t downloads, store->jobs().LiveDownloads(job.job_id, clock_.NowMillis()));
+  if (downloads > 0) {
+    spdlog::info("event=export_files_delete_deferred datastore={} job={} downloads={}", store->info().id, job.job_id,
+                 downloads);
+    return job;
+  }
   auto out = JobOutput(job);
   if (!out.ok()) return out.status();
   ASSIGN_OR_RETURN(auto files, store->jobs().Files(job.job_id));
@@ -495,10 +503,12 @@ Result<store::ExportJobRecord> ExportEngine::DeleteServerFiles(store::ResourceSt
 }
 
 void ExportEngine::SweepServerFiles() {
-  if (options_.server_file_lifetime_ms <= 0) return;
   const EpochMillis now = clock_.NowMillis();
+  // Without a lifetime nothing expires, but deletions that were deferred (or stopped half-way) are still finished.
+  const EpochMillis ended_before =
+      options_.server_file_lifetime_ms > 0 ? now - options_.server_file_lifetime_ms : INT64_MIN;
   for (store::ResourceStore* store : catalog_->All()) {
-    auto jobs = store->jobs().JobsWithFilesToRemove(options_.server_files_view, now - options_.server_file_lifetime_ms);
+    auto jobs = store->jobs().JobsWithFilesToRemove(options_.server_files_view, ended_before);
     if (!jobs.ok()) {
       spdlog::warn("event=export_sweep_failed datastore={} reason=\"{}\"", store->info().id, jobs.status().message());
       continue;
@@ -516,11 +526,20 @@ void ExportEngine::SweepServerFiles() {
   }
 }
 
+void ExportEngine::RequestSweep() {
+  sweep_requested_ = true;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    wake_ = true;
+  }
+  scheduler_cv_.notify_all();
+}
+
 void ExportEngine::SchedulerLoop() {
   while (!stopping_) {
     try {
       const EpochMillis now = clock_.NowMillis();
-      if (now - last_sweep_ms_ >= options_.sweep_interval_ms) {
+      if (sweep_requested_.exchange(false) || now - last_sweep_ms_ >= options_.sweep_interval_ms) {
         last_sweep_ms_ = now;
         SweepServerFiles();
       }

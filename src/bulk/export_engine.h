@@ -100,12 +100,15 @@ class ExportEngine {
 
   // Deletes the server-held files of an ended job (the IG's DELETE on its status URL, or expiry): records it first
   // (files_deleted_at, and `why` appended to the message HealthLake's describe shows), then removes the objects
-  // and forgets the file records. A deletion that stops half-way is finished by the next sweep. kConflict when
-  // the job has not ended.
+  // and forgets the file records. While a download of one of them holds a lease (JobStore::BeginDownload), the objects
+  // stay: the next sweep after the last lease ends removes them, as it finishes a deletion that stopped half-way.
+  // kConflict when the job has not ended.
   Result<store::ExportJobRecord> DeleteServerFiles(store::ResourceStore* store, std::string_view job_id,
                                                    const std::string& why);
-  // One sweep over every datastore: expired server-held files, and deletions that stopped half-way.
+  // One sweep over every datastore: expired server-held files, and deletions that stopped half-way or were deferred.
   void SweepServerFiles();
+  // Asks the scheduler to sweep at its next tick (a download whose lease deferred a deletion has ended).
+  void RequestSweep();
 
   // "{prefix/}{datastoreId}-FHIR_EXPORT-{jobId}": the key prefix of a job's files in its bucket.
   static std::string JobKeyPrefix(const store::ExportJobRecord& job, std::string_view datastore_id);
@@ -174,6 +177,7 @@ class ExportEngine {
   std::vector<std::thread> workers_;
   bool started_ = false;
   int64_t last_sweep_ms_ = 0;  // scheduler thread only
+  std::atomic<bool> sweep_requested_{false};
 };
 
 }  // namespace fhirlake::bulk

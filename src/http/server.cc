@@ -634,20 +634,48 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
                               }));
   }
 
-  void WriteNextChunk() {
+  // Runs a producer once: its chunk, whether more follow, and the error that stopped it (empty: none).
+  struct Produced {
+    std::string chunk;
     bool more = false;
-    chunk_.clear();
+    std::string error;
+  };
+  static Produced Produce(const std::function<bool(std::string*)>& producer) {
+    Produced out;
     try {
-      more = producer_(&chunk_);
+      out.more = producer(&out.chunk);
     } catch (const std::exception& e) {
+      out.error = e.what()[0] ? e.what() : "unknown error";
+    } catch (...) {
+      out.error = "a non-standard exception";
+    }
+    return out;
+  }
+
+  // The producer reads (a local file or an S3 object) and may compress: it runs on the handler pool, never on an
+  // I/O thread, so a slow read or gzip of one download does not stall the other connections. No I/O is pending on
+  // this connection meanwhile; the result comes back through the strand. When the pool is full it runs here.
+  void WriteNextChunk() {
+    auto self = shared_from_this();
+    const bool queued = server_->pool_.TrySubmit([self, producer = producer_]() {
+      Produced produced = Produce(producer);
+      Session* s = self.get();
+      net::post(s->strand_,
+                s->Guard([s, produced = std::move(produced)]() mutable { s->OnChunk(std::move(produced)); }));
+    });
+    if (!queued) OnChunk(Produce(producer_));
+  }
+
+  void OnChunk(Produced produced) {
+    if (!producer_) return;  // the connection ended meanwhile
+    if (!produced.error.empty()) {
       // The status line is already on the wire; the only honest signal left is to cut the connection
       // without the terminating chunk, so the client sees a truncated transfer rather than a short file.
-      spdlog::error("http: response body producer failed: {}", e.what());
-      return FinishStreaming(net::error::make_error_code(net::error::operation_aborted));
-    } catch (...) {
-      spdlog::error("http: response body producer failed with a non-standard exception");
+      spdlog::error("http: response body producer failed: {}", produced.error);
       return FinishStreaming(net::error::make_error_code(net::error::operation_aborted));
     }
+    const bool more = produced.more;
+    chunk_ = std::move(produced.chunk);
     if (chunk_.empty() && more) {
       // Nothing to send this round; asking again from a fresh handler keeps other work on the io threads moving.
       net::post(stream_.get_executor(), Guard([this] { WriteNextChunk(); }));

@@ -137,6 +137,13 @@ class JobStore {
   // latest answer and returns nullopt. One write transaction, so concurrent polls (on any node) are counted once.
   virtual Result<std::optional<EpochMillis>> RecordPoll(const std::string& job_id, const std::string& client,
                                                         EpochMillis now, int64_t min_interval_ms) = 0;
+  // Downloads of a job's server-held files: a running download holds a lease (`token`, until `expires`, renewed while
+  // it runs), and the files' objects are not deleted while a lease is live. In the store, so that a deletion on any
+  // node waits for a download on any other. BeginDownload inserts or renews; EndDownload is idempotent.
+  virtual Status BeginDownload(const std::string& job_id, const std::string& token, EpochMillis expires) = 0;
+  virtual Status EndDownload(const std::string& job_id, const std::string& token) = 0;
+  // Leases of `job_id` that have not expired at `now`.
+  virtual Result<int64_t> LiveDownloads(const std::string& job_id, EpochMillis now) = 0;
   // Forgets the job's committed files (after their objects were deleted: files_deleted_at is set).
   virtual Status DropFileRecords(const std::string& job_id) = 0;
   // Ended jobs of `view` whose server-held files must go: ended at or before `ended_before` and not deleted yet,

@@ -17,6 +17,7 @@
 //   8  export_jobs.type_filter, elements, notes: the job's _typeFilter queries, _elements and the parameters ignored
 //      under handling=lenient (newline-separated); export_tasks.deleted: a task that lists deletions (the IG's
 //      `deleted` files of an export with _since)
+//   9  export_downloads: the leases of running downloads of server-held files (their deletion waits for them)
 #include "store/sqlite_schema.h"
 
 #include <functional>
@@ -206,6 +207,11 @@ ALTER TABLE export_jobs ADD COLUMN notes TEXT NOT NULL DEFAULT '';
 ALTER TABLE export_tasks ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
 )sql";
 
+constexpr const char* kMigrationV9 = R"sql(
+CREATE TABLE export_downloads(job_id TEXT NOT NULL, token TEXT NOT NULL, expires_ms INTEGER NOT NULL,
+  PRIMARY KEY(job_id, token)) WITHOUT ROWID;
+)sql";
+
 Status SetVersion(SqliteConnection& db, int version) {
   return db.Exec("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '" + std::to_string(version) +
                  "')");
@@ -237,7 +243,8 @@ Status ApplyMigration(SqliteConnection& db, int to_version) {
                     : to_version == 5 ? kMigrationV5
                     : to_version == 6 ? kMigrationV6
                     : to_version == 7 ? kMigrationV7
-                                      : kMigrationV8;
+                    : to_version == 8 ? kMigrationV8
+                                      : kMigrationV9;
   if (to_version == 3) RETURN_IF_ERROR(AddOpColumns(db));
   RETURN_IF_ERROR(db.Exec(sql));
   return SetVersion(db, to_version);

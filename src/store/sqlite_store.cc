@@ -1127,7 +1127,8 @@ class SqliteStore final : public ResourceStore, public JobStore {
 
   Status DropFileRecords(const std::string& job_id) override {
     return WithWrite([&](SqliteConnection& c) -> Status {
-      for (const char* sql : {"DELETE FROM export_files WHERE job_id=?1", "DELETE FROM export_polls WHERE job_id=?1"}) {
+      for (const char* sql : {"DELETE FROM export_files WHERE job_id=?1", "DELETE FROM export_polls WHERE job_id=?1",
+                              "DELETE FROM export_downloads WHERE job_id=?1"}) {
         ASSIGN_OR_RETURN(auto d, c.Prepare(sql));
         d->Bind(1, job_id);
         RETURN_IF_ERROR(d->Run());
@@ -1155,6 +1156,31 @@ class SqliteStore final : public ResourceStore, public JobStore {
       return u->Run();
     }));
     return earlier;
+  }
+
+  Status BeginDownload(const std::string& job_id, const std::string& token, EpochMillis expires) override {
+    return WithWrite([&](SqliteConnection& c) -> Status {
+      ASSIGN_OR_RETURN(auto u, c.Prepare("INSERT OR REPLACE INTO export_downloads(job_id, token, expires_ms) VALUES "
+                                         "(?1, ?2, ?3)"));
+      u->Bind(1, job_id).Bind(2, token).Bind(3, expires);
+      return u->Run();
+    });
+  }
+
+  Status EndDownload(const std::string& job_id, const std::string& token) override {
+    return WithWrite([&](SqliteConnection& c) -> Status {
+      ASSIGN_OR_RETURN(auto d, c.Prepare("DELETE FROM export_downloads WHERE job_id=?1 AND token=?2"));
+      d->Bind(1, job_id).Bind(2, token);
+      return d->Run();
+    });
+  }
+
+  Result<int64_t> LiveDownloads(const std::string& job_id, EpochMillis now) override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT count(*) FROM export_downloads WHERE job_id=?1 AND expires_ms>?2"));
+    q->Bind(1, job_id).Bind(2, now);
+    ASSIGN_OR_RETURN(bool row, q->Step());
+    return row ? q->Int(0) : 0;
   }
 
   Result<std::vector<ExportJobRecord>> JobsWithFilesToRemove(std::string_view view, EpochMillis ended_before) override {

@@ -13,6 +13,7 @@ import collections
 import concurrent.futures
 import gzip
 import json
+import socket
 import time
 import urllib.parse
 
@@ -405,16 +406,73 @@ def test_delete_of_an_ended_job_removes_its_files(env):
     r = requests.delete(status_url, timeout=30)
     assert r.status_code == 202, r.text
     assert r.json()["issue"][0]["severity"] == "information"
-    assert b"".join(running.iter_content(1 << 16)).count(b"\n") == m["output"][0]["count"]
     assert_outcome(requests.get(status_url, headers=POLL, timeout=30), 404, mentions=["deleted"])
     for o in m["output"]:
         assert_outcome(requests.get(o["url"], timeout=30), 404)
-    assert not any(f.exists() for f in files), "the files are still on disk"
+    assert b"".join(running.iter_content(1 << 16)).count(b"\n") == m["output"][0]["count"]
+    running.close()
+    # Gone once the download has ended (test_a_delete_during_a_download... shows it waits for one still running).
+    deadline = time.time() + 15
+    while any(f.exists() for f in files):
+        assert time.time() < deadline, "the files are still on disk after the download ended"
+        time.sleep(0.1)
     assert_outcome(requests.delete(status_url, timeout=30), 404)
     # HealthLake's describe keeps the final status and says the files were deleted.
     props = describe(env.srv.sess, env.srv.base, job_id)["exportJobProperties"]
     assert props["jobStatus"] == "COMPLETED", props
     assert "deleted" in props["message"], props
+
+
+def test_a_delete_during_a_download_waits_for_it_and_then_removes_the_files(tpl, servers, tmp_path):
+    """A file is never removed while it is being downloaded: the download holds a lease in the store, the DELETE
+    records the deletion (status URL and new downloads 404 at once) and the objects go when the last lease ends."""
+    srv = servers.start(tpl.clone(tmp_path / "data"), ["--export-poll-seconds", "1", "--test-export-sweep-ms", "200"])
+    client = BulkClient(new_session())
+    status_url = client.kickoff(kickoff_url(srv.base, "system", query="_type=Observation"))
+    r = client.wait(status_url)
+    assert r.status_code == 200, r.text
+    entry = r.json()["output"][0]
+    job_id = status_url.rsplit("/", 1)[1]
+    path = srv.s3_root() / SERVER_BUCKET / f"{srv.datastore_id}-FHIR_EXPORT-{job_id}" / "Observation" / \
+        entry["url"].split("/")[-1]
+    whole = path.read_bytes()
+    assert len(whole) > 8 << 20, f"the file ({len(whole)} bytes) is too small to still be streaming below"
+    # A raw connection with a small receive buffer: the server blocks on it, its download half-way.
+    url = urllib.parse.urlsplit(entry["url"])
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    sock.settimeout(60)
+    sock.connect((url.hostname, url.port))
+    sock.sendall(f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nConnection: close\r\n\r\n".encode())
+    received = bytearray(sock.recv(1 << 16))
+    assert received.startswith(b"HTTP/1.1 200"), bytes(received[:200])
+    assert requests.delete(status_url, timeout=30).status_code == 202
+    assert_outcome(requests.get(entry["url"], timeout=30), 404)
+    assert_outcome(requests.get(status_url, headers=POLL, timeout=30), 404, mentions=["deleted"])
+    time.sleep(1.5)  # several sweeps: each finds the lease and leaves the file
+    assert path.exists(), "the file was removed while it was being downloaded"
+    while True:
+        piece = sock.recv(1 << 20)
+        if not piece:
+            break
+        received += piece
+    sock.close()
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower(), head
+    data, pos = bytearray(), 0
+    while True:  # undo the chunked framing
+        eol = body.index(b"\r\n", pos)
+        size = int(body[pos:eol].split(b";")[0], 16)
+        if size == 0:
+            break
+        data += body[eol + 2:eol + 2 + size]
+        pos = eol + 2 + size + 2
+    assert bytes(data) == whole, "the download was cut or changed by the DELETE"
+    deadline = time.time() + 15
+    while path.exists():
+        assert time.time() < deadline, "the file is still there after its download ended"
+        time.sleep(0.1)
+    assert "deleted" in describe(srv.sess, srv.base, job_id)["exportJobProperties"]["message"]
 
 
 def test_files_expire_and_are_swept(tpl, servers, tmp_path):
