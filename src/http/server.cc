@@ -614,6 +614,9 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
   // a multi-GB export file never sits in memory. HTTP/1.0 clients get a close-delimited body instead.
   void StartStreaming(Response response, unsigned version, bool keep_alive) {
     producer_ = std::move(response.body_producer);
+    ++stream_gen_;
+    producing_ = waiting_ = false;
+    ready_.reset();
     stream_res_.emplace();
     stream_res_->version(version);
     CopyHeaders(response, &*stream_res_);
@@ -640,7 +643,7 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
     bool more = false;
     std::string error;
   };
-  static Produced Produce(const std::function<bool(std::string*)>& producer) {
+  static Produced RunProducer(const std::function<bool(std::string*)>& producer) {
     Produced out;
     try {
       out.more = producer(&out.chunk);
@@ -653,21 +656,46 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
   }
 
   // The producer reads (a local file or an S3 object) and may compress: it runs on the handler pool, never on an
-  // I/O thread, so a slow read or gzip of one download does not stall the other connections. No I/O is pending on
-  // this connection meanwhile; the result comes back through the strand. When the pool is full it runs here.
-  void WriteNextChunk() {
+  // I/O thread, so a slow read or gzip of one download does not stall the other connections; when the pool is full
+  // it runs here. One chunk ahead: while a chunk is written to the socket the next one is produced (at most one
+  // production at a time per connection, so the producer is never called concurrently). Results come back through
+  // the strand, tagged with the stream they belong to (a keep-alive connection streams one response after another).
+  void Produce() {
+    producing_ = true;
     auto self = shared_from_this();
-    const bool queued = server_->pool_.TrySubmit([self, producer = producer_]() {
-      Produced produced = Produce(producer);
+    const uint64_t gen = stream_gen_;
+    const bool queued = server_->pool_.TrySubmit([self, gen, producer = producer_]() {
+      Produced produced = RunProducer(producer);
       Session* s = self.get();
-      net::post(s->strand_,
-                s->Guard([s, produced = std::move(produced)]() mutable { s->OnChunk(std::move(produced)); }));
+      net::post(s->strand_, s->Guard([s, gen, produced = std::move(produced)]() mutable {
+        s->OnProduced(gen, std::move(produced));
+      }));
     });
-    if (!queued) OnChunk(Produce(producer_));
+    if (!queued) OnProduced(gen, RunProducer(producer_));
+  }
+
+  void OnProduced(uint64_t gen, Produced produced) {
+    if (gen != stream_gen_ || !producer_) return;  // that stream ended meanwhile
+    producing_ = false;
+    if (waiting_) {
+      waiting_ = false;
+      return OnChunk(std::move(produced));
+    }
+    ready_ = std::move(produced);
+  }
+
+  // The socket wants the next chunk: the one produced ahead, or the one being produced when it arrives.
+  void WriteNextChunk() {
+    if (ready_) {
+      Produced next = std::move(*ready_);
+      ready_.reset();
+      return OnChunk(std::move(next));
+    }
+    waiting_ = true;
+    if (!producing_) Produce();
   }
 
   void OnChunk(Produced produced) {
-    if (!producer_) return;  // the connection ended meanwhile
     if (!produced.error.empty()) {
       // The status line is already on the wire; the only honest signal left is to cut the connection
       // without the terminating chunk, so the client sees a truncated transfer rather than a short file.
@@ -676,11 +704,8 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
     }
     const bool more = produced.more;
     chunk_ = std::move(produced.chunk);
-    if (chunk_.empty() && more) {
-      // Nothing to send this round; asking again from a fresh handler keeps other work on the io threads moving.
-      net::post(stream_.get_executor(), Guard([this] { WriteNextChunk(); }));
-      return;
-    }
+    if (more) Produce();  // the next chunk, while this one is written
+    if (chunk_.empty() && more) return WriteNextChunk();
     if (chunk_.empty()) return WriteLastChunk();  // here !more: the producer is done
     auto& body = stream_res_->body();
     body.data = chunk_.data();
@@ -711,6 +736,9 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
     serializer_.reset();
     stream_res_.reset();
     producer_ = nullptr;  // may hold an open file; release it now rather than with the session
+    ++stream_gen_;        // a production still running on the pool is dropped when it reports back
+    ready_.reset();
+    producing_ = waiting_ = false;
     chunk_.clear();
     chunk_.shrink_to_fit();
     OnResponseWritten(ec);
@@ -769,6 +797,10 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
   std::optional<bhttp::response<bhttp::buffer_body>> stream_res_;
   std::optional<bhttp::response_serializer<bhttp::buffer_body>> serializer_;
   std::string chunk_;
+  std::optional<Produced> ready_;  // the next chunk, produced ahead
+  bool producing_ = false;         // a production is running (on the pool) for the current stream
+  bool waiting_ = false;           // the socket waits for that production
+  uint64_t stream_gen_ = 0;        // which stream a production belongs to
 
   std::unique_ptr<char[]> drain_buf_;  // only during a lingering close
 };

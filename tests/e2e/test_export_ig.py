@@ -216,7 +216,8 @@ def test_until_in_both_views(tpl, servers, tmp_path):
     put("until-early")
     put("until-changed")
     time.sleep(0.05)
-    until = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + ".%03dZ" % (int(time.time() * 1000) % 1000)
+    now = time.time()  # one reading: seconds and milliseconds of the same instant
+    until = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + ".%03dZ" % (int(now * 1000) % 1000)
     time.sleep(0.05)
     put("until-late")
     put("until-changed")  # its version as of the export is after _until: not exported
