@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # libFuzzer runs (docs/TESTING.md): builds the harnesses of fuzz/ with clang, ASan and UBSan into build-fuzz/ and runs
-#   scripts/fuzz.sh NAME [SECONDS]   one harness (http_request, resource, bundle, kickoff) for SECONDS (default 600)
+#   scripts/fuzz.sh NAME [SECONDS]   one harness (http_request, resource, bundle, kickoff, sigv4, auth_config) for
+#                                    SECONDS (default 600)
 #   scripts/fuzz.sh all [SECONDS]    each harness in turn, SECONDS each
 # Seeds come from fuzz/corpus/NAME/ (read only); new inputs go to a temp dir (printed), crashes to fuzz/crashes/.
 # One job at a time (-jobs=1): the machine is shared. Exit code 1 when a harness found a crash.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-harnesses=(http_request resource bundle kickoff)
+harnesses=(http_request resource bundle kickoff sigv4 auth_config)
 name=${1:-}
 seconds=${2:-600}
 if [ -z "$name" ] || { [ "$name" != all ] && [[ ! " ${harnesses[*]} " =~ " $name " ]]; }; then

@@ -15,6 +15,7 @@
 
 #include "api/fhir_response.h"
 #include "api/healthlake_kickoff.h"
+#include "api/job_owner.h"
 #include "bulk/export_engine.h"
 #include "common/ids.h"
 #include "common/json_escape.h"
@@ -179,7 +180,7 @@ Response IgKickOff(const ApiContext& ctx, const Request& req, const RequestConte
   request.output = bulk::S3Location{ctx.server_export_bucket, ""};
   request.request_url = ctx.public_base_url + req.target;
   request.view = "ig";
-  request.owner = p.principal.id;
+  request.owner = JobOwner(p.principal);
   auto job = ctx.exports->Submit(*store, request);
   if (!job.ok()) {
     Response resp = FhirError(job.status());
@@ -195,9 +196,10 @@ Response IgKickOff(const ApiContext& ctx, const Request& req, const RequestConte
 namespace {
 
 // The job of an IG status or file URL: kNotFound unless it is a job of this view, not expired, files not deleted.
-Result<bulk::JobView> FindIgJob(const ApiContext& ctx, store::ResourceStore* store, const std::string& job_id) {
+Result<bulk::JobView> FindIgJob(const ApiContext& ctx, store::ResourceStore* store, const std::string& job_id,
+                                const http::Principal& who) {
   auto view = ctx.exports->Describe(store, job_id);
-  if (!view.ok() || view->job.view != "ig") {
+  if (!view.ok() || view->job.view != "ig" || !MaySeeJob(who, view->job.owner)) {
     if (!view.ok() && view.status().code() != StatusCode::kNotFound) return view.status();
     return Status::NotFound("There is no Bulk Data export job '" + job_id + "' in datastore " + store->info().id);
   }
@@ -238,7 +240,7 @@ std::string RenderManifest(const ApiContext& ctx, const bulk::JobView& v, std::s
 Response Poll(const ApiContext& ctx, const Request& req, const RequestContext& p) {
   auto store = FindDatastore(ctx, p.param("ds"));
   if (!store.ok()) return FhirError(store.status());
-  auto view = FindIgJob(ctx, *store, p.param("job"));
+  auto view = FindIgJob(ctx, *store, p.param("job"), p.principal);
   if (!view.ok()) {
     // A failure of the poll itself (not of the job): the client should retry.
     if (view.status().code() != StatusCode::kNotFound) return FhirError(500, "transient", view.status().message());
@@ -291,7 +293,7 @@ Response Poll(const ApiContext& ctx, const Request& req, const RequestContext& p
 Response Delete(const ApiContext& ctx, const RequestContext& p) {
   auto store = FindDatastore(ctx, p.param("ds"));
   if (!store.ok()) return FhirError(store.status());
-  auto view = FindIgJob(ctx, *store, p.param("job"));
+  auto view = FindIgJob(ctx, *store, p.param("job"), p.principal);
   if (!view.ok()) return FhirError(view.status());
   const auto& j = view->job;
   if (IsFinished(j.status) || j.status == js::kFailed || j.status.starts_with("CANCEL")) {
@@ -465,7 +467,7 @@ class FileStream {
 Response Download(const ApiContext& ctx, const Request& req, const RequestContext& p) {
   auto store = FindDatastore(ctx, p.param("ds"));
   if (!store.ok()) return FhirError(store.status());
-  auto view = FindIgJob(ctx, *store, p.param("job"));
+  auto view = FindIgJob(ctx, *store, p.param("job"), p.principal);
   if (!view.ok()) return FhirError(view.status());
   const auto& j = view->job;
   const std::string name = p.param("type") + "/" + p.param("file");

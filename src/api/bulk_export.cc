@@ -7,6 +7,7 @@
 #include "api/bulk_data_ig.h"
 #include "api/fhir_response.h"
 #include "api/healthlake_kickoff.h"
+#include "api/job_owner.h"
 #include "bulk/export_engine.h"
 #include "common/json_escape.h"
 #include "fhir/operation_outcome.h"
@@ -39,7 +40,7 @@ Response KickOff(const ApiContext& ctx, const Request& req, const RequestContext
   if (!request.ok()) return FhirError(request.status());
   request->request_url = ctx.public_base_url + req.target;
   request->view = "healthlake";
-  request->owner = p.principal.id;
+  request->owner = JobOwner(p.principal);
   auto job = ctx.exports->Submit(*store, *request);
   if (!job.ok()) {
     Response resp = FhirError(job.status());
@@ -135,17 +136,28 @@ std::string RenderDescribe(const bulk::JobView& v, const std::string& datastore_
   return out;
 }
 
+// What an unknown job id gets (the store's words), also for a job the caller may not see.
+Status UnknownJob(const store::ResourceStore& store, const std::string& job_id) {
+  return Status::NotFound("Export job " + job_id + " is not known in datastore " + store.info().id);
+}
+
 Response Describe(const ApiContext& ctx, const RequestContext& p) {
   auto store = FindDatastore(ctx, p.param("ds"));
   if (!store.ok()) return FhirError(store.status());
   auto view = ctx.exports->Describe(*store, p.param("job"));
   if (!view.ok()) return FhirError(view.status());
+  if (!MaySeeJob(p.principal, view->job.owner)) return FhirError(UnknownJob(**store, p.param("job")));
   return Response::Json(200, RenderDescribe(*view, (*store)->info().id), "application/json");
 }
 
 Response Cancel(const ApiContext& ctx, const RequestContext& p) {
   auto store = FindDatastore(ctx, p.param("ds"));
   if (!store.ok()) return FhirError(store.status());
+  {
+    auto existing = (*store)->jobs().GetJob(p.param("job"));
+    if (!existing.ok()) return FhirError(existing.status());
+    if (!MaySeeJob(p.principal, existing->owner)) return FhirError(UnknownJob(**store, p.param("job")));
+  }
   auto job = ctx.exports->Cancel(*store, p.param("job"));
   if (!job.ok()) {
     if (job.status().code() == StatusCode::kNotSupported) {

@@ -581,12 +581,12 @@ void RegisterFhirRest(http::Router& router, const ApiContext& ctx) {
     return Response::Json(200, std::move(out), "application/json");
   });
   const std::string r4 = "/datastore/{ds}/r4";
-  router.Add("GET", r4 + "/metadata", http::RouteInfo{"healthlake:GetCapabilities"},
-             [c](const Request&, const RequestContext& p) {
-               return WithStore(*c, p, [&](store::ResourceStore& s, const std::string&) -> Result<Response> {
-                 return Response::Json(200, CapabilityStatement(*c, s));
-               });
-             });
+  // Public: a client discovers the server (and how to authenticate) here.
+  router.Add("GET", r4 + "/metadata", http::RouteInfo{}, [c](const Request&, const RequestContext& p) {
+    return WithStore(*c, p, [&](store::ResourceStore& s, const std::string&) -> Result<Response> {
+      return Response::Json(200, CapabilityStatement(*c, s));
+    });
+  });
   router.Add("*", r4 + "/metadata", http::RouteInfo{"healthlake:GetCapabilities"},
              [](const Request& req, const RequestContext&) {
                Response resp =

@@ -29,6 +29,16 @@ int main(int argc, char** argv) {
   s->add_option("--data-dir", serve.data_dir, "Directory holding the datastores (created if missing)")
       ->envname("FHIRLAKE_DATA_DIR")
       ->required();
+  s->add_option("--auth-config", serve.auth_config,
+                "Authentication and authorization (JSON, docs/SECURITY.md): modes per datastore, SigV4 principals "
+                "and their IAM policies; re-read on SIGHUP. Without it every request is anonymous (mode none)")
+      ->envname("FHIRLAKE_AUTH_CONFIG");
+  s->add_option("--audit-log", serve.audit_log,
+                "Append one JSON line per authorization decision (principal, action, datastore, resource, "
+                "decision) to FILE; needs --auth-config")
+      ->envname("FHIRLAKE_AUDIT_LOG");
+  s->add_flag("--allow-insecure-none", serve.allow_insecure_none,
+              "Allow mode none (no authentication) on a listen address other than loopback");
   s->add_option("--listen", serve.listen, "HOST:PORT to listen on (port 0 picks a free one)")
       ->envname("FHIRLAKE_LISTEN")
       ->capture_default_str();

@@ -13,6 +13,7 @@
 
 #include "api/api_context.h"
 #include "api/routes.h"
+#include "auth/authorizer.h"
 #include "bulk/export_engine.h"
 #include "fhir/operation_outcome.h"
 #include "http/server.h"
@@ -62,7 +63,43 @@ int RunServe(const ServeOptions& options) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  std::unique_ptr<auth::Authorizer> authorizer;
+  if (!options.auth_config.empty()) {
+    auto loaded = auth::Authorizer::Load(options.auth_config, Clock::System());
+    if (!loaded.ok()) {
+      std::fprintf(stderr, "fhirlake serve: %s\n", loaded.status().message().c_str());
+      return 2;
+    }
+    authorizer = std::move(loaded).value();
+  }
+  std::unique_ptr<auth::AuditLog> audit;
+  if (!options.audit_log.empty()) {
+    if (!authorizer) {
+      std::fprintf(stderr, "fhirlake serve: --audit-log records authorization decisions: give --auth-config too\n");
+      return 2;
+    }
+    auto opened = auth::AuditLog::Open(options.audit_log);
+    if (!opened.ok()) {
+      std::fprintf(stderr, "fhirlake serve: %s\n", opened.status().message().c_str());
+      return 2;
+    }
+    audit = std::move(opened).value();
+    authorizer->SetAuditLog(audit.get());
+  }
+  const bool loopback =
+      host == "127.0.0.1" || host == "localhost" || host == "::1" || host == "[::1]" || host.starts_with("127.");
+  const bool none_somewhere = !authorizer || authorizer->config()->AllowsNone();
+  if (none_somewhere && !loopback && !options.allow_insecure_none) {
+    std::fprintf(stderr,
+                 "fhirlake serve: mode none (no authentication) on the non-loopback address %s would let anyone who "
+                 "can reach it read and change everything; give --auth-config (docs/SECURITY.md), listen on "
+                 "127.0.0.1, or pass --allow-insecure-none\n",
+                 host.c_str());
+    return 2;
+  }
 
   store::StoreOptions so;
   so.data_dir = options.data_dir;
@@ -155,6 +192,10 @@ int RunServe(const ServeOptions& options) {
   if (!options.public_url.empty()) ctx.public_base_url = options.public_url;
   while (!ctx.public_base_url.empty() && ctx.public_base_url.back() == '/') ctx.public_base_url.pop_back();
   auto router = api::BuildRouter(ctx);
+  if (authorizer) {
+    router->SetAuthorizer(
+        [a = authorizer.get()](const http::Request& req, http::RequestContext* rc) { return a->Authorize(req, rc); });
+  }
   hso.runs_inline = [&router](const http::Request& r) { return router->IsInline(r); };
   http::Server server(hso, [&router](const http::Request& r) { return router->Dispatch(r); });
   // Bind first: with --listen HOST:0 the port is known only then, and the base URL must be complete before the
@@ -179,7 +220,16 @@ int RunServe(const ServeOptions& options) {
 
   std::thread signal_waiter([&] {
     int sig = 0;
-    sigwait(&signals, &sig);
+    while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
+      // The auth configuration is re-read; a file that does not parse leaves the previous one in force.
+      if (!authorizer) continue;
+      Status st = authorizer->Reload();
+      if (st.ok()) {
+        spdlog::info("event=auth_config_reloaded file={}", options.auth_config);
+      } else {
+        spdlog::error("event=auth_config_reload_failed reason=\"{}\"", st.message());
+      }
+    }
     spdlog::info("event=shutdown signal={}", sig);
     server.Stop();
   });

@@ -10,7 +10,10 @@ namespace fhirlake::app {
 struct ServeOptions {
   std::string data_dir;
   std::string listen = "127.0.0.1:8080";
-  std::string public_url;  // empty: http://{listen}
+  std::string public_url;            // empty: http://{listen}
+  std::string auth_config;           // --auth-config FILE (docs/SECURITY.md); empty: mode none, loopback only
+  bool allow_insecure_none = false;  // --allow-insecure-none: mode none on a non-loopback address
+  std::string audit_log;             // --audit-log FILE: JSON lines of every authorization decision
   int http_threads = 4;
   size_t max_body_bytes = 64 << 20;
   // HTTP admission control (README option table): handler threads and their queue, connection cap, header

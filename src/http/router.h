@@ -29,8 +29,9 @@ using PathParams = std::map<std::string, std::string, std::less<>>;
 
 // Who sent the request, as established by the authorization step. "anonymous" until auth exists.
 struct Principal {
-  std::string kind = "anonymous";  // "anonymous", later "sigv4", "smart"
-  std::string id = "anonymous";    // access key id, client id, ...
+  std::string kind = "anonymous";  // "anonymous", "sigv4" (later "smart")
+  std::string id = "anonymous";    // access key id (sigv4), client id, ...
+  std::string account;             // sigv4: the principal's AWS account id
 };
 
 // What a route is, for the authorization step and for logs.

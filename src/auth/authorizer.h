@@ -1,0 +1,103 @@
+// The authorization step of the request path (http::Router::SetAuthorizer): after routing, before the handler. It
+// knows the matched route's action and the datastore, authenticates the caller by the modes configured for that
+// datastore (`--auth-config`, docs/SECURITY.md) and evaluates the caller's IAM policies for the action on the
+// datastore's ARN (and iam:PassRole on a kick-off's DataAccessRoleArn). Public routes (no action) pass untouched.
+//
+// Modes built: `none` (anonymous, every action allowed: local use) and `sigv4` (AWS Signature Version 4 with IAM
+// policies). `smart` (SMART on FHIR Backend Services) is not built yet: a configuration naming it is refused.
+//
+// Thread-safe: Authorize may run on every handler thread while Reload (SIGHUP) swaps the configuration.
+#pragma once
+
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "auth/policy.h"
+#include "common/status.h"
+#include "common/time.h"
+#include "http/router.h"
+
+namespace fhirlake::auth {
+
+struct PrincipalConfig {
+  std::string access_key_id;
+  std::string secret_access_key;
+  std::string session_token;  // temporary credentials: requests must carry it (X-Amz-Security-Token)
+  std::string account_id;
+  std::vector<Policy> policies;
+};
+
+struct DatastoreAuth {
+  std::vector<std::string> modes;
+  std::map<std::string, std::string> tags;  // aws:ResourceTag/<key>
+};
+
+struct AuthConfig {
+  std::string region = "us-east-1";
+  std::string account_id = "111122223333";
+  std::vector<std::string> default_modes = {"sigv4"};
+  std::map<std::string, DatastoreAuth, std::less<>> datastores;
+  std::vector<PrincipalConfig> principals;
+
+  const std::vector<std::string>& ModesFor(std::string_view datastore_id) const;
+  std::string DatastoreArn(std::string_view datastore_id) const;
+  // Whether any datastore (or the default) allows `none`.
+  bool AllowsNone() const;
+};
+
+// Parses the --auth-config JSON (docs/SECURITY.md). kInvalid names the member that is wrong.
+Result<AuthConfig> ParseAuthConfig(std::string_view json);
+
+// The audit log (--audit-log FILE): one JSON line per request the authorization step judged (public routes aside):
+// time, request id, principal, action, datastore, the resource (type/id) or job, the decision and the HTTP status
+// of a refusal. Never a secret, a signature or a token. Lines are appended and flushed one by one (several
+// threads may log at once).
+class AuditLog {
+ public:
+  static Result<std::unique_ptr<AuditLog>> Open(const std::string& path);
+  ~AuditLog();
+  AuditLog(const AuditLog&) = delete;
+  AuditLog& operator=(const AuditLog&) = delete;
+  void Write(const std::string& line);
+
+ private:
+  explicit AuditLog(std::FILE* f) : file_(f) {}
+  std::mutex mu_;
+  std::FILE* file_;  // GUARDED_BY(mu_)
+};
+
+class Authorizer {
+ public:
+  // Reads and parses `path`; kInvalid (with the file's problem) when it cannot.
+  static Result<std::unique_ptr<Authorizer>> Load(const std::string& path, const Clock& clock);
+  // Reads the file again (SIGHUP). On an error the previous configuration stays in force.
+  Status Reload();
+  std::shared_ptr<const AuthConfig> config() const;
+
+  // http::Authorizer: nullopt lets the request through (ctx->principal filled); otherwise the 401/403 answer.
+  std::optional<http::Response> Authorize(const http::Request& request, http::RequestContext* ctx) const;
+  // Every decision of Authorize is also written to `log` (nullptr: none; it must outlive the authorizer).
+  void SetAuditLog(AuditLog* log) { audit_ = log; }
+
+ private:
+  Authorizer(std::string path, const Clock& clock) : path_(std::move(path)), clock_(clock) {}
+  std::string path_;
+  const Clock& clock_;
+  mutable std::mutex mu_;
+  std::shared_ptr<const AuthConfig> config_;  // GUARDED_BY(mu_)
+  AuditLog* audit_ = nullptr;
+
+  std::optional<http::Response> Decide(const http::Request& request, http::RequestContext* ctx,
+                                       std::string* decision) const;
+};
+
+// The client address of "1.2.3.4:5678" / "[::1]:5678" without the port.
+std::string SourceIp(std::string_view remote_address);
+
+}  // namespace fhirlake::auth
