@@ -3,9 +3,11 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <string>
 
 #include "http/http_types.h"
+#include "http/router.h"
 #include "store/resource_store.h"
 
 namespace fhirlake::bulk {
@@ -29,6 +31,13 @@ struct ApiContext {
   std::string server_export_bucket = "fhirlake-server-exports";
   int64_t export_file_lifetime_ms = int64_t{48} * 3600 * 1000;
   int export_poll_seconds = 1;
+  // Auth (app/ fills these from --auth-config): routes registered before every other (the SMART discovery and token
+  // endpoints), whether the token endpoint exists (the CapabilityStatement's oauth-uris), and whether a datastore's
+  // export files need credentials (the manifest's requiresAccessToken).
+  std::function<void(http::Router&)> register_auth_routes;
+  bool smart_enabled = false;
+  std::function<bool(std::string_view datastore_id)> requires_access_token;
+  bool RequiresAccessToken(std::string_view ds) const { return requires_access_token && requires_access_token(ds); }
 
   std::string FhirBase(std::string_view datastore_id) const {
     return public_base_url + "/datastore/" + std::string(datastore_id) + "/r4";

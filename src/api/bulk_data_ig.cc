@@ -177,6 +177,7 @@ Response IgKickOff(const ApiContext& ctx, const Request& req, const RequestConte
   }
   std::sort(request.patients.begin(), request.patients.end());
   request.patients.erase(std::unique(request.patients.begin(), request.patients.end()), request.patients.end());
+  if (Status st = NarrowExportToScopes(p.principal, &request); !st.ok()) return FhirError(st);
   request.output = bulk::S3Location{ctx.server_export_bucket, ""};
   request.request_url = ctx.public_base_url + req.target;
   request.view = "ig";
@@ -220,7 +221,8 @@ std::string RenderManifest(const ApiContext& ctx, const bulk::JobView& v, std::s
   const std::string prefix = bulk::ExportEngine::JobKeyPrefix(j, ds);
   const std::string file_base = ctx.FhirBase(ds) + "/$export-file/" + j.job_id + "/";
   std::string out = "{\"transactionTime\":" + JsonString(j.snapshot ? FormatInstant(j.snapshot->time) : "") +
-                    ",\"request\":" + JsonString(j.request_url) + ",\"requiresAccessToken\":false";
+                    ",\"request\":" + JsonString(j.request_url) +
+                    ",\"requiresAccessToken\":" + (ctx.RequiresAccessToken(ds) ? "true" : "false");
   std::string output, errors, deleted;
   for (const auto& f : v.files) {
     std::string entry = "{\"type\":" + JsonString(f.type) +

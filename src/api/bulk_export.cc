@@ -41,6 +41,7 @@ Response KickOff(const ApiContext& ctx, const Request& req, const RequestContext
   request->request_url = ctx.public_base_url + req.target;
   request->view = "healthlake";
   request->owner = JobOwner(p.principal);
+  if (Status narrowed = NarrowExportToScopes(p.principal, &*request); !narrowed.ok()) return FhirError(narrowed);
   auto job = ctx.exports->Submit(*store, *request);
   if (!job.ok()) {
     Response resp = FhirError(job.status());

@@ -545,7 +545,15 @@ std::string CapabilityStatement(const ApiContext& ctx, const store::ResourceStor
     }
     out += "}";
   }
-  out += R"(],"interaction":[{"code":"transaction"},{"code":"batch"}],"compartment":)"
+  out += "]";
+  if (ctx.smart_enabled) {
+    // SMART on FHIR: where to get a token (the oauth-uris extension), and that the server takes SMART tokens.
+    out +=
+        R"(,"security":{"service":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/restful-security-service","code":"SMART-on-FHIR"}]}],)"
+        R"("extension":[{"url":"http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris","extension":[{"url":"token","valueUri":)" +
+        JsonString(ctx.public_base_url + "/auth/token") + "}]}]}";
+  }
+  out += R"(,"interaction":[{"code":"transaction"},{"code":"batch"}],"compartment":)"
          R"(["http://hl7.org/fhir/CompartmentDefinition/patient"],"operation":[{"name":"export","definition":)"
          R"("http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}]}]})";
   return out;

@@ -14,6 +14,7 @@ std::unique_ptr<http::Router> BuildRouter(const ApiContext& ctx) {
   auto router = std::make_unique<http::Router>([](const http::Request&, int status, const std::string& message) {
     return FhirError(status, status == 405 ? "not-supported" : "not-found", message);
   });
+  if (ctx.register_auth_routes) ctx.register_auth_routes(*router);
   if (ctx.exports != nullptr) RegisterBulkExport(*router, ctx);
   if (ctx.exports != nullptr && ctx.sink != nullptr) RegisterBulkDataIg(*router, ctx);
   RegisterFhirRest(*router, ctx);

@@ -68,7 +68,7 @@ int RunServe(const ServeOptions& options) {
 
   std::unique_ptr<auth::Authorizer> authorizer;
   if (!options.auth_config.empty()) {
-    auto loaded = auth::Authorizer::Load(options.auth_config, Clock::System());
+    auto loaded = auth::Authorizer::Load(options.auth_config, Clock::System(), options.data_dir);
     if (!loaded.ok()) {
       std::fprintf(stderr, "fhirlake serve: %s\n", loaded.status().message().c_str());
       return 2;
@@ -191,6 +191,13 @@ int RunServe(const ServeOptions& options) {
   if (port != 0) ctx.public_base_url = "http://" + host + ":" + std::to_string(port);
   if (!options.public_url.empty()) ctx.public_base_url = options.public_url;
   while (!ctx.public_base_url.empty() && ctx.public_base_url.back() == '/') ctx.public_base_url.pop_back();
+  if (authorizer) {
+    auth::Authorizer* a = authorizer.get();
+    ctx.smart_enabled = !a->config()->smart_clients.empty();
+    ctx.requires_access_token = [a](std::string_view ds) { return a->RequiresCredentials(ds); };
+    // Public (no action): how to authenticate, and where to get a token.
+    ctx.register_auth_routes = [a](http::Router& router) { auth::RegisterAuthRoutes(router, a); };
+  }
   auto router = api::BuildRouter(ctx);
   if (authorizer) {
     router->SetAuthorizer(
@@ -203,6 +210,7 @@ int RunServe(const ServeOptions& options) {
   Status st = server.Listen();
   if (st.ok()) {
     if (ctx.public_base_url.empty()) ctx.public_base_url = "http://" + host + ":" + std::to_string(server.port());
+    if (authorizer) authorizer->SetPublicBase(ctx.public_base_url);
     st = server.Start();
   }
   if (!st.ok()) {

@@ -1,8 +1,12 @@
 #include "auth/authorizer.h"
 
+#include <fcntl.h>
+#include <openssl/rand.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -24,11 +28,6 @@ Result<std::vector<std::string>> ParseModes(const json& v, const std::string& wh
   for (const auto& m : v) {
     if (!m.is_string() || std::find(std::begin(kModes), std::end(kModes), m.get<std::string>()) == std::end(kModes)) {
       return Status::Invalid(where + ": modes are \"none\", \"sigv4\" and \"smart\"");
-    }
-    if (m == "smart") {
-      return Status::Invalid(where +
-                             ": mode \"smart\" (SMART on FHIR) is not built in this version; use \"sigv4\" or "
-                             "\"none\"");
     }
     out.push_back(m.get<std::string>());
   }
@@ -79,14 +78,16 @@ Result<AuthConfig> ParseAuthConfig(std::string_view text) {
   AuthConfig c;
   for (auto it = doc.begin(); it != doc.end(); ++it) {
     const std::string& k = it.key();
-    if (k == "smartClients" || k == "issuers" || k == "tokenLifetimeSeconds" || k == "corsOrigins") {
+    if (k == "issuers" || k == "corsOrigins") {
       return Status::Invalid("'" + k +
-                             "': SMART on FHIR, external identity providers and CORS are not built in this "
-                             "version (docs/SECURITY.md)");
+                             "': external identity providers and CORS are not built in this version "
+                             "(docs/SECURITY.md)");
     }
-    if (k != "region" && k != "accountId" && k != "defaultModes" && k != "datastores" && k != "principals") {
+    if (k != "region" && k != "accountId" && k != "defaultModes" && k != "datastores" && k != "principals" &&
+        k != "smartClients" && k != "tokenLifetimeSeconds") {
       return Status::Invalid("unknown member '" + k +
-                             "' (expected region, accountId, defaultModes, datastores, principals)");
+                             "' (expected region, accountId, defaultModes, datastores, principals, smartClients, "
+                             "tokenLifetimeSeconds)");
     }
   }
   ASSIGN_OR_RETURN(std::string region, StringMember(doc, "region", "", false));
@@ -163,7 +164,62 @@ Result<AuthConfig> ParseAuthConfig(std::string_view text) {
       c.principals.push_back(std::move(pc));
     }
   }
+  if (auto tl = doc.find("tokenLifetimeSeconds"); tl != doc.end()) {
+    if (!tl->is_number_integer() || *tl < 60 || *tl > 3600) {
+      return Status::Invalid("tokenLifetimeSeconds must be a whole number of seconds from 60 to 3600");
+    }
+    c.token_lifetime_s = tl->get<int>();
+  }
+  if (auto sc = doc.find("smartClients"); sc != doc.end()) {
+    if (!sc->is_array()) return Status::Invalid("smartClients must be an array");
+    for (size_t i = 0; i < sc->size(); ++i) {
+      const json& e = (*sc)[i];
+      const std::string where = "smartClients[" + std::to_string(i) + "]";
+      if (!e.is_object()) return Status::Invalid(where + " must be an object");
+      for (auto m = e.begin(); m != e.end(); ++m) {
+        if (m.key() == "jwksUrl") {
+          return Status::Invalid(where +
+                                 ".jwksUrl: fetching a JWKS by URL is not built in this version; give the keys "
+                                 "inline as jwks");
+        }
+        if (m.key() != "clientId" && m.key() != "jwks" && m.key() != "scopes") {
+          return Status::Invalid(where + ": unknown member '" + m.key() + "' (expected clientId, jwks, scopes)");
+        }
+      }
+      SmartClient client;
+      ASSIGN_OR_RETURN(client.client_id, StringMember(e, "clientId", where, true));
+      if (client.client_id.empty()) return Status::Invalid(where + ".clientId must not be empty");
+      for (const auto& other : c.smart_clients) {
+        if (other.client_id == client.client_id) return Status::Invalid(where + ".clientId is listed twice");
+      }
+      if (!e.contains("jwks") || !e["jwks"].is_object()) return Status::Invalid(where + ".jwks must be a JWKS object");
+      auto keys = ParseJwks(e["jwks"].dump());
+      if (!keys.ok()) return keys.status().WithContext(where + ".jwks");
+      if (keys->empty()) return Status::Invalid(where + ".jwks has no keys");
+      client.keys = std::move(*keys);
+      if (!e.contains("scopes") || !e["scopes"].is_array()) return Status::Invalid(where + ".scopes must be an array");
+      for (const auto& sc_item : e["scopes"]) {
+        if (!sc_item.is_string()) return Status::Invalid(where + ".scopes must hold strings");
+        auto parsed = ParseScope(sc_item.get<std::string>());
+        if (!parsed.ok()) return parsed.status().WithContext(where + ".scopes");
+        client.scopes.push_back(sc_item.get<std::string>());
+      }
+      c.smart_clients.push_back(std::move(client));
+    }
+  }
   return c;
+}
+
+void RegisterAuthRoutes(http::Router& router, Authorizer* a) {
+  auto discovery = [a](const http::Request&, const http::RequestContext&) {
+    http::Response r = http::Response::Json(200, a->SmartConfiguration(), "application/json");
+    r.headers.Set("Cache-Control", "no-store");
+    return r;
+  };
+  router.Add("GET", "/.well-known/smart-configuration", http::RouteInfo{}, discovery);
+  router.Add("GET", "/datastore/{ds}/r4/.well-known/smart-configuration", http::RouteInfo{}, discovery);
+  router.Add("POST", "/auth/token", http::RouteInfo{},
+             [a](const http::Request& req, const http::RequestContext&) { return a->Token(req); });
 }
 
 std::string SourceIp(std::string_view remote) {
@@ -175,10 +231,81 @@ std::string SourceIp(std::string_view remote) {
   return std::string(remote.substr(0, colon));
 }
 
-Result<std::unique_ptr<Authorizer>> Authorizer::Load(const std::string& path, const Clock& clock) {
-  std::unique_ptr<Authorizer> a(new Authorizer(path, clock));
+Result<std::unique_ptr<Authorizer>> Authorizer::Load(const std::string& path, const Clock& clock,
+                                                     const std::string& data_dir) {
+  // The access tokens' HS256 key: 32 random bytes (hex), made once and kept (0600) so that tokens survive a restart.
+  const std::filesystem::path dir = std::filesystem::path(data_dir) / "auth";
+  const std::filesystem::path key_path = dir / "token-key";
+  std::string key;
+  {
+    std::ifstream in(key_path, std::ios::binary);
+    if (in) key.assign((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  }
+  if (key.size() != 64) {
+    unsigned char raw[32];
+    if (RAND_bytes(raw, sizeof raw) != 1) return Status::Internal("no random bytes for the token key");
+    static constexpr char kHex[] = "0123456789abcdef";
+    key.clear();
+    for (unsigned char b : raw) {
+      key.push_back(kHex[b >> 4]);
+      key.push_back(kHex[b & 15]);
+    }
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    const std::string tmp = key_path.string() + ".tmp";
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    const bool written =
+        fd >= 0 && ::write(fd, key.data(), key.size()) == static_cast<ssize_t>(key.size()) && ::fsync(fd) == 0;
+    if (fd >= 0) ::close(fd);
+    if (!written || ::rename(tmp.c_str(), key_path.c_str()) != 0) {
+      return Status::Invalid("cannot write the access token key under the data directory's auth/ folder");
+    }
+  }
+  std::unique_ptr<Authorizer> a(new Authorizer(path, clock, key));
   RETURN_IF_ERROR(a->Reload());
   return a;
+}
+
+void Authorizer::RebuildTokens() {
+  tokens_ = std::make_shared<TokenService>(config_->smart_clients, token_key_, public_base_ + "/auth/token",
+                                           config_->token_lifetime_s, clock_);
+}
+
+void Authorizer::SetPublicBase(const std::string& base) {
+  std::lock_guard<std::mutex> lock(mu_);
+  public_base_ = base;
+  RebuildTokens();
+}
+
+std::shared_ptr<TokenService> Authorizer::tokens() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return tokens_;
+}
+
+std::string Authorizer::TokenUrl() const { return tokens()->token_url(); }
+
+std::string Authorizer::SmartConfiguration() const {
+  auto cfg = config();
+  std::vector<std::string> scopes;
+  for (const auto& c : cfg->smart_clients) {
+    for (const auto& s : c.scopes) {
+      if (std::find(scopes.begin(), scopes.end(), s) == scopes.end()) scopes.push_back(s);
+    }
+  }
+  std::string list;
+  for (const auto& s : scopes) list += (list.empty() ? "" : ",") + JsonString(s);
+  return "{\"token_endpoint\":" + JsonString(TokenUrl()) +
+         ",\"token_endpoint_auth_methods_supported\":[\"private_key_jwt\"],"
+         "\"token_endpoint_auth_signing_alg_values_supported\":[\"RS384\",\"ES384\"],"
+         "\"grant_types_supported\":[\"client_credentials\"],\"scopes_supported\":[" +
+         list + "],\"capabilities\":[\"client-confidential-asymmetric\",\"permission-v1\",\"permission-v2\"]}";
+}
+
+http::Response Authorizer::Token(const http::Request& request) { return tokens()->HandleTokenRequest(request); }
+
+bool Authorizer::RequiresCredentials(std::string_view datastore_id) const {
+  const auto& modes = config()->ModesFor(datastore_id);
+  return std::find(modes.begin(), modes.end(), "none") == modes.end();
 }
 
 Status Authorizer::Reload() {
@@ -191,6 +318,7 @@ Status Authorizer::Reload() {
   auto fresh = std::make_shared<const AuthConfig>(std::move(*parsed));
   std::lock_guard<std::mutex> lock(mu_);
   config_ = std::move(fresh);
+  RebuildTokens();
   return Status::Ok();
 }
 
@@ -223,7 +351,8 @@ std::optional<http::Response> Authorizer::Authorize(const http::Request& request
                        ",\"requestId\":" + JsonString(ctx->request_id) + ",\"principal\":" +
                        JsonString(ctx->principal.kind == "sigv4"
                                       ? "arn:aws:iam::" + ctx->principal.account + ":user/" + ctx->principal.id
-                                      : ctx->principal.id) +
+                                  : ctx->principal.kind == "smart" ? "smart:" + ctx->principal.id
+                                                                   : ctx->principal.id) +
                        ",\"action\":" + JsonString(ctx->info->action) +
                        ",\"datastoreId\":" + JsonString(ctx->datastore_id) +
                        ",\"method\":" + JsonString(request.method);
@@ -245,16 +374,23 @@ std::optional<http::Response> Authorizer::Decide(const http::Request& request, h
   std::shared_ptr<const AuthConfig> cfg = config();
   const std::vector<std::string>& modes = cfg->ModesFor(ctx->datastore_id);
   auto has = [&](std::string_view m) { return std::find(modes.begin(), modes.end(), m) != modes.end(); };
+  const bool bearer = request.headers.Get("Authorization").starts_with("Bearer ");
+  if (bearer && has("smart")) return DecideSmart(request, ctx, *cfg, decision);
   if (!HasSigV4(request) || !has("sigv4")) {
     if (has("none")) return std::nullopt;  // anonymous: local use
     *decision = "unauthenticated";
     if (HasSigV4(request)) {
       return Refuse(403, "Signature Version 4 is not accepted by datastore " + ctx->datastore_id);
     }
+    if (bearer) return Refuse(401, "Bearer tokens are not accepted by datastore " + ctx->datastore_id);
+    if (has("smart") && !has("sigv4")) {
+      return Refuse(401, "No access token: send 'Authorization: Bearer <token>' from the token endpoint " + TokenUrl());
+    }
     return Refuse(401,
                   "The request is not signed: sign it with AWS Signature Version 4 (service 'healthlake', "
                   "region '" +
-                      cfg->region + "')");
+                      cfg->region + "')" +
+                      (has("smart") ? ", or send a SMART access token from " + TokenUrl() : std::string()));
   }
   SigV4Options opts;
   opts.region = cfg->region;
@@ -312,6 +448,69 @@ std::optional<http::Response> Authorizer::Decide(const http::Request& request, h
     }
   }
   return std::nullopt;
+}
+
+// A SMART bearer token: this server's, not expired; then its system scopes decide (docs/SECURITY.md, "Scopes").
+std::optional<http::Response> Authorizer::DecideSmart(const http::Request& request, http::RequestContext* ctx,
+                                                      const AuthConfig& cfg, std::string* decision) const {
+  auto claims = tokens()->VerifyAccessToken(request.headers.Get("Authorization").substr(7));
+  if (!claims.ok()) {
+    *decision = "unauthenticated";
+    http::Response r = Refuse(401, claims.status().message());
+    r.headers.Set("WWW-Authenticate", "Bearer error=\"invalid_token\"");
+    return r;
+  }
+  ctx->principal.kind = "smart";
+  ctx->principal.id = claims->client_id;
+  ctx->principal.scoped = true;
+  const std::vector<Scope>& scopes = claims->scopes;
+  for (const auto& s : scopes) {
+    if (s.context == "system" && (s.r || s.s)) ctx->principal.readable_types.push_back(s.type);
+  }
+  const std::string& action = ctx->info->action;
+  auto param = [&](const char* name) -> std::string {
+    auto it = ctx->params.find(name);
+    return it == ctx->params.end() ? std::string() : it->second;
+  };
+  std::string type = param("type");
+  if (type.empty()) type = param("ctype");
+  if (type.empty()) type = "*";  // system-wide routes need a scope on every type
+  auto refuse = [&](const std::string& why) {
+    *decision = "deny";
+    spdlog::info("event=auth_denied principal=smart:{} action={} reason=\"{}\"", claims->client_id, action, why);
+    return Refuse(403, "Client " + claims->client_id + " may not " + action + ": " + why);
+  };
+  auto need = [&](char perm, const char* what) -> std::optional<http::Response> {
+    if (SystemScopeAllows(scopes, type, perm)) return std::nullopt;
+    return refuse("no system/ scope of the token allows " + std::string(what) + " " +
+                  (type == "*" ? std::string("every type") : type));
+  };
+  if (action == "healthlake:ReadResource") return need('r', "reading");
+  if (action == "healthlake:SearchWithGet" || action == "healthlake:SearchWithPost") return need('s', "searching");
+  if (action == "healthlake:CreateResource") return need('c', "creating");
+  if (action == "healthlake:UpdateResource") return need('u', "updating");
+  if (action == "healthlake:DeleteResource") return need('d', "deleting");
+  if (action == "healthlake:ProcessBundle") {
+    for (char perm : {'c', 'r', 'u', 'd'}) {
+      if (auto r = need(perm, "the interactions of a Bundle on")) return r;
+    }
+    return std::nullopt;
+  }
+  if (action.starts_with("healthlake:StartFHIRExportJob") || action == "healthlake:DescribeFHIRExportJobWithGet" ||
+      action == "healthlake:CancelFHIRExportJobWithDelete" || action == "healthlake:GetExportedFile") {
+    // Bulk export is system-level only: patient/ and user/ scopes do not count (HealthLake, SMART Backend Services).
+    if (ctx->principal.readable_types.empty()) {
+      return refuse("bulk export needs a system/ read scope (system/*.read, system/Patient.rs, ...)");
+    }
+    return std::nullopt;  // the kick-off narrows the export to the readable types
+  }
+  if (action == "healthlake:GetCapabilities") {
+    if (std::any_of(scopes.begin(), scopes.end(), [](const Scope& s) { return s.context == "system"; })) {
+      return std::nullopt;
+    }
+    return refuse("the token has no system/ scope");
+  }
+  return refuse("the action is not open to SMART clients");
 }
 
 }  // namespace fhirlake::auth

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "auth/policy.h"
+#include "auth/smart.h"
 #include "common/status.h"
 #include "common/time.h"
 #include "http/router.h"
@@ -44,6 +45,8 @@ struct AuthConfig {
   std::vector<std::string> default_modes = {"sigv4"};
   std::map<std::string, DatastoreAuth, std::less<>> datastores;
   std::vector<PrincipalConfig> principals;
+  std::vector<SmartClient> smart_clients;  // SMART Backend Services clients (mode smart)
+  int token_lifetime_s = 300;              // lifetime of the access tokens the token endpoint issues
 
   const std::vector<std::string>& ModesFor(std::string_view datastore_id) const;
   std::string DatastoreArn(std::string_view datastore_id) const;
@@ -75,7 +78,19 @@ class AuditLog {
 class Authorizer {
  public:
   // Reads and parses `path`; kInvalid (with the file's problem) when it cannot.
-  static Result<std::unique_ptr<Authorizer>> Load(const std::string& path, const Clock& clock);
+  // `data_dir`: where the access tokens' signing key is kept (`auth/token-key`, made on first use).
+  static Result<std::unique_ptr<Authorizer>> Load(const std::string& path, const Clock& clock,
+                                                  const std::string& data_dir);
+  // The server's public base URL ("http://host:port"), known once it listens: the token endpoint's URL (and the
+  // audience of client assertions) is built from it. Call before serving.
+  void SetPublicBase(const std::string& base);
+  std::string TokenUrl() const;
+  // The SMART discovery document (GET /.well-known/smart-configuration).
+  std::string SmartConfiguration() const;
+  // POST /auth/token.
+  http::Response Token(const http::Request& request);
+  // Whether downloads of `datastore_id`'s export files need credentials (its modes do not include none).
+  bool RequiresCredentials(std::string_view datastore_id) const;
   // Reads the file again (SIGHUP). On an error the previous configuration stays in force.
   Status Reload();
   std::shared_ptr<const AuthConfig> config() const;
@@ -86,16 +101,30 @@ class Authorizer {
   void SetAuditLog(AuditLog* log) { audit_ = log; }
 
  private:
-  Authorizer(std::string path, const Clock& clock) : path_(std::move(path)), clock_(clock) {}
+  Authorizer(std::string path, const Clock& clock, std::string token_key)
+      : path_(std::move(path)), clock_(clock), token_key_(std::move(token_key)) {}
+  void RebuildTokens();  // with mu_ held
+  std::shared_ptr<TokenService> tokens() const;
+  std::optional<http::Response> DecideSmart(const http::Request& request, http::RequestContext* ctx,
+                                            const AuthConfig& cfg, std::string* decision) const;
+
   std::string path_;
   const Clock& clock_;
+  std::string token_key_;
   mutable std::mutex mu_;
   std::shared_ptr<const AuthConfig> config_;  // GUARDED_BY(mu_)
+  std::shared_ptr<TokenService> tokens_;      // GUARDED_BY(mu_)
+  std::string public_base_;                   // GUARDED_BY(mu_)
   AuditLog* audit_ = nullptr;
 
   std::optional<http::Response> Decide(const http::Request& request, http::RequestContext* ctx,
                                        std::string* decision) const;
 };
+
+// The public routes of authentication: the SMART discovery document at the server root and at each datastore's FHIR
+// base, and the token endpoint (POST /auth/token). Register them before the FHIR routes (a generic {type}/{id}
+// pattern would take ".well-known/smart-configuration").
+void RegisterAuthRoutes(http::Router& router, Authorizer* authorizer);
 
 // The client address of "1.2.3.4:5678" / "[::1]:5678" without the port.
 std::string SourceIp(std::string_view remote_address);

@@ -29,9 +29,19 @@ using PathParams = std::map<std::string, std::string, std::less<>>;
 
 // Who sent the request, as established by the authorization step. "anonymous" until auth exists.
 struct Principal {
-  std::string kind = "anonymous";  // "anonymous", "sigv4" (later "smart")
-  std::string id = "anonymous";    // access key id (sigv4), client id, ...
+  std::string kind = "anonymous";  // "anonymous", "sigv4", "smart"
+  std::string id = "anonymous";    // access key id (sigv4), client id (smart)
   std::string account;             // sigv4: the principal's AWS account id
+  // smart: the resource types its system scopes let it read ("*": all); an export is narrowed to them.
+  bool scoped = false;
+  std::vector<std::string> readable_types;
+  bool MayRead(std::string_view type) const {
+    if (!scoped) return true;
+    for (const auto& t : readable_types) {
+      if (t == "*" || t == type) return true;
+    }
+    return false;
+  }
 };
 
 // What a route is, for the authorization step and for logs.

@@ -227,7 +227,7 @@ def test_resource_tag_conditions_and_modes_per_datastore_reloaded_on_sighup(srv)
 
 
 @pytest.mark.parametrize("config,mention", [
-    ('{"defaultModes": ["smart"]}', "not built"),
+    ('{"issuers": []}', "not built"),
     ('{"principals": [{"accessKeyId": "short", "secretAccessKey": "x"}]}', "accessKeyId"),
     ("[1, 2]", "JSON object"),
 ])

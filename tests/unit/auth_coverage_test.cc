@@ -1,7 +1,8 @@
 // Every endpoint is covered by auth: the route table (api/routes.cc) with the authorization step installed as
 // `fhirlake serve --auth-config` installs it. The public set is exactly GET /healthz and GET {base}/metadata; every
 // other route and method answers 401 without credentials, 403 with a valid signature of a principal whose policy
-// allows nothing, and reaches its handler with one whose policy allows healthlake:*. A route added later without
+// allows nothing, and reaches its handler with one whose policy allows healthlake:*; the public set also holds the
+// SMART discovery documents and the token endpoint (auth::RegisterAuthRoutes). A route added later without
 // an action, or one the authorizer would not see, fails here.
 #include <gtest/gtest.h>
 
@@ -84,7 +85,8 @@ TEST(AuthCoverageTest, EveryRouteButThePublicOnesNeedsAnAllowedSignedPrincipal) 
       {"accessKeyId": "AKIAEVERYTHING00001", "secretAccessKey": "secret-2", "policies": [
         {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["healthlake:*", "iam:PassRole"],
                                                  "Resource": "*"}]}]}]})";
-  ASSERT_OK_AND_ASSIGN(auto authorizer, auth::Authorizer::Load(config, Clock::System()));
+  ASSERT_OK_AND_ASSIGN(auto authorizer, auth::Authorizer::Load(config, Clock::System(), tmp.str()));
+  ctx.register_auth_routes = [&](http::Router& r) { auth::RegisterAuthRoutes(r, authorizer.get()); };
   auto router = api::BuildRouter(ctx);
   router->SetAuthorizer(
       [&](const http::Request& req, http::RequestContext* rc) { return authorizer->Authorize(req, rc); });
@@ -126,7 +128,9 @@ TEST(AuthCoverageTest, EveryRouteButThePublicOnesNeedsAnAllowedSignedPrincipal) 
     EXPECT_NE(r.status, 403) << r.body;
   }
   const std::string r4 = "/datastore/{ds}/r4";
-  EXPECT_EQ(public_routes, (std::set<std::string>{"GET /healthz", "GET " + r4 + "/metadata"}));
+  EXPECT_EQ(public_routes,
+            (std::set<std::string>{"GET /healthz", "GET " + r4 + "/metadata", "GET /.well-known/smart-configuration",
+                                   "GET " + r4 + "/.well-known/smart-configuration", "POST /auth/token"}));
   EXPECT_GT(protected_routes, 25);
 }
 
@@ -135,8 +139,12 @@ TEST(AuthCoverageTest, ConfigurationErrorsNameTheMember) {
       {"[]", "JSON object"},
       {R"({"accountId": "123"})", "accountId"},
       {R"({"defaultModes": ["magic"]})", "modes"},
-      {R"({"defaultModes": ["smart"]})", "not built"},
-      {R"({"smartClients": []})", "smartClients"},
+      {R"({"issuers": []})", "not built"},
+      {R"({"smartClients": [{"clientId": "c", "jwksUrl": "http://127.0.0.1:1/jwks"}]})", "jwksUrl"},
+      {R"({"smartClients": [{"clientId": "c", "jwks": {"keys": []}, "scopes": []}]})", "no keys"},
+      {R"({"smartClients": [{"clientId": "c", "jwks": {"keys": [{"kty": "oct", "k": "AAAA"}]}, "scopes": []}]})",
+       "kty"},
+      {R"({"tokenLifetimeSeconds": 5})", "tokenLifetimeSeconds"},
       {R"({"principals": [{"accessKeyId": "AKIA1234567890123456"}]})", "secretAccessKey"},
       {R"({"principals": [{"accessKeyId": "short", "secretAccessKey": "x"}]})", "accessKeyId"},
       {R"({"principals": [{"accessKeyId": "AKIA1234567890123456", "secretAccessKey": "x", "policies": [

@@ -1,0 +1,451 @@
+#include "auth/smart.h"
+
+#include <jwt.h>
+#include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/param_build.h>
+#include <openssl/pem.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "common/ids.h"
+#include "common/json_escape.h"
+#include "fhir/r4.h"
+
+namespace fhirlake::auth {
+namespace {
+
+using nlohmann::json;
+
+constexpr int64_t kMaxAssertionLifetimeMs = 5 * 60 * 1000;  // SMART: exp no more than five minutes ahead
+constexpr int64_t kClockSkewMs = 60 * 1000;
+constexpr std::string_view kAssertionType = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+http::Response OAuthError(int status, std::string_view error, const std::string& description) {
+  http::Response r = http::Response::Json(
+      status, "{\"error\":" + JsonString(error) + ",\"error_description\":" + JsonString(description) + "}",
+      "application/json");
+  r.headers.Set("Cache-Control", "no-store");
+  return r;
+}
+
+struct JwtParts {
+  json header, payload;
+};
+
+// The header and payload of a compact JWS, not verified (to find the key that verifies it).
+Result<JwtParts> PeekJwt(std::string_view token) {
+  const size_t a = token.find('.');
+  const size_t b = a == std::string_view::npos ? a : token.find('.', a + 1);
+  if (b == std::string_view::npos || token.find('.', b + 1) != std::string_view::npos) {
+    return Status::Invalid("not a compact JWS (three base64url parts separated by '.')");
+  }
+  auto h = Base64UrlDecode(token.substr(0, a));
+  auto p = Base64UrlDecode(token.substr(a + 1, b - a - 1));
+  if (!h || !p) return Status::Invalid("a part is not base64url");
+  JwtParts out{json::parse(*h, nullptr, false), json::parse(*p, nullptr, false)};
+  if (!out.header.is_object() || !out.payload.is_object()) return Status::Invalid("the header or claims are not JSON");
+  return out;
+}
+
+std::string StringClaim(const json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+std::optional<int64_t> NumberClaim(const json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_number()) return std::nullopt;
+  return static_cast<int64_t>(it->get<double>());
+}
+
+// Verifies `token`'s signature with libjwt under `key` (PEM, or the HS256 secret); the caller has checked the alg.
+bool SignatureValid(std::string_view token, const std::string& key) {
+  jwt_t* jwt = nullptr;
+  std::string t(token);
+  const int rc =
+      jwt_decode(&jwt, t.c_str(), reinterpret_cast<const unsigned char*>(key.data()), static_cast<int>(key.size()));
+  if (jwt != nullptr) jwt_free(jwt);
+  return rc == 0;
+}
+
+struct PkeyFree {
+  void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
+};
+struct BnFree {
+  void operator()(BIGNUM* b) const { BN_free(b); }
+};
+
+std::optional<std::string> ToPem(EVP_PKEY* key) {
+  BIO* bio = BIO_new(BIO_s_mem());
+  if (bio == nullptr) return std::nullopt;
+  std::optional<std::string> out;
+  if (PEM_write_bio_PUBKEY(bio, key) == 1) {
+    char* data = nullptr;
+    long n = BIO_get_mem_data(bio, &data);
+    out = std::string(data, static_cast<size_t>(n));
+  }
+  BIO_free(bio);
+  return out;
+}
+
+std::optional<std::string> RsaPem(const std::string& n, const std::string& e) {
+  std::unique_ptr<BIGNUM, BnFree> bn_n(
+      BN_bin2bn(reinterpret_cast<const unsigned char*>(n.data()), static_cast<int>(n.size()), nullptr));
+  std::unique_ptr<BIGNUM, BnFree> bn_e(
+      BN_bin2bn(reinterpret_cast<const unsigned char*>(e.data()), static_cast<int>(e.size()), nullptr));
+  if (!bn_n || !bn_e) return std::nullopt;
+  OSSL_PARAM_BLD* bld = OSSL_PARAM_BLD_new();
+  if (bld == nullptr) return std::nullopt;
+  OSSL_PARAM* params = nullptr;
+  if (OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn_n.get()) == 1 &&
+      OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, bn_e.get()) == 1) {
+    params = OSSL_PARAM_BLD_to_param(bld);
+  }
+  OSSL_PARAM_BLD_free(bld);
+  if (params == nullptr) return std::nullopt;
+  EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_name(nullptr, "RSA", nullptr);
+  EVP_PKEY* raw = nullptr;
+  if (ctx != nullptr && EVP_PKEY_fromdata_init(ctx) == 1) EVP_PKEY_fromdata(ctx, &raw, EVP_PKEY_PUBLIC_KEY, params);
+  EVP_PKEY_CTX_free(ctx);
+  OSSL_PARAM_free(params);
+  std::unique_ptr<EVP_PKEY, PkeyFree> key(raw);
+  if (!key || EVP_PKEY_get_bits(key.get()) < 2048) return std::nullopt;
+  return ToPem(key.get());
+}
+
+std::optional<std::string> EcP384Pem(const std::string& x, const std::string& y) {
+  if (x.size() != 48 || y.size() != 48) return std::nullopt;
+  std::string point = "\x04" + x + y;
+  OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, const_cast<char*>("secp384r1"), 0),
+      OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, point.data(), point.size()),
+      OSSL_PARAM_construct_end()};
+  EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_name(nullptr, "EC", nullptr);
+  EVP_PKEY* raw = nullptr;
+  if (ctx != nullptr && EVP_PKEY_fromdata_init(ctx) == 1) EVP_PKEY_fromdata(ctx, &raw, EVP_PKEY_PUBLIC_KEY, params);
+  EVP_PKEY_CTX_free(ctx);
+  std::unique_ptr<EVP_PKEY, PkeyFree> key(raw);
+  if (!key) return std::nullopt;
+  return ToPem(key.get());
+}
+
+std::string FormValue(const std::vector<http::QueryParam>& form, std::string_view name, int* count) {
+  std::string out;
+  *count = 0;
+  for (const auto& p : form) {
+    if (p.name == name) {
+      out = p.value;
+      ++*count;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string Base64UrlEncode(std::string_view bytes) {
+  static constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  std::string out;
+  size_t i = 0;
+  for (; i + 2 < bytes.size(); i += 3) {
+    const uint32_t v = (uint8_t(bytes[i]) << 16) | (uint8_t(bytes[i + 1]) << 8) | uint8_t(bytes[i + 2]);
+    for (int s : {18, 12, 6, 0}) out.push_back(kAlphabet[(v >> s) & 63]);
+  }
+  if (i < bytes.size()) {
+    uint32_t v = uint8_t(bytes[i]) << 16;
+    if (i + 1 < bytes.size()) v |= uint8_t(bytes[i + 1]) << 8;
+    out.push_back(kAlphabet[(v >> 18) & 63]);
+    out.push_back(kAlphabet[(v >> 12) & 63]);
+    if (i + 1 < bytes.size()) out.push_back(kAlphabet[(v >> 6) & 63]);
+  }
+  return out;
+}
+
+std::optional<std::string> Base64UrlDecode(std::string_view text) {
+  auto value = [](char c) -> int {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '-') return 62;
+    if (c == '_') return 63;
+    return -1;
+  };
+  if (text.size() % 4 == 1) return std::nullopt;
+  std::string out;
+  uint32_t acc = 0;
+  int bits = 0;
+  for (char c : text) {
+    const int v = value(c);
+    if (v < 0) return std::nullopt;
+    acc = (acc << 6) | static_cast<uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push_back(static_cast<char>((acc >> bits) & 0xFF));
+    }
+  }
+  if (bits > 0 && (acc & ((1u << bits) - 1)) != 0) return std::nullopt;  // non-canonical trailing bits
+  return out;
+}
+
+Result<Scope> ParseScope(std::string_view text) {
+  Scope s;
+  s.text = std::string(text);
+  std::string_view t = text.substr(0, text.find('?'));  // v2.2 filters: ignored
+  const size_t slash = t.find('/');
+  const size_t dot = t.rfind('.');
+  if (slash == std::string_view::npos || dot == std::string_view::npos || dot < slash) {
+    return Status::Invalid("scope '" + std::string(text) + "' is not context/Type.permissions");
+  }
+  s.context = std::string(t.substr(0, slash));
+  s.type = std::string(t.substr(slash + 1, dot - slash - 1));
+  const std::string_view perm = t.substr(dot + 1);
+  if (s.context != "system" && s.context != "patient" && s.context != "user") {
+    return Status::Invalid("scope '" + std::string(text) + "': the context must be system, patient or user");
+  }
+  if (s.type != "*" && !fhir::IsKnownResourceType(s.type)) {
+    return Status::Invalid("scope '" + std::string(text) + "': '" + s.type + "' is not an R4 resource type");
+  }
+  if (perm == "read") {
+    s.r = s.s = true;
+  } else if (perm == "write") {
+    s.c = s.u = s.d = true;
+  } else if (perm == "*") {
+    s.c = s.r = s.u = s.d = s.s = true;
+  } else {
+    // v2: letters of "cruds", each at most once, in that order.
+    size_t at = 0;
+    const std::string_view order = "cruds";
+    for (char ch : perm) {
+      const size_t k = order.find(ch, at);
+      if (k == std::string_view::npos) {
+        return Status::Invalid("scope '" + std::string(text) +
+                               "': permissions are read, write, * or an ordered subset of cruds");
+      }
+      at = k + 1;
+      (ch == 'c' ? s.c : ch == 'r' ? s.r : ch == 'u' ? s.u : ch == 'd' ? s.d : s.s) = true;
+    }
+    if (perm.empty()) return Status::Invalid("scope '" + std::string(text) + "' has no permissions");
+  }
+  return s;
+}
+
+bool SystemScopeAllows(const std::vector<Scope>& scopes, std::string_view type, char permission) {
+  return std::any_of(scopes.begin(), scopes.end(), [&](const Scope& s) {
+    if (s.context != "system" || (s.type != "*" && s.type != type)) return false;
+    switch (permission) {
+      case 'c':
+        return s.c;
+      case 'r':
+        return s.r;
+      case 'u':
+        return s.u;
+      case 'd':
+        return s.d;
+      case 's':
+        return s.s;
+    }
+    return false;
+  });
+}
+
+Result<std::vector<Jwk>> ParseJwks(std::string_view text) {
+  json doc = json::parse(text, nullptr, false);
+  if (!doc.is_object() || !doc.contains("keys") || !doc["keys"].is_array()) {
+    return Status::Invalid("a JWKS must be an object with a \"keys\" array");
+  }
+  std::vector<Jwk> out;
+  for (size_t i = 0; i < doc["keys"].size(); ++i) {
+    const json& k = doc["keys"][i];
+    const std::string where = "keys[" + std::to_string(i) + "]";
+    if (!k.is_object()) return Status::Invalid(where + " must be an object");
+    if (k.contains("d")) return Status::Invalid(where + " is a private key: register the public key only");
+    Jwk jwk;
+    jwk.kid = StringClaim(k, "kid");
+    const std::string kty = StringClaim(k, "kty");
+    std::string alg = StringClaim(k, "alg");
+    if (kty == "RSA") {
+      auto n = Base64UrlDecode(StringClaim(k, "n"));
+      auto e = Base64UrlDecode(StringClaim(k, "e"));
+      if (!n || !e || n->empty() || e->empty()) return Status::Invalid(where + ": an RSA key needs n and e");
+      if (!alg.empty() && alg != "RS384") return Status::Invalid(where + ": an RSA key is accepted for RS384 only");
+      auto pem = RsaPem(*n, *e);
+      if (!pem) return Status::Invalid(where + ": not a usable RSA public key (2048 bits or more)");
+      jwk.alg = "RS384";
+      jwk.pem = std::move(*pem);
+    } else if (kty == "EC") {
+      if (StringClaim(k, "crv") != "P-384") return Status::Invalid(where + ": an EC key must be on P-384 (ES384)");
+      if (!alg.empty() && alg != "ES384") return Status::Invalid(where + ": an EC key is accepted for ES384 only");
+      auto x = Base64UrlDecode(StringClaim(k, "x"));
+      auto y = Base64UrlDecode(StringClaim(k, "y"));
+      std::optional<std::string> pem = x && y ? EcP384Pem(*x, *y) : std::nullopt;
+      if (!pem) return Status::Invalid(where + ": not a usable P-384 public key");
+      jwk.alg = "ES384";
+      jwk.pem = std::move(*pem);
+    } else {
+      return Status::Invalid(where + ": kty must be RSA or EC");
+    }
+    out.push_back(std::move(jwk));
+  }
+  return out;
+}
+
+TokenService::TokenService(std::vector<SmartClient> clients, std::string token_key, std::string token_url,
+                           int lifetime_s, const Clock& clock)
+    : clients_(std::move(clients)),
+      token_key_(std::move(token_key)),
+      token_url_(std::move(token_url)),
+      lifetime_s_(lifetime_s),
+      clock_(clock) {}
+
+Result<const SmartClient*> TokenService::VerifyAssertion(std::string_view assertion) {
+  auto parts = PeekJwt(assertion);
+  if (!parts.ok()) return Status::Unauthorized("client_assertion: " + parts.status().message());
+  const std::string alg = StringClaim(parts->header, "alg");
+  if (alg != "RS384" && alg != "ES384") {
+    return Status::Unauthorized("client_assertion: alg '" + alg + "' is not accepted (RS384 or ES384)");
+  }
+  const std::string iss = StringClaim(parts->payload, "iss");
+  const SmartClient* client = nullptr;
+  for (const auto& c : clients_) {
+    if (c.client_id == iss) client = &c;
+  }
+  if (client == nullptr) return Status::Unauthorized("client_assertion: iss '" + iss + "' is not a registered client");
+  const std::string kid = StringClaim(parts->header, "kid");
+  const Jwk* key = nullptr;
+  for (const auto& k : client->keys) {
+    if (k.alg != alg) continue;
+    if (!kid.empty() && k.kid != kid) continue;
+    if (key != nullptr) return Status::Unauthorized("client_assertion: several keys fit; name one with kid");
+    key = &k;
+  }
+  if (key == nullptr) {
+    return Status::Unauthorized("client_assertion: the client's JWKS has no " + alg + " key" +
+                                (kid.empty() ? std::string() : " with kid '" + kid + "'"));
+  }
+  if (!SignatureValid(assertion, key->pem)) {
+    return Status::Unauthorized("client_assertion: the signature does not verify with the client's key");
+  }
+  const json& c = parts->payload;
+  if (StringClaim(c, "sub") != client->client_id) return Status::Unauthorized("client_assertion: sub must equal iss");
+  bool aud_ok = StringClaim(c, "aud") == token_url_;
+  if (auto aud = c.find("aud"); aud != c.end() && aud->is_array()) {
+    aud_ok = std::any_of(aud->begin(), aud->end(), [&](const json& a) { return a == token_url_; });
+  }
+  if (!aud_ok) return Status::Unauthorized("client_assertion: aud must be the token endpoint " + token_url_);
+  const EpochMillis now = clock_.NowMillis();
+  auto exp = NumberClaim(c, "exp");
+  if (!exp) return Status::Unauthorized("client_assertion: exp is required");
+  const EpochMillis exp_ms = *exp * 1000;
+  if (exp_ms + kClockSkewMs < now) return Status::Unauthorized("client_assertion: it expired");
+  if (exp_ms > now + kMaxAssertionLifetimeMs + kClockSkewMs) {
+    return Status::Unauthorized("client_assertion: exp is more than five minutes ahead");
+  }
+  const std::string jti = StringClaim(c, "jti");
+  if (jti.empty()) return Status::Unauthorized("client_assertion: jti is required");
+  std::lock_guard<std::mutex> lock(mu_);
+  std::erase_if(seen_jti_, [&](const auto& e) { return e.second < now; });
+  const std::string seen_key = client->client_id + "|" + jti;
+  if (seen_jti_.count(seen_key)) return Status::Unauthorized("client_assertion: jti was used already (a replay)");
+  seen_jti_[seen_key] = exp_ms + kClockSkewMs;
+  return client;
+}
+
+http::Response TokenService::HandleTokenRequest(const http::Request& request) {
+  if (request.headers.Get("Content-Type").substr(0, 33) != "application/x-www-form-urlencoded") {
+    return OAuthError(400, "invalid_request", "send the token request as application/x-www-form-urlencoded");
+  }
+  const std::vector<http::QueryParam> form = http::ParseQuery(request.body);
+  int n = 0;
+  const std::string grant = FormValue(form, "grant_type", &n);
+  if (n != 1) return OAuthError(400, "invalid_request", "grant_type is required (once)");
+  if (grant != "client_credentials") {
+    return OAuthError(400, "unsupported_grant_type", "only grant_type=client_credentials is supported");
+  }
+  if (FormValue(form, "client_assertion_type", &n) != kAssertionType || n != 1) {
+    return OAuthError(400, "invalid_request", "client_assertion_type must be " + std::string(kAssertionType));
+  }
+  const std::string assertion = FormValue(form, "client_assertion", &n);
+  if (n != 1 || assertion.empty()) return OAuthError(400, "invalid_request", "client_assertion is required (once)");
+  auto client = VerifyAssertion(assertion);
+  if (!client.ok()) return OAuthError(401, "invalid_client", client.status().message());
+  std::vector<std::string> granted;
+  const std::string requested = FormValue(form, "scope", &n);
+  if (n > 1) return OAuthError(400, "invalid_request", "scope is given more than once");
+  if (requested.empty()) {
+    granted = (*client)->scopes;
+  } else {
+    for (size_t start = 0; start <= requested.size();) {
+      size_t sp = requested.find(' ', start);
+      std::string one = requested.substr(start, sp == std::string::npos ? std::string::npos : sp - start);
+      if (!one.empty()) {
+        if (!ParseScope(one).ok()) return OAuthError(400, "invalid_scope", "scope '" + one + "' is not a SMART scope");
+        if (std::find((*client)->scopes.begin(), (*client)->scopes.end(), one) == (*client)->scopes.end()) {
+          return OAuthError(400, "invalid_scope",
+                            "scope '" + one + "' is not granted to client " + (*client)->client_id);
+        }
+        if (std::find(granted.begin(), granted.end(), one) == granted.end()) granted.push_back(one);
+      }
+      if (sp == std::string::npos) break;
+      start = sp + 1;
+    }
+  }
+  std::string scope;
+  for (const auto& s : granted) scope += (scope.empty() ? "" : " ") + s;
+  const int64_t now_s = clock_.NowMillis() / 1000;
+  jwt_t* jwt = nullptr;
+  if (jwt_new(&jwt) != 0) return OAuthError(500, "server_error", "the token could not be made");
+  std::unique_ptr<jwt_t, void (*)(jwt_t*)> guard(jwt, jwt_free);
+  const std::string jti = NewHexId();
+  bool ok = jwt_add_grant(jwt, "iss", token_url_.c_str()) == 0 &&
+            jwt_add_grant(jwt, "sub", (*client)->client_id.c_str()) == 0 &&
+            jwt_add_grant(jwt, "scope", scope.c_str()) == 0 && jwt_add_grant(jwt, "jti", jti.c_str()) == 0 &&
+            jwt_add_grant_int(jwt, "iat", now_s) == 0 && jwt_add_grant_int(jwt, "exp", now_s + lifetime_s_) == 0 &&
+            jwt_set_alg(jwt, JWT_ALG_HS256, reinterpret_cast<const unsigned char*>(token_key_.data()),
+                        static_cast<int>(token_key_.size())) == 0;
+  char* encoded = ok ? jwt_encode_str(jwt) : nullptr;
+  if (encoded == nullptr) return OAuthError(500, "server_error", "the token could not be made");
+  std::string token(encoded);
+  std::free(encoded);
+  http::Response r =
+      http::Response::Json(200,
+                           "{\"access_token\":" + JsonString(token) + ",\"token_type\":\"bearer\",\"expires_in\":" +
+                               std::to_string(lifetime_s_) + ",\"scope\":" + JsonString(scope) + "}",
+                           "application/json");
+  r.headers.Set("Cache-Control", "no-store");
+  return r;
+}
+
+Result<TokenClaims> TokenService::VerifyAccessToken(std::string_view token) const {
+  auto parts = PeekJwt(token);
+  if (!parts.ok()) return Status::Unauthorized("The access token is not valid: " + parts.status().message());
+  if (StringClaim(parts->header, "alg") != "HS256")
+    return Status::Unauthorized("The access token is not this server's");
+  if (!SignatureValid(token, token_key_)) return Status::Unauthorized("The access token's signature is not valid");
+  if (StringClaim(parts->payload, "iss") != token_url_) {
+    return Status::Unauthorized("The access token was not issued by this server");
+  }
+  auto exp = NumberClaim(parts->payload, "exp");
+  const EpochMillis now = clock_.NowMillis();
+  if (!exp || *exp * 1000 <= now) return Status::Unauthorized("The access token expired; request a new one");
+  TokenClaims out;
+  out.client_id = StringClaim(parts->payload, "sub");
+  out.expires = *exp * 1000;
+  const std::string scope = StringClaim(parts->payload, "scope");
+  for (size_t start = 0; start < scope.size();) {
+    size_t sp = scope.find(' ', start);
+    auto s = ParseScope(scope.substr(start, sp == std::string::npos ? std::string::npos : sp - start));
+    if (s.ok()) out.scopes.push_back(std::move(*s));
+    if (sp == std::string::npos) break;
+    start = sp + 1;
+  }
+  return out;
+}
+
+}  // namespace fhirlake::auth

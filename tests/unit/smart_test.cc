@@ -1,0 +1,85 @@
+// Tests for SMART scopes, JWKS parsing and base64url (src/auth/smart.h); the token flow itself runs end to end in
+// tests/e2e/test_smart.py with keys made by openssl.
+#include "auth/smart.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "test_util.h"
+
+namespace fhirlake::auth {
+namespace {
+
+TEST(ScopeTest, V1AndV2Forms) {
+  ASSERT_OK_AND_ASSIGN(Scope v1, ParseScope("system/Observation.read"));
+  EXPECT_EQ(v1.context, "system");
+  EXPECT_EQ(v1.type, "Observation");
+  EXPECT_TRUE(v1.r && v1.s && !v1.c && !v1.u && !v1.d);
+  ASSERT_OK_AND_ASSIGN(Scope w, ParseScope("system/*.write"));
+  EXPECT_TRUE(w.c && w.u && w.d && !w.r && !w.s);
+  ASSERT_OK_AND_ASSIGN(Scope v2, ParseScope("system/Patient.rs"));
+  EXPECT_TRUE(v2.r && v2.s && !v2.c);
+  ASSERT_OK_AND_ASSIGN(Scope all, ParseScope("system/*.cruds"));
+  EXPECT_TRUE(all.c && all.r && all.u && all.d && all.s);
+  ASSERT_OK_AND_ASSIGN(Scope filtered, ParseScope("system/Observation.rs?category=laboratory"));  // v2.2: ignored
+  EXPECT_EQ(filtered.type, "Observation");
+  ASSERT_OK_AND_ASSIGN(Scope patient, ParseScope("patient/*.read"));
+  EXPECT_EQ(patient.context, "patient");
+  for (const char* bad : {"system/Observation", "Observation.read", "admin/*.read", "system/Nonsense.read",
+                          "system/*.rc", "system/*.rr", "system/*.x", "system/*."}) {
+    EXPECT_STATUS(ParseScope(bad), kInvalid, "scope") << bad;
+  }
+}
+
+TEST(ScopeTest, OnlySystemScopesGrant) {
+  std::vector<Scope> scopes;
+  for (const char* s : {"system/Patient.rs", "patient/*.read", "user/Observation.cruds"}) {
+    auto parsed = ParseScope(s);
+    ASSERT_OK(parsed);
+    scopes.push_back(*parsed);
+  }
+  EXPECT_TRUE(SystemScopeAllows(scopes, "Patient", 'r'));
+  EXPECT_TRUE(SystemScopeAllows(scopes, "Patient", 's'));
+  EXPECT_FALSE(SystemScopeAllows(scopes, "Patient", 'u'));
+  EXPECT_FALSE(SystemScopeAllows(scopes, "Observation", 'r'));  // user/ and patient/ do not count
+  EXPECT_FALSE(SystemScopeAllows(scopes, "*", 'r'));
+}
+
+TEST(Base64UrlTest, RoundTripAndRejects) {
+  const std::vector<std::string> samples = {"",     "f",     "fo",     "foo",
+                                            "foob", "fooba", "foobar", std::string("\xff\xfe\x00\x01", 4)};
+  for (const std::string& s : samples) {
+    auto back = Base64UrlDecode(Base64UrlEncode(s));
+    ASSERT_TRUE(back.has_value()) << s;
+    EXPECT_EQ(*back, s);
+  }
+  EXPECT_EQ(Base64UrlEncode("\xfb\xff"), "-_8");
+  EXPECT_FALSE(Base64UrlDecode("a").has_value());
+  EXPECT_FALSE(Base64UrlDecode("ab+/").has_value());  // the standard alphabet is not base64url
+  EXPECT_FALSE(Base64UrlDecode("ab=").has_value());
+  EXPECT_FALSE(Base64UrlDecode("Zh").has_value());  // non-canonical trailing bits
+}
+
+TEST(JwksTest, RefusesWhatCannotVerifyAnAssertion) {
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"[]", "keys"},
+      {R"({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]})", "kty"},
+      {R"({"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB", "d": "AQAB"}]})", "private"},
+      {R"({"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB"}]})", "2048"},
+      {R"({"keys": [{"kty": "RSA", "e": "AQAB"}]})", "n and e"},
+      {R"({"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB", "alg": "RS256"}]})", "RS384"},
+      {R"({"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]})", "P-384"},
+      {R"({"keys": [{"kty": "EC", "crv": "P-384", "x": "AA", "y": "AA"}]})", "P-384 public key"},
+  };
+  for (const auto& [doc, mention] : bad) {
+    EXPECT_STATUS(ParseJwks(doc), kInvalid, mention) << doc;
+  }
+  ASSERT_OK_AND_ASSIGN(auto none, ParseJwks(R"({"keys": []})"));
+  EXPECT_TRUE(none.empty());
+}
+
+}  // namespace
+}  // namespace fhirlake::auth
