@@ -9,6 +9,7 @@
 
 #include "bulk/export_request.h"
 #include "common/status.h"
+#include "common/url.h"
 #include "http/router.h"
 
 namespace fhirlake::api {
@@ -28,6 +29,25 @@ inline bool MaySeeJob(const http::Principal& p, const std::string& owner) {
 // (kForbidden), and without _type the export is narrowed to them (every type when a scope names `*`).
 inline Status NarrowExportToScopes(const http::Principal& p, bulk::ExportRequest* r) {
   if (!p.scoped) return Status::Ok();
+  if (!p.MayRead("*")) {
+    // A _typeFilter's chains and _has reach other types (Observation?patient.gender=...): not past narrow scopes.
+    for (const auto& f : r->type_filters) {
+      const std::string_view query = std::string_view(f).substr(std::min(f.size(), f.find('?') + 1));
+      for (size_t start = 0; start <= query.size();) {
+        const size_t amp = query.find('&', start);
+        const std::string_view pair = query.substr(start, amp == std::string_view::npos ? amp : amp - start);
+        // Decoded as bulk::ParseTypeFilters decodes it, so that the check sees the parameter the search will.
+        const std::string name = PercentDecode(pair.substr(0, pair.find('=')), true);
+        if (name.starts_with("_has") || name.find('.') != std::string::npos) {
+          return Status::Forbidden(
+              "_typeFilter '" + f +
+              "' reaches other resource types (a chain or _has); that needs a system/*.read scope");
+        }
+        if (amp == std::string_view::npos) break;
+        start = amp + 1;
+      }
+    }
+  }
   for (const auto& t : r->types) {
     if (!p.MayRead(t)) {
       return Status::Forbidden("The access token's scopes do not allow reading " + t +

@@ -91,6 +91,9 @@ int RunServe(const ServeOptions& options) {
   }
   const bool loopback =
       host == "127.0.0.1" || host == "localhost" || host == "::1" || host == "[::1]" || host.starts_with("127.");
+  if (authorizer && !loopback && !options.allow_insecure_none) {
+    authorizer->RefuseNone("the non-loopback listener " + host + " does not allow (--allow-insecure-none)");
+  }
   const bool none_somewhere = !authorizer || authorizer->config()->AllowsNone();
   if (none_somewhere && !loopback && !options.allow_insecure_none) {
     std::fprintf(stderr,

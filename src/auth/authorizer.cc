@@ -225,7 +225,12 @@ void RegisterAuthRoutes(http::Router& router, Authorizer* a) {
 std::string SourceIp(std::string_view remote) {
   if (remote.starts_with('[')) {
     size_t close = remote.find(']');
-    return std::string(remote.substr(1, close == std::string_view::npos ? std::string_view::npos : close - 1));
+    std::string ip(remote.substr(1, close == std::string_view::npos ? std::string_view::npos : close - 1));
+    // A dual-stack listener shows IPv4 clients as ::ffff:a.b.c.d: their IPv4 address is what policies name.
+    for (const char* mapped : {"::ffff:", "::FFFF:"}) {
+      if (ip.starts_with(mapped) && ip.find('.') != std::string::npos) return ip.substr(7);
+    }
+    return ip;
   }
   size_t colon = remote.rfind(':');
   return std::string(remote.substr(0, colon));
@@ -267,8 +272,10 @@ Result<std::unique_ptr<Authorizer>> Authorizer::Load(const std::string& path, co
 }
 
 void Authorizer::RebuildTokens() {
-  tokens_ = std::make_shared<TokenService>(config_->smart_clients, token_key_, public_base_ + "/auth/token",
-                                           config_->token_lifetime_s, clock_);
+  auto fresh = std::make_shared<TokenService>(config_->smart_clients, token_key_, public_base_ + "/auth/token",
+                                              config_->token_lifetime_s, clock_);
+  if (tokens_) fresh->AdoptReplayRecords(*tokens_);
+  tokens_ = std::move(fresh);
 }
 
 void Authorizer::SetPublicBase(const std::string& base) {
@@ -308,6 +315,11 @@ bool Authorizer::RequiresCredentials(std::string_view datastore_id) const {
   return std::find(modes.begin(), modes.end(), "none") == modes.end();
 }
 
+void Authorizer::RefuseNone(std::string why) {
+  std::lock_guard<std::mutex> lock(mu_);
+  refuse_none_ = std::move(why);
+}
+
 Status Authorizer::Reload() {
   std::ifstream in(path_, std::ios::binary);
   if (!in) return Status::Invalid("cannot read the auth configuration " + path_);
@@ -317,6 +329,10 @@ Status Authorizer::Reload() {
   if (!parsed.ok()) return parsed.status().WithContext("auth configuration " + path_);
   auto fresh = std::make_shared<const AuthConfig>(std::move(*parsed));
   std::lock_guard<std::mutex> lock(mu_);
+  if (!refuse_none_.empty() && fresh->AllowsNone()) {
+    return Status::Invalid("auth configuration " + path_ + " gives a datastore mode none, which " + refuse_none_ +
+                           "; the previous configuration stays in force");
+  }
   config_ = std::move(fresh);
   RebuildTokens();
   return Status::Ok();
@@ -408,7 +424,12 @@ std::optional<http::Response> Authorizer::Decide(const http::Request& request, h
   if (!verified.ok()) {
     *decision = "unauthenticated";
     const int status = verified.status().code() == StatusCode::kUnauthorized ? 401 : 403;
-    spdlog::info("event=auth_refused route=\"{}\" reason=\"{}\"", ctx->route, verified.status().message());
+    // The reason may quote decoded query values: no control characters into the log.
+    std::string reason = verified.status().message();
+    for (char& ch : reason) {
+      if (static_cast<unsigned char>(ch) < 0x20 || ch == '"') ch = ' ';
+    }
+    spdlog::info("event=auth_refused route=\"{}\" reason=\"{}\"", ctx->route, reason);
     return Refuse(status, verified.status().message());
   }
   ctx->principal.kind = "sigv4";
@@ -460,10 +481,23 @@ std::optional<http::Response> Authorizer::DecideSmart(const http::Request& reque
     r.headers.Set("WWW-Authenticate", "Bearer error=\"invalid_token\"");
     return r;
   }
+  // The configuration in force decides, not the one the token was issued under: a client removed since has no
+  // access, and a scope taken from it no longer counts.
+  const SmartClient* client = nullptr;
+  for (const auto& c : cfg.smart_clients) {
+    if (c.client_id == claims->client_id) client = &c;
+  }
+  if (client == nullptr) {
+    *decision = "unauthenticated";
+    return Refuse(401, "The access token's client is no longer registered");
+  }
+  std::vector<Scope> scopes;
+  for (const auto& s : claims->scopes) {
+    if (std::find(client->scopes.begin(), client->scopes.end(), s.text) != client->scopes.end()) scopes.push_back(s);
+  }
   ctx->principal.kind = "smart";
   ctx->principal.id = claims->client_id;
   ctx->principal.scoped = true;
-  const std::vector<Scope>& scopes = claims->scopes;
   for (const auto& s : scopes) {
     if (s.context == "system" && (s.r || s.s)) ctx->principal.readable_types.push_back(s.type);
   }
@@ -486,7 +520,25 @@ std::optional<http::Response> Authorizer::DecideSmart(const http::Request& reque
                   (type == "*" ? std::string("every type") : type));
   };
   if (action == "healthlake:ReadResource") return need('r', "reading");
-  if (action == "healthlake:SearchWithGet" || action == "healthlake:SearchWithPost") return need('s', "searching");
+  if (action == "healthlake:SearchWithGet" || action == "healthlake:SearchWithPost") {
+    // _include, _revinclude, _has and chains reach other types than the one searched: with scopes narrower than every
+    // type they would read past them, so they need a scope on every type.
+    std::vector<http::QueryParam> params = request.query;
+    if (action == "healthlake:SearchWithPost" &&
+        request.headers.Get("Content-Type").starts_with("application/x-www-form-urlencoded")) {
+      auto form = http::ParseQuery(request.body);
+      params.insert(params.end(), form.begin(), form.end());
+    }
+    for (const auto& q : params) {
+      const std::string_view name = q.name;
+      const bool reaches_other_types = name.starts_with("_include") || name.starts_with("_revinclude") ||
+                                       name.starts_with("_has") || name.find('.') != std::string_view::npos;
+      if (reaches_other_types && !SystemScopeAllows(scopes, "*", 's')) {
+        return refuse("'" + q.name + "' reaches other resource types; it needs a system/*.read (or .s) scope");
+      }
+    }
+    return need('s', "searching");
+  }
   if (action == "healthlake:CreateResource") return need('c', "creating");
   if (action == "healthlake:UpdateResource") return need('u', "updating");
   if (action == "healthlake:DeleteResource") return need('d', "deleting");
@@ -495,6 +547,17 @@ std::optional<http::Response> Authorizer::DecideSmart(const http::Request& reque
       if (auto r = need(perm, "the interactions of a Bundle on")) return r;
     }
     return std::nullopt;
+  }
+  if (action == "healthlake:StartFHIRExportJobWithPost") {
+    // HealthLake's body names an IAM role and a bucket the server then writes with: that is SigV4's (with
+    // iam:PassRole), never a SMART client's. SMART clients kick off with GET or a Parameters body (the IG view).
+    json body = json::parse(request.body, nullptr, /*allow_exceptions=*/false);
+    const bool parameters = body.is_object() && body.value("resourceType", "") == "Parameters";
+    if (!request.body.empty() && !parameters) {
+      return refuse(
+          "a kick-off with HealthLake's body (DataAccessRoleArn, OutputDataConfig) needs SigV4 and "
+          "iam:PassRole; use GET $export or a Parameters body");
+    }
   }
   if (action.starts_with("healthlake:StartFHIRExportJob") || action == "healthlake:DescribeFHIRExportJobWithGet" ||
       action == "healthlake:CancelFHIRExportJobWithDelete" || action == "healthlake:GetExportedFile") {

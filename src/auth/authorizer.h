@@ -93,6 +93,8 @@ class Authorizer {
   bool RequiresCredentials(std::string_view datastore_id) const;
   // Reads the file again (SIGHUP). On an error the previous configuration stays in force.
   Status Reload();
+  // From now on a configuration giving any datastore mode none is refused (`why`: the listener is not loopback).
+  void RefuseNone(std::string why);
   std::shared_ptr<const AuthConfig> config() const;
 
   // http::Authorizer: nullopt lets the request through (ctx->principal filled); otherwise the 401/403 answer.
@@ -115,6 +117,7 @@ class Authorizer {
   std::shared_ptr<const AuthConfig> config_;  // GUARDED_BY(mu_)
   std::shared_ptr<TokenService> tokens_;      // GUARDED_BY(mu_)
   std::string public_base_;                   // GUARDED_BY(mu_)
+  std::string refuse_none_;                   // GUARDED_BY(mu_)
   AuditLog* audit_ = nullptr;
 
   std::optional<http::Response> Decide(const http::Request& request, http::RequestContext* ctx,

@@ -226,6 +226,17 @@ Result<std::string> VerifySigV4(const http::Request& request, const SigV4Options
     }
   }
 
+  // AWS removes "." and ".." segments and empty ones before signing; the router trims leading and trailing slashes
+  // but routes the rest as it is (an id "." or an empty segment in the middle stay). Where the two would differ, two
+  // different requests would share one signature: such a path is refused instead of normalised.
+  {
+    std::string_view trimmed = std::string_view(request.target).substr(0, request.target.find('?'));
+    while (trimmed.starts_with('/')) trimmed.remove_prefix(1);
+    while (trimmed.ends_with('/')) trimmed.remove_suffix(1);
+    bool ambiguous = trimmed.find("//") != std::string_view::npos;
+    for (std::string_view seg : Split(trimmed, '/')) ambiguous = ambiguous || seg == "." || seg == "..";
+    if (ambiguous) return Bad("a path with '.' or '..' segments, or '//' inside it, cannot be verified unambiguously");
+  }
   sink::SigV4Request r;
   r.method = request.method;
   r.path = "/";  // replaced below: CanonicalRequest encodes a decoded path, AWS encodes the wire path once more

@@ -58,20 +58,27 @@ std::string StringClaim(const json& j, const char* key) {
   return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
 }
 
+// A NumericDate claim (seconds): an integer between 0 and the year 5000, else nullopt.
 std::optional<int64_t> NumberClaim(const json& j, const char* key) {
   auto it = j.find(key);
-  if (it == j.end() || !it->is_number()) return std::nullopt;
-  return static_cast<int64_t>(it->get<double>());
+  if (it == j.end() || !(it->is_number_integer() || it->is_number_unsigned())) return std::nullopt;
+  if (it->is_number_unsigned() ? it->get<uint64_t>() > 95617584000ULL : it->get<int64_t>() < 0) return std::nullopt;
+  const int64_t v = it->get<int64_t>();
+  if (v > 95617584000LL) return std::nullopt;
+  return v;
 }
 
-// Verifies `token`'s signature with libjwt under `key` (PEM, or the HS256 secret); the caller has checked the alg.
-bool SignatureValid(std::string_view token, const std::string& key) {
+// Verifies `token`'s signature with libjwt under `key` (PEM, or the HS256 secret). libjwt trusts the header's alg (an
+// HS384 token "signed" with a PEM public key as the secret verifies), so the caller allow-lists the alg first, and the
+// alg libjwt verified with must be `expected` as well.
+bool SignatureValid(std::string_view token, const std::string& key, jwt_alg_t expected) {
   jwt_t* jwt = nullptr;
   std::string t(token);
   const int rc =
       jwt_decode(&jwt, t.c_str(), reinterpret_cast<const unsigned char*>(key.data()), static_cast<int>(key.size()));
+  const bool ok = rc == 0 && jwt != nullptr && jwt_get_alg(jwt) == expected;
   if (jwt != nullptr) jwt_free(jwt);
-  return rc == 0;
+  return ok;
 }
 
 struct PkeyFree {
@@ -116,6 +123,12 @@ std::optional<std::string> RsaPem(const std::string& n, const std::string& e) {
   OSSL_PARAM_free(params);
   std::unique_ptr<EVP_PKEY, PkeyFree> key(raw);
   if (!key || EVP_PKEY_get_bits(key.get()) < 2048) return std::nullopt;
+  // e = 1 (or 3, or even) would make signatures forgeable or weak: RFC 8017 keys with e >= 65537, odd n and e.
+  if (!BN_is_odd(bn_n.get()) || !BN_is_odd(bn_e.get()) || BN_num_bits(bn_e.get()) < 17) return std::nullopt;
+  EVP_PKEY_CTX* check = EVP_PKEY_CTX_new_from_pkey(nullptr, key.get(), nullptr);
+  const bool sound = check != nullptr && EVP_PKEY_public_check(check) == 1;
+  EVP_PKEY_CTX_free(check);
+  if (!sound) return std::nullopt;
   return ToPem(key.get());
 }
 
@@ -276,7 +289,11 @@ Result<std::vector<Jwk>> ParseJwks(std::string_view text) {
       if (!n || !e || n->empty() || e->empty()) return Status::Invalid(where + ": an RSA key needs n and e");
       if (!alg.empty() && alg != "RS384") return Status::Invalid(where + ": an RSA key is accepted for RS384 only");
       auto pem = RsaPem(*n, *e);
-      if (!pem) return Status::Invalid(where + ": not a usable RSA public key (2048 bits or more)");
+      if (!pem) {
+        return Status::Invalid(where +
+                               ": not a usable RSA public key (2048 bits or more, odd modulus, exponent 65537 "
+                               "or larger)");
+      }
       jwk.alg = "RS384";
       jwk.pem = std::move(*pem);
     } else if (kty == "EC") {
@@ -316,7 +333,9 @@ Result<const SmartClient*> TokenService::VerifyAssertion(std::string_view assert
   for (const auto& c : clients_) {
     if (c.client_id == iss) client = &c;
   }
-  if (client == nullptr) return Status::Unauthorized("client_assertion: iss '" + iss + "' is not a registered client");
+  // The same words for an unknown client as for a wrong key: the answer does not tell which client ids exist.
+  if (client == nullptr)
+    return Status::Unauthorized("client_assertion: it is not signed by a key of a registered client");
   const std::string kid = StringClaim(parts->header, "kid");
   const Jwk* key = nullptr;
   for (const auto& k : client->keys) {
@@ -326,11 +345,11 @@ Result<const SmartClient*> TokenService::VerifyAssertion(std::string_view assert
     key = &k;
   }
   if (key == nullptr) {
-    return Status::Unauthorized("client_assertion: the client's JWKS has no " + alg + " key" +
-                                (kid.empty() ? std::string() : " with kid '" + kid + "'"));
+    return Status::Unauthorized("client_assertion: it is not signed by a key of a registered client (no " + alg +
+                                " key" + (kid.empty() ? std::string() : " with that kid") + ")");
   }
-  if (!SignatureValid(assertion, key->pem)) {
-    return Status::Unauthorized("client_assertion: the signature does not verify with the client's key");
+  if (!SignatureValid(assertion, key->pem, alg == "RS384" ? JWT_ALG_RS384 : JWT_ALG_ES384)) {
+    return Status::Unauthorized("client_assertion: it is not signed by a key of a registered client");
   }
   const json& c = parts->payload;
   if (StringClaim(c, "sub") != client->client_id) return Status::Unauthorized("client_assertion: sub must equal iss");
@@ -422,12 +441,20 @@ http::Response TokenService::HandleTokenRequest(const http::Request& request) {
   return r;
 }
 
+void TokenService::AdoptReplayRecords(TokenService& previous) {
+  if (&previous == this) return;
+  std::scoped_lock lock(mu_, previous.mu_);
+  seen_jti_.insert(previous.seen_jti_.begin(), previous.seen_jti_.end());
+}
+
 Result<TokenClaims> TokenService::VerifyAccessToken(std::string_view token) const {
   auto parts = PeekJwt(token);
   if (!parts.ok()) return Status::Unauthorized("The access token is not valid: " + parts.status().message());
   if (StringClaim(parts->header, "alg") != "HS256")
     return Status::Unauthorized("The access token is not this server's");
-  if (!SignatureValid(token, token_key_)) return Status::Unauthorized("The access token's signature is not valid");
+  if (!SignatureValid(token, token_key_, JWT_ALG_HS256)) {
+    return Status::Unauthorized("The access token's signature is not valid");
+  }
   if (StringClaim(parts->payload, "iss") != token_url_) {
     return Status::Unauthorized("The access token was not issued by this server");
   }

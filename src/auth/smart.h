@@ -65,6 +65,8 @@ class TokenService {
   Result<TokenClaims> VerifyAccessToken(std::string_view token) const;
 
   const std::string& token_url() const { return token_url_; }
+  // Keeps the assertion ids `previous` has seen (a configuration reload must not reopen a replay window).
+  void AdoptReplayRecords(TokenService& previous);
 
  private:
   Result<const SmartClient*> VerifyAssertion(std::string_view assertion);

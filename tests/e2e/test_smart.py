@@ -279,3 +279,53 @@ def test_every_route_needs_a_token_and_a_patient_scope_gets_nothing(smart):
         assert r.status_code == 401, (method, path, r.status_code, r.text[:300])
         r = requests.request(method, smart.srv.base + path, headers=bearer(useless), timeout=30)
         assert r.status_code == 403, (method, path, r.status_code, r.text[:300])
+
+
+def test_narrow_scopes_cannot_reach_other_types(smart):
+    """_include, _revinclude, _has and chains (also inside a _typeFilter) read past the searched type: with scopes
+    narrower than every type they are refused; a HealthLake kick-off body (an IAM role and a bucket) is SigV4's."""
+    e = smart
+    narrow = token(e, "system/Patient.rs")
+    for query in ("_revinclude=Observation:subject", "_include=Patient:general-practitioner",
+                  "_has:Observation:subject:code=x", "general-practitioner.name=x", "organization.name=x"):
+        assert_outcome(requests.get(f"{e.srv.base}/Patient?{query}", headers=bearer(narrow), timeout=30), 403,
+                       mentions=["system/*.read"])
+    r = requests.post(f"{e.srv.base}/Patient/_search", data="_revinclude=Observation:subject",
+                      headers=bearer(narrow, {"Content-Type": "application/x-www-form-urlencoded"}), timeout=30)
+    assert_outcome(r, 403, mentions=["_revinclude"])
+    wide = token(e, "system/*.read")
+    assert requests.get(f"{e.srv.base}/Patient?_revinclude=Observation:subject", headers=bearer(wide),
+                        timeout=30).status_code == 200
+    kick = {"Accept": FHIR_JSON, "Prefer": "respond-async"}
+    r = requests.get(e.srv.base + "/$export?_type=Patient&_typeFilter=" +
+                     requests.utils.quote("Patient?_has:Observation:subject:code=x", safe=""),
+                     headers=bearer(narrow, kick), timeout=30)
+    assert_outcome(r, 403, mentions=["_typeFilter"])
+    body = json.dumps({"DataAccessRoleArn": "arn:aws:iam::999999999999:role/SomeoneElses",
+                       "OutputDataConfig": {"S3Configuration": {"S3Uri": "s3://other-team-bucket/x",
+                                                                "KmsKeyId": "alias/x"}}})
+    r = requests.post(e.srv.base + "/$export?_type=Patient", data=body,
+                      headers=bearer(wide, {**kick, "Content-Type": FHIR_JSON}), timeout=30)
+    assert_outcome(r, 403, mentions=["iam:PassRole"])
+
+
+def test_a_reload_revokes_removed_clients_and_keeps_replay_records(smart, tmp_path):
+    e = smart
+    other = token(e, "system/*.read", key=e.other, kid="rsa-2", client="other-client")
+    used = assertion(e)
+    assert token_request(e, used, "system/*.read").status_code == 200
+    cfg = json.loads((tmp_path / "auth.json").read_text())
+    cfg["smartClients"] = [c for c in cfg["smartClients"] if c["clientId"] != "other-client"]
+    cfg["smartClients"][0]["scopes"] = ["system/*.read"]  # system/*.* taken away
+    (tmp_path / "auth.json").write_text(json.dumps(cfg))
+    admin_before = token(e, "system/*.*")
+    e.srv.proc.send_signal(__import__("signal").SIGHUP)
+    deadline = time.time() + 10
+    while requests.get(e.srv.base + "/Patient", headers=bearer(other), timeout=30).status_code != 401:
+        assert time.time() < deadline, "the removed client's token still works after the reload"
+        time.sleep(0.1)
+    assert "replay" in oauth_error(token_request(e, used, "system/*.read"), 401, "invalid_client")
+    # A scope the configuration no longer grants no longer counts, even in a token issued before.
+    r = requests.put(e.srv.base + "/Patient/p9", data=json.dumps({"resourceType": "Patient", "id": "p9"}),
+                     headers=bearer(admin_before, {"Content-Type": FHIR_JSON}), timeout=30)
+    assert_outcome(r, 403, mentions=["updating"])

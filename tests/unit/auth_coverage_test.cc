@@ -164,6 +164,7 @@ TEST(AuthCoverageTest, ConfigurationErrorsNameTheMember) {
   EXPECT_EQ(c.DatastoreArn("abc"), "arn:aws:healthlake:us-east-1:111122223333:datastore/fhir/abc");
   EXPECT_EQ(auth::SourceIp("127.0.0.1:5"), "127.0.0.1");
   EXPECT_EQ(auth::SourceIp("[::1]:5"), "::1");
+  EXPECT_EQ(auth::SourceIp("[::ffff:10.1.2.3]:5"), "10.1.2.3");  // an IPv4 client of a dual-stack listener
 }
 
 }  // namespace

@@ -73,6 +73,8 @@ TEST(JwksTest, RefusesWhatCannotVerifyAnAssertion) {
       {R"({"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB", "alg": "RS256"}]})", "RS384"},
       {R"({"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]})", "P-384"},
       {R"({"keys": [{"kty": "EC", "crv": "P-384", "x": "AA", "y": "AA"}]})", "P-384 public key"},
+      // e = 1 makes any padded hash a valid "signature": refused however large n is.
+      {std::string(R"({"keys": [{"kty": "RSA", "e": "AQ", "n": ")") + std::string(342, '_') + "8\"}]}", "exponent"},
   };
   for (const auto& [doc, mention] : bad) {
     EXPECT_STATUS(ParseJwks(doc), kInvalid, mention) << doc;
