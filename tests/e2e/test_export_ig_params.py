@@ -17,36 +17,16 @@ import pytest
 import requests
 
 from export_helpers import servers  # noqa: F401  (fixture)
-from export_helpers import (SAMPLE_GROUP_ID, ServerPool, Template, assert_outcome, collect_output, deleted_entry,
+from export_helpers import (SAMPLE_GROUP_ID, assert_outcome, collect_output, deleted_entry,
                             expected_group, expected_patient, expected_system, group_members, new_session, r4,
-                            sample_data, start_export, utc_now_instant, wait_done)
+                            start_export, utc_now_instant, wait_done)
 from export_helpers import kickoff as hl_kickoff
 from test_export_ig import KICKOFF, POLL, BulkClient, diff, kickoff_url
+from test_export_ig import env, tpl  # noqa: F401  (fixtures: one server per module on a copy of the sample)
 
 STRICT = {"Accept": "application/fhir+json", "Prefer": "respond-async"}
 SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED",
              "display": "subsetted"}
-
-
-@pytest.fixture(scope="module")
-def tpl(tmp_path_factory):
-    return Template(tmp_path_factory.mktemp("igp"), sample_data())
-
-
-class Env:
-    pass
-
-
-@pytest.fixture(scope="module")
-def env(tpl, tmp_path_factory):
-    root = tmp_path_factory.mktemp("igp-env")
-    pool = ServerPool(root)
-    e = Env()
-    e.srv = pool.start(tpl.clone(root / "data"), ["--export-poll-seconds", "1"])
-    e.model = tpl.model()
-    yield e
-    errors = pool.stop_all()
-    assert not errors, errors
 
 
 def q(**params) -> str:
