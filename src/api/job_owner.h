@@ -1,7 +1,8 @@
 // Who owns an export job, and who may see it (docs/SECURITY.md, "Jobs belong to who started them"): a SigV4
 // principal's jobs are visible to the principals of the same AWS account (whose policies then decide each action);
-// a SMART client's jobs to that client only; an anonymous job (mode none) to anonymous callers. Anyone else is told the
-// job does not exist, in the same words as for an unknown id, so nothing reveals that it does.
+// a SMART client's jobs to that client only (an external issuer's subject: that subject of that issuer only); an
+// anonymous job (mode none) to anonymous callers. Anyone else is told the job does not exist, in the same words as for
+// an unknown id, so nothing reveals that it does.
 #pragma once
 
 #include <algorithm>
@@ -16,8 +17,9 @@ namespace fhirlake::api {
 
 inline std::string JobOwner(const http::Principal& p) {
   if (p.kind == "sigv4") return "sigv4:" + p.account + ":" + p.id;
-  if (p.kind == "smart") return "smart:" + p.id;  // only the same client_id may poll, cancel and download
-  return p.id;                                    // "anonymous"
+  if (p.kind == "smart") return "smart:" + p.id;                // only the same client_id may poll, cancel and download
+  if (p.kind == "idp") return "idp:" + p.account + "#" + p.id;  // an issuer's subject (an issuer has no '#')
+  return p.id;                                                  // "anonymous"
 }
 
 inline bool MaySeeJob(const http::Principal& p, const std::string& owner) {

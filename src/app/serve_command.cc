@@ -196,7 +196,7 @@ int RunServe(const ServeOptions& options) {
   while (!ctx.public_base_url.empty() && ctx.public_base_url.back() == '/') ctx.public_base_url.pop_back();
   if (authorizer) {
     auth::Authorizer* a = authorizer.get();
-    ctx.smart_enabled = !a->config()->smart_clients.empty();
+    ctx.smart_enabled = !a->config()->smart_clients.empty() || !a->config()->issuers.empty();
     ctx.requires_access_token = [a](std::string_view ds) { return a->RequiresCredentials(ds); };
     // Public (no action): how to authenticate, and where to get a token.
     ctx.register_auth_routes = [a](http::Router& router) { auth::RegisterAuthRoutes(router, a); };
@@ -205,6 +205,10 @@ int RunServe(const ServeOptions& options) {
   if (authorizer) {
     router->SetAuthorizer(
         [a = authorizer.get()](const http::Request& req, http::RequestContext* rc) { return a->Authorize(req, rc); });
+    http::CorsPolicy cors;
+    cors.preflight = [a = authorizer.get()](const http::Request& req) { return a->Preflight(req); };
+    cors.decorate = [a = authorizer.get()](const http::Request& req, http::Response* r) { a->DecorateCors(req, r); };
+    router->SetCors(std::move(cors));
   }
   hso.runs_inline = [&router](const http::Request& r) { return router->IsInline(r); };
   http::Server server(hso, [&router](const http::Request& r) { return router->Dispatch(r); });

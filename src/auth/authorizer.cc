@@ -48,6 +48,36 @@ bool IsAccountId(std::string_view s) {
   return s.size() == 12 && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
+// A client's or an issuer's keys: "jwks" (inline) or "jwksUrl" (fetched when the configuration loads), one of them.
+Result<std::shared_ptr<KeySet>> ParseKeySource(const json& e, const std::string& where,
+                                               const std::vector<std::string>& accepted) {
+  const bool inline_keys = e.contains("jwks");
+  const bool url = e.contains("jwksUrl");
+  if (inline_keys == url) return Status::Invalid(where + " needs jwks (inline) or jwksUrl, one of them");
+  if (url) {
+    ASSIGN_OR_RETURN(std::string u, StringMember(e, "jwksUrl", where, true));
+    if (Status st = CheckJwksUrl(u); !st.ok()) return st.WithContext(where + ".jwksUrl");
+    return KeySet::FromUrl(u, accepted);
+  }
+  if (!e["jwks"].is_object()) return Status::Invalid(where + ".jwks must be a JWKS object");
+  auto keys = ParseJwks(e["jwks"].dump(), accepted);
+  if (!keys.ok()) return keys.status().WithContext(where + ".jwks");
+  return KeySet::Inline(std::move(*keys));
+}
+
+// scheme://host[:port] with nothing after it (RFC 6454's serialization, as browsers send Origin).
+bool IsOrigin(std::string_view o) {
+  const size_t sep = o.find("://");
+  if (sep == std::string_view::npos || sep == 0) return false;
+  const std::string_view scheme = o.substr(0, sep), rest = o.substr(sep + 3);
+  if (scheme != "http" && scheme != "https") return false;
+  if (rest.empty()) return false;
+  return std::all_of(rest.begin(), rest.end(), [](char ch) {
+    return std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '-' || ch == ':' || ch == '[' ||
+           ch == ']';
+  });
+}
+
 http::Response Refuse(int status, const std::string& message) {
   http::Response r =
       http::Response::Json(status, fhir::OperationOutcome("error", status == 401 ? "login" : "forbidden", message));
@@ -78,16 +108,11 @@ Result<AuthConfig> ParseAuthConfig(std::string_view text) {
   AuthConfig c;
   for (auto it = doc.begin(); it != doc.end(); ++it) {
     const std::string& k = it.key();
-    if (k == "issuers" || k == "corsOrigins") {
-      return Status::Invalid("'" + k +
-                             "': external identity providers and CORS are not built in this version "
-                             "(docs/SECURITY.md)");
-    }
     if (k != "region" && k != "accountId" && k != "defaultModes" && k != "datastores" && k != "principals" &&
-        k != "smartClients" && k != "tokenLifetimeSeconds") {
+        k != "smartClients" && k != "tokenLifetimeSeconds" && k != "issuers" && k != "corsOrigins") {
       return Status::Invalid("unknown member '" + k +
                              "' (expected region, accountId, defaultModes, datastores, principals, smartClients, "
-                             "tokenLifetimeSeconds)");
+                             "tokenLifetimeSeconds, issuers, corsOrigins)");
     }
   }
   ASSIGN_OR_RETURN(std::string region, StringMember(doc, "region", "", false));
@@ -177,13 +202,9 @@ Result<AuthConfig> ParseAuthConfig(std::string_view text) {
       const std::string where = "smartClients[" + std::to_string(i) + "]";
       if (!e.is_object()) return Status::Invalid(where + " must be an object");
       for (auto m = e.begin(); m != e.end(); ++m) {
-        if (m.key() == "jwksUrl") {
-          return Status::Invalid(where +
-                                 ".jwksUrl: fetching a JWKS by URL is not built in this version; give the keys "
-                                 "inline as jwks");
-        }
-        if (m.key() != "clientId" && m.key() != "jwks" && m.key() != "scopes") {
-          return Status::Invalid(where + ": unknown member '" + m.key() + "' (expected clientId, jwks, scopes)");
+        if (m.key() != "clientId" && m.key() != "jwks" && m.key() != "jwksUrl" && m.key() != "scopes") {
+          return Status::Invalid(where + ": unknown member '" + m.key() +
+                                 "' (expected clientId, jwks or jwksUrl, scopes)");
         }
       }
       SmartClient client;
@@ -192,11 +213,7 @@ Result<AuthConfig> ParseAuthConfig(std::string_view text) {
       for (const auto& other : c.smart_clients) {
         if (other.client_id == client.client_id) return Status::Invalid(where + ".clientId is listed twice");
       }
-      if (!e.contains("jwks") || !e["jwks"].is_object()) return Status::Invalid(where + ".jwks must be a JWKS object");
-      auto keys = ParseJwks(e["jwks"].dump());
-      if (!keys.ok()) return keys.status().WithContext(where + ".jwks");
-      if (keys->empty()) return Status::Invalid(where + ".jwks has no keys");
-      client.keys = std::move(*keys);
+      ASSIGN_OR_RETURN(client.keys, ParseKeySource(e, where, ClientAlgorithms()));
       if (!e.contains("scopes") || !e["scopes"].is_array()) return Status::Invalid(where + ".scopes must be an array");
       for (const auto& sc_item : e["scopes"]) {
         if (!sc_item.is_string()) return Status::Invalid(where + ".scopes must hold strings");
@@ -205,6 +222,71 @@ Result<AuthConfig> ParseAuthConfig(std::string_view text) {
         client.scopes.push_back(sc_item.get<std::string>());
       }
       c.smart_clients.push_back(std::move(client));
+    }
+  }
+  if (auto is = doc.find("issuers"); is != doc.end()) {
+    if (!is->is_array()) return Status::Invalid("issuers must be an array");
+    for (size_t i = 0; i < is->size(); ++i) {
+      const json& e = (*is)[i];
+      const std::string where = "issuers[" + std::to_string(i) + "]";
+      if (!e.is_object()) return Status::Invalid(where + " must be an object");
+      for (auto m = e.begin(); m != e.end(); ++m) {
+        if (m.key() != "issuer" && m.key() != "audience" && m.key() != "jwks" && m.key() != "jwksUrl" &&
+            m.key() != "algorithms" && m.key() != "scopes") {
+          return Status::Invalid(where + ": unknown member '" + m.key() +
+                                 "' (expected issuer, audience, jwks or jwksUrl, algorithms, scopes)");
+        }
+      }
+      Issuer issuer;
+      ASSIGN_OR_RETURN(issuer.issuer, StringMember(e, "issuer", where, true));
+      ASSIGN_OR_RETURN(issuer.audience, StringMember(e, "audience", where, true));
+      if (issuer.issuer.empty() || issuer.issuer.find('#') != std::string::npos) {
+        return Status::Invalid(where + ".issuer must be a non-empty URL without a fragment");
+      }
+      if (issuer.audience.empty()) return Status::Invalid(where + ".audience must not be empty");
+      for (const auto& other : c.issuers) {
+        if (other.issuer == issuer.issuer) return Status::Invalid(where + ".issuer is listed twice");
+      }
+      if (!e.contains("algorithms") || !e["algorithms"].is_array() || e["algorithms"].empty()) {
+        return Status::Invalid(where + ".algorithms must be a non-empty array (" + [] {
+          std::string l;
+          for (const auto& a : IssuerAlgorithms()) l += (l.empty() ? "" : ", ") + a;
+          return l;
+        }() + ")");
+      }
+      for (const auto& a : e["algorithms"]) {
+        const auto& known = IssuerAlgorithms();
+        if (!a.is_string() || std::find(known.begin(), known.end(), a.get<std::string>()) == known.end()) {
+          return Status::Invalid(where +
+                                 ".algorithms: " + (a.is_string() ? "'" + a.get<std::string>() + "'" : a.dump()) +
+                                 " is not accepted (RS256, RS384, RS512, ES256, ES384, ES512; never none or HS*)");
+        }
+        issuer.algorithms.push_back(a.get<std::string>());
+      }
+      ASSIGN_OR_RETURN(issuer.keys, ParseKeySource(e, where, issuer.algorithms));
+      if (auto sc = e.find("scopes"); sc != e.end()) {
+        if (!sc->is_array()) return Status::Invalid(where + ".scopes must be an array");
+        for (const auto& one : *sc) {
+          if (!one.is_string()) return Status::Invalid(where + ".scopes must hold strings");
+          auto parsed = ParseScope(one.get<std::string>());
+          if (!parsed.ok()) return parsed.status().WithContext(where + ".scopes");
+          issuer.scopes.push_back(one.get<std::string>());
+        }
+      }
+      c.issuers.push_back(std::move(issuer));
+    }
+  }
+  if (auto co = doc.find("corsOrigins"); co != doc.end()) {
+    if (!co->is_array()) return Status::Invalid("corsOrigins must be an array of origins");
+    for (const auto& o : *co) {
+      if (!o.is_string()) return Status::Invalid("corsOrigins must hold strings");
+      const std::string origin = o.get<std::string>();
+      if (origin != "*" && !IsOrigin(origin)) {
+        return Status::Invalid("corsOrigins: '" + origin +
+                               "' is not an origin (scheme://host[:port], no path, e.g. https://app.example.org) "
+                               "or \"*\"");
+      }
+      c.cors_origins.push_back(origin);
     }
   }
   return c;
@@ -327,6 +409,18 @@ Status Authorizer::Reload() {
   ss << in.rdbuf();
   auto parsed = ParseAuthConfig(ss.str());
   if (!parsed.ok()) return parsed.status().WithContext("auth configuration " + path_);
+  // JWKS URLs are fetched now; one that cannot be is tried again when a token needs its keys (the provider may be
+  // down for a while; until it answers, its tokens are refused).
+  for (const auto& c : parsed->smart_clients) {
+    if (Status st = c.keys->Fetch(); !st.ok()) {
+      spdlog::warn("event=jwks_fetch_failed client={} reason=\"{}\"", c.client_id, st.message());
+    }
+  }
+  for (const auto& i : parsed->issuers) {
+    if (Status st = i.keys->Fetch(); !st.ok()) {
+      spdlog::warn("event=jwks_fetch_failed issuer={} reason=\"{}\"", i.issuer, st.message());
+    }
+  }
   auto fresh = std::make_shared<const AuthConfig>(std::move(*parsed));
   std::lock_guard<std::mutex> lock(mu_);
   if (!refuse_none_.empty() && fresh->AllowsNone()) {
@@ -358,20 +452,87 @@ void AuditLog::Write(const std::string& line) {
   }
 }
 
+namespace {
+
+// What a browser app may send and read (Bulk Data, FHIR REST and SigV4-signed requests).
+constexpr char kCorsMethods[] = "GET, HEAD, POST, PUT, PATCH, DELETE";
+constexpr char kCorsRequestHeaders[] =
+    "Authorization, Content-Type, Accept, Prefer, Range, If-Match, If-None-Match, If-None-Exist, If-Modified-Since, "
+    "X-Amz-Date, X-Amz-Security-Token, X-Amz-Content-Sha256, X-Amz-Target, X-Amz-User-Agent";
+constexpr char kCorsExposedHeaders[] =
+    "Content-Location, Location, ETag, Last-Modified, Expires, Retry-After, X-Progress, X-Request-Id, Content-Range, "
+    "Accept-Ranges";
+
+// How `origin` is allowed: "" (not), "*" (by the wildcard: no credentials) or the origin itself (listed).
+std::string CorsMatch(const AuthConfig& cfg, std::string_view origin) {
+  std::string how;
+  for (const auto& o : cfg.cors_origins) {
+    if (o == origin) return o;
+    if (o == "*") how = "*";
+  }
+  return how;
+}
+
+void SetCorsHeaders(const std::string& how, http::Response* r) {
+  r->headers.Set("Access-Control-Allow-Origin", how);
+  // Credentials (cookies, TLS client certificates) only for a listed origin, never for "*".
+  if (how != "*") r->headers.Set("Access-Control-Allow-Credentials", "true");
+  const std::string_view vary = r->headers.Get("Vary");
+  if (vary.empty()) {
+    r->headers.Set("Vary", "Origin");
+  } else if (vary.find("Origin") == std::string_view::npos) {
+    r->headers.Set("Vary", std::string(vary) + ", Origin");
+  }
+}
+
+}  // namespace
+
+std::optional<http::Response> Authorizer::Preflight(const http::Request& request) const {
+  std::shared_ptr<const AuthConfig> cfg = config();
+  if (cfg->cors_origins.empty()) return std::nullopt;  // no CORS: OPTIONS is routed (and answered 405)
+  const std::string_view origin = request.headers.Get("Origin");
+  const std::string how = CorsMatch(*cfg, origin);
+  if (how.empty()) {
+    http::Response r = http::Response::Json(
+        403, fhir::OperationOutcome("error", "forbidden",
+                                    "Origin " + std::string(origin).substr(0, 200) +
+                                        " is not among the origins the auth configuration's corsOrigins allow"));
+    r.headers.Set("Vary", "Origin");
+    return r;
+  }
+  http::Response r;
+  r.status = 204;
+  SetCorsHeaders(how, &r);
+  r.headers.Set("Access-Control-Allow-Methods", kCorsMethods);
+  r.headers.Set("Access-Control-Allow-Headers", kCorsRequestHeaders);
+  r.headers.Set("Access-Control-Max-Age", "600");
+  return r;
+}
+
+void Authorizer::DecorateCors(const http::Request& request, http::Response* response) const {
+  std::shared_ptr<const AuthConfig> cfg = config();
+  if (cfg->cors_origins.empty()) return;
+  const std::string how = CorsMatch(*cfg, request.headers.Get("Origin"));
+  if (how.empty()) return;  // the browser then keeps the answer from the page
+  SetCorsHeaders(how, response);
+  response->headers.Set("Access-Control-Expose-Headers", kCorsExposedHeaders);
+}
+
 std::optional<http::Response> Authorizer::Authorize(const http::Request& request, http::RequestContext* ctx) const {
   if (ctx->info == nullptr || ctx->info->action.empty()) return std::nullopt;  // a public route
   std::string decision;
   std::optional<http::Response> refused = Decide(request, ctx, &decision);
   if (audit_ != nullptr) {
-    std::string line = "{\"time\":" + JsonString(FormatInstant(clock_.NowMillis())) +
-                       ",\"requestId\":" + JsonString(ctx->request_id) + ",\"principal\":" +
-                       JsonString(ctx->principal.kind == "sigv4"
-                                      ? "arn:aws:iam::" + ctx->principal.account + ":user/" + ctx->principal.id
-                                  : ctx->principal.kind == "smart" ? "smart:" + ctx->principal.id
-                                                                   : ctx->principal.id) +
-                       ",\"action\":" + JsonString(ctx->info->action) +
-                       ",\"datastoreId\":" + JsonString(ctx->datastore_id) +
-                       ",\"method\":" + JsonString(request.method);
+    std::string line =
+        "{\"time\":" + JsonString(FormatInstant(clock_.NowMillis())) + ",\"requestId\":" + JsonString(ctx->request_id) +
+        ",\"principal\":" +
+        JsonString(ctx->principal.kind == "sigv4"
+                       ? "arn:aws:iam::" + ctx->principal.account + ":user/" + ctx->principal.id
+                   : ctx->principal.kind == "smart" ? "smart:" + ctx->principal.id
+                   : ctx->principal.kind == "idp"   ? "idp:" + ctx->principal.account + "#" + ctx->principal.id
+                                                    : ctx->principal.id) +
+        ",\"action\":" + JsonString(ctx->info->action) + ",\"datastoreId\":" + JsonString(ctx->datastore_id) +
+        ",\"method\":" + JsonString(request.method);
     for (const char* key : {"type", "id", "job", "file"}) {
       if (auto it = ctx->params.find(key); it != ctx->params.end()) {
         line += ",\"" + std::string(key) + "\":" + JsonString(it->second);
@@ -471,32 +632,55 @@ std::optional<http::Response> Authorizer::Decide(const http::Request& request, h
   return std::nullopt;
 }
 
-// A SMART bearer token: this server's, not expired; then its system scopes decide (docs/SECURITY.md, "Scopes").
+// A bearer token: this server's (SMART Backend Services) or a configured issuer's, valid and not expired; then its
+// system scopes decide (docs/SECURITY.md, "Scopes").
 std::optional<http::Response> Authorizer::DecideSmart(const http::Request& request, http::RequestContext* ctx,
                                                       const AuthConfig& cfg, std::string* decision) const {
-  auto claims = tokens()->VerifyAccessToken(request.headers.Get("Authorization").substr(7));
-  if (!claims.ok()) {
+  const std::string_view token = std::string_view(request.headers.Get("Authorization")).substr(7);
+  auto unauthenticated = [&](const std::string& why) {
     *decision = "unauthenticated";
-    http::Response r = Refuse(401, claims.status().message());
+    http::Response r = Refuse(401, why);
     r.headers.Set("WWW-Authenticate", "Bearer error=\"invalid_token\"");
     return r;
-  }
-  // The configuration in force decides, not the one the token was issued under: a client removed since has no
-  // access, and a scope taken from it no longer counts.
-  const SmartClient* client = nullptr;
-  for (const auto& c : cfg.smart_clients) {
-    if (c.client_id == claims->client_id) client = &c;
-  }
-  if (client == nullptr) {
-    *decision = "unauthenticated";
-    return Refuse(401, "The access token's client is no longer registered");
+  };
+  std::shared_ptr<TokenService> service = tokens();
+  const std::string iss = PeekIssuer(token);
+  const Issuer* issuer = nullptr;
+  for (const auto& i : cfg.issuers) {
+    if (!iss.empty() && i.issuer == iss && iss != service->token_url()) issuer = &i;
   }
   std::vector<Scope> scopes;
-  for (const auto& s : claims->scopes) {
-    if (std::find(client->scopes.begin(), client->scopes.end(), s.text) != client->scopes.end()) scopes.push_back(s);
+  std::string who;  // for messages and logs
+  if (issuer != nullptr) {
+    auto claims = service->VerifyIssuerToken(*issuer, token);
+    if (!claims.ok()) return unauthenticated(claims.status().message());
+    scopes = std::move(claims->scopes);
+    ctx->principal.kind = "idp";
+    ctx->principal.id = claims->client_id;
+    ctx->principal.account = claims->issuer;
+    who = "Subject " + claims->client_id + " of " + claims->issuer;
+  } else {
+    auto claims = service->VerifyAccessToken(token);
+    if (!claims.ok()) {
+      if (!iss.empty() && iss != service->token_url()) {
+        return unauthenticated("The access token was issued by neither this server nor a configured issuer");
+      }
+      return unauthenticated(claims.status().message());
+    }
+    // The configuration in force decides, not the one the token was issued under: a client removed since has no
+    // access, and a scope taken from it no longer counts.
+    const SmartClient* client = nullptr;
+    for (const auto& c : cfg.smart_clients) {
+      if (c.client_id == claims->client_id) client = &c;
+    }
+    if (client == nullptr) return unauthenticated("The access token's client is no longer registered");
+    for (const auto& s : claims->scopes) {
+      if (std::find(client->scopes.begin(), client->scopes.end(), s.text) != client->scopes.end()) scopes.push_back(s);
+    }
+    ctx->principal.kind = "smart";
+    ctx->principal.id = claims->client_id;
+    who = "Client " + claims->client_id;
   }
-  ctx->principal.kind = "smart";
-  ctx->principal.id = claims->client_id;
   ctx->principal.scoped = true;
   for (const auto& s : scopes) {
     if (s.context == "system" && (s.r || s.s)) ctx->principal.readable_types.push_back(s.type);
@@ -511,8 +695,8 @@ std::optional<http::Response> Authorizer::DecideSmart(const http::Request& reque
   if (type.empty()) type = "*";  // system-wide routes need a scope on every type
   auto refuse = [&](const std::string& why) {
     *decision = "deny";
-    spdlog::info("event=auth_denied principal=smart:{} action={} reason=\"{}\"", claims->client_id, action, why);
-    return Refuse(403, "Client " + claims->client_id + " may not " + action + ": " + why);
+    spdlog::info("event=auth_denied principal=\"{}\" action={} reason=\"{}\"", who, action, why);
+    return Refuse(403, who + " may not " + action + ": " + why);
   };
   auto need = [&](char perm, const char* what) -> std::optional<http::Response> {
     if (SystemScopeAllows(scopes, type, perm)) return std::nullopt;

@@ -3,8 +3,9 @@
 // datastore (`--auth-config`, docs/SECURITY.md) and evaluates the caller's IAM policies for the action on the
 // datastore's ARN (and iam:PassRole on a kick-off's DataAccessRoleArn). Public routes (no action) pass untouched.
 //
-// Modes built: `none` (anonymous, every action allowed: local use) and `sigv4` (AWS Signature Version 4 with IAM
-// policies). `smart` (SMART on FHIR Backend Services) is not built yet: a configuration naming it is refused.
+// Modes: `none` (anonymous, every action allowed: local use), `sigv4` (AWS Signature Version 4 with IAM policies) and
+// `smart` (bearer tokens: this server's, from SMART Backend Services, or an external identity provider's JWTs; their
+// system/ scopes decide). CORS (the configuration's corsOrigins) is answered here too.
 //
 // Thread-safe: Authorize may run on every handler thread while Reload (SIGHUP) swaps the configuration.
 #pragma once
@@ -47,6 +48,8 @@ struct AuthConfig {
   std::vector<PrincipalConfig> principals;
   std::vector<SmartClient> smart_clients;  // SMART Backend Services clients (mode smart)
   int token_lifetime_s = 300;              // lifetime of the access tokens the token endpoint issues
+  std::vector<Issuer> issuers;             // external identity providers whose bearer JWTs count (mode smart)
+  std::vector<std::string> cors_origins;   // origins browser apps may call from ("*": any, without credentials)
 
   const std::vector<std::string>& ModesFor(std::string_view datastore_id) const;
   std::string DatastoreArn(std::string_view datastore_id) const;
@@ -99,6 +102,10 @@ class Authorizer {
 
   // http::Authorizer: nullopt lets the request through (ctx->principal filled); otherwise the 401/403 answer.
   std::optional<http::Response> Authorize(const http::Request& request, http::RequestContext* ctx) const;
+  // CORS (http::CorsPolicy): a preflight answer (OPTIONS with Origin and Access-Control-Request-Method), or nullopt.
+  std::optional<http::Response> Preflight(const http::Request& request) const;
+  // Adds the Access-Control-* headers a response to an allowed Origin carries.
+  void DecorateCors(const http::Request& request, http::Response* response) const;
   // Every decision of Authorize is also written to `log` (nullptr: none; it must outlive the authorizer).
   void SetAuditLog(AuditLog* log) { audit_ = log; }
 

@@ -1,5 +1,7 @@
 #include "auth/smart.h"
 
+#include <arpa/inet.h>
+#include <curl/curl.h>
 #include <jwt.h>
 #include <openssl/bio.h>
 #include <openssl/bn.h>
@@ -7,6 +9,7 @@
 #include <openssl/evp.h>
 #include <openssl/param_build.h>
 #include <openssl/pem.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -132,13 +135,13 @@ std::optional<std::string> RsaPem(const std::string& n, const std::string& e) {
   return ToPem(key.get());
 }
 
-std::optional<std::string> EcP384Pem(const std::string& x, const std::string& y) {
-  if (x.size() != 48 || y.size() != 48) return std::nullopt;
+// An EC public key on `group` (an OpenSSL group name) from its coordinates, each `size` bytes.
+std::optional<std::string> EcPem(const char* group, size_t size, const std::string& x, const std::string& y) {
+  if (x.size() != size || y.size() != size) return std::nullopt;
   std::string point = "\x04" + x + y;
-  OSSL_PARAM params[] = {
-      OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, const_cast<char*>("secp384r1"), 0),
-      OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, point.data(), point.size()),
-      OSSL_PARAM_construct_end()};
+  OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, const_cast<char*>(group), 0),
+                         OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, point.data(), point.size()),
+                         OSSL_PARAM_construct_end()};
   EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_name(nullptr, "EC", nullptr);
   EVP_PKEY* raw = nullptr;
   if (ctx != nullptr && EVP_PKEY_fromdata_init(ctx) == 1) EVP_PKEY_fromdata(ctx, &raw, EVP_PKEY_PUBLIC_KEY, params);
@@ -147,6 +150,61 @@ std::optional<std::string> EcP384Pem(const std::string& x, const std::string& y)
   if (!key) return std::nullopt;
   return ToPem(key.get());
 }
+
+std::string JoinAlgs(const std::vector<std::string>& algs) {
+  std::string out;
+  for (const auto& a : algs) out += (out.empty() ? "" : ", ") + a;
+  return out;
+}
+
+bool Accepts(const std::vector<std::string>& accepted, std::string_view alg) {
+  return std::find(accepted.begin(), accepted.end(), alg) != accepted.end();
+}
+
+jwt_alg_t LibjwtAlg(std::string_view alg) {
+  static const std::pair<std::string_view, jwt_alg_t> kAlgs[] = {{"RS256", JWT_ALG_RS256}, {"RS384", JWT_ALG_RS384},
+                                                                 {"RS512", JWT_ALG_RS512}, {"ES256", JWT_ALG_ES256},
+                                                                 {"ES384", JWT_ALG_ES384}, {"ES512", JWT_ALG_ES512}};
+  for (const auto& [name, value] : kAlgs) {
+    if (name == alg) return value;
+  }
+  return JWT_ALG_INVAL;
+}
+
+// Whether the JWT's aud (a string, or an array of strings) is or holds `audience`.
+bool AudienceHolds(const json& claims, const std::string& audience) {
+  auto aud = claims.find("aud");
+  if (aud == claims.end()) return false;
+  if (aud->is_string()) return *aud == audience;
+  return aud->is_array() && std::any_of(aud->begin(), aud->end(), [&](const json& a) { return a == audience; });
+}
+
+// The scopes of a space-separated list; those that are not SMART scopes are left out.
+std::vector<Scope> ParseScopeList(std::string_view list) {
+  std::vector<Scope> out;
+  for (size_t start = 0; start < list.size();) {
+    size_t sp = list.find(' ', start);
+    auto s = ParseScope(list.substr(start, sp == std::string_view::npos ? std::string_view::npos : sp - start));
+    if (s.ok()) out.push_back(std::move(*s));
+    if (sp == std::string_view::npos) break;
+    start = sp + 1;
+  }
+  return out;
+}
+
+constexpr size_t kMaxJwksBytes = 1 << 20;
+constexpr EpochMillis kJwksRefetchMs = 60 * 1000;
+
+size_t CollectBody(char* data, size_t size, size_t n, void* user) {
+  auto* out = static_cast<std::string*>(user);
+  if (out->size() + size * n > kMaxJwksBytes) return 0;  // too large: the transfer fails
+  out->append(data, size * n);
+  return size * n;
+}
+
+struct CurlUrlFree {
+  void operator()(CURLU* u) const { curl_url_cleanup(u); }
+};
 
 std::string FormValue(const std::vector<http::QueryParam>& form, std::string_view name, int* count) {
   std::string out;
@@ -268,11 +326,16 @@ bool SystemScopeAllows(const std::vector<Scope>& scopes, std::string_view type, 
   });
 }
 
-Result<std::vector<Jwk>> ParseJwks(std::string_view text) {
+Result<std::vector<Jwk>> ParseJwks(std::string_view text, const std::vector<std::string>& accepted) {
   json doc = json::parse(text, nullptr, false);
   if (!doc.is_object() || !doc.contains("keys") || !doc["keys"].is_array()) {
     return Status::Invalid("a JWKS must be an object with a \"keys\" array");
   }
+  std::vector<std::string> curves;  // the EC curves `accepted` allows, for the messages
+  for (const auto& [crv, alg] : {std::pair{"P-256", "ES256"}, {"P-384", "ES384"}, {"P-521", "ES512"}}) {
+    if (Accepts(accepted, alg)) curves.push_back(crv);
+  }
+  const bool any_rsa = std::any_of(accepted.begin(), accepted.end(), [](const auto& a) { return a.starts_with("RS"); });
   std::vector<Jwk> out;
   for (size_t i = 0; i < doc["keys"].size(); ++i) {
     const json& k = doc["keys"][i];
@@ -281,29 +344,48 @@ Result<std::vector<Jwk>> ParseJwks(std::string_view text) {
     if (k.contains("d")) return Status::Invalid(where + " is a private key: register the public key only");
     Jwk jwk;
     jwk.kid = StringClaim(k, "kid");
-    const std::string kty = StringClaim(k, "kty");
+    jwk.kty = StringClaim(k, "kty");
     std::string alg = StringClaim(k, "alg");
-    if (kty == "RSA") {
+    if (jwk.kty == "RSA") {
       auto n = Base64UrlDecode(StringClaim(k, "n"));
       auto e = Base64UrlDecode(StringClaim(k, "e"));
       if (!n || !e || n->empty() || e->empty()) return Status::Invalid(where + ": an RSA key needs n and e");
-      if (!alg.empty() && alg != "RS384") return Status::Invalid(where + ": an RSA key is accepted for RS384 only");
+      if (!any_rsa)
+        return Status::Invalid(where + ": RSA keys are not accepted here (accepted: " + JoinAlgs(accepted) + ")");
+      if (!alg.empty() && (!alg.starts_with("RS") || !Accepts(accepted, alg))) {
+        return Status::Invalid(where + ": an RSA key with alg " + alg +
+                               " is not accepted here (accepted: " + JoinAlgs(accepted) + ")");
+      }
       auto pem = RsaPem(*n, *e);
       if (!pem) {
         return Status::Invalid(where +
                                ": not a usable RSA public key (2048 bits or more, odd modulus, exponent 65537 "
                                "or larger)");
       }
-      jwk.alg = "RS384";
+      jwk.alg = alg;
       jwk.pem = std::move(*pem);
-    } else if (kty == "EC") {
-      if (StringClaim(k, "crv") != "P-384") return Status::Invalid(where + ": an EC key must be on P-384 (ES384)");
-      if (!alg.empty() && alg != "ES384") return Status::Invalid(where + ": an EC key is accepted for ES384 only");
+    } else if (jwk.kty == "EC") {
+      const std::string crv = StringClaim(k, "crv");
+      const char* group = crv == "P-256"   ? "prime256v1"
+                          : crv == "P-384" ? "secp384r1"
+                          : crv == "P-521" ? "secp521r1"
+                                           : nullptr;
+      const std::string curve_alg = crv == "P-256" ? "ES256" : crv == "P-384" ? "ES384" : "ES512";
+      if (group == nullptr || !Accepts(accepted, curve_alg)) {
+        std::string list;
+        for (const auto& c : curves) list += (list.empty() ? "" : ", ") + c;
+        return Status::Invalid(where + ": an EC key on curve '" + crv + "' is not accepted here (accepted curves: " +
+                               (list.empty() ? std::string("none") : list) + ")");
+      }
+      if (!alg.empty() && alg != curve_alg) {
+        return Status::Invalid(where + ": an EC key on " + crv + " verifies " + curve_alg + ", not " + alg);
+      }
       auto x = Base64UrlDecode(StringClaim(k, "x"));
       auto y = Base64UrlDecode(StringClaim(k, "y"));
-      std::optional<std::string> pem = x && y ? EcP384Pem(*x, *y) : std::nullopt;
-      if (!pem) return Status::Invalid(where + ": not a usable P-384 public key");
-      jwk.alg = "ES384";
+      const size_t size = crv == "P-256" ? 32 : crv == "P-384" ? 48 : 66;
+      std::optional<std::string> pem = x && y ? EcPem(group, size, *x, *y) : std::nullopt;
+      if (!pem) return Status::Invalid(where + ": not a usable " + crv + " public key");
+      jwk.alg = curve_alg;
       jwk.pem = std::move(*pem);
     } else {
       return Status::Invalid(where + ": kty must be RSA or EC");
@@ -311,6 +393,96 @@ Result<std::vector<Jwk>> ParseJwks(std::string_view text) {
     out.push_back(std::move(jwk));
   }
   return out;
+}
+
+Status CheckJwksUrl(std::string_view url) {
+  std::unique_ptr<CURLU, CurlUrlFree> u(curl_url());
+  if (!u) return Status::Internal("no memory for a URL");
+  const std::string text(url);
+  if (curl_url_set(u.get(), CURLUPART_URL, text.c_str(), 0) != CURLUE_OK) {
+    return Status::Invalid("'" + text + "' is not an absolute URL");
+  }
+  char* scheme = nullptr;
+  char* host = nullptr;
+  curl_url_get(u.get(), CURLUPART_SCHEME, &scheme, 0);
+  curl_url_get(u.get(), CURLUPART_HOST, &host, 0);
+  const std::string s = scheme != nullptr ? scheme : "";
+  const std::string h = host != nullptr ? host : "";
+  curl_free(scheme);
+  curl_free(host);
+  if (s == "https") return Status::Ok();
+  in_addr v4{};
+  const bool loopback =
+      h == "localhost" || h == "[::1]" || (inet_pton(AF_INET, h.c_str(), &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127);
+  if (s == "http" && loopback) return Status::Ok();
+  return Status::Invalid("'" + text + "': a JWKS URL must be https:// (http:// only on a loopback host)");
+}
+
+std::shared_ptr<KeySet> KeySet::Inline(std::vector<Jwk> keys) {
+  auto set = std::make_shared<KeySet>();
+  set->keys_ = std::move(keys);
+  return set;
+}
+
+std::shared_ptr<KeySet> KeySet::FromUrl(std::string url, std::vector<std::string> accepted) {
+  auto set = std::make_shared<KeySet>();
+  set->url_ = std::move(url);
+  set->accepted_ = std::move(accepted);
+  return set;
+}
+
+Status KeySet::Fetch() {
+  if (url_.empty()) return Status::Ok();
+  std::string body;
+  long code = 0;
+  CURL* curl = curl_easy_init();
+  if (curl == nullptr) return Status::Internal("libcurl could not start a transfer");
+  curl_easy_setopt(curl, CURLOPT_URL, url_.c_str());
+  curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L);
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 5000L);
+  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, CollectBody);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &body);
+  const CURLcode rc = curl_easy_perform(curl);
+  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &code);
+  curl_easy_cleanup(curl);
+  if (rc != CURLE_OK) {
+    return Status::Unavailable("cannot fetch the JWKS " + url_ + ": " + curl_easy_strerror(rc));
+  }
+  if (code != 200) return Status::Unavailable("the JWKS " + url_ + " answered HTTP " + std::to_string(code));
+  auto keys = ParseJwks(body, accepted_);
+  if (!keys.ok()) return keys.status().WithContext("the JWKS " + url_);
+  std::lock_guard<std::mutex> lock(mu_);
+  keys_ = std::move(*keys);
+  return Status::Ok();
+}
+
+std::vector<Jwk> KeySet::KeysFor(std::string_view kid, std::string_view alg, EpochMillis now) {
+  auto fitting = [&] {
+    std::vector<Jwk> out;
+    for (const auto& k : keys_) {
+      if (k.Fits(alg) && (kid.empty() || k.kid == kid)) out.push_back(k);
+    }
+    return out;
+  };
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<Jwk> out = fitting();
+    if (!out.empty() || url_.empty() || now - last_attempt_ < kJwksRefetchMs) return out;
+    last_attempt_ = now;
+  }
+  // The issuer may have rotated its keys: fetch again (outside the lock; a failure keeps the keys known).
+  if (Status st = Fetch(); !st.ok()) {
+    spdlog::warn("event=jwks_refetch_failed url={} reason=\"{}\"", url_, st.message());
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  return fitting();
+}
+
+std::string PeekIssuer(std::string_view token) {
+  auto parts = PeekJwt(token);
+  return parts.ok() ? StringClaim(parts->payload, "iss") : std::string();
 }
 
 TokenService::TokenService(std::vector<SmartClient> clients, std::string token_key, std::string token_url,
@@ -337,27 +509,19 @@ Result<const SmartClient*> TokenService::VerifyAssertion(std::string_view assert
   if (client == nullptr)
     return Status::Unauthorized("client_assertion: it is not signed by a key of a registered client");
   const std::string kid = StringClaim(parts->header, "kid");
-  const Jwk* key = nullptr;
-  for (const auto& k : client->keys) {
-    if (k.alg != alg) continue;
-    if (!kid.empty() && k.kid != kid) continue;
-    if (key != nullptr) return Status::Unauthorized("client_assertion: several keys fit; name one with kid");
-    key = &k;
-  }
-  if (key == nullptr) {
+  const std::vector<Jwk> keys = client->keys->KeysFor(kid, alg, clock_.NowMillis());
+  if (keys.size() > 1) return Status::Unauthorized("client_assertion: several keys fit; name one with kid");
+  if (keys.empty()) {
     return Status::Unauthorized("client_assertion: it is not signed by a key of a registered client (no " + alg +
                                 " key" + (kid.empty() ? std::string() : " with that kid") + ")");
   }
-  if (!SignatureValid(assertion, key->pem, alg == "RS384" ? JWT_ALG_RS384 : JWT_ALG_ES384)) {
+  if (!SignatureValid(assertion, keys.front().pem, LibjwtAlg(alg))) {
     return Status::Unauthorized("client_assertion: it is not signed by a key of a registered client");
   }
   const json& c = parts->payload;
   if (StringClaim(c, "sub") != client->client_id) return Status::Unauthorized("client_assertion: sub must equal iss");
-  bool aud_ok = StringClaim(c, "aud") == token_url_;
-  if (auto aud = c.find("aud"); aud != c.end() && aud->is_array()) {
-    aud_ok = std::any_of(aud->begin(), aud->end(), [&](const json& a) { return a == token_url_; });
-  }
-  if (!aud_ok) return Status::Unauthorized("client_assertion: aud must be the token endpoint " + token_url_);
+  if (!AudienceHolds(c, token_url_))
+    return Status::Unauthorized("client_assertion: aud must be the token endpoint " + token_url_);
   const EpochMillis now = clock_.NowMillis();
   auto exp = NumberClaim(c, "exp");
   if (!exp) return Status::Unauthorized("client_assertion: exp is required");
@@ -464,13 +628,55 @@ Result<TokenClaims> TokenService::VerifyAccessToken(std::string_view token) cons
   TokenClaims out;
   out.client_id = StringClaim(parts->payload, "sub");
   out.expires = *exp * 1000;
-  const std::string scope = StringClaim(parts->payload, "scope");
-  for (size_t start = 0; start < scope.size();) {
-    size_t sp = scope.find(' ', start);
-    auto s = ParseScope(scope.substr(start, sp == std::string::npos ? std::string::npos : sp - start));
-    if (s.ok()) out.scopes.push_back(std::move(*s));
-    if (sp == std::string::npos) break;
-    start = sp + 1;
+  out.scopes = ParseScopeList(StringClaim(parts->payload, "scope"));
+  return out;
+}
+
+Result<TokenClaims> TokenService::VerifyIssuerToken(const Issuer& issuer, std::string_view token) const {
+  auto parts = PeekJwt(token);
+  if (!parts.ok()) return Status::Unauthorized("The access token is not valid: " + parts.status().message());
+  const std::string alg = StringClaim(parts->header, "alg");
+  if (!Accepts(issuer.algorithms, alg) || LibjwtAlg(alg) == JWT_ALG_INVAL) {
+    return Status::Unauthorized("The access token's alg '" + alg + "' is not accepted from issuer " + issuer.issuer +
+                                " (accepted: " + JoinAlgs(issuer.algorithms) + ")");
+  }
+  const EpochMillis now = clock_.NowMillis();
+  const std::vector<Jwk> keys = issuer.keys->KeysFor(StringClaim(parts->header, "kid"), alg, now);
+  const bool signed_ok =
+      std::any_of(keys.begin(), keys.end(), [&](const Jwk& k) { return SignatureValid(token, k.pem, LibjwtAlg(alg)); });
+  if (!signed_ok) {
+    return Status::Unauthorized("The access token is not signed by a key of issuer " + issuer.issuer);
+  }
+  const json& c = parts->payload;
+  if (StringClaim(c, "iss") != issuer.issuer) return Status::Unauthorized("The access token's iss is not its issuer");
+  if (!AudienceHolds(c, issuer.audience)) {
+    return Status::Unauthorized("The access token's aud does not name this server (" + issuer.audience + ")");
+  }
+  auto exp = NumberClaim(c, "exp");
+  if (!exp) return Status::Unauthorized("The access token has no exp");
+  if (*exp * 1000 + kClockSkewMs <= now) return Status::Unauthorized("The access token expired; request a new one");
+  if (c.contains("nbf")) {
+    auto nbf = NumberClaim(c, "nbf");
+    if (!nbf || *nbf * 1000 > now + kClockSkewMs)
+      return Status::Unauthorized("The access token is not valid yet (nbf)");
+  }
+  TokenClaims out;
+  out.issuer = issuer.issuer;
+  out.client_id = StringClaim(c, "sub");
+  if (out.client_id.empty()) return Status::Unauthorized("The access token has no sub");
+  out.expires = *exp * 1000;
+  // OAuth's "scope" (space-separated); some providers say "scp" (an array, or a string).
+  std::string list = StringClaim(c, "scope");
+  if (auto scp = c.find("scp"); list.empty() && scp != c.end()) {
+    if (scp->is_string()) list = scp->get<std::string>();
+    if (scp->is_array()) {
+      for (const auto& one : *scp) {
+        if (one.is_string()) list += (list.empty() ? "" : " ") + one.get<std::string>();
+      }
+    }
+  }
+  for (Scope& s : ParseScopeList(list)) {
+    if (issuer.scopes.empty() || Accepts(issuer.scopes, s.text)) out.scopes.push_back(std::move(s));
   }
   return out;
 }

@@ -1,10 +1,12 @@
 // SMART on FHIR Backend Services (the OAuth 2.0 client-credentials flow Bulk Data clients use): SMART scopes, the
-// clients' JSON Web Keys, the token endpoint (a client assertion JWT signed RS384 or ES384 with the client's key,
-// verified with libjwt against the key its JWKS names) and the server's own access tokens (HS256 JWTs under a key
-// kept in the data directory). Thread-safe.
+// clients' JSON Web Keys (inline or fetched from a JWKS URL), the token endpoint (a client assertion JWT signed RS384
+// or ES384 with the client's key, verified with libjwt against the key its JWKS names), the server's own access
+// tokens (HS256 JWTs under a key kept in the data directory) and bearer JWTs of external identity providers (the
+// configuration's `issuers`). Thread-safe.
 #pragma once
 
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -30,24 +32,74 @@ Result<Scope> ParseScope(std::string_view text);
 // Whether `scopes` grant `permission` ('c', 'r', 'u', 'd' or 's') on `type` in the `system` context.
 bool SystemScopeAllows(const std::vector<Scope>& scopes, std::string_view type, char permission);
 
-// A public key of a client's JWKS, as PEM for libjwt, with what it may verify.
+// A public key of a JWKS, as PEM for libjwt, with the algorithm it verifies.
 struct Jwk {
   std::string kid;
-  std::string alg;  // "RS384" or "ES384"
+  std::string kty;  // "RSA" or "EC"
+  // RS256/RS384/RS512 (an RSA key without "alg" verifies each of those the set accepts: alg empty), or the one ES
+  // algorithm of an EC key's curve (P-256 ES256, P-384 ES384, P-521 ES512).
+  std::string alg;
   std::string pem;
+  bool Fits(std::string_view token_alg) const {
+    return alg.empty() ? token_alg.starts_with("RS") && kty == "RSA" : alg == token_alg;
+  }
 };
-// Parses a JWKS ({"keys": [...]}) of RSA (n, e) and EC P-384 (crv, x, y) public keys. kInvalid names the key.
-Result<std::vector<Jwk>> ParseJwks(std::string_view json);
+// The algorithms a client assertion may be signed with (SMART Backend Services), and those an issuer may name.
+inline const std::vector<std::string>& ClientAlgorithms() {
+  static const std::vector<std::string> algs = {"RS384", "ES384"};
+  return algs;
+}
+inline const std::vector<std::string>& IssuerAlgorithms() {
+  static const std::vector<std::string> algs = {"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"};
+  return algs;
+}
+// Parses a JWKS ({"keys": [...]}) of RSA (n, e; 2048 bits or more) and EC (P-256, P-384, P-521) public keys; a key
+// that could verify none of `accepted` is refused. kInvalid names the key.
+Result<std::vector<Jwk>> ParseJwks(std::string_view json, const std::vector<std::string>& accepted);
+
+// A JWKS URL is https://, or http:// on a loopback host (127.0.0.0/8, [::1], localhost: tests). kInvalid says why.
+Status CheckJwksUrl(std::string_view url);
+
+// The keys of a client or an issuer: given inline, or fetched from a JWKS URL (by Fetch, when the configuration
+// loads, and again when a token names a key not among them, at most once a minute: key rotation).
+class KeySet {
+ public:
+  static std::shared_ptr<KeySet> Inline(std::vector<Jwk> keys);
+  static std::shared_ptr<KeySet> FromUrl(std::string url, std::vector<std::string> accepted);
+  // A URL's set: GET it now (5 s, 1 MiB at most, no redirects). kUnavailable / kInvalid say why; inline: Ok.
+  Status Fetch();
+  const std::string& url() const { return url_; }
+  // The keys fitting `alg` (and `kid`, when given); a URL's set with none is fetched again first, when its last
+  // fetch is a minute old.
+  std::vector<Jwk> KeysFor(std::string_view kid, std::string_view alg, EpochMillis now);
+
+ private:
+  std::string url_;
+  std::vector<std::string> accepted_;
+  std::mutex mu_;
+  std::vector<Jwk> keys_;         // GUARDED_BY(mu_)
+  EpochMillis last_attempt_ = 0;  // GUARDED_BY(mu_)
+};
 
 struct SmartClient {
   std::string client_id;
-  std::vector<Jwk> keys;
+  std::shared_ptr<KeySet> keys;
   std::vector<std::string> scopes;  // what it may be granted
+};
+
+// An external identity provider whose bearer JWTs are accepted (mode smart) in place of this server's tokens.
+struct Issuer {
+  std::string issuer;    // the tokens' iss, exactly
+  std::string audience;  // their aud must be (or hold) it
+  std::vector<std::string> algorithms;
+  std::shared_ptr<KeySet> keys;
+  std::vector<std::string> scopes;  // the scopes its tokens may carry (others are ignored); empty: any
 };
 
 // What a valid access token says.
 struct TokenClaims {
-  std::string client_id;
+  std::string client_id;  // this server's tokens: the client; an issuer's: its sub
+  std::string issuer;     // an issuer's tokens: its iss
   std::vector<Scope> scopes;
   EpochMillis expires = 0;
 };
@@ -65,6 +117,9 @@ class TokenService {
   Result<TokenClaims> VerifyAccessToken(std::string_view token) const;
 
   const std::string& token_url() const { return token_url_; }
+  // A bearer JWT of `issuer`: alg among its algorithms, signature under a key of its JWKS, iss, aud, exp (and nbf)
+  // checked. kUnauthorized with the reason.
+  Result<TokenClaims> VerifyIssuerToken(const Issuer& issuer, std::string_view token) const;
   // Keeps the assertion ids `previous` has seen (a configuration reload must not reopen a replay window).
   void AdoptReplayRecords(TokenService& previous);
 
@@ -79,6 +134,9 @@ class TokenService {
   std::mutex mu_;
   std::map<std::string, EpochMillis> seen_jti_;  // GUARDED_BY(mu_): client|jti -> when it may be forgotten
 };
+
+// The `iss` claim of a compact JWS, unverified (to choose who verifies it); empty when there is none.
+std::string PeekIssuer(std::string_view token);
 
 // base64url without padding (RFC 7515), both ways; Decode returns nullopt for bad input.
 std::string Base64UrlEncode(std::string_view bytes);

@@ -101,6 +101,20 @@ bool Router::IsInline(const Request& request) const {
 }
 
 Response Router::Dispatch(const Request& request) const {
+  const bool cross_origin = request.headers.Has("Origin");
+  if (cross_origin && cors_.preflight && request.method == "OPTIONS" &&
+      request.headers.Has("Access-Control-Request-Method")) {
+    if (std::optional<Response> answer = cors_.preflight(request)) {
+      answer->headers.Set("X-Request-Id", NewHexId().substr(0, 16));
+      return std::move(*answer);
+    }
+  }
+  Response response = DispatchRouted(request);
+  if (cross_origin && cors_.decorate) cors_.decorate(request, &response);
+  return response;
+}
+
+Response Router::DispatchRouted(const Request& request) const {
   Match m = Find(request);
   if (m.route != nullptr) {
     RequestContext ctx;

@@ -29,10 +29,10 @@ using PathParams = std::map<std::string, std::string, std::less<>>;
 
 // Who sent the request, as established by the authorization step. "anonymous" until auth exists.
 struct Principal {
-  std::string kind = "anonymous";  // "anonymous", "sigv4", "smart"
-  std::string id = "anonymous";    // access key id (sigv4), client id (smart)
-  std::string account;             // sigv4: the principal's AWS account id
-  // smart: the resource types its system scopes let it read ("*": all); an export is narrowed to them.
+  std::string kind = "anonymous";  // "anonymous", "sigv4", "smart", "idp" (an external issuer's bearer JWT)
+  std::string id = "anonymous";    // access key id (sigv4), client id (smart), sub (idp)
+  std::string account;             // sigv4: the principal's AWS account id; idp: the issuer
+  // smart, idp: the resource types its system scopes let it read ("*": all); an export is narrowed to them.
   bool scoped = false;
   std::vector<std::string> readable_types;
   bool MayRead(std::string_view type) const {
@@ -70,6 +70,14 @@ using ErrorResponder = std::function<Response(const Request&, int status, const 
 // ctx->info->action on ctx->datastore_id. Returning a response answers the request instead of the handler.
 using Authorizer = std::function<std::optional<Response>(const Request&, RequestContext*)>;
 
+// CORS for browser apps: `preflight` answers an OPTIONS request carrying Origin and Access-Control-Request-Method
+// (nullopt: route it as any request); `decorate` adds the Access-Control-* headers to every answer to a request with an
+// Origin. Both may be empty.
+struct CorsPolicy {
+  std::function<std::optional<Response>(const Request&)> preflight;
+  std::function<void(const Request&, Response*)> decorate;
+};
+
 class Router {
  public:
   explicit Router(ErrorResponder on_error) : on_error_(std::move(on_error)) {}
@@ -81,6 +89,8 @@ class Router {
   }
   // Call before serving starts. Without one, every request is anonymous and allowed.
   void SetAuthorizer(Authorizer authorizer) { authorizer_ = std::move(authorizer); }
+  // Call before serving starts.
+  void SetCors(CorsPolicy cors) { cors_ = std::move(cors); }
 
   // Thread-safe after setup. A handler's exception propagates (the server turns it into a 500).
   Response Dispatch(const Request& request) const;
@@ -112,10 +122,12 @@ class Router {
     std::vector<std::string> allowed;  // methods of routes whose path matched
   };
   Match Find(const Request& request) const;
+  Response DispatchRouted(const Request& request) const;
 
   std::vector<Route> routes_;
   ErrorResponder on_error_;
   Authorizer authorizer_;
+  CorsPolicy cors_;
   mutable std::atomic<uint64_t> next_request_{1};
 };
 

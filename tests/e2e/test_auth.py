@@ -227,7 +227,9 @@ def test_resource_tag_conditions_and_modes_per_datastore_reloaded_on_sighup(srv)
 
 
 @pytest.mark.parametrize("config,mention", [
-    ('{"issuers": []}', "not built"),
+    ('{"issuers": [{"issuer": "https://idp.example", "audience": "fhirlake", "jwks": {"keys": []},'
+     ' "algorithms": ["HS256"]}]}', "'HS256' is not accepted"),
+    ('{"corsOrigins": ["https://app.example/path"]}', "not an origin"),
     ('{"principals": [{"accessKeyId": "short", "secretAccessKey": "x"}]}', "accessKeyId"),
     ("[1, 2]", "JSON object"),
 ])

@@ -139,9 +139,35 @@ TEST(AuthCoverageTest, ConfigurationErrorsNameTheMember) {
       {"[]", "JSON object"},
       {R"({"accountId": "123"})", "accountId"},
       {R"({"defaultModes": ["magic"]})", "modes"},
-      {R"({"issuers": []})", "not built"},
-      {R"({"smartClients": [{"clientId": "c", "jwksUrl": "http://127.0.0.1:1/jwks"}]})", "jwksUrl"},
-      {R"({"smartClients": [{"clientId": "c", "jwks": {"keys": []}, "scopes": []}]})", "no keys"},
+      {R"({"issuers": {}})", "issuers must be an array"},
+      {R"({"issuers": [{"issuer": "https://idp.example", "audience": "f", "jwks": {"keys": []},
+           "algorithms": ["HS256"]}]})",
+       "'HS256' is not accepted"},
+      {R"({"issuers": [{"issuer": "https://idp.example", "audience": "f", "jwks": {"keys": []},
+           "algorithms": ["none"]}]})",
+       "'none' is not accepted"},
+      {R"({"issuers": [{"issuer": "https://idp.example", "audience": "f", "jwks": {"keys": []}}]})", "algorithms"},
+      {R"({"issuers": [{"issuer": "https://idp.example", "jwks": {"keys": []}, "algorithms": ["RS256"]}]})",
+       "audience is required"},
+      {R"({"issuers": [{"issuer": "https://idp.example#x", "audience": "f", "jwks": {"keys": []},
+           "algorithms": ["RS256"]}]})",
+       "fragment"},
+      {R"({"issuers": [{"issuer": "https://idp.example", "audience": "f", "algorithms": ["RS256"]}]})",
+       "jwks (inline) or jwksUrl"},
+      {R"({"issuers": [{"issuer": "https://idp.example", "audience": "f", "jwks": {"keys": []},
+           "jwksUrl": "https://idp.example/jwks", "algorithms": ["RS256"]}]})",
+       "one of them"},
+      {R"({"issuers": [{"issuer": "https://i", "audience": "f", "jwks": {"keys": []}, "algorithms": ["RS256"]},
+                       {"issuer": "https://i", "audience": "g", "jwks": {"keys": []}, "algorithms": ["RS256"]}]})",
+       "listed twice"},
+      {R"({"issuers": [{"issuer": "https://i", "audience": "f", "jwks": {"keys": []}, "algorithms": ["RS256"],
+           "scopes": ["system/Nonsense.read"]}]})",
+       "Nonsense"},
+      {R"({"smartClients": [{"clientId": "c", "jwksUrl": "http://10.1.2.3/jwks", "scopes": []}]})", "https://"},
+      {R"({"smartClients": [{"clientId": "c", "jwksUrl": "not a url", "scopes": []}]})", "not an absolute URL"},
+      {R"({"corsOrigins": "https://app.example"})", "array"},
+      {R"({"corsOrigins": ["https://app.example/path"]})", "not an origin"},
+      {R"({"corsOrigins": ["app.example"]})", "not an origin"},
       {R"({"smartClients": [{"clientId": "c", "jwks": {"keys": [{"kty": "oct", "k": "AAAA"}]}, "scopes": []}]})",
        "kty"},
       {R"({"tokenLifetimeSeconds": 5})", "tokenLifetimeSeconds"},
@@ -161,6 +187,18 @@ TEST(AuthCoverageTest, ConfigurationErrorsNameTheMember) {
   EXPECT_EQ(c.ModesFor("abc"), std::vector<std::string>{"none"});
   EXPECT_EQ(c.ModesFor("other"), std::vector<std::string>{"sigv4"});
   EXPECT_TRUE(c.AllowsNone());
+  // A client or issuer whose JWKS is still empty (keys to come by URL, or not yet registered) loads; it cannot
+  // authenticate anyone until it has keys.
+  ASSERT_OK_AND_ASSIGN(auto example, auth::ParseAuthConfig(R"({"region": "us-east-1", "accountId": "111122223333",
+      "smartClients": [{"clientId": "bulk-client", "jwks": {"keys": []}, "scopes": ["system/*.rs"]},
+                       {"clientId": "other", "jwksUrl": "http://127.0.0.1:9999/jwks.json", "scopes": []}],
+      "issuers": [{"issuer": "https://idp.example", "audience": "fhirlake", "jwks": {"keys": []},
+                   "algorithms": ["RS256", "ES384"]}],
+      "corsOrigins": ["https://app.example.org", "http://localhost:3000", "*"]})"));
+  EXPECT_EQ(example.issuers.size(), 1u);
+  EXPECT_EQ(example.issuers[0].algorithms, (std::vector<std::string>{"RS256", "ES384"}));
+  EXPECT_EQ(example.smart_clients[1].keys->url(), "http://127.0.0.1:9999/jwks.json");
+  EXPECT_EQ(example.cors_origins.size(), 3u);
   EXPECT_EQ(c.DatastoreArn("abc"), "arn:aws:healthlake:us-east-1:111122223333:datastore/fhir/abc");
   EXPECT_EQ(auth::SourceIp("127.0.0.1:5"), "127.0.0.1");
   EXPECT_EQ(auth::SourceIp("[::1]:5"), "::1");

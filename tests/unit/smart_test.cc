@@ -77,10 +77,56 @@ TEST(JwksTest, RefusesWhatCannotVerifyAnAssertion) {
       {std::string(R"({"keys": [{"kty": "RSA", "e": "AQ", "n": ")") + std::string(342, '_') + "8\"}]}", "exponent"},
   };
   for (const auto& [doc, mention] : bad) {
-    EXPECT_STATUS(ParseJwks(doc), kInvalid, mention) << doc;
+    EXPECT_STATUS(ParseJwks(doc, ClientAlgorithms()), kInvalid, mention) << doc;
   }
-  ASSERT_OK_AND_ASSIGN(auto none, ParseJwks(R"({"keys": []})"));
+  ASSERT_OK_AND_ASSIGN(auto none, ParseJwks(R"({"keys": []})", ClientAlgorithms()));
   EXPECT_TRUE(none.empty());
+}
+
+// RFC 7515 A.3's P-256 public key: an issuer accepting ES256 may use it, a SMART client (RS384/ES384) may not.
+constexpr char kP256[] = R"({"keys": [{"kty": "EC", "crv": "P-256", "kid": "a3",
+    "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]})";
+
+TEST(JwksTest, AnIssuersAlgorithmsDecideWhichKeysCount) {
+  ASSERT_OK_AND_ASSIGN(auto keys, ParseJwks(kP256, {"ES256"}));
+  ASSERT_EQ(keys.size(), 1u);
+  EXPECT_EQ(keys[0].alg, "ES256");
+  EXPECT_TRUE(keys[0].Fits("ES256"));
+  EXPECT_FALSE(keys[0].Fits("ES384"));
+  EXPECT_FALSE(keys[0].Fits("RS256"));
+  EXPECT_STATUS(ParseJwks(kP256, ClientAlgorithms()), kInvalid, "P-384");
+  EXPECT_STATUS(ParseJwks(kP256, {"RS256"}), kInvalid, "curve 'P-256'");
+  // The curve fixes the algorithm: an EC key claiming another is refused.
+  std::string lying = kP256;
+  lying.insert(lying.find("\"kid\""), "\"alg\": \"ES384\", ");
+  EXPECT_STATUS(ParseJwks(lying, IssuerAlgorithms()), kInvalid, "verifies ES256, not ES384");
+
+  auto set = KeySet::Inline(std::move(keys));
+  EXPECT_EQ(set->KeysFor("a3", "ES256", 0).size(), 1u);
+  EXPECT_EQ(set->KeysFor("", "ES256", 0).size(), 1u);
+  EXPECT_TRUE(set->KeysFor("other", "ES256", 0).empty());
+  EXPECT_TRUE(set->KeysFor("a3", "RS256", 0).empty());
+  EXPECT_OK(set->Fetch());  // an inline set has nothing to fetch
+}
+
+TEST(JwksTest, AJwksUrlIsHttpsOrLoopback) {
+  for (const char* ok : {"https://idp.example/.well-known/jwks.json", "http://127.0.0.1:9999/jwks.json",
+                         "http://localhost/jwks", "http://[::1]:8/k"}) {
+    EXPECT_TRUE(CheckJwksUrl(ok).ok()) << ok;
+  }
+  for (const char* bad : {"http://idp.example/jwks", "http://10.0.0.1/jwks", "ftp://127.0.0.1/jwks", "jwks.json",
+                          "file:///etc/passwd", "http://127.example.org/jwks"}) {
+    EXPECT_STATUS(CheckJwksUrl(bad), kInvalid, "") << bad;
+  }
+}
+
+TEST(JwksTest, AnUnreachableUrlIsAnErrorThatNamesIt) {
+  // Port 1 on loopback: nothing listens there.
+  auto set = KeySet::FromUrl("http://127.0.0.1:1/jwks.json", IssuerAlgorithms());
+  Status st = set->Fetch();
+  EXPECT_EQ(st.code(), StatusCode::kUnavailable) << st.ToString();
+  EXPECT_NE(st.message().find("http://127.0.0.1:1/jwks.json"), std::string::npos) << st.ToString();
+  EXPECT_TRUE(set->KeysFor("", "RS256", 0).empty());
 }
 
 }  // namespace
