@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # libFuzzer runs (docs/TESTING.md): builds the harnesses of fuzz/ with clang, ASan and UBSan into build-fuzz/ and runs
-#   scripts/fuzz.sh NAME [SECONDS]   one harness (http_request, resource, bundle, kickoff, sigv4, auth_config) for
+#   scripts/fuzz.sh NAME [SECONDS]   one harness (http_request, resource, bundle, kickoff, sigv4, auth_config, jwt) for
 #                                    SECONDS (default 600)
 #   scripts/fuzz.sh all [SECONDS]    each harness in turn, SECONDS each
 # Seeds come from fuzz/corpus/NAME/ (read only); new inputs go to a temp dir (printed), crashes to fuzz/crashes/.
@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-harnesses=(http_request resource bundle kickoff sigv4 auth_config)
+harnesses=(http_request resource bundle kickoff sigv4 auth_config jwt)
 name=${1:-}
 seconds=${2:-600}
 if [ -z "$name" ] || { [ "$name" != all ] && [[ ! " ${harnesses[*]} " =~ " $name " ]]; }; then

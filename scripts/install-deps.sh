@@ -5,7 +5,7 @@ set -euo pipefail
 mode=${1:-build}
 pkgs=(build-essential cmake ninja-build ccache pkg-config libboost-dev libsimdjson-dev nlohmann-json3-dev
       libsqlite3-dev libcli11-dev libspdlog-dev libfmt-dev libssl-dev libcurl4-openssl-dev libexpat1-dev zlib1g-dev
-      libjwt-dev
+      libjwt-dev libpcre2-dev
       curl jq zstd sqlite3 ca-certificates)
 if [ "$mode" = test ]; then
   pkgs+=(libgtest-dev libgmock-dev python3 python3-pytest python3-requests python3-boto3 python3-cryptography awscli procps

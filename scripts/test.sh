@@ -9,6 +9,7 @@ bash scripts/build.sh
 bash scripts/sample-data.sh >/dev/null
 /usr/bin/python3 tools/gen_r4_tables.py --check
 /usr/bin/python3 tools/gen_search_params.py --check
+/usr/bin/python3 tools/gen_healthlake_model.py --check
 ctest --test-dir build --output-on-failure -j2
 bash scripts/sanitize.sh asan-unit  # the unit tests again under ASan+UBSan (build-asan/), docs/TESTING.md
 /usr/bin/python3 -m pytest -q tests/e2e -m "not slow" "$@"

@@ -39,6 +39,10 @@ struct ApiContext {
   std::function<bool(std::string_view datastore_id)> requires_access_token;
   bool RequiresAccessToken(std::string_view ds) const { return requires_access_token && requires_access_token(ds); }
 
+  // This server's AWS region and account (the auth configuration's, or these defaults): datastore ARNs.
+  std::string aws_region = "us-east-1";
+  std::string aws_account_id = "111122223333";
+
   std::string FhirBase(std::string_view datastore_id) const {
     return public_base_url + "/datastore/" + std::string(datastore_id) + "/r4";
   }

@@ -4,6 +4,7 @@
 
 #include "api/bulk_data_ig.h"
 #include "api/bulk_export.h"
+#include "api/control_plane.h"
 #include "api/fhir_response.h"
 #include "api/fhir_rest.h"
 #include "api/fhir_search.h"
@@ -16,6 +17,7 @@ std::unique_ptr<http::Router> BuildRouter(const ApiContext& ctx) {
   });
   if (ctx.register_auth_routes) ctx.register_auth_routes(*router);
   if (ctx.exports != nullptr) RegisterBulkExport(*router, ctx);
+  if (ctx.exports != nullptr && ctx.catalog != nullptr) RegisterControlPlane(*router, ctx);
   if (ctx.exports != nullptr && ctx.sink != nullptr) RegisterBulkDataIg(*router, ctx);
   RegisterFhirRest(*router, ctx);
   RegisterFhirSearch(*router, ctx);

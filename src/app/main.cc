@@ -31,7 +31,8 @@ int main(int argc, char** argv) {
       ->required();
   s->add_option("--auth-config", serve.auth_config,
                 "Authentication and authorization (JSON, docs/SECURITY.md): modes per datastore, SigV4 principals "
-                "and their IAM policies; re-read on SIGHUP. Without it every request is anonymous (mode none)")
+                "and their IAM policies, SMART clients, external identity providers, CORS origins; re-read on SIGHUP. "
+                "Without it every request is anonymous (mode none)")
       ->envname("FHIRLAKE_AUTH_CONFIG");
   s->add_option("--audit-log", serve.audit_log,
                 "Append one JSON line per authorization decision (principal, action, datastore, resource, "
@@ -42,8 +43,13 @@ int main(int argc, char** argv) {
   s->add_option("--listen", serve.listen, "HOST:PORT to listen on (port 0 picks a free one)")
       ->envname("FHIRLAKE_LISTEN")
       ->capture_default_str();
+  s->add_option("--tls-cert", serve.tls_cert,
+                "Serve HTTPS (TLS 1.2 and 1.3 only) with this PEM certificate (chain); needs --tls-key")
+      ->envname("FHIRLAKE_TLS_CERT");
+  s->add_option("--tls-key", serve.tls_key, "The PEM private key of --tls-cert")->envname("FHIRLAKE_TLS_KEY");
   s->add_option("--public-url", serve.public_url,
-                "Base URL clients use to reach this server, for absolute URLs in responses (default http://LISTEN)")
+                "Base URL clients use to reach this server, for absolute URLs in responses (default http://LISTEN, "
+                "https://LISTEN with --tls-cert)")
       ->envname("FHIRLAKE_PUBLIC_URL");
   s->add_option("--http-threads", serve.http_threads, "Threads serving HTTP requests")
       ->envname("FHIRLAKE_HTTP_THREADS")

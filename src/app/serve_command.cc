@@ -183,6 +183,9 @@ int RunServe(const ServeOptions& options) {
   hso.max_connections = options.http_max_connections;
   hso.header_timeout_seconds = options.http_header_timeout_seconds;
   hso.body_budget_bytes = options.http_body_budget_bytes;
+  hso.tls_cert_file = options.tls_cert;
+  hso.tls_key_file = options.tls_key;
+  const std::string scheme = options.tls_cert.empty() ? "http://" : "https://";
   hso.error_responder = [](int status, const std::string& message) {
     std::string_view code = status == 413   ? "too-costly"
                             : status == 503 ? "transient"
@@ -191,12 +194,14 @@ int RunServe(const ServeOptions& options) {
                                             : "invalid";
     return http::Response::Json(status, fhir::OperationOutcome("error", code, message));
   };
-  if (port != 0) ctx.public_base_url = "http://" + host + ":" + std::to_string(port);
+  if (port != 0) ctx.public_base_url = scheme + host + ":" + std::to_string(port);
   if (!options.public_url.empty()) ctx.public_base_url = options.public_url;
   while (!ctx.public_base_url.empty() && ctx.public_base_url.back() == '/') ctx.public_base_url.pop_back();
   if (authorizer) {
     auth::Authorizer* a = authorizer.get();
     ctx.smart_enabled = !a->config()->smart_clients.empty() || !a->config()->issuers.empty();
+    ctx.aws_region = a->config()->region;
+    ctx.aws_account_id = a->config()->account_id;
     ctx.requires_access_token = [a](std::string_view ds) { return a->RequiresCredentials(ds); };
     // Public (no action): how to authenticate, and where to get a token.
     ctx.register_auth_routes = [a](http::Router& router) { auth::RegisterAuthRoutes(router, a); };
@@ -216,7 +221,7 @@ int RunServe(const ServeOptions& options) {
   // first request can be accepted (handlers read ctx without a lock; it is immutable once serving starts).
   Status st = server.Listen();
   if (st.ok()) {
-    if (ctx.public_base_url.empty()) ctx.public_base_url = "http://" + host + ":" + std::to_string(server.port());
+    if (ctx.public_base_url.empty()) ctx.public_base_url = scheme + host + ":" + std::to_string(server.port());
     if (authorizer) authorizer->SetPublicBase(ctx.public_base_url);
     st = server.Start();
   }
@@ -225,13 +230,13 @@ int RunServe(const ServeOptions& options) {
     return 2;
   }
 
-  std::printf("fhirlake %s listening on http://%s:%u\n", FHIRLAKE_VERSION, host.c_str(), server.port());
+  std::printf("fhirlake %s listening on %s%s:%u\n", FHIRLAKE_VERSION, scheme.c_str(), host.c_str(), server.port());
   for (auto* s : ctx.catalog->All()) {
     std::printf("datastore %s (%s) at %s\n", s->info().id.c_str(), s->info().name.c_str(),
                 ctx.FhirBase(s->info().id).c_str());
   }
   std::fflush(stdout);
-  spdlog::info("event=listening url=http://{}:{} data_dir={}", host, server.port(), options.data_dir);
+  spdlog::info("event=listening url={}{}:{} data_dir={}", scheme, host, server.port(), options.data_dir);
 
   std::thread signal_waiter([&] {
     int sig = 0;

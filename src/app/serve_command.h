@@ -10,7 +10,9 @@ namespace fhirlake::app {
 struct ServeOptions {
   std::string data_dir;
   std::string listen = "127.0.0.1:8080";
-  std::string public_url;            // empty: http://{listen}
+  std::string public_url;            // empty: http://{listen} (https:// with TLS)
+  std::string tls_cert;              // --tls-cert PEM (certificate chain); with tls_key: HTTPS only
+  std::string tls_key;               // --tls-key PEM (its private key)
   std::string auth_config;           // --auth-config FILE (docs/SECURITY.md); empty: mode none, loopback only
   bool allow_insecure_none = false;  // --allow-insecure-none: mode none on a non-loopback address
   std::string audit_log;             // --audit-log FILE: JSON lines of every authorization decision

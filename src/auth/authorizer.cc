@@ -78,6 +78,19 @@ bool IsOrigin(std::string_view o) {
   });
 }
 
+// As browsers send Origin: scheme and host in lower case, without the scheme's default port.
+std::string NormalizeOrigin(std::string o) {
+  if (o == "*") return o;
+  std::transform(o.begin(), o.end(), o.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  for (const char* suffix : {":443", ":80"}) {
+    const bool https = o.starts_with("https://");
+    if ((https && std::string_view(suffix) == ":443") || (!https && std::string_view(suffix) == ":80")) {
+      if (o.ends_with(suffix)) o.resize(o.size() - std::string_view(suffix).size());
+    }
+  }
+  return o;
+}
+
 http::Response Refuse(int status, const std::string& message) {
   http::Response r =
       http::Response::Json(status, fhir::OperationOutcome("error", status == 401 ? "login" : "forbidden", message));
@@ -286,7 +299,12 @@ Result<AuthConfig> ParseAuthConfig(std::string_view text) {
                                "' is not an origin (scheme://host[:port], no path, e.g. https://app.example.org) "
                                "or \"*\"");
       }
-      c.cors_origins.push_back(origin);
+      c.cors_origins.push_back(NormalizeOrigin(origin));
+    }
+    if (std::find(c.cors_origins.begin(), c.cors_origins.end(), "*") != c.cors_origins.end() && c.AllowsNone()) {
+      return Status::Invalid(
+          "corsOrigins \"*\" with a datastore in mode none would let any web page its users open read and change "
+          "that datastore: list the origins instead");
     }
   }
   return c;
@@ -410,7 +428,15 @@ Status Authorizer::Reload() {
   auto parsed = ParseAuthConfig(ss.str());
   if (!parsed.ok()) return parsed.status().WithContext("auth configuration " + path_);
   // JWKS URLs are fetched now; one that cannot be is tried again when a token needs its keys (the provider may be
-  // down for a while; until it answers, its tokens are refused).
+  // down for a while). Until a fetch succeeds, the keys the previous configuration held for the same URL stay.
+  if (std::shared_ptr<const AuthConfig> previous = config()) {
+    for (const auto& c : parsed->smart_clients) {
+      for (const auto& p : previous->smart_clients) c.keys->AdoptKeys(*p.keys);
+    }
+    for (const auto& i : parsed->issuers) {
+      for (const auto& p : previous->issuers) i.keys->AdoptKeys(*p.keys);
+    }
+  }
   for (const auto& c : parsed->smart_clients) {
     if (Status st = c.keys->Fetch(); !st.ok()) {
       spdlog::warn("event=jwks_fetch_failed client={} reason=\"{}\"", c.client_id, st.message());
@@ -473,16 +499,20 @@ std::string CorsMatch(const AuthConfig& cfg, std::string_view origin) {
   return how;
 }
 
-void SetCorsHeaders(const std::string& how, http::Response* r) {
-  r->headers.Set("Access-Control-Allow-Origin", how);
-  // Credentials (cookies, TLS client certificates) only for a listed origin, never for "*".
-  if (how != "*") r->headers.Set("Access-Control-Allow-Credentials", "true");
+void AddVaryOrigin(http::Response* r) {
   const std::string_view vary = r->headers.Get("Vary");
   if (vary.empty()) {
     r->headers.Set("Vary", "Origin");
   } else if (vary.find("Origin") == std::string_view::npos) {
     r->headers.Set("Vary", std::string(vary) + ", Origin");
   }
+}
+
+void SetCorsHeaders(const std::string& how, http::Response* r) {
+  r->headers.Set("Access-Control-Allow-Origin", how);
+  // Credentials (cookies, TLS client certificates) only for a listed origin, never for "*".
+  if (how != "*") r->headers.Set("Access-Control-Allow-Credentials", "true");
+  AddVaryOrigin(r);
 }
 
 }  // namespace
@@ -513,15 +543,64 @@ void Authorizer::DecorateCors(const http::Request& request, http::Response* resp
   std::shared_ptr<const AuthConfig> cfg = config();
   if (cfg->cors_origins.empty()) return;
   const std::string how = CorsMatch(*cfg, request.headers.Get("Origin"));
-  if (how.empty()) return;  // the browser then keeps the answer from the page
+  if (how != "*") {
+    // The answer depends on the Origin (listed origins are echoed): a cache must not hand one origin's answer, or
+    // an answer without CORS headers, to another.
+    const bool only_wildcard =
+        std::all_of(cfg->cors_origins.begin(), cfg->cors_origins.end(), [](const std::string& o) { return o == "*"; });
+    if (!only_wildcard) AddVaryOrigin(response);
+  }
+  if (!request.headers.Has("Origin") || how.empty()) return;  // the browser then keeps the answer from the page
   SetCorsHeaders(how, response);
   response->headers.Set("Access-Control-Expose-Headers", kCorsExposedHeaders);
 }
 
+namespace {
+
+// The datastore a control-plane request is about: its DatastoreId, or the datastore of its ResourceARN (tags).
+std::string ControlPlaneDatastore(const std::string& body) {
+  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return "";
+  if (auto id = j.find("DatastoreId"); id != j.end() && id->is_string()) return id->get<std::string>();
+  if (auto arn = j.find("ResourceARN"); arn != j.end() && arn->is_string()) {
+    const std::string a = arn->get<std::string>();
+    const size_t at = a.rfind("datastore/fhir/");
+    if (at != std::string::npos) return a.substr(at + 15);
+  }
+  return "";
+}
+
+// A refusal of the authorization step in the words the AWS SDKs parse ({"__type", "message"}).
+http::Response AwsJsonRefusal(const http::Response& refused, const std::string& decision) {
+  json outcome = json::parse(refused.body, nullptr, /*allow_exceptions=*/false);
+  std::string message;
+  if (outcome.is_object() && outcome.contains("issue") && outcome["issue"].is_array() && !outcome["issue"].empty()) {
+    message = outcome["issue"][0].value("diagnostics", "");
+  }
+  std::string type = "AccessDeniedException";
+  if (decision == "unauthenticated") {
+    type = message.find("security token included in the request is invalid") != std::string::npos
+               ? "UnrecognizedClientException"
+           : message.find("not signed") != std::string::npos || message.find("No access token") != std::string::npos
+               ? "MissingAuthenticationTokenException"
+               : "InvalidSignatureException";
+  }
+  http::Response r = http::Response::Json(refused.status, json{{"__type", type}, {"message", message}}.dump(),
+                                          "application/x-amz-json-1.0");
+  for (const auto& [k, v] : refused.headers.items()) {
+    if (k == "WWW-Authenticate") r.headers.Set(k, v);
+  }
+  return r;
+}
+
+}  // namespace
+
 std::optional<http::Response> Authorizer::Authorize(const http::Request& request, http::RequestContext* ctx) const {
   if (ctx->info == nullptr || ctx->info->action.empty()) return std::nullopt;  // a public route
+  if (ctx->info->aws_json && ctx->datastore_id.empty()) ctx->datastore_id = ControlPlaneDatastore(request.body);
   std::string decision;
   std::optional<http::Response> refused = Decide(request, ctx, &decision);
+  if (refused && ctx->info->aws_json) refused = AwsJsonRefusal(*refused, decision);
   if (audit_ != nullptr) {
     std::string line =
         "{\"time\":" + JsonString(FormatInstant(clock_.NowMillis())) + ",\"requestId\":" + JsonString(ctx->request_id) +
@@ -603,7 +682,7 @@ std::optional<http::Response> Authorizer::Decide(const http::Request& request, h
   facts.resource = ctx->datastore_id.empty() ? "*" : cfg->DatastoreArn(ctx->datastore_id);
   facts.context["aws:SourceIp"] = SourceIp(request.remote_address);
   facts.context["aws:PrincipalAccount"] = who->account_id;
-  facts.context["aws:SecureTransport"] = "false";
+  facts.context["aws:SecureTransport"] = request.secure ? "true" : "false";
   if (auto ds = cfg->datastores.find(ctx->datastore_id); ds != cfg->datastores.end()) {
     for (const auto& [k, v] : ds->second.tags) facts.context["aws:ResourceTag/" + k] = v;
   }
@@ -618,7 +697,9 @@ std::optional<http::Response> Authorizer::Decide(const http::Request& request, h
   };
   if (Decision d = Evaluate(who->policies, facts); d != Decision::kAllow) return deny(facts.action, facts.resource, d);
   // A kick-off that names a role makes the server act with it: the caller must be allowed to pass that role.
-  if (facts.action == "healthlake:StartFHIRExportJobWithPost" && !request.body.empty()) {
+  if ((facts.action == "healthlake:StartFHIRExportJobWithPost" || facts.action == "healthlake:StartFHIRExportJob" ||
+       facts.action == "healthlake:StartFHIRImportJob") &&
+      !request.body.empty()) {
     json body = json::parse(request.body, nullptr, /*allow_exceptions=*/false);
     if (body.is_object() && body.contains("DataAccessRoleArn") && body["DataAccessRoleArn"].is_string()) {
       RequestFacts pass = facts;
@@ -663,7 +744,8 @@ std::optional<http::Response> Authorizer::DecideSmart(const http::Request& reque
     auto claims = service->VerifyAccessToken(token);
     if (!claims.ok()) {
       if (!iss.empty() && iss != service->token_url()) {
-        return unauthenticated("The access token was issued by neither this server nor a configured issuer");
+        spdlog::info("event=bearer_token_refused reason=\"iss is neither this server nor a configured issuer\"");
+        return unauthenticated(kNotSignedByAKeyWeAccept);
       }
       return unauthenticated(claims.status().message());
     }

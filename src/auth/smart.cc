@@ -326,10 +326,20 @@ bool SystemScopeAllows(const std::vector<Scope>& scopes, std::string_view type, 
   });
 }
 
-Result<std::vector<Jwk>> ParseJwks(std::string_view text, const std::vector<std::string>& accepted) {
+Result<std::vector<Jwk>> ParseJwks(std::string_view text, const std::vector<std::string>& accepted, bool skip_unusable,
+                                   std::vector<std::string>* skipped) {
   json doc = json::parse(text, nullptr, false);
   if (!doc.is_object() || !doc.contains("keys") || !doc["keys"].is_array()) {
     return Status::Invalid("a JWKS must be an object with a \"keys\" array");
+  }
+  if (doc["keys"].size() > kMaxJwksKeys) {
+    return Status::Invalid("a JWKS may hold at most " + std::to_string(kMaxJwksKeys) + " keys (it has " +
+                           std::to_string(doc["keys"].size()) + ")");
+  }
+  for (size_t i = 0; i < doc["keys"].size(); ++i) {
+    if (doc["keys"][i].is_object() && doc["keys"][i].contains("d")) {
+      return Status::Invalid("keys[" + std::to_string(i) + "] is a private key: register the public key only");
+    }
   }
   std::vector<std::string> curves;  // the EC curves `accepted` allows, for the messages
   for (const auto& [crv, alg] : {std::pair{"P-256", "ES256"}, {"P-384", "ES384"}, {"P-521", "ES512"}}) {
@@ -341,6 +351,24 @@ Result<std::vector<Jwk>> ParseJwks(std::string_view text, const std::vector<std:
     const json& k = doc["keys"][i];
     const std::string where = "keys[" + std::to_string(i) + "]";
     if (!k.is_object()) return Status::Invalid(where + " must be an object");
+    if (skip_unusable) {
+      // A provider's JWKS may also publish encryption keys and kinds this server does not verify with.
+      const std::string use = StringClaim(k, "use");
+      const bool not_for_verify = k.contains("key_ops") && k["key_ops"].is_array() &&
+                                  std::find(k["key_ops"].begin(), k["key_ops"].end(), "verify") == k["key_ops"].end();
+      if ((!use.empty() && use != "sig") || not_for_verify) {
+        if (skipped != nullptr) skipped->push_back(where + ": not a signature key");
+        continue;
+      }
+      json one = {{"keys", json::array({k})}};
+      auto parsed = ParseJwks(one.dump(), accepted, false, nullptr);
+      if (!parsed.ok()) {
+        if (skipped != nullptr) skipped->push_back(where + ": " + parsed.status().message());
+        continue;
+      }
+      for (auto& key : *parsed) out.push_back(std::move(key));
+      continue;
+    }
     if (k.contains("d")) return Status::Invalid(where + " is a private key: register the public key only");
     Jwk jwk;
     jwk.kid = StringClaim(k, "kid");
@@ -451,11 +479,19 @@ Status KeySet::Fetch() {
     return Status::Unavailable("cannot fetch the JWKS " + url_ + ": " + curl_easy_strerror(rc));
   }
   if (code != 200) return Status::Unavailable("the JWKS " + url_ + " answered HTTP " + std::to_string(code));
-  auto keys = ParseJwks(body, accepted_);
+  std::vector<std::string> skipped;
+  auto keys = ParseJwks(body, accepted_, /*skip_unusable=*/true, &skipped);
   if (!keys.ok()) return keys.status().WithContext("the JWKS " + url_);
+  for (const auto& why : skipped) spdlog::info("event=jwks_key_skipped url={} key=\"{}\"", url_, why);
   std::lock_guard<std::mutex> lock(mu_);
   keys_ = std::move(*keys);
   return Status::Ok();
+}
+
+void KeySet::AdoptKeys(KeySet& previous) {
+  if (&previous == this || url_.empty() || previous.url_ != url_) return;
+  std::scoped_lock lock(mu_, previous.mu_);
+  keys_ = previous.keys_;
 }
 
 std::vector<Jwk> KeySet::KeysFor(std::string_view kid, std::string_view alg, EpochMillis now) {
@@ -479,6 +515,9 @@ std::vector<Jwk> KeySet::KeysFor(std::string_view kid, std::string_view alg, Epo
   std::lock_guard<std::mutex> lock(mu_);
   return fitting();
 }
+
+const char* const kNotSignedByAKeyWeAccept =
+    "The access token is not signed by a key of this server or of a configured issuer";
 
 std::string PeekIssuer(std::string_view token) {
   auto parts = PeekJwt(token);
@@ -636,17 +675,21 @@ Result<TokenClaims> TokenService::VerifyIssuerToken(const Issuer& issuer, std::s
   auto parts = PeekJwt(token);
   if (!parts.ok()) return Status::Unauthorized("The access token is not valid: " + parts.status().message());
   const std::string alg = StringClaim(parts->header, "alg");
+  // Before the signature is verified the answer does not say which issuers exist or what they accept (the same words
+  // as for an unknown issuer); the log has the reason.
+  auto unsigned_token = [&](const std::string& why) {
+    spdlog::info("event=issuer_token_refused issuer={} reason=\"{}\"", issuer.issuer, why);
+    return Status::Unauthorized(kNotSignedByAKeyWeAccept);
+  };
   if (!Accepts(issuer.algorithms, alg) || LibjwtAlg(alg) == JWT_ALG_INVAL) {
-    return Status::Unauthorized("The access token's alg '" + alg + "' is not accepted from issuer " + issuer.issuer +
-                                " (accepted: " + JoinAlgs(issuer.algorithms) + ")");
+    return unsigned_token("alg '" + alg.substr(0, 20) + "' is not accepted (accepted: " + JoinAlgs(issuer.algorithms) +
+                          ")");
   }
   const EpochMillis now = clock_.NowMillis();
   const std::vector<Jwk> keys = issuer.keys->KeysFor(StringClaim(parts->header, "kid"), alg, now);
   const bool signed_ok =
       std::any_of(keys.begin(), keys.end(), [&](const Jwk& k) { return SignatureValid(token, k.pem, LibjwtAlg(alg)); });
-  if (!signed_ok) {
-    return Status::Unauthorized("The access token is not signed by a key of issuer " + issuer.issuer);
-  }
+  if (!signed_ok) return unsigned_token("no key of its JWKS verifies the signature");
   const json& c = parts->payload;
   if (StringClaim(c, "iss") != issuer.issuer) return Status::Unauthorized("The access token's iss is not its issuer");
   if (!AudienceHolds(c, issuer.audience)) {
@@ -676,7 +719,10 @@ Result<TokenClaims> TokenService::VerifyIssuerToken(const Issuer& issuer, std::s
     }
   }
   for (Scope& s : ParseScopeList(list)) {
-    if (issuer.scopes.empty() || Accepts(issuer.scopes, s.text)) out.scopes.push_back(std::move(s));
+    // A v2.2 filtered scope (system/Observation.rs?category=laboratory) would grant more than it says here (filters
+    // are not applied): from an external issuer it counts only when the issuer's scopes list it exactly.
+    const bool filtered = s.text.find('?') != std::string::npos;
+    if (issuer.scopes.empty() ? !filtered : Accepts(issuer.scopes, s.text)) out.scopes.push_back(std::move(s));
   }
   return out;
 }

@@ -53,9 +53,14 @@ inline const std::vector<std::string>& IssuerAlgorithms() {
   static const std::vector<std::string> algs = {"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"};
   return algs;
 }
-// Parses a JWKS ({"keys": [...]}) of RSA (n, e; 2048 bits or more) and EC (P-256, P-384, P-521) public keys; a key
-// that could verify none of `accepted` is refused. kInvalid names the key.
-Result<std::vector<Jwk>> ParseJwks(std::string_view json, const std::vector<std::string>& accepted);
+// Parses a JWKS ({"keys": [...]}, at most kMaxJwksKeys) of RSA (n, e; 2048 bits or more) and EC (P-256, P-384,
+// P-521) public keys; a key that could verify none of `accepted` is refused, and so is a private key. kInvalid names
+// the key. `skip_unusable` (a provider's published JWKS): keys that are not for signatures (`use` other than "sig",
+// `key_ops` without "verify"), or of a kind or algorithm not accepted, are left out instead (each named in
+// `skipped`, when given); a private key still refuses the whole set.
+inline constexpr size_t kMaxJwksKeys = 64;
+Result<std::vector<Jwk>> ParseJwks(std::string_view json, const std::vector<std::string>& accepted,
+                                   bool skip_unusable = false, std::vector<std::string>* skipped = nullptr);
 
 // A JWKS URL is https://, or http:// on a loopback host (127.0.0.0/8, [::1], localhost: tests). kInvalid says why.
 Status CheckJwksUrl(std::string_view url);
@@ -66,8 +71,12 @@ class KeySet {
  public:
   static std::shared_ptr<KeySet> Inline(std::vector<Jwk> keys);
   static std::shared_ptr<KeySet> FromUrl(std::string url, std::vector<std::string> accepted);
-  // A URL's set: GET it now (5 s, 1 MiB at most, no redirects). kUnavailable / kInvalid say why; inline: Ok.
+  // A URL's set: GET it now (5 s, 1 MiB at most, no redirects). kUnavailable / kInvalid say why (the keys held stay);
+  // inline: Ok.
   Status Fetch();
+  // Takes the keys `previous` holds when it is a set of the same URL (a reload keeps working keys until a fetch
+  // replaces them: a provider that is down at that moment does not lock its users out).
+  void AdoptKeys(KeySet& previous);
   const std::string& url() const { return url_; }
   // The keys fitting `alg` (and `kid`, when given); a URL's set with none is fetched again first, when its last
   // fetch is a minute old.
@@ -134,6 +143,9 @@ class TokenService {
   std::mutex mu_;
   std::map<std::string, EpochMillis> seen_jti_;  // GUARDED_BY(mu_): client|jti -> when it may be forgotten
 };
+
+// What a bearer token not signed by a key the server accepts is told (unknown issuer, algorithm or key alike).
+extern const char* const kNotSignedByAKeyWeAccept;
 
 // The `iss` claim of a compact JWS, unverified (to choose who verifies it); empty when there is none.
 std::string PeekIssuer(std::string_view token);

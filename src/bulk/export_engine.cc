@@ -318,6 +318,20 @@ std::string HumanBytes(int64_t b) {
 }  // namespace
 
 Result<store::ExportJobRecord> ExportEngine::Submit(store::ResourceStore* store, const ExportRequest& request) {
+  // The control plane's ClientToken: the same token with the same request is the job it started (a retry).
+  auto by_token = [&]() -> Result<std::optional<store::ExportJobRecord>> {
+    if (request.client_token.empty()) return std::optional<store::ExportJobRecord>();
+    ASSIGN_OR_RETURN(auto found, store->jobs().JobByClientToken(request.client_token));
+    if (found && found->client_request != request.client_request) {
+      return Status::Invalid("ClientToken " + request.client_token + " was already used to start export job " +
+                             found->job_id + " with other parameters; use a new ClientToken for a new job");
+    }
+    return found;
+  };
+  {
+    ASSIGN_OR_RETURN(auto earlier, by_token());
+    if (earlier) return std::move(*earlier);
+  }
   std::vector<std::string> notes = request.notes;
   {
     ExportRequest checked = request;
@@ -388,7 +402,16 @@ Result<store::ExportJobRecord> ExportEngine::Submit(store::ResourceStore* store,
   job.request_url = request.request_url;
   job.submit_time = clock_.NowMillis();
   job.include_referenced = options_.include_referenced;
-  RETURN_IF_ERROR(store->jobs().InsertJob(&job, options_.queue_limit));
+  job.client_token = request.client_token;
+  job.client_request = request.client_request;
+  if (Status inserted = store->jobs().InsertJob(&job, options_.queue_limit); !inserted.ok()) {
+    // Two retries with one token at once: the store's unique index let one in; the other answers with its job.
+    if (!request.client_token.empty()) {
+      ASSIGN_OR_RETURN(auto earlier, by_token());
+      if (earlier) return std::move(*earlier);
+    }
+    return inserted;
+  }
   spdlog::info("event=export_job_submitted datastore={} job={} level={} owner={}", store->info().id, job.job_id,
                job.level, job.owner);
   {

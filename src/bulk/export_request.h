@@ -49,6 +49,9 @@ struct ExportRequest {
   std::string request_url;          // the kick-off URL as received (absolute)
   std::string view = "healthlake";  // the dialect that started it (its status URL and answers follow it)
   std::string owner = "anonymous";  // the principal that started it
+  // The control plane's ClientToken and the request in a canonical form (store::ExportJobRecord::client_request).
+  std::string client_token;
+  std::string client_request;
 };
 
 // Parses `s3://bucket[/prefix]` (S3 bucket naming rules; no '.'/'..' or empty segments in the prefix; a

@@ -45,6 +45,7 @@ struct Request {
   Headers headers;
   std::string body;
   std::string remote_address;  // "127.0.0.1:53422"
+  bool secure = false;         // it came over TLS
 
   // First value of a query parameter, or nullptr.
   const std::string* QueryValue(std::string_view name) const;

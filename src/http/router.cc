@@ -60,6 +60,7 @@ void Router::Add(std::string method, std::string_view pattern, Handler handler, 
     if (slash == std::string_view::npos) break;
     begin = slash + 1;
   }
+  if (!info.target.empty()) route.name += " " + info.target;
   route.handler = std::move(handler);
   route.info = std::move(info);
   routes_.push_back(std::move(route));
@@ -68,8 +69,10 @@ void Router::Add(std::string method, std::string_view pattern, Handler handler, 
 Router::Match Router::Find(const Request& request) const {
   const std::vector<std::string> segments = Segments(RawPath(request));
   Match match;
+  const std::string_view target = request.headers.Get("X-Amz-Target");
   for (const Route& route : routes_) {
     if (route.segments.size() != segments.size()) continue;
+    if (!route.info.target.empty() && route.info.target != target) continue;
     match.params.clear();
     bool path_matches = true;
     for (size_t i = 0; i < segments.size() && path_matches; ++i) {
@@ -110,7 +113,7 @@ Response Router::Dispatch(const Request& request) const {
     }
   }
   Response response = DispatchRouted(request);
-  if (cross_origin && cors_.decorate) cors_.decorate(request, &response);
+  if (cors_.decorate) cors_.decorate(request, &response);
   return response;
 }
 

@@ -48,6 +48,10 @@ struct Principal {
 struct RouteInfo {
   std::string action;      // what the route does, e.g. "healthlake:StartFHIRExportJobWithPost"; empty: public
   bool inline_ok = false;  // cheap and non-blocking: the server may run it on an I/O thread (/healthz)
+  // awsJson1_0 (the HealthLake control plane): the route matches only requests whose X-Amz-Target header is this, and
+  // refusals of the authorization step are AWS JSON errors ({"__type", "message"}) rather than OperationOutcomes.
+  std::string target;
+  bool aws_json = false;
 };
 
 struct RequestContext {
@@ -71,8 +75,8 @@ using ErrorResponder = std::function<Response(const Request&, int status, const 
 using Authorizer = std::function<std::optional<Response>(const Request&, RequestContext*)>;
 
 // CORS for browser apps: `preflight` answers an OPTIONS request carrying Origin and Access-Control-Request-Method
-// (nullopt: route it as any request); `decorate` adds the Access-Control-* headers to every answer to a request with an
-// Origin. Both may be empty.
+// (nullopt: route it as any request); `decorate` sees every answer (it adds the Access-Control-* headers to those for
+// an allowed Origin, and Vary: Origin where caches must tell them apart). Both may be empty.
 struct CorsPolicy {
   std::function<std::optional<Response>(const Request&)> preflight;
   std::function<void(const Request&, Response*)> decorate;
@@ -111,7 +115,7 @@ class Router {
  private:
   struct Route {
     std::string method;
-    std::string name;  // "METHOD /pattern"
+    std::string name;  // "METHOD /pattern", plus " X-Amz-Target" for a route with a target
     std::vector<std::string> segments;
     Handler handler;
     RouteInfo info;

@@ -18,10 +18,12 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <chrono>
 #include <condition_variable>
 #include <exception>
@@ -115,6 +117,47 @@ std::string_view TrimOws(std::string_view s) {
   while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
   return s;
 }
+
+// A connection's byte stream: plain TCP, or TLS over it, chosen per listener at run time. Beast's algorithms see one
+// AsyncStream type either way (the Session is not duplicated per stream type); every read and write goes through the
+// tcp_stream underneath, whose expiry is the deadline of the operation in progress.
+class ConnectionStream {
+ public:
+  using executor_type = beast::tcp_stream::executor_type;
+
+  ConnectionStream(tcp::socket socket, net::ssl::context* tls) {
+    if (tls != nullptr) {
+      tls_.emplace(std::move(socket), *tls);
+    } else {
+      plain_.emplace(std::move(socket));
+    }
+  }
+  executor_type get_executor() noexcept { return lowest().get_executor(); }
+  beast::tcp_stream& lowest() { return tls_ ? beast::get_lowest_layer(*tls_) : *plain_; }
+  bool is_tls() const { return tls_.has_value(); }
+  beast::ssl_stream<beast::tcp_stream>& tls() { return *tls_; }
+
+  template <class MutableBuffers, class Handler>
+  void async_read_some(const MutableBuffers& buffers, Handler&& handler) {
+    if (tls_) {
+      tls_->async_read_some(buffers, std::forward<Handler>(handler));
+    } else {
+      plain_->async_read_some(buffers, std::forward<Handler>(handler));
+    }
+  }
+  template <class ConstBuffers, class Handler>
+  void async_write_some(const ConstBuffers& buffers, Handler&& handler) {
+    if (tls_) {
+      tls_->async_write_some(buffers, std::forward<Handler>(handler));
+    } else {
+      plain_->async_write_some(buffers, std::forward<Handler>(handler));
+    }
+  }
+
+ private:
+  std::optional<beast::tcp_stream> plain_;
+  std::optional<beast::ssl_stream<beast::tcp_stream>> tls_;
+};
 
 struct Rejection {
   int status = 400;
@@ -286,6 +329,7 @@ class Server::Impl {
   std::thread stopper_;  // used only when Stop() is called from a server thread (it cannot join itself)
 
   std::atomic<uint16_t> port_{0};
+  std::optional<net::ssl::context> tls_;  // set by Listen() when options_ name a certificate
   net::io_context ioc_;
   std::optional<net::executor_work_guard<net::io_context::executor_type>> work_;
   tcp::acceptor acceptor_;
@@ -323,9 +367,12 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
 
  public:
   Session(Impl* server, tcp::socket socket)
-      : server_(server), strand_(socket.get_executor()), stream_(std::move(socket)), lease_(&server->budget_) {
+      : server_(server),
+        strand_(socket.get_executor()),
+        stream_(std::move(socket), server->tls_ ? &*server->tls_ : nullptr),
+        lease_(&server->budget_) {
     error_code ec;
-    auto ep = stream_.socket().remote_endpoint(ec);
+    auto ep = stream_.lowest().socket().remote_endpoint(ec);
     if (!ec) remote_ = EndpointString(ep);
   }
 
@@ -337,7 +384,20 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
   }
 
   void Start() {
-    net::dispatch(strand_, Guard([this] { DoRead(); }));
+    net::dispatch(
+        strand_, Guard([this] {
+          if (!stream_.is_tls()) return DoRead();
+          // The handshake shares the header deadline: a client that stalls in it is dropped alike.
+          stream_.lowest().expires_after(std::chrono::seconds(std::max(1, server_->options_.header_timeout_seconds)));
+          stream_.tls().async_handshake(net::ssl::stream_base::server, Guard([this](const error_code& ec) {
+                                          if (ec) {
+                                            spdlog::debug("http: TLS handshake with {} failed: {}", remote_,
+                                                          ec.message());
+                                            return Close();
+                                          }
+                                          DoRead();
+                                        }));
+        }));
   }
 
   // Posted by Stop(): an idle connection is closed now; a busy one closes after its current response.
@@ -360,7 +420,7 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
   }
 
   void WaitForRequest() {
-    stream_.expires_after(std::chrono::seconds(std::max(1, server_->options_.keep_alive_seconds)));
+    stream_.lowest().expires_after(std::chrono::seconds(std::max(1, server_->options_.keep_alive_seconds)));
     stream_.async_read_some(buffer_.prepare(kIdleReadBytes), Guard([this](const error_code& ec, size_t n) {
                               buffer_.commit(n);
                               // Idle timeout, the client closed, or Stop() closed an idle connection.
@@ -376,7 +436,7 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
     // One deadline for the whole request line + headers (the stream's expiry is a point in time, not a gap
     // between reads), so dribbling a byte at a time cannot hold a connection. On expiry Beast closes the
     // socket: the connection ends silently, as with nginx's and Go's header timeouts.
-    stream_.expires_after(std::chrono::seconds(std::max(1, server_->options_.header_timeout_seconds)));
+    stream_.lowest().expires_after(std::chrono::seconds(std::max(1, server_->options_.header_timeout_seconds)));
     bhttp::async_read_header(stream_, buffer_, *parser_, Guard([this](const error_code& ec, size_t) { OnHeader(ec); }));
   }
 
@@ -399,7 +459,7 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
     if (EqualsIgnoreCase(ToStd(req[bhttp::field::expect]), "100-continue")) {
       // curl and others wait (up to a second) for this before sending a large body.
       continue_.emplace(bhttp::status::continue_, req.version());
-      stream_.expires_after(kWriteTimeout);
+      stream_.lowest().expires_after(kWriteTimeout);
       bhttp::async_write(stream_, *continue_, Guard([this](const error_code& wec, size_t) {
                            continue_.reset();
                            if (wec) return Close();
@@ -411,7 +471,7 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
   }
 
   void ReadBody() {
-    stream_.expires_after(kBodyReadTimeout);  // for the whole body, like the header deadline
+    stream_.lowest().expires_after(kBodyReadTimeout);  // for the whole body, like the header deadline
     if (parser_->chunked()) return ReadChunkedBody();
     // Content-Length: the budget already covers it (string_body reserves exactly that much up front).
     bhttp::async_read(stream_, buffer_, *parser_, Guard([this](const error_code& ec, size_t) {
@@ -511,6 +571,7 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
     }
     request.body = std::move(msg.body());
     request.remote_address = remote_;
+    request.secure = stream_.is_tls();
 
     const bool head = msg.method() == bhttp::verb::head;
     const bool keep_alive = msg.keep_alive();
@@ -606,7 +667,7 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
         res->body() = std::move(response.body);
       }
     }
-    stream_.expires_after(kWriteTimeout);
+    stream_.lowest().expires_after(kWriteTimeout);
     bhttp::async_write(stream_, *res, Guard([this, res](const error_code& ec, size_t) { OnResponseWritten(ec); }));
   }
 
@@ -630,7 +691,7 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
     stream_res_->body().data = nullptr;
     stream_res_->body().more = true;
     serializer_.emplace(*stream_res_);
-    stream_.expires_after(kWriteTimeout);
+    stream_.lowest().expires_after(kWriteTimeout);
     bhttp::async_write_header(stream_, *serializer_, Guard([this](const error_code& ec, size_t) {
                                 if (ec) return FinishStreaming(ec);
                                 WriteNextChunk();
@@ -711,7 +772,7 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
     body.data = chunk_.data();
     body.size = chunk_.size();
     body.more = true;
-    stream_.expires_after(kWriteTimeout);
+    stream_.lowest().expires_after(kWriteTimeout);
     bhttp::async_write(stream_, *serializer_, Guard([this, more](error_code ec, size_t) {
                          if (ec == bhttp::error::need_buffer) ec = {};  // chunk sent; the serializer wants the next
                          if (ec) return FinishStreaming(ec);
@@ -725,7 +786,7 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
     body.data = nullptr;
     body.size = 0;
     body.more = false;
-    stream_.expires_after(kWriteTimeout);
+    stream_.lowest().expires_after(kWriteTimeout);
     bhttp::async_write(stream_, *serializer_, Guard([this](error_code ec, size_t) {
                          if (ec == bhttp::error::need_buffer) ec = {};
                          FinishStreaming(ec);
@@ -754,11 +815,23 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
   // client is still sending (see kLingerTimeout), then closes.
   void GracefulClose() {
     closing_ = true;
+    if (stream_.is_tls()) {
+      // TLS has no half-close that leaves the peer able to send: a client still uploading a body it sent before it
+      // could see the answer keeps sending, and OpenSSL fails a shutdown as soon as application data arrives. So
+      // the input is read and dropped first (as below, for at most the linger time), then close_notify is sent.
+      stream_.lowest().expires_after(kLingerTimeout);
+      if (drain_input_) {
+        drain_buf_ = std::make_unique<char[]>(kDrainChunkBytes);
+        return Drain();
+      }
+      stream_.tls().async_shutdown(Guard([this](const error_code&) { Close(); }));
+      return;
+    }
     error_code ignored;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream_.lowest().socket().shutdown(tcp::socket::shutdown_send, ignored);
     if (!drain_input_) return Close();
     drain_buf_ = std::make_unique<char[]>(kDrainChunkBytes);
-    stream_.expires_after(kLingerTimeout);
+    stream_.lowest().expires_after(kLingerTimeout);
     Drain();
   }
 
@@ -773,13 +846,13 @@ class Server::Impl::Session : public std::enable_shared_from_this<Session> {
   void Close() {
     closing_ = true;
     error_code ignored;
-    stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
-    stream_.socket().close(ignored);  // cancels a pending read; its handler drops the last reference
+    stream_.lowest().socket().shutdown(tcp::socket::shutdown_both, ignored);
+    stream_.lowest().socket().close(ignored);  // cancels a pending read; its handler drops the last reference
   }
 
   Impl* server_;
   const net::any_io_executor strand_;  // the connection's strand (also the stream's executor)
-  beast::tcp_stream stream_;
+  ConnectionStream stream_;
   beast::flat_buffer buffer_;
   std::string remote_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
@@ -812,6 +885,31 @@ Status Server::Impl::Listen() {
     if (listening_) return Status::Ok();
   }
   const std::string where = options_.host + ":" + std::to_string(options_.port);
+  if (!options_.tls_cert_file.empty() || !options_.tls_key_file.empty()) {
+    if (options_.tls_cert_file.empty() || options_.tls_key_file.empty()) {
+      return Status::Invalid("TLS needs both a certificate and its private key (--tls-cert and --tls-key)");
+    }
+    net::ssl::context tls(net::ssl::context::tls_server);
+    // TLS 1.2 and 1.3 only; OpenSSL's default cipher suites (no export, NULL or RC4 ones at its level 2).
+    SSL_CTX_set_min_proto_version(tls.native_handle(), TLS1_2_VERSION);
+    tls.set_options(net::ssl::context::default_workarounds | net::ssl::context::no_compression |
+                    net::ssl::context::single_dh_use);
+    error_code tls_ec;
+    tls.use_certificate_chain_file(options_.tls_cert_file, tls_ec);
+    if (tls_ec) {
+      return Status::Invalid("cannot load the TLS certificate " + options_.tls_cert_file +
+                             " (--tls-cert, PEM): " + tls_ec.message());
+    }
+    tls.use_private_key_file(options_.tls_key_file, net::ssl::context::pem, tls_ec);
+    if (tls_ec || SSL_CTX_check_private_key(tls.native_handle()) != 1) {
+      // OpenSSL checks the key against the certificate as it loads it ("key values mismatch").
+      return Status::Invalid(
+          "cannot use the TLS private key (--tls-key, PEM): it cannot be read, or it does not "
+          "belong to the certificate (--tls-cert)" +
+          (tls_ec ? ": " + tls_ec.message() : std::string()));
+    }
+    tls_.emplace(std::move(tls));
+  }
   error_code ec;
   tcp::resolver resolver(ioc_);
   auto endpoints = resolver.resolve(options_.host, std::to_string(options_.port),

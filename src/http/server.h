@@ -29,6 +29,10 @@ struct ServerOptions {
   size_t max_connections = 1024;    // beyond it the server stops accepting until a connection ends
   int header_timeout_seconds = 10;  // the whole request line + headers must arrive within this
   int keep_alive_seconds = 60;      // idle time allowed between two requests on one connection
+  // TLS (HTTPS): PEM files of the certificate (chain) and its private key; both empty: plain HTTP. TLS 1.2 and 1.3
+  // only. A file that cannot be read or a key that does not fit the certificate fails Listen().
+  std::string tls_cert_file;
+  std::string tls_key_file;
   // Requests for which it returns true run on the I/O thread that read them (cheap, non-blocking routes such
   // as GET /healthz, which must answer even when every handler thread is stuck). Called on an I/O thread.
   std::function<bool(const Request&)> runs_inline;

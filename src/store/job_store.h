@@ -69,6 +69,10 @@ struct ExportJobRecord {
   // Bulk Data IG jobs: when their server-held files were deleted (DELETE on the status URL, or expiry); from then
   // on the status URL and the files answer 404.
   std::optional<EpochMillis> files_deleted_at;
+  // The control plane's ClientToken (StartFHIRExportJob is idempotent by it) and the request it came with, in a
+  // canonical form: the same token with the same request is the same job; with another request, an error.
+  std::string client_token;
+  std::string client_request;
 };
 
 // What a transition writes besides the status (unset members keep their value).
@@ -118,6 +122,8 @@ class JobStore {
   virtual Result<ExportJobRecord> TransitionJob(std::string_view job_id, std::initializer_list<std::string_view> from,
                                                 std::string_view to, const JobUpdate& update) = 0;
   virtual Result<ExportJobRecord> GetJob(std::string_view job_id) = 0;
+  // The job started with this ClientToken, if any.
+  virtual Result<std::optional<ExportJobRecord>> JobByClientToken(const std::string& token) = 0;
   // Jobs in any of `statuses`, in queue order.
   virtual Result<std::vector<ExportJobRecord>> JobsWithStatus(const std::vector<std::string>& statuses) = 0;
   // SUBMITTED + QUEUED jobs (what the queue quota counts).

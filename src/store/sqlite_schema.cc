@@ -18,6 +18,8 @@
 //      under handling=lenient (newline-separated); export_tasks.deleted: a task that lists deletions (the IG's
 //      `deleted` files of an export with _since)
 //   9  export_downloads: the leases of running downloads of server-held files (their deletion waits for them)
+//  10  export_jobs.client_token, client_request: the control plane's idempotency token of a StartFHIRExportJob and
+//      the request it came with (a unique index: one job per token)
 #include "store/sqlite_schema.h"
 
 #include <functional>
@@ -212,6 +214,12 @@ CREATE TABLE export_downloads(job_id TEXT NOT NULL, token TEXT NOT NULL, expires
   PRIMARY KEY(job_id, token)) WITHOUT ROWID;
 )sql";
 
+constexpr const char* kMigrationV10 = R"sql(
+ALTER TABLE export_jobs ADD COLUMN client_token TEXT NOT NULL DEFAULT '';
+ALTER TABLE export_jobs ADD COLUMN client_request TEXT NOT NULL DEFAULT '';
+CREATE UNIQUE INDEX export_jobs_client_token ON export_jobs(client_token) WHERE client_token <> '';
+)sql";
+
 Status SetVersion(SqliteConnection& db, int version) {
   return db.Exec("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '" + std::to_string(version) +
                  "')");
@@ -244,7 +252,8 @@ Status ApplyMigration(SqliteConnection& db, int to_version) {
                     : to_version == 6 ? kMigrationV6
                     : to_version == 7 ? kMigrationV7
                     : to_version == 8 ? kMigrationV8
-                                      : kMigrationV9;
+                    : to_version == 9 ? kMigrationV9
+                                      : kMigrationV10;
   if (to_version == 3) RETURN_IF_ERROR(AddOpColumns(db));
   RETURN_IF_ERROR(db.Exec(sql));
   return SetVersion(db, to_version);

@@ -957,9 +957,9 @@ class SqliteStore final : public ResourceStore, public JobStore {
                                  "group_id, types, since, output_format, s3_uri, kms_key_id, role_arn, "
                                  "request_url, submit_time, start_time, end_time, snapshot_seq, snapshot_time, "
                                  "message, include_referenced, owner, until_ms, tag_filter, security_filter, "
-                                 "patient_filter, type_filter, elements, notes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "
-                                 "?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, "
-                                 "?25, ?26, ?27, ?28, ?29)"));
+                                 "patient_filter, type_filter, elements, notes, client_token, client_request) VALUES "
+                                 "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, "
+                                 "?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)"));
       BindJob(*ins, *job);
       return ins->Run();
     });
@@ -1027,6 +1027,15 @@ class SqliteStore final : public ResourceStore, public JobStore {
     ASSIGN_OR_RETURN(bool row, q->Step());
     if (!row) return Status::NotFound("Export job " + std::string(job_id) + " is not known in datastore " + info_.id);
     return ReadJob(*q);
+  }
+
+  Result<std::optional<ExportJobRecord>> JobByClientToken(const std::string& token) override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    ASSIGN_OR_RETURN(auto q, conn->Prepare(std::string(kSelectJob) + " WHERE client_token=?1 AND client_token <> ''"));
+    q->Bind(1, token);
+    ASSIGN_OR_RETURN(bool row, q->Step());
+    if (!row) return std::optional<ExportJobRecord>();
+    return std::optional<ExportJobRecord>(ReadJob(*q));
   }
 
   Result<std::vector<ExportJobRecord>> JobsWithStatus(const std::vector<std::string>& statuses) override {
@@ -1213,7 +1222,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
       "SELECT job_id, queue_order, job_name, status, view, level, group_id, types, since, output_format, s3_uri, "
       "kms_key_id, role_arn, request_url, submit_time, start_time, end_time, snapshot_seq, snapshot_time, message, "
       "include_referenced, owner, files_deleted_at, until_ms, tag_filter, security_filter, patient_filter, "
-      "type_filter, elements, notes FROM export_jobs";
+      "type_filter, elements, notes, client_token, client_request FROM export_jobs";
 
   // Where MaterializeGroupScope stages the referenced resources it finds (not a valid job id, so never a job's).
   static std::string StagingKey(const std::string& job_id) { return job_id + ".referenced"; }
@@ -1243,6 +1252,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
     q.Bind(20, j.message).Bind(21, j.include_referenced ? 1 : 0).Bind(22, j.owner);
     q.Bind(23, j.until).Bind(24, JoinLines(j.tags)).Bind(25, JoinLines(j.security)).Bind(26, JoinLines(j.patients));
     q.Bind(27, JoinLines(j.type_filters)).Bind(28, JoinLines(j.elements)).Bind(29, JoinLines(j.notes));
+    q.Bind(30, j.client_token).Bind(31, j.client_request);
   }
 
   static ExportJobRecord ReadJob(const SqliteStmt& q) {
@@ -1276,6 +1286,8 @@ class SqliteStore final : public ResourceStore, public JobStore {
     j.type_filters = SplitLines(q.Text(27));
     j.elements = SplitLines(q.Text(28));
     j.notes = SplitLines(q.Text(29));
+    j.client_token = q.Str(30);
+    j.client_request = q.Str(31);
     return j;
   }
 

@@ -416,9 +416,9 @@ class Server:
         deadline = time.time() + timeout
         while True:
             text = self.log_path.read_bytes().decode("utf-8", "replace")
-            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", text)
+            m = re.search(r"listening on (https?)://127\.0\.0\.1:(\d+)", text)
             if m:
-                self.port = int(m.group(1))
+                self.scheme, self.port = m.group(1), int(m.group(2))
                 break
             if self.proc.poll() is not None:
                 raise AssertionError(f"fhirlake serve exited {self.proc.returncode} at start:\n{self.log_tail()}")
@@ -427,11 +427,14 @@ class Server:
                 raise AssertionError(f"fhirlake serve did not start in {timeout} s:\n{self.log_tail()}")
             time.sleep(0.02)
         self.sess = new_session()
-        h = self.sess.get(f"http://127.0.0.1:{self.port}/healthz")
+        if self.scheme == "https":  # a self-signed certificate is its own CA
+            self.sess.verify = self.extra_args[self.extra_args.index("--tls-cert") + 1]
+        self.root = f"{self.scheme}://127.0.0.1:{self.port}"
+        h = self.sess.get(f"{self.root}/healthz")
         assert h.status_code == 200, h.text
         ds = h.json()["datastores"][0]
         self.datastore_id = ds["datastoreId"]
-        self.base = f"http://127.0.0.1:{self.port}/datastore/{self.datastore_id}/r4"  # where we send requests
+        self.base = f"{self.root}/datastore/{self.datastore_id}/r4"  # where we send requests
         self.public_base = ds["fhirBase"]  # what the server writes in absolute URLs (--public-url)
         if "--public-url" not in self.extra_args:
             assert self.public_base == self.base, (self.public_base, self.base)

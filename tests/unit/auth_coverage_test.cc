@@ -13,6 +13,7 @@
 
 #include "api/routes.h"
 #include "auth/authorizer.h"
+#include "awsjson/model.h"
 #include "bulk/export_engine.h"
 #include "sink/memory_sink.h"
 #include "sink/sigv4.h"
@@ -30,8 +31,16 @@ http::Request RequestFor(const std::string& route, const std::string& ds) {
   const size_t space = route.find(' ');
   r.method = route.substr(0, space);
   if (r.method == "*") r.method = "POST";
+  std::string pattern = route.substr(space + 1);
+  // A control-plane route: "POST / HealthLake.<Operation>" (the X-Amz-Target it answers), with an awsJson1_0 body.
+  if (const size_t target = pattern.find(' '); target != std::string::npos) {
+    r.headers.Add("X-Amz-Target", pattern.substr(target + 1));
+    r.headers.Add("Content-Type", "application/x-amz-json-1.0");
+    r.body = "{\"DatastoreId\": \"" + ds + "\"}";
+    pattern = pattern.substr(0, target);
+  }
   std::string path;
-  for (const std::string& seg : http::Router::Segments(route.substr(space + 1))) {
+  for (const std::string& seg : http::Router::Segments(pattern)) {
     std::string v = seg;
     if (seg == "{ds}") v = ds;
     if (seg == "{type}") v = "Patient";
@@ -127,6 +136,13 @@ TEST(AuthCoverageTest, EveryRouteButThePublicOnesNeedsAnAllowedSignedPrincipal) 
     EXPECT_NE(r.status, 401) << r.body;
     EXPECT_NE(r.status, 403) << r.body;
   }
+  // Every operation of the control plane's model is a route of its own (and so was judged above).
+  std::set<std::string> targets, operations;
+  for (const auto& [route, info] : router->Routes()) {
+    if (!info.target.empty()) targets.insert(info.target);
+  }
+  for (const auto& op : awsjson::HealthLakeModel().operations) operations.insert("HealthLake." + op.name);
+  EXPECT_EQ(targets, operations);
   const std::string r4 = "/datastore/{ds}/r4";
   EXPECT_EQ(public_routes,
             (std::set<std::string>{"GET /healthz", "GET " + r4 + "/metadata", "GET /.well-known/smart-configuration",
@@ -168,6 +184,7 @@ TEST(AuthCoverageTest, ConfigurationErrorsNameTheMember) {
       {R"({"corsOrigins": "https://app.example"})", "array"},
       {R"({"corsOrigins": ["https://app.example/path"]})", "not an origin"},
       {R"({"corsOrigins": ["app.example"]})", "not an origin"},
+      {R"({"defaultModes": ["none"], "corsOrigins": ["*"]})", "with a datastore in mode none"},
       {R"({"smartClients": [{"clientId": "c", "jwks": {"keys": [{"kty": "oct", "k": "AAAA"}]}, "scopes": []}]})",
        "kty"},
       {R"({"tokenLifetimeSeconds": 5})", "tokenLifetimeSeconds"},
@@ -199,6 +216,12 @@ TEST(AuthCoverageTest, ConfigurationErrorsNameTheMember) {
   EXPECT_EQ(example.issuers[0].algorithms, (std::vector<std::string>{"RS256", "ES384"}));
   EXPECT_EQ(example.smart_clients[1].keys->url(), "http://127.0.0.1:9999/jwks.json");
   EXPECT_EQ(example.cors_origins.size(), 3u);
+  // Origins as browsers send them: lower case, without the scheme's default port.
+  ASSERT_OK_AND_ASSIGN(auto cors, auth::ParseAuthConfig(
+                                      R"({"corsOrigins": ["https://App.Example.org:443", "http://LocalHost:80",
+                                                          "https://a.example:8443"]})"));
+  EXPECT_EQ(cors.cors_origins,
+            (std::vector<std::string>{"https://app.example.org", "http://localhost", "https://a.example:8443"}));
   EXPECT_EQ(c.DatastoreArn("abc"), "arn:aws:healthlake:us-east-1:111122223333:datastore/fhir/abc");
   EXPECT_EQ(auth::SourceIp("127.0.0.1:5"), "127.0.0.1");
   EXPECT_EQ(auth::SourceIp("[::1]:5"), "::1");

@@ -109,6 +109,31 @@ TEST(JwksTest, AnIssuersAlgorithmsDecideWhichKeysCount) {
   EXPECT_OK(set->Fetch());  // an inline set has nothing to fetch
 }
 
+TEST(JwksTest, APublishedSetLeavesOutKeysItCannotUseButNeverAPrivateOne) {
+  // Keycloak's certs endpoint: an RSA-OAEP encryption key beside the signature key; here also an Ed25519 key and an
+  // EC key whose key_ops do not include verify.
+  const std::string doc =
+      R"({"keys": [{"kty": "RSA", "use": "enc", "alg": "RSA-OAEP", "n": "AQAB", "e": "AQAB"},
+                   {"kty": "OKP", "crv": "Ed25519", "x": "AAAA"},
+                   {"kty": "EC", "crv": "P-256", "kid": "ops", "key_ops": ["encrypt"], "x": "AA", "y": "AA"},
+                   {"kty": "EC", "crv": "P-256", "kid": "a3", "use": "sig",
+                    "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+                    "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]})";
+  std::vector<std::string> skipped;
+  ASSERT_OK_AND_ASSIGN(auto keys, ParseJwks(doc, {"ES256", "RS256"}, true, &skipped));
+  ASSERT_EQ(keys.size(), 1u);
+  EXPECT_EQ(keys[0].kid, "a3");
+  EXPECT_EQ(skipped.size(), 3u);
+  // Given inline, the same set is an error naming the key (an operator wants to know).
+  EXPECT_STATUS(ParseJwks(doc, {"ES256", "RS256"}), kInvalid, "keys[0]");
+  // A private key refuses the whole set, skipping or not.
+  EXPECT_STATUS(ParseJwks(R"({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "AA", "d": "AA"}]})", {"ES256"}, true),
+                kInvalid, "private key");
+  std::string many = R"({"keys": [)";
+  for (size_t i = 0; i <= kMaxJwksKeys; ++i) many += std::string(i ? "," : "") + R"({"kty": "oct"})";
+  EXPECT_STATUS(ParseJwks(many + "]}", {"ES256"}, true), kInvalid, "at most 64 keys");
+}
+
 TEST(JwksTest, AJwksUrlIsHttpsOrLoopback) {
   for (const char* ok : {"https://idp.example/.well-known/jwks.json", "http://127.0.0.1:9999/jwks.json",
                          "http://localhost/jwks", "http://[::1]:8/k"}) {

@@ -1,0 +1,309 @@
+#include "api/control_plane.h"
+
+#include <algorithm>
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "api/fhir_response.h"
+#include "api/job_owner.h"
+#include "awsjson/model.h"
+#include "bulk/export_engine.h"
+#include "common/json_escape.h"
+
+namespace fhirlake::api {
+namespace {
+
+using http::Request;
+using http::RequestContext;
+using http::Response;
+using nlohmann::json;
+
+constexpr char kContentType[] = "application/x-amz-json-1.0";
+constexpr int kDefaultMaxResults = 100;
+
+Response Ok(const json& body) { return Response::Json(200, body.dump(), kContentType); }
+
+// The AWS error an SDK expects for a Status.
+Response FromStatus(const Status& st) {
+  switch (st.code()) {
+    case StatusCode::kInvalid:
+    case StatusCode::kNotSupported:
+      return AwsJsonError(400, "ValidationException", st.message());
+    case StatusCode::kNotFound:
+      return AwsJsonError(400, "ResourceNotFoundException", st.message());
+    case StatusCode::kConflict:
+      return AwsJsonError(400, "ConflictException", st.message());
+    case StatusCode::kTooManyRequests:
+      return AwsJsonError(400, "ThrottlingException", st.message());
+    case StatusCode::kForbidden:
+      return AwsJsonError(403, "AccessDeniedException", st.message());
+    default:
+      return AwsJsonError(500, "InternalServerException", st.message());
+  }
+}
+
+double EpochSeconds(EpochMillis ms) { return static_cast<double>(ms) / 1000.0; }
+
+// Page tokens: opaque to clients (base64url of "kind:last-key"), checked when they come back.
+std::string PageToken(std::string_view kind, std::string_view last) {
+  std::string raw = std::string(kind) + ":" + std::string(last);
+  static constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  std::string out;
+  uint32_t acc = 0;
+  int bits = 0;
+  for (unsigned char c : raw) {
+    acc = (acc << 8) | c;
+    bits += 8;
+    while (bits >= 6) {
+      bits -= 6;
+      out.push_back(kAlphabet[(acc >> bits) & 63]);
+    }
+  }
+  if (bits > 0) out.push_back(kAlphabet[(acc << (6 - bits)) & 63]);
+  return out;
+}
+
+Result<std::string> PageKey(std::string_view kind, const json& body) {
+  if (!body.contains("NextToken")) return std::string();
+  const std::string token = body["NextToken"].get<std::string>();
+  std::string raw;
+  uint32_t acc = 0;
+  int bits = 0;
+  for (char c : token) {
+    int v = c >= 'A' && c <= 'Z'   ? c - 'A'
+            : c >= 'a' && c <= 'z' ? c - 'a' + 26
+            : c >= '0' && c <= '9' ? c - '0' + 52
+            : c == '-'             ? 62
+            : c == '_'             ? 63
+                                   : -1;
+    if (v < 0) return Status::Invalid("NextToken is not a token this server gave out");
+    acc = (acc << 6) | static_cast<uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      raw.push_back(static_cast<char>((acc >> bits) & 0xFF));
+    }
+  }
+  const std::string prefix = std::string(kind) + ":";
+  if (!raw.starts_with(prefix)) return Status::Invalid("NextToken is not a token of this operation");
+  return raw.substr(prefix.size());
+}
+
+int MaxResults(const json& body) { return body.value("MaxResults", kDefaultMaxResults); }
+
+class ControlPlane {
+ public:
+  explicit ControlPlane(const ApiContext& ctx) : ctx_(ctx) {}
+
+  Response Handle(const awsjson::Operation& op, const Request& req, const RequestContext& p) const {
+    if (!req.headers.Get("Content-Type").starts_with("application/x-amz-json-1.0")) {
+      return AwsJsonError(400, "SerializationException",
+                          "The control plane speaks awsJson1_0: send Content-Type: application/x-amz-json-1.0");
+    }
+    json body = req.body.empty() ? json::object() : json::parse(req.body, nullptr, /*allow_exceptions=*/false);
+    if (body.is_discarded()) return AwsJsonError(400, "SerializationException", "The request body is not JSON");
+    if (Status st = awsjson::Validate(awsjson::HealthLakeModel(), body, op.input); !st.ok()) return FromStatus(st);
+    Result<json> out = Status::NotSupported("");
+    if (op.name == "ListFHIRDatastores") {
+      out = ListDatastores(body);
+    } else if (op.name == "DescribeFHIRDatastore") {
+      out = DescribeDatastore(body);
+    } else if (op.name == "StartFHIRExportJob") {
+      out = StartExport(body, p);
+    } else if (op.name == "DescribeFHIRExportJob") {
+      out = DescribeExport(body, p);
+    } else if (op.name == "ListFHIRExportJobs") {
+      out = ListExports(body, p);
+    } else {
+      return AwsJsonError(501, "NotImplemented",
+                          "HealthLake." + op.name +
+                              " is not built yet in this version of fhirlake (docs/CONTROL_PLANE.md lists what is)");
+    }
+    if (!out.ok()) return FromStatus(out.status());
+    return Ok(*out);
+  }
+
+ private:
+  std::string DatastoreArn(std::string_view id) const {
+    return "arn:aws:healthlake:" + ctx_.aws_region + ":" + ctx_.aws_account_id + ":datastore/fhir/" + std::string(id);
+  }
+
+  json Properties(const store::ResourceStore& s) const {
+    const auto& info = s.info();
+    return {{"DatastoreId", info.id},
+            {"DatastoreArn", DatastoreArn(info.id)},
+            {"DatastoreName", info.name},
+            {"DatastoreStatus", "ACTIVE"},
+            {"CreatedAt", EpochSeconds(info.created_at)},
+            {"DatastoreTypeVersion", "R4"},
+            {"DatastoreEndpoint", ctx_.FhirBase(info.id) + "/"},
+            {"SseConfiguration", {{"KmsEncryptionConfig", {{"CmkType", "AWS_OWNED_KMS_KEY"}}}}}};
+  }
+
+  Result<store::ResourceStore*> Datastore(const json& body) const {
+    const std::string id = body["DatastoreId"].get<std::string>();
+    store::ResourceStore* s = ctx_.catalog->Find(id);
+    if (s == nullptr) return Status::NotFound("Datastore " + id + " does not exist");
+    return s;
+  }
+
+  Result<json> ListDatastores(const json& body) const {
+    ASSIGN_OR_RETURN(std::string after, PageKey("ds", body));
+    const json filter = body.value("Filter", json::object());
+    std::vector<store::ResourceStore*> all = ctx_.catalog->All();
+    std::sort(all.begin(), all.end(), [](auto* a, auto* b) { return a->info().id < b->info().id; });
+    json list = json::array();
+    const int max = MaxResults(body);
+    std::string next;
+    for (auto* s : all) {
+      const auto& info = s->info();
+      if (!after.empty() && info.id <= after) continue;
+      if (filter.contains("DatastoreName") && filter["DatastoreName"] != info.name) continue;
+      if (filter.contains("DatastoreStatus") && filter["DatastoreStatus"] != "ACTIVE") continue;
+      if (filter.contains("CreatedBefore") && EpochSeconds(info.created_at) >= filter["CreatedBefore"].get<double>()) {
+        continue;
+      }
+      if (filter.contains("CreatedAfter") && EpochSeconds(info.created_at) <= filter["CreatedAfter"].get<double>()) {
+        continue;
+      }
+      if (static_cast<int>(list.size()) == max) {
+        next = PageToken("ds", list.back()["DatastoreId"].get<std::string>());
+        break;
+      }
+      list.push_back(Properties(*s));
+    }
+    json out = {{"DatastorePropertiesList", list}};
+    if (!next.empty()) out["NextToken"] = next;
+    return out;
+  }
+
+  Result<json> DescribeDatastore(const json& body) const {
+    ASSIGN_OR_RETURN(store::ResourceStore * s, Datastore(body));
+    return json{{"DatastoreProperties", Properties(*s)}};
+  }
+
+  Result<json> StartExport(const json& body, const RequestContext& p) const {
+    ASSIGN_OR_RETURN(store::ResourceStore * s, Datastore(body));
+    bulk::ExportRequest r;
+    r.level = bulk::ExportLevel::kSystem;  // the SDK's export is system-wide, as HealthLake's
+    r.job_name = body.value("JobName", "");
+    r.data_access_role_arn = body["DataAccessRoleArn"].get<std::string>();
+    const json& s3 = body["OutputDataConfig"]["S3Configuration"];
+    ASSIGN_OR_RETURN(r.output, bulk::ParseS3Uri(s3["S3Uri"].get<std::string>()));
+    r.kms_key_id = s3["KmsKeyId"].get<std::string>();
+    r.request_url = ctx_.FhirBase(s->info().id) + "/$export";
+    r.view = "healthlake";
+    r.owner = JobOwner(p.principal);
+    if (body.contains("ClientToken")) {
+      r.client_token = body["ClientToken"].get<std::string>();
+      // What makes two requests the same: every member but the token (nlohmann's objects keep their keys sorted).
+      json same = body;
+      same.erase("ClientToken");
+      r.client_request = "StartFHIRExportJob " + same.dump();
+    }
+    ASSIGN_OR_RETURN(store::ExportJobRecord job, ctx_.exports->Submit(s, r));
+    if (!MaySeeJob(p.principal, job.owner)) {
+      // A token another principal used: not theirs to see (and not a new job either).
+      return Status::Invalid("ClientToken " + r.client_token + " was already used; use a new ClientToken");
+    }
+    return json{{"JobId", job.job_id}, {"JobStatus", job.status}, {"DatastoreId", s->info().id}};
+  }
+
+  json ExportProperties(const store::ExportJobRecord& j, std::string_view datastore_id) const {
+    json out = {{"JobId", j.job_id},
+                {"JobStatus", j.status},
+                {"SubmitTime", EpochSeconds(j.submit_time)},
+                {"DatastoreId", datastore_id},
+                {"OutputDataConfig", {{"S3Configuration", {{"S3Uri", j.s3_uri}, {"KmsKeyId", j.kms_key_id}}}}}};
+    if (!j.job_name.empty()) out["JobName"] = j.job_name;
+    if (j.end_time) out["EndTime"] = EpochSeconds(*j.end_time);
+    if (!j.data_access_role_arn.empty()) out["DataAccessRoleArn"] = j.data_access_role_arn;
+    if (!j.message.empty()) out["Message"] = j.message;
+    return out;
+  }
+
+  Result<json> DescribeExport(const json& body, const RequestContext& p) const {
+    ASSIGN_OR_RETURN(store::ResourceStore * s, Datastore(body));
+    const std::string job_id = body["JobId"].get<std::string>();
+    auto job = s->jobs().GetJob(job_id);
+    if (!job.ok() || !MaySeeJob(p.principal, job->owner)) {
+      if (!job.ok() && job.status().code() != StatusCode::kNotFound) return job.status();
+      return Status::NotFound("Export job " + job_id + " is not known in datastore " + s->info().id);
+    }
+    return json{{"ExportJobProperties", ExportProperties(*job, s->info().id)}};
+  }
+
+  Result<json> ListExports(const json& body, const RequestContext& p) const {
+    ASSIGN_OR_RETURN(store::ResourceStore * s, Datastore(body));
+    ASSIGN_OR_RETURN(std::string after, PageKey("job", body));
+    int64_t after_order = 0;
+    if (!after.empty()) {
+      char* end = nullptr;
+      after_order = std::strtoll(after.c_str(), &end, 10);
+      if (end == nullptr || *end != '\0') return Status::Invalid("NextToken is not a token this server gave out");
+    }
+    ASSIGN_OR_RETURN(auto jobs, s->jobs().JobsWithStatus({"SUBMITTED", "QUEUED", "IN_PROGRESS", "COMPLETED",
+                                                          "COMPLETED_WITH_ERRORS", "FAILED", "CANCEL_SUBMITTED",
+                                                          "CANCEL_IN_PROGRESS", "CANCEL_COMPLETED", "CANCEL_FAILED"}));
+    std::sort(jobs.begin(), jobs.end(), [](const auto& a, const auto& b) { return a.queue_order < b.queue_order; });
+    json list = json::array();
+    const int max = MaxResults(body);
+    std::string next;
+    int64_t last_order = 0;
+    for (const auto& j : jobs) {
+      if (j.queue_order <= after_order || !MaySeeJob(p.principal, j.owner)) continue;
+      if (body.contains("JobName") && body["JobName"] != j.job_name) continue;
+      if (body.contains("JobStatus") && body["JobStatus"] != j.status) continue;
+      if (body.contains("SubmittedBefore") && EpochSeconds(j.submit_time) >= body["SubmittedBefore"].get<double>()) {
+        continue;
+      }
+      if (body.contains("SubmittedAfter") && EpochSeconds(j.submit_time) <= body["SubmittedAfter"].get<double>()) {
+        continue;
+      }
+      if (static_cast<int>(list.size()) == max) {
+        next = PageToken("job", std::to_string(last_order));
+        break;
+      }
+      list.push_back(ExportProperties(j, s->info().id));
+      last_order = j.queue_order;
+    }
+    json out = {{"ExportJobPropertiesList", list}};
+    if (!next.empty()) out["NextToken"] = next;
+    return out;
+  }
+
+  const ApiContext& ctx_;
+};
+
+}  // namespace
+
+Response AwsJsonError(int status, std::string_view type, std::string_view message) {
+  json body = {{"__type", std::string(type)}, {"message", std::string(message)}};
+  return Response::Json(status, body.dump(), kContentType);
+}
+
+void RegisterControlPlane(http::Router& router, const ApiContext& ctx) {
+  auto cp = std::make_shared<ControlPlane>(ctx);
+  const awsjson::Model& model = awsjson::HealthLakeModel();
+  for (const auto& op : model.operations) {
+    http::RouteInfo info;
+    info.action = "healthlake:" + op.name;
+    info.target = model.target_prefix + "." + op.name;
+    info.aws_json = true;
+    const awsjson::Operation* o = &op;
+    router.Add("POST", "/", info,
+               [cp, o](const Request& req, const RequestContext& p) { return cp->Handle(*o, req, p); });
+  }
+  // Any other target (or none) on POST /: what AWS answers for an operation it does not have.
+  http::RouteInfo unknown;
+  unknown.action = "healthlake:UnknownOperation";
+  unknown.aws_json = true;
+  router.Add("POST", "/", unknown, [](const Request& req, const RequestContext&) {
+    const std::string_view target = req.headers.Get("X-Amz-Target");
+    return AwsJsonError(400, "UnknownOperationException",
+                        target.empty() ? std::string("The request has no X-Amz-Target header (HealthLake.<Operation>)")
+                                       : "Unknown operation " + std::string(target).substr(0, 200));
+  });
+}
+
+}  // namespace fhirlake::api

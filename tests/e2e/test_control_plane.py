@@ -1,0 +1,268 @@
+"""The HealthLake control plane (awsJson1_0 on POST /, docs/CONTROL_PLANE.md) against the running server, driven by
+Debian's boto3 (botocore 1.29: the older model) and `aws` CLI (2.9.19), and by the aws CLI again with the newer
+model of models/ loaded through AWS_DATA_PATH: datastores listed and described, SDK export jobs started, described
+until COMPLETED, listed with filters and paging, and seen through the REST describe (and REST jobs through the SDK);
+idempotent ClientToken; request shapes validated with the member named; AWS errors as the SDKs parse them; and, with
+SigV4 on, the refusals (unsigned, wrong secret, denied by policy).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import boto3
+import botocore
+import pytest
+import requests
+from botocore.config import Config
+
+from export_helpers import BUCKET, KMS_KEY, ROLE_ARN, servers, start_export  # noqa: F401  (fixture)
+
+FHIR_JSON = "application/fhir+json"
+MODELS = Path(__file__).resolve().parents[2] / "models"
+KEY, SECRET = "AKIACONTROLPLANE001", "control-plane-secret"
+
+
+def client(srv, key=KEY, secret=SECRET):
+    return boto3.client("healthlake", endpoint_url=srv.root, region_name="us-east-1", aws_access_key_id=key,
+                        aws_secret_access_key=secret, config=Config(retries={"max_attempts": 1}))
+
+
+def aws(srv, *args, data_path=None):
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "AWS_ACCESS_KEY_ID": KEY,
+           "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1", "AWS_PAGER": ""}
+    if data_path:
+        env["AWS_DATA_PATH"] = str(data_path)
+    r = subprocess.run(["/usr/bin/aws", "healthlake", *args, "--endpoint-url", srv.root, "--output", "json"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    return r
+
+
+def raw(srv, target, body, content_type="application/x-amz-json-1.0"):
+    headers = {"Content-Type": content_type}
+    if target:
+        headers["X-Amz-Target"] = target
+    return requests.post(srv.root + "/", data=body if isinstance(body, str) else json.dumps(body), headers=headers,
+                         timeout=30)
+
+
+def s3_config(prefix):
+    return {"S3Configuration": {"S3Uri": f"s3://{BUCKET}/{prefix}", "KmsKeyId": KMS_KEY}}
+
+
+@pytest.fixture
+def srv(servers, tmp_path):
+    s = servers.start(tmp_path / "data")
+    for i in range(3):
+        r = s.sess.put(f"{s.base}/Patient/p{i}", data=json.dumps({"resourceType": "Patient", "id": f"p{i}"}),
+                       headers={"Content-Type": FHIR_JSON})
+        assert r.status_code == 201, r.text
+    return s
+
+
+def wait_completed(hl, ds, job_id):
+    deadline = time.time() + 60
+    while True:
+        p = hl.describe_fhir_export_job(DatastoreId=ds, JobId=job_id)["ExportJobProperties"]
+        if p["JobStatus"] in ("COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED"):
+            return p
+        assert time.time() < deadline, p
+        time.sleep(0.1)
+
+
+def test_datastores_are_listed_and_described(srv):
+    hl = client(srv)
+    listed = hl.list_fhir_datastores()["DatastorePropertiesList"]
+    assert len(listed) == 1
+    d = listed[0]
+    assert d["DatastoreId"] == srv.datastore_id and d["DatastoreStatus"] == "ACTIVE"
+    assert d["DatastoreTypeVersion"] == "R4" and d["DatastoreEndpoint"] == srv.base + "/"
+    assert d["DatastoreArn"] == f"arn:aws:healthlake:us-east-1:111122223333:datastore/fhir/{srv.datastore_id}"
+    assert d["CreatedAt"].year >= 2024  # botocore turned the epoch seconds into a datetime
+    described = hl.describe_fhir_datastore(DatastoreId=srv.datastore_id)["DatastoreProperties"]
+    assert described == d
+    assert hl.list_fhir_datastores(Filter={"DatastoreStatus": "DELETED"})["DatastorePropertiesList"] == []
+    assert hl.list_fhir_datastores(Filter={"DatastoreName": "no-such-name"})["DatastorePropertiesList"] == []
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        hl.describe_fhir_datastore(DatastoreId="0" * 32)
+    assert err.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    assert "0" * 32 in err.value.response["Error"]["Message"]
+
+
+def test_an_sdk_export_is_the_same_job_as_a_rest_one(srv):
+    hl = client(srv)
+    ds = srv.datastore_id
+    started = hl.start_fhir_export_job(JobName="sdk-export", DatastoreId=ds, DataAccessRoleArn=ROLE_ARN,
+                                       OutputDataConfig=s3_config("sdk"))
+    assert started["DatastoreId"] == ds and started["JobStatus"] == "SUBMITTED"
+    p = wait_completed(hl, ds, started["JobId"])
+    assert p["JobStatus"] == "COMPLETED" and p["JobName"] == "sdk-export" and p["DataAccessRoleArn"] == ROLE_ARN
+    assert p["OutputDataConfig"]["S3Configuration"] == {"S3Uri": f"s3://{BUCKET}/sdk", "KmsKeyId": KMS_KEY}
+    assert p["EndTime"] >= p["SubmitTime"]
+    # The REST describe knows it, with its files.
+    rest = srv.sess.get(f"{srv.base}/export/{started['JobId']}").json()
+    assert rest["exportJobProperties"]["jobStatus"] == "COMPLETED"
+    assert rest["exportJobProperties"]["jobName"] == "sdk-export"
+    assert [o["type"] for o in rest["output"]] == ["Patient"] and rest["output"][0]["count"] == 3
+    # And a REST job is an SDK job too: described, and listed with the SDK one.
+    rest_job = start_export(srv.sess, srv.base, job_name="rest-export")
+    assert wait_completed(hl, ds, rest_job)["JobName"] == "rest-export"
+    jobs = hl.list_fhir_export_jobs(DatastoreId=ds)["ExportJobPropertiesList"]
+    assert [j["JobId"] for j in jobs] == [started["JobId"], rest_job]
+    assert [j["JobId"] for j in hl.list_fhir_export_jobs(DatastoreId=ds, JobName="rest-export")
+            ["ExportJobPropertiesList"]] == [rest_job]
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        hl.describe_fhir_export_job(DatastoreId=ds, JobId="f" * 32)
+    assert err.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+def test_list_pages_and_filters(srv):
+    hl = client(srv)
+    ds = srv.datastore_id
+    ids = [hl.start_fhir_export_job(JobName=f"job-{i}", DatastoreId=ds, DataAccessRoleArn=ROLE_ARN,
+                                    OutputDataConfig=s3_config(f"page-{i}"))["JobId"] for i in range(3)]
+    for job_id in ids:
+        wait_completed(hl, ds, job_id)
+    seen, token = [], None
+    while True:
+        kw = {"NextToken": token} if token else {}
+        page = hl.list_fhir_export_jobs(DatastoreId=ds, MaxResults=1, **kw)
+        assert len(page["ExportJobPropertiesList"]) == 1
+        seen += [j["JobId"] for j in page["ExportJobPropertiesList"]]
+        token = page.get("NextToken")
+        if not token:
+            break
+    assert seen == ids  # every job once, in the order submitted
+    two = hl.list_fhir_export_jobs(DatastoreId=ds, MaxResults=2)
+    rest = hl.list_fhir_export_jobs(DatastoreId=ds, MaxResults=2, NextToken=two["NextToken"])
+    assert [j["JobId"] for j in two["ExportJobPropertiesList"] + rest["ExportJobPropertiesList"]] == ids
+    assert "NextToken" not in rest
+    done = hl.list_fhir_export_jobs(DatastoreId=ds, JobStatus="COMPLETED")["ExportJobPropertiesList"]
+    assert len(done) == 3
+    assert hl.list_fhir_export_jobs(DatastoreId=ds, JobStatus="FAILED")["ExportJobPropertiesList"] == []
+    # botocore sends whole epoch seconds: a second before the first job, and a minute after the last.
+    before_all = done[0]["SubmitTime"] - datetime.timedelta(seconds=1)
+    later = done[-1]["SubmitTime"] + datetime.timedelta(seconds=60)
+    assert len(hl.list_fhir_export_jobs(DatastoreId=ds, SubmittedAfter=before_all)["ExportJobPropertiesList"]) == 3
+    assert hl.list_fhir_export_jobs(DatastoreId=ds, SubmittedBefore=before_all)["ExportJobPropertiesList"] == []
+    assert hl.list_fhir_export_jobs(DatastoreId=ds, SubmittedAfter=later)["ExportJobPropertiesList"] == []
+    assert len(hl.list_fhir_export_jobs(DatastoreId=ds, SubmittedBefore=later)["ExportJobPropertiesList"]) == 3
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        hl.list_fhir_export_jobs(DatastoreId=ds, NextToken="not-a-token!")
+    assert err.value.response["Error"]["Code"] == "ValidationException"
+
+
+def test_a_client_token_makes_a_start_idempotent(srv):
+    hl = client(srv)
+    ds = srv.datastore_id
+    kw = dict(DatastoreId=ds, DataAccessRoleArn=ROLE_ARN, OutputDataConfig=s3_config("idem"), ClientToken="tok-1")
+    first = hl.start_fhir_export_job(JobName="once", **kw)
+    again = hl.start_fhir_export_job(JobName="once", **kw)
+    assert again["JobId"] == first["JobId"]
+    assert len(hl.list_fhir_export_jobs(DatastoreId=ds)["ExportJobPropertiesList"]) == 1
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        hl.start_fhir_export_job(JobName="other", **kw)
+    assert err.value.response["Error"]["Code"] == "ValidationException"
+    assert "tok-1" in err.value.response["Error"]["Message"] and first["JobId"] in err.value.response["Error"]["Message"]
+    # Without a token the SDK makes one per call: two calls, two jobs.
+    del kw["ClientToken"]
+    a = hl.start_fhir_export_job(**kw)["JobId"]
+    b = hl.start_fhir_export_job(**kw)["JobId"]
+    assert a != b
+
+
+@pytest.mark.parametrize("target,body,code,mention", [
+    ("HealthLake.StartFHIRExportJob", {"DatastoreId": "x" * 32, "DataAccessRoleArn": "arn:aws:iam::1:role/r",
+                                       "OutputDataConfig": s3_config("v")},
+     "ValidationException", "'DataAccessRoleArn' failed to satisfy constraint: Member must satisfy regular expression"),
+    ("HealthLake.StartFHIRExportJob", {"DatastoreId": "x" * 32, "DataAccessRoleArn": ROLE_ARN},
+     "ValidationException", "Value null at 'OutputDataConfig'"),
+    ("HealthLake.StartFHIRExportJob", {"DatastoreId": "x" * 32, "DataAccessRoleArn": ROLE_ARN,
+                                       "OutputDataConfig": {"S3Configuration": {"S3Uri": "s3://b/p"}}},
+     "ValidationException", "'OutputDataConfig.S3Configuration.KmsKeyId'"),
+    ("HealthLake.ListFHIRExportJobs", {"DatastoreId": "x" * 32, "MaxResults": 0},
+     "ValidationException", "'MaxResults' failed to satisfy constraint: Member must have value greater than or equal to 1"),
+    ("HealthLake.ListFHIRExportJobs", {"DatastoreId": "x" * 32, "Status": "COMPLETED"},
+     "ValidationException", "'Status' is not a member of ListFHIRExportJobsRequest"),
+    ("HealthLake.ListFHIRDatastores", {"Filter": {"DatastoreStatus": "GONE"}},
+     "ValidationException", "'Filter.DatastoreStatus' failed to satisfy constraint: Member must satisfy enum value set"),
+    ("HealthLake.DescribeFHIRDatastore", {}, "ValidationException", "Value null at 'DatastoreId'"),
+    ("HealthLake.DescribeFHIRDatastore", "{not json", "SerializationException", "not JSON"),
+    ("HealthLake.Nonsense", {}, "UnknownOperationException", "HealthLake.Nonsense"),
+    (None, {}, "UnknownOperationException", "X-Amz-Target"),
+])
+def test_bad_requests_get_the_aws_error_naming_the_member(srv, target, body, code, mention):
+    r = raw(srv, target, body)
+    assert r.status_code == 400, r.text
+    assert r.headers["Content-Type"].startswith("application/x-amz-json-1.0")
+    err = r.json()
+    assert err["__type"] == code, err
+    assert mention in err["message"], err
+    assert srv.alive()
+
+
+def test_the_wrong_content_type_and_operations_not_built(srv):
+    r = raw(srv, "HealthLake.ListFHIRDatastores", {}, content_type="application/json")
+    assert r.status_code == 400 and r.json()["__type"] == "SerializationException"
+    hl = client(srv)
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        hl.list_fhir_import_jobs(DatastoreId=srv.datastore_id)
+    assert err.value.response["Error"]["Code"] == "NotImplemented"
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 501
+
+
+def test_the_aws_cli_with_both_models(srv):
+    r = aws(srv, "list-fhir-datastores")
+    assert r.returncode == 0, r.stderr
+    assert [d["DatastoreId"] for d in json.loads(r.stdout)["DatastorePropertiesList"]] == [srv.datastore_id]
+    r = aws(srv, "start-fhir-export-job", "--datastore-id", srv.datastore_id, "--data-access-role-arn", ROLE_ARN,
+            "--output-data-config", json.dumps(s3_config("cli")), "--job-name", "from-the-cli")
+    assert r.returncode == 0, r.stderr
+    job_id = json.loads(r.stdout)["JobId"]
+    wait_completed(client(srv), srv.datastore_id, job_id)
+    # The newer model (models/healthlake/2017-07-01/service-2.json) through AWS_DATA_PATH: the same answers parse.
+    for data_path in (None, MODELS):
+        r = aws(srv, "describe-fhir-export-job", "--datastore-id", srv.datastore_id, "--job-id", job_id,
+                data_path=data_path)
+        assert r.returncode == 0, r.stderr
+        p = json.loads(r.stdout)["ExportJobProperties"]
+        assert p["JobStatus"] == "COMPLETED" and p["JobName"] == "from-the-cli", p
+    r = aws(srv, "describe-fhir-datastore", "--datastore-id", "0" * 32)
+    assert r.returncode != 0 and "ResourceNotFoundException" in r.stderr, r.stderr
+
+
+def test_with_sigv4_the_control_plane_refuses_as_aws_does(servers, tmp_path):
+    cfg = {"region": "us-east-1", "accountId": "111122223333", "defaultModes": ["sigv4"],
+           "principals": [
+               {"accessKeyId": KEY, "secretAccessKey": SECRET, "policies": [{"Version": "2012-10-17", "Statement": [
+                   {"Effect": "Allow", "Action": ["healthlake:*", "iam:PassRole"], "Resource": "*"}]}]},
+               {"accessKeyId": "AKIALISTONLY0000001", "secretAccessKey": "list-secret",
+                "policies": [{"Version": "2012-10-17", "Statement": [
+                    {"Effect": "Allow", "Action": ["healthlake:List*", "healthlake:StartFHIRExportJob"],
+                     "Resource": "*"}]}]}]}
+    (tmp_path / "auth.json").write_text(json.dumps(cfg))
+    srv = servers.start(tmp_path / "data", ["--auth-config", str(tmp_path / "auth.json")])
+    assert len(client(srv).list_fhir_datastores()["DatastorePropertiesList"]) == 1
+    cases = [
+        (lambda: client(srv, secret="wrong").list_fhir_datastores(), "InvalidSignatureException"),
+        (lambda: client(srv, key="AKIAUNKNOWN00000001").list_fhir_datastores(), "UnrecognizedClientException"),
+        (lambda: client(srv, "AKIALISTONLY0000001", "list-secret").describe_fhir_datastore(
+            DatastoreId=srv.datastore_id), "AccessDeniedException"),
+        # Starting an export names a role: without iam:PassRole on it, refused.
+        (lambda: client(srv, "AKIALISTONLY0000001", "list-secret").start_fhir_export_job(
+            DatastoreId=srv.datastore_id, DataAccessRoleArn=ROLE_ARN, OutputDataConfig=s3_config("x")),
+         "AccessDeniedException"),
+    ]
+    for call, code in cases:
+        with pytest.raises(botocore.exceptions.ClientError) as err:
+            call()
+        assert err.value.response["Error"]["Code"] == code, err.value.response
+    denied = err.value.response["Error"]["Message"]
+    assert "iam:PassRole" in denied and ROLE_ARN in denied
+    r = raw(srv, "HealthLake.ListFHIRDatastores", {})
+    assert r.status_code in (401, 403) and r.json()["__type"] == "MissingAuthenticationTokenException", r.text
