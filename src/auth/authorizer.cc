@@ -367,15 +367,15 @@ Result<std::unique_ptr<Authorizer>> Authorizer::Load(const std::string& path, co
     }
   }
   std::unique_ptr<Authorizer> a(new Authorizer(path, clock, key));
+  // Used client assertion ids survive reloads and restarts (docs/SECURITY.md, the token endpoint).
+  ASSIGN_OR_RETURN(a->replay_, ReplayGuard::Open((dir / "assertion-ids").string(), clock.NowMillis()));
   RETURN_IF_ERROR(a->Reload());
   return a;
 }
 
 void Authorizer::RebuildTokens() {
-  auto fresh = std::make_shared<TokenService>(config_->smart_clients, token_key_, public_base_ + "/auth/token",
-                                              config_->token_lifetime_s, clock_);
-  if (tokens_) fresh->AdoptReplayRecords(*tokens_);
-  tokens_ = std::move(fresh);
+  tokens_ = std::make_shared<TokenService>(config_->smart_clients, token_key_, public_base_ + "/auth/token",
+                                           config_->token_lifetime_s, clock_, replay_);
 }
 
 void Authorizer::SetPublicBase(const std::string& base) {

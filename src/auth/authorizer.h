@@ -123,6 +123,7 @@ class Authorizer {
   mutable std::mutex mu_;
   std::shared_ptr<const AuthConfig> config_;  // GUARDED_BY(mu_)
   std::shared_ptr<TokenService> tokens_;      // GUARDED_BY(mu_)
+  std::shared_ptr<ReplayGuard> replay_;       // set by Load, shared by every TokenService
   std::string public_base_;                   // GUARDED_BY(mu_)
   std::string refuse_none_;                   // GUARDED_BY(mu_)
   AuditLog* audit_ = nullptr;

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
+#include <fcntl.h>
 #include <jwt.h>
 #include <openssl/bio.h>
 #include <openssl/bn.h>
@@ -10,9 +11,11 @@
 #include <openssl/param_build.h>
 #include <openssl/pem.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -525,12 +528,13 @@ std::string PeekIssuer(std::string_view token) {
 }
 
 TokenService::TokenService(std::vector<SmartClient> clients, std::string token_key, std::string token_url,
-                           int lifetime_s, const Clock& clock)
+                           int lifetime_s, const Clock& clock, std::shared_ptr<ReplayGuard> replay)
     : clients_(std::move(clients)),
       token_key_(std::move(token_key)),
       token_url_(std::move(token_url)),
       lifetime_s_(lifetime_s),
-      clock_(clock) {}
+      clock_(clock),
+      replay_(replay ? std::move(replay) : *ReplayGuard::Open("", 0)) {}
 
 Result<const SmartClient*> TokenService::VerifyAssertion(std::string_view assertion) {
   auto parts = PeekJwt(assertion);
@@ -571,11 +575,11 @@ Result<const SmartClient*> TokenService::VerifyAssertion(std::string_view assert
   }
   const std::string jti = StringClaim(c, "jti");
   if (jti.empty()) return Status::Unauthorized("client_assertion: jti is required");
-  std::lock_guard<std::mutex> lock(mu_);
-  std::erase_if(seen_jti_, [&](const auto& e) { return e.second < now; });
-  const std::string seen_key = client->client_id + "|" + jti;
-  if (seen_jti_.count(seen_key)) return Status::Unauthorized("client_assertion: jti was used already (a replay)");
-  seen_jti_[seen_key] = exp_ms + kClockSkewMs;
+  Status recorded = replay_->Record(client->client_id + "|" + jti, exp_ms + kClockSkewMs, now);
+  if (recorded.code() == StatusCode::kConflict) {
+    return Status::Unauthorized("client_assertion: jti was used already (a replay)");
+  }
+  RETURN_IF_ERROR(recorded);
   return client;
 }
 
@@ -596,6 +600,9 @@ http::Response TokenService::HandleTokenRequest(const http::Request& request) {
   const std::string assertion = FormValue(form, "client_assertion", &n);
   if (n != 1 || assertion.empty()) return OAuthError(400, "invalid_request", "client_assertion is required (once)");
   auto client = VerifyAssertion(assertion);
+  if (!client.ok() && client.status().code() == StatusCode::kUnavailable) {
+    return OAuthError(503, "temporarily_unavailable", client.status().message());
+  }
   if (!client.ok()) return OAuthError(401, "invalid_client", client.status().message());
   std::vector<std::string> granted;
   const std::string requested = FormValue(form, "scope", &n);
@@ -644,10 +651,79 @@ http::Response TokenService::HandleTokenRequest(const http::Request& request) {
   return r;
 }
 
-void TokenService::AdoptReplayRecords(TokenService& previous) {
-  if (&previous == this) return;
-  std::scoped_lock lock(mu_, previous.mu_);
-  seen_jti_.insert(previous.seen_jti_.begin(), previous.seen_jti_.end());
+Result<std::shared_ptr<ReplayGuard>> ReplayGuard::Open(const std::string& path, EpochMillis now) {
+  auto guard = std::shared_ptr<ReplayGuard>(new ReplayGuard());
+  guard->path_ = path;
+  if (path.empty()) return guard;
+  if (std::FILE* in = std::fopen(path.c_str(), "re")) {
+    char line[1024];
+    while (std::fgets(line, sizeof line, in) != nullptr) {
+      // "{expires-ms} {base64url(client|jti)}"; a torn last line (a crash mid-append) is skipped.
+      char* space = std::strchr(line, ' ');
+      char* nl = std::strchr(line, '\n');
+      if (space == nullptr || nl == nullptr) continue;
+      *space = *nl = '\0';
+      const EpochMillis expires = std::strtoll(line, nullptr, 10);
+      auto key = Base64UrlDecode(space + 1);
+      if (key && expires >= now) guard->seen_[*key] = expires;
+    }
+    std::fclose(in);
+  }
+  std::lock_guard<std::mutex> lock(guard->mu_);
+  RETURN_IF_ERROR(guard->Compact(now));
+  return guard;
+}
+
+ReplayGuard::~ReplayGuard() {
+  if (file_ != nullptr) std::fclose(file_);
+}
+
+// Rewrites the file with the unexpired ids (a temp file, fsynced, renamed over it) and reopens it for appending.
+Status ReplayGuard::Compact(EpochMillis now) {
+  std::erase_if(seen_, [&](const auto& e) { return e.second < now; });
+  if (path_.empty()) return Status::Ok();
+  if (file_ != nullptr) std::fclose(file_);
+  file_ = nullptr;
+  const std::string tmp = path_ + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  bool ok = fd >= 0;
+  for (const auto& [key, expires] : seen_) {
+    if (!ok) break;
+    const std::string line = std::to_string(expires) + " " + Base64UrlEncode(key) + "\n";
+    ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+  }
+  ok = ok && ::fsync(fd) == 0;
+  if (fd >= 0) ::close(fd);
+  if (!ok || ::rename(tmp.c_str(), path_.c_str()) != 0) {
+    return Status::Unavailable("cannot write the used client assertion ids under the data directory's auth/ folder");
+  }
+  file_ = std::fopen(path_.c_str(), "ae");
+  if (file_ == nullptr) return Status::Unavailable("cannot append to the used client assertion ids");
+  appended_ = 0;
+  return Status::Ok();
+}
+
+Status ReplayGuard::Record(const std::string& key, EpochMillis expires, EpochMillis now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto it = seen_.find(key); it != seen_.end() && it->second >= now) {
+    return Status::Conflict("client assertion id used already");
+  }
+  if (!path_.empty() && (file_ == nullptr || appended_ >= 10000)) RETURN_IF_ERROR(Compact(now));
+  seen_[key] = expires;
+  if (path_.empty()) {
+    std::erase_if(seen_, [&](const auto& e) { return e.second < now; });
+    return Status::Ok();
+  }
+  const std::string line = std::to_string(expires) + " " + Base64UrlEncode(key) + "\n";
+  const bool ok = std::fputs(line.c_str(), file_) >= 0 && std::fflush(file_) == 0 && ::fsync(fileno(file_)) == 0;
+  if (!ok) {
+    seen_.erase(key);  // not durable: the token is not issued, and the id may be tried again
+    std::fclose(file_);
+    file_ = nullptr;  // the next Record rewrites the file
+    return Status::Unavailable("cannot record the client assertion id durably; retry");
+  }
+  ++appended_;
+  return Status::Ok();
 }
 
 Result<TokenClaims> TokenService::VerifyAccessToken(std::string_view token) const {

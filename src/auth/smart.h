@@ -5,6 +5,7 @@
 // configuration's `issuers`). Thread-safe.
 #pragma once
 
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -113,11 +114,33 @@ struct TokenClaims {
   EpochMillis expires = 0;
 };
 
+// The ids (client|jti) of the client assertions already used, each until it expires: in memory, and with a file (one
+// line per id, appended and fsynced before the token is issued), so that neither a reload nor a restart reopens a
+// replay window. Thread-safe.
+class ReplayGuard {
+ public:
+  // `path` empty: memory only. Otherwise the file's unexpired ids are read and the file rewritten with them.
+  static Result<std::shared_ptr<ReplayGuard>> Open(const std::string& path, EpochMillis now);
+  ~ReplayGuard();
+  // kConflict when `key` was recorded and has not expired; kUnavailable when it cannot be recorded durably
+  // (then no token may be issued); otherwise it is recorded until `expires`.
+  Status Record(const std::string& key, EpochMillis expires, EpochMillis now);
+
+ private:
+  Status Compact(EpochMillis now);  // with mu_ held
+  std::string path_;
+  std::mutex mu_;
+  std::map<std::string, EpochMillis> seen_;  // GUARDED_BY(mu_)
+  std::FILE* file_ = nullptr;                // GUARDED_BY(mu_)
+  size_t appended_ = 0;                      // GUARDED_BY(mu_): lines since the last compaction
+};
+
 class TokenService {
  public:
   // `token_key`: the HS256 key of the access tokens; `token_url`: the endpoint's absolute URL (the assertions' aud).
+  // `replay`: where used assertion ids are kept (shared across reloads); null: a memory-only guard of its own.
   TokenService(std::vector<SmartClient> clients, std::string token_key, std::string token_url, int lifetime_s,
-               const Clock& clock);
+               const Clock& clock, std::shared_ptr<ReplayGuard> replay = nullptr);
 
   // POST {token_url}: form-encoded grant_type=client_credentials, client_assertion_type=...jwt-bearer,
   // client_assertion, scope. The answer is the token JSON or an OAuth error (400/401).
@@ -129,8 +152,6 @@ class TokenService {
   // A bearer JWT of `issuer`: alg among its algorithms, signature under a key of its JWKS, iss, aud, exp (and nbf)
   // checked. kUnauthorized with the reason.
   Result<TokenClaims> VerifyIssuerToken(const Issuer& issuer, std::string_view token) const;
-  // Keeps the assertion ids `previous` has seen (a configuration reload must not reopen a replay window).
-  void AdoptReplayRecords(TokenService& previous);
 
  private:
   Result<const SmartClient*> VerifyAssertion(std::string_view assertion);
@@ -140,8 +161,7 @@ class TokenService {
   std::string token_url_;
   int lifetime_s_;
   const Clock& clock_;
-  std::mutex mu_;
-  std::map<std::string, EpochMillis> seen_jti_;  // GUARDED_BY(mu_): client|jti -> when it may be forgotten
+  std::shared_ptr<ReplayGuard> replay_;
 };
 
 // What a bearer token not signed by a key the server accepts is told (unknown issuer, algorithm or key alike).

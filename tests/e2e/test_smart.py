@@ -329,3 +329,29 @@ def test_a_reload_revokes_removed_clients_and_keeps_replay_records(smart, tmp_pa
     r = requests.put(e.srv.base + "/Patient/p9", data=json.dumps({"resourceType": "Patient", "id": "p9"}),
                      headers=bearer(admin_before, {"Content-Type": FHIR_JSON}), timeout=30)
     assert_outcome(r, 403, mentions=["updating"])
+
+
+def test_a_restart_does_not_reopen_a_replay_window(servers, tmp_path):
+    """Used assertion ids are kept in the data directory: after a restart the same assertion is still a replay. The
+    public URL is fixed so that the token URL (the assertions' aud) stays the same across the restart."""
+    key = openssl_key(tmp_path, "ec")
+    cfg = {"defaultModes": ["smart"], "smartClients": [
+        {"clientId": "bulk-client", "jwks": {"keys": [jwk(key, "ec-1")]}, "scopes": ["system/*.read"]}]}
+    (tmp_path / "auth.json").write_text(json.dumps(cfg))
+    public = "http://127.0.0.1:9"  # what the server writes in URLs; requests go to its real port
+    srv = servers.start(tmp_path / "data", ["--auth-config", str(tmp_path / "auth.json"), "--public-url", public])
+    e = Smart()
+    e.token_url = public + "/auth/token"
+    used = assertion(e, key=key, kid="ec-1", alg="ES384")
+
+    def post(a):
+        form = {"grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE, "client_assertion": a}
+        return requests.post(f"http://127.0.0.1:{srv.port}/auth/token", data=form, timeout=30)
+
+    assert post(used).status_code == 200
+    srv.stop()
+    srv = servers.start(tmp_path / "data", ["--auth-config", str(tmp_path / "auth.json"), "--public-url", public])
+    assert "replay" in oauth_error(post(used), 401, "invalid_client")
+    assert post(assertion(e, key=key, kid="ec-1", alg="ES384")).status_code == 200
+    ids = (tmp_path / "data" / "auth" / "assertion-ids").read_text()
+    assert len(ids.splitlines()) == 2 and "bulk-client" not in ids  # ids are encoded, one line each

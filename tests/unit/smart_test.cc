@@ -5,6 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -152,6 +153,30 @@ TEST(JwksTest, AnUnreachableUrlIsAnErrorThatNamesIt) {
   EXPECT_EQ(st.code(), StatusCode::kUnavailable) << st.ToString();
   EXPECT_NE(st.message().find("http://127.0.0.1:1/jwks.json"), std::string::npos) << st.ToString();
   EXPECT_TRUE(set->KeysFor("", "RS256", 0).empty());
+}
+
+TEST(ReplayGuardTest, IdsSurviveAReopenUntilTheyExpire) {
+  testutil::TempDir tmp;
+  const std::string path = tmp.str() + "/assertion-ids";
+  {
+    ASSERT_OK_AND_ASSIGN(auto guard, ReplayGuard::Open(path, 1000));
+    EXPECT_OK(guard->Record("c|one", 5000, 1000));
+    EXPECT_OK(guard->Record("c|two", 2000, 1000));
+    EXPECT_STATUS(guard->Record("c|one", 5000, 1500), kConflict, "used already");
+  }
+  // A torn last line (a crash in the middle of an append) is skipped.
+  std::ofstream(path, std::ios::app) << "9999 torn-without-newline";
+  ASSERT_OK_AND_ASSIGN(auto reopened, ReplayGuard::Open(path, 3000));
+  EXPECT_STATUS(reopened->Record("c|one", 5000, 3000), kConflict, "used already");
+  EXPECT_OK(reopened->Record("c|two", 6000, 3000));  // it expired at 2000: forgotten
+  EXPECT_OK(reopened->Record("c|one", 9000, 5001));  // and this one at 5000
+  ASSERT_OK_AND_ASSIGN(auto memory, ReplayGuard::Open("", 0));
+  EXPECT_OK(memory->Record("x", 10, 0));
+  EXPECT_STATUS(memory->Record("x", 10, 5), kConflict, "");
+}
+
+TEST(ReplayGuardTest, AnUnwritableFileIsAnError) {
+  EXPECT_STATUS(ReplayGuard::Open("/nonexistent-dir/assertion-ids", 0), kUnavailable, "auth/");
 }
 
 }  // namespace
