@@ -8,7 +8,7 @@
 #include "api/job_owner.h"
 #include "awsjson/model.h"
 #include "bulk/export_engine.h"
-#include "common/json_escape.h"
+#include "fhir/page_cursor.h"
 
 namespace fhirlake::api {
 namespace {
@@ -44,50 +44,9 @@ Response FromStatus(const Status& st) {
 
 double EpochSeconds(EpochMillis ms) { return static_cast<double>(ms) / 1000.0; }
 
-// Page tokens: opaque to clients (base64url of "kind:last-key"), checked when they come back.
-std::string PageToken(std::string_view kind, std::string_view last) {
-  std::string raw = std::string(kind) + ":" + std::string(last);
-  static constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-  std::string out;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (unsigned char c : raw) {
-    acc = (acc << 8) | c;
-    bits += 8;
-    while (bits >= 6) {
-      bits -= 6;
-      out.push_back(kAlphabet[(acc >> bits) & 63]);
-    }
-  }
-  if (bits > 0) out.push_back(kAlphabet[(acc << (6 - bits)) & 63]);
-  return out;
-}
-
-Result<std::string> PageKey(std::string_view kind, const json& body) {
-  if (!body.contains("NextToken")) return std::string();
-  const std::string token = body["NextToken"].get<std::string>();
-  std::string raw;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (char c : token) {
-    int v = c >= 'A' && c <= 'Z'   ? c - 'A'
-            : c >= 'a' && c <= 'z' ? c - 'a' + 26
-            : c >= '0' && c <= '9' ? c - '0' + 52
-            : c == '-'             ? 62
-            : c == '_'             ? 63
-                                   : -1;
-    if (v < 0) return Status::Invalid("NextToken is not a token this server gave out");
-    acc = (acc << 6) | static_cast<uint32_t>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      raw.push_back(static_cast<char>((acc >> bits) & 0xFF));
-    }
-  }
-  const std::string prefix = std::string(kind) + ":";
-  if (!raw.starts_with(prefix)) return Status::Invalid("NextToken is not a token of this operation");
-  return raw.substr(prefix.size());
-}
+// NextToken: the fhir layer's keyset page cursors (opaque, scoped to the operation that gave them out).
+constexpr char kDatastoreCursor[] = "datastores";
+constexpr char kJobCursor[] = "exportjobs";
 
 int MaxResults(const json& body) { return body.value("MaxResults", kDefaultMaxResults); }
 
@@ -148,7 +107,10 @@ class ControlPlane {
   }
 
   Result<json> ListDatastores(const json& body) const {
-    ASSIGN_OR_RETURN(std::string after, PageKey("ds", body));
+    std::string after;
+    if (body.contains("NextToken")) {
+      ASSIGN_OR_RETURN(after, fhir::DecodePageCursorText(body["NextToken"].get<std::string>(), kDatastoreCursor));
+    }
     const json filter = body.value("Filter", json::object());
     std::vector<store::ResourceStore*> all = ctx_.catalog->All();
     std::sort(all.begin(), all.end(), [](auto* a, auto* b) { return a->info().id < b->info().id; });
@@ -167,7 +129,7 @@ class ControlPlane {
         continue;
       }
       if (static_cast<int>(list.size()) == max) {
-        next = PageToken("ds", list.back()["DatastoreId"].get<std::string>());
+        next = fhir::EncodePageCursorText(kDatastoreCursor, list.back()["DatastoreId"].get<std::string>());
         break;
       }
       list.push_back(Properties(*s));
@@ -235,12 +197,9 @@ class ControlPlane {
 
   Result<json> ListExports(const json& body, const RequestContext& p) const {
     ASSIGN_OR_RETURN(store::ResourceStore * s, Datastore(body));
-    ASSIGN_OR_RETURN(std::string after, PageKey("job", body));
     int64_t after_order = 0;
-    if (!after.empty()) {
-      char* end = nullptr;
-      after_order = std::strtoll(after.c_str(), &end, 10);
-      if (end == nullptr || *end != '\0') return Status::Invalid("NextToken is not a token this server gave out");
+    if (body.contains("NextToken")) {
+      ASSIGN_OR_RETURN(after_order, fhir::DecodePageCursor(body["NextToken"].get<std::string>(), kJobCursor));
     }
     ASSIGN_OR_RETURN(auto jobs, s->jobs().JobsWithStatus({"SUBMITTED", "QUEUED", "IN_PROGRESS", "COMPLETED",
                                                           "COMPLETED_WITH_ERRORS", "FAILED", "CANCEL_SUBMITTED",
@@ -261,7 +220,7 @@ class ControlPlane {
         continue;
       }
       if (static_cast<int>(list.size()) == max) {
-        next = PageToken("job", std::to_string(last_order));
+        next = fhir::EncodePageCursor(kJobCursor, last_order);
         break;
       }
       list.push_back(ExportProperties(j, s->info().id));

@@ -89,6 +89,9 @@ def test_datastores_are_listed_and_described(srv):
     assert hl.list_fhir_datastores(Filter={"DatastoreStatus": "DELETED"})["DatastorePropertiesList"] == []
     assert hl.list_fhir_datastores(Filter={"DatastoreName": "no-such-name"})["DatastorePropertiesList"] == []
     with pytest.raises(botocore.exceptions.ClientError) as err:
+        hl.list_fhir_datastores(NextToken="bm90LWEtdG9rZW4")
+    assert err.value.response["Error"]["Code"] == "ValidationException"
+    with pytest.raises(botocore.exceptions.ClientError) as err:
         hl.describe_fhir_datastore(DatastoreId="0" * 32)
     assert err.value.response["Error"]["Code"] == "ResourceNotFoundException"
     assert "0" * 32 in err.value.response["Error"]["Message"]
