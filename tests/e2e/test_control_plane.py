@@ -33,9 +33,9 @@ def client(srv, key=KEY, secret=SECRET):
                         aws_secret_access_key=secret, config=Config(retries={"max_attempts": 1}))
 
 
-def aws(srv, *args, data_path=None):
+def aws(srv, *args, data_path=None, secret=SECRET):
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "AWS_ACCESS_KEY_ID": KEY,
-           "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1", "AWS_PAGER": ""}
+           "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1", "AWS_PAGER": ""}
     if data_path:
         env["AWS_DATA_PATH"] = str(data_path)
     r = subprocess.run(["/usr/bin/aws", "healthlake", *args, "--endpoint-url", srv.root, "--output", "json"],
@@ -269,3 +269,9 @@ def test_with_sigv4_the_control_plane_refuses_as_aws_does(servers, tmp_path):
     assert "iam:PassRole" in denied and ROLE_ARN in denied
     r = raw(srv, "HealthLake.ListFHIRDatastores", {})
     assert r.status_code in (401, 403) and r.json()["__type"] == "MissingAuthenticationTokenException", r.text
+    # Debian's aws CLI signs as the SDKs do: verified, and refused with a wrong secret.
+    r = aws(srv, "list-fhir-datastores")
+    assert r.returncode == 0, r.stderr
+    assert [d["DatastoreId"] for d in json.loads(r.stdout)["DatastorePropertiesList"]] == [srv.datastore_id]
+    r = aws(srv, "list-fhir-datastores", secret="not-the-secret")
+    assert r.returncode != 0 and "InvalidSignatureException" in r.stderr, r.stderr
