@@ -20,6 +20,7 @@ using nlohmann::json;
 
 constexpr char kContentType[] = "application/x-amz-json-1.0";
 constexpr int kDefaultMaxResults = 100;
+constexpr size_t kMaxTags = 50;  // AWS's limit of user tags per resource
 
 Response Ok(const json& body) { return Response::Json(200, body.dump(), kContentType); }
 
@@ -73,6 +74,8 @@ class ControlPlane {
       out = DescribeExport(body, p);
     } else if (op.name == "ListFHIRExportJobs") {
       out = ListExports(body, p);
+    } else if (op.name == "TagResource" || op.name == "UntagResource" || op.name == "ListTagsForResource") {
+      out = Tags(op.name, body);
     } else {
       return AwsJsonError(501, "NotImplemented",
                           "HealthLake." + op.name +
@@ -104,6 +107,38 @@ class ControlPlane {
     store::ResourceStore* s = ctx_.catalog->Find(id);
     if (s == nullptr) return Status::NotFound("Datastore " + id + " does not exist");
     return s;
+  }
+
+  // A datastore's ARN as this server names it (its region and account); any other ARN names nothing here.
+  Result<store::ResourceStore*> ByArn(const std::string& arn) const {
+    const size_t at = arn.rfind('/');
+    store::ResourceStore* s = at == std::string::npos ? nullptr : ctx_.catalog->Find(arn.substr(at + 1));
+    if (s == nullptr || DatastoreArn(s->info().id) != arn) {
+      return Status::NotFound("No datastore has the ARN " + arn.substr(0, 200));
+    }
+    return s;
+  }
+
+  Result<json> Tags(const std::string& op, const json& body) const {
+    ASSIGN_OR_RETURN(store::ResourceStore * s, ByArn(body["ResourceARN"].get<std::string>()));
+    ASSIGN_OR_RETURN(auto tags, s->Tags());
+    if (op == "TagResource") {
+      for (const auto& t : body["Tags"]) tags[t["Key"].get<std::string>()] = t["Value"].get<std::string>();
+      if (tags.size() > kMaxTags) {
+        return Status::Invalid("A datastore has at most " + std::to_string(kMaxTags) + " tags; this would make " +
+                               std::to_string(tags.size()));
+      }
+      RETURN_IF_ERROR(s->SetTags(tags));
+      return json::object();
+    }
+    if (op == "UntagResource") {
+      for (const auto& k : body["TagKeys"]) tags.erase(k.get<std::string>());
+      RETURN_IF_ERROR(s->SetTags(tags));
+      return json::object();
+    }
+    json list = json::array();
+    for (const auto& [k, v] : tags) list.push_back({{"Key", k}, {"Value", v}});
+    return json{{"Tags", list}};
   }
 
   Result<json> ListDatastores(const json& body) const {

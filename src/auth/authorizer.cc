@@ -78,6 +78,12 @@ bool IsOrigin(std::string_view o) {
   });
 }
 
+bool EqualsIgnoreCaseAscii(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
 // As browsers send Origin: scheme and host in lower case, without the scheme's default port.
 std::string NormalizeOrigin(std::string o) {
   if (o == "*") return o;
@@ -685,6 +691,17 @@ std::optional<http::Response> Authorizer::Decide(const http::Request& request, h
   facts.context["aws:SecureTransport"] = request.secure ? "true" : "false";
   if (auto ds = cfg->datastores.find(ctx->datastore_id); ds != cfg->datastores.end()) {
     for (const auto& [k, v] : ds->second.tags) facts.context["aws:ResourceTag/" + k] = v;
+  }
+  // The store's tags are read only for principals whose policies look at them (a read per request otherwise).
+  const bool looks_at_tags = std::any_of(who->policies.begin(), who->policies.end(), [](const Policy& pol) {
+    return std::any_of(pol.statements.begin(), pol.statements.end(), [](const Statement& st) {
+      return std::any_of(st.conditions.begin(), st.conditions.end(), [](const Condition& c) {
+        return c.key.size() >= 16 && EqualsIgnoreCaseAscii(c.key.substr(0, 16), "aws:ResourceTag/");
+      });
+    });
+  });
+  if (looks_at_tags && datastore_tags_ && !ctx->datastore_id.empty()) {
+    for (const auto& [k, v] : datastore_tags_(ctx->datastore_id)) facts.context["aws:ResourceTag/" + k] = v;
   }
   auto deny = [&](const std::string& action, const std::string& resource, Decision d) {
     *decision = d == Decision::kExplicitDeny ? "explicit deny" : "deny";

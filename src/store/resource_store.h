@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -122,6 +123,10 @@ class ResourceStore {
  public:
   virtual ~ResourceStore() = default;
   virtual const DatastoreInfo& info() const = 0;
+  // The datastore's tags (the control plane's TagResource; IAM's aws:ResourceTag), kept in the store.
+  virtual Result<std::map<std::string, std::string>> Tags() = 0;
+  // Replaces them (durable when it returns Ok).
+  virtual Status SetTags(const std::map<std::string, std::string>& tags) = 0;
 
   virtual Result<std::unique_ptr<StoreTransaction>> BeginWrite() = 0;
   virtual Result<StoredResource> Read(std::string_view type, std::string_view id) = 0;

@@ -938,6 +938,31 @@ class SqliteStore final : public ResourceStore, public JobStore {
 
   JobStore& jobs() override { return *this; }
 
+  // Tags live in meta under "tags", one "key\tvalue" line each (the model forbids neither in keys or values but
+  // tabs and newlines are outside the patterns of TagKey and TagValue).
+  Result<std::map<std::string, std::string>> Tags() override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT value FROM meta WHERE key='tags'"));
+    ASSIGN_OR_RETURN(bool row, q->Step());
+    std::map<std::string, std::string> out;
+    if (!row) return out;
+    for (const std::string& line : SplitLines(q->Text(0))) {
+      const size_t tab = line.find('\t');
+      if (tab != std::string::npos) out[line.substr(0, tab)] = line.substr(tab + 1);
+    }
+    return out;
+  }
+
+  Status SetTags(const std::map<std::string, std::string>& tags) override {
+    std::vector<std::string> lines;
+    for (const auto& [k, v] : tags) lines.push_back(k + "\t" + v);
+    return WithWrite([&](SqliteConnection& c) -> Status {
+      ASSIGN_OR_RETURN(auto ins, c.Prepare("INSERT OR REPLACE INTO meta(key, value) VALUES ('tags', ?1)"));
+      ins->Bind(1, JoinLines(lines));
+      return ins->Run();
+    });
+  }
+
   Status InsertJob(ExportJobRecord* job, int queue_limit) override {
     return WithWrite([&](SqliteConnection& c) -> Status {
       if (queue_limit > 0) {

@@ -275,3 +275,57 @@ def test_with_sigv4_the_control_plane_refuses_as_aws_does(servers, tmp_path):
     assert [d["DatastoreId"] for d in json.loads(r.stdout)["DatastorePropertiesList"]] == [srv.datastore_id]
     r = aws(srv, "list-fhir-datastores", secret="not-the-secret")
     assert r.returncode != 0 and "InvalidSignatureException" in r.stderr, r.stderr
+
+
+def test_tags_are_kept_with_the_datastore(servers, tmp_path):
+    srv = servers.start(tmp_path / "data")
+    hl = client(srv)
+    arn = hl.describe_fhir_datastore(DatastoreId=srv.datastore_id)["DatastoreProperties"]["DatastoreArn"]
+    assert hl.list_tags_for_resource(ResourceARN=arn)["Tags"] == []
+    hl.tag_resource(ResourceARN=arn, Tags=[{"Key": "team", "Value": "research"}, {"Key": "env", "Value": "ci"}])
+    hl.tag_resource(ResourceARN=arn, Tags=[{"Key": "env", "Value": "test"}])  # a key again: its value replaced
+    assert hl.list_tags_for_resource(ResourceARN=arn)["Tags"] == [{"Key": "env", "Value": "test"},
+                                                                    {"Key": "team", "Value": "research"}]
+    hl.untag_resource(ResourceARN=arn, TagKeys=["env", "not-there"])
+    assert hl.list_tags_for_resource(ResourceARN=arn)["Tags"] == [{"Key": "team", "Value": "research"}]
+    # Kept in the store: a restart keeps them.
+    srv.stop()
+    srv = servers.start(tmp_path / "data")
+    hl = client(srv)
+    assert hl.list_tags_for_resource(ResourceARN=arn)["Tags"] == [{"Key": "team", "Value": "research"}]
+    for bad_arn in (arn[:-1] + ("0" if arn[-1] != "0" else "1"),  # another datastore id
+                    arn.replace("111122223333", "999999999999")):  # another account's
+        with pytest.raises(botocore.exceptions.ClientError) as err:
+            hl.list_tags_for_resource(ResourceARN=bad_arn)
+        assert err.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        hl.tag_resource(ResourceARN=arn, Tags=[{"Key": f"k{i}", "Value": "v"} for i in range(50)])
+    assert err.value.response["Error"]["Code"] == "ValidationException" and "at most 50" in \
+        err.value.response["Error"]["Message"]
+    r = raw(srv, "HealthLake.TagResource", {"ResourceARN": arn, "Tags": [{"Key": "a\tb", "Value": "x"}]})
+    assert r.json()["__type"] == "ValidationException" and "'Tags.1.Key'" in r.json()["message"]
+
+
+def test_resource_tag_conditions_see_the_tags_the_control_plane_wrote(servers, tmp_path):
+    cfg = {"region": "us-east-1", "accountId": "111122223333", "defaultModes": ["sigv4"],
+           "principals": [
+               {"accessKeyId": KEY, "secretAccessKey": SECRET, "policies": [{"Version": "2012-10-17", "Statement": [
+                   {"Effect": "Allow", "Action": "healthlake:*", "Resource": "*"}]}]},
+               {"accessKeyId": "AKIARESEARCHONLY001", "secretAccessKey": "research-secret",
+                "policies": [{"Version": "2012-10-17", "Statement": [
+                    {"Effect": "Allow", "Action": "healthlake:*", "Resource": "*",
+                     "Condition": {"StringEquals": {"aws:ResourceTag/team": "research"}}}]}]}]}
+    (tmp_path / "auth.json").write_text(json.dumps(cfg))
+    srv = servers.start(tmp_path / "data", ["--auth-config", str(tmp_path / "auth.json")])
+    admin, research = client(srv), client(srv, "AKIARESEARCHONLY001", "research-secret")
+    ds = srv.datastore_id
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        research.describe_fhir_datastore(DatastoreId=ds)
+    assert err.value.response["Error"]["Code"] == "AccessDeniedException"
+    arn = admin.describe_fhir_datastore(DatastoreId=ds)["DatastoreProperties"]["DatastoreArn"]
+    admin.tag_resource(ResourceARN=arn, Tags=[{"Key": "team", "Value": "research"}])
+    assert research.describe_fhir_datastore(DatastoreId=ds)["DatastoreProperties"]["DatastoreId"] == ds
+    admin.untag_resource(ResourceARN=arn, TagKeys=["team"])
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        research.list_tags_for_resource(ResourceARN=arn)
+    assert err.value.response["Error"]["Code"] == "AccessDeniedException"
