@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <mutex>
 #include <nlohmann/json.hpp>
 
 #include "api/fhir_response.h"
@@ -22,7 +23,29 @@ constexpr char kContentType[] = "application/x-amz-json-1.0";
 constexpr int kDefaultMaxResults = 100;
 constexpr size_t kMaxTags = 50;  // AWS's limit of user tags per resource
 
-Response Ok(const json& body) { return Response::Json(200, body.dump(), kContentType); }
+// Invalid UTF-8 (a stored message, a value cut short) is replaced, never a reason to fail the answer.
+std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+Response Ok(const json& body) { return Response::Json(200, Dump(body), kContentType); }
+
+// A member set to null is an absent member (the validator treats it so; the handlers then need not).
+void StripNulls(json* j) {
+  if (j->is_object()) {
+    for (auto it = j->begin(); it != j->end();) {
+      if (it->is_null()) {
+        it = j->erase(it);
+      } else {
+        StripNulls(&*it);
+        ++it;
+      }
+    }
+  } else if (j->is_array()) {
+    for (auto& e : *j) StripNulls(&e);
+  }
+}
+
+// The ClientToken space of a principal: tokens of one principal (an AWS account for SigV4) never meet another's.
+std::string TokenScope(const http::Principal& p) { return p.kind == "sigv4" ? "sigv4:" + p.account : JobOwner(p); }
 
 // The AWS error an SDK expects for a Status.
 Response FromStatus(const Status& st) {
@@ -63,6 +86,16 @@ class ControlPlane {
     json body = req.body.empty() ? json::object() : json::parse(req.body, nullptr, /*allow_exceptions=*/false);
     if (body.is_discarded()) return AwsJsonError(400, "SerializationException", "The request body is not JSON");
     if (Status st = awsjson::Validate(awsjson::HealthLakeModel(), body, op.input); !st.ok()) return FromStatus(st);
+    StripNulls(&body);
+    try {
+      return Run(op, body, p);
+    } catch (const std::exception& e) {
+      return AwsJsonError(500, "InternalServerException", std::string("Internal error: ") + e.what());
+    }
+  }
+
+ private:
+  Response Run(const awsjson::Operation& op, const json& body, const RequestContext& p) const {
     Result<json> out = Status::NotSupported("");
     if (op.name == "ListFHIRDatastores") {
       out = ListDatastores(body);
@@ -85,7 +118,6 @@ class ControlPlane {
     return Ok(*out);
   }
 
- private:
   std::string DatastoreArn(std::string_view id) const {
     return "arn:aws:healthlake:" + ctx_.aws_region + ":" + ctx_.aws_account_id + ":datastore/fhir/" + std::string(id);
   }
@@ -121,6 +153,9 @@ class ControlPlane {
 
   Result<json> Tags(const std::string& op, const json& body) const {
     ASSIGN_OR_RETURN(store::ResourceStore * s, ByArn(body["ResourceARN"].get<std::string>()));
+    // Read, change, write under one lock: two TagResource calls at once both land (one process; scale-out, issue 13,
+    // moves this into one store transaction).
+    std::lock_guard<std::mutex> lock(tags_mu_);
     ASSIGN_OR_RETURN(auto tags, s->Tags());
     if (op == "TagResource") {
       for (const auto& t : body["Tags"]) tags[t["Key"].get<std::string>()] = t["Value"].get<std::string>();
@@ -192,7 +227,7 @@ class ControlPlane {
     r.view = "healthlake";
     r.owner = JobOwner(p.principal);
     if (body.contains("ClientToken")) {
-      r.client_token = body["ClientToken"].get<std::string>();
+      r.client_token = TokenScope(p.principal) + "|" + body["ClientToken"].get<std::string>();
       // What makes two requests the same: every member but the token (nlohmann's objects keep their keys sorted).
       json same = body;
       same.erase("ClientToken");
@@ -200,8 +235,8 @@ class ControlPlane {
     }
     ASSIGN_OR_RETURN(store::ExportJobRecord job, ctx_.exports->Submit(s, r));
     if (!MaySeeJob(p.principal, job.owner)) {
-      // A token another principal used: not theirs to see (and not a new job either).
-      return Status::Invalid("ClientToken " + r.client_token + " was already used; use a new ClientToken");
+      // Tokens are scoped by principal (an account for SigV4), so this cannot happen; say nothing about the job.
+      return Status::Invalid("The ClientToken was already used; use a new ClientToken");
     }
     return json{{"JobId", job.job_id}, {"JobStatus", job.status}, {"DatastoreId", s->info().id}};
   }
@@ -267,13 +302,14 @@ class ControlPlane {
   }
 
   const ApiContext& ctx_;
+  mutable std::mutex tags_mu_;
 };
 
 }  // namespace
 
 Response AwsJsonError(int status, std::string_view type, std::string_view message) {
   json body = {{"__type", std::string(type)}, {"message", std::string(message)}};
-  return Response::Json(status, body.dump(), kContentType);
+  return Response::Json(status, Dump(body), kContentType);
 }
 
 void RegisterControlPlane(http::Router& router, const ApiContext& ctx) {

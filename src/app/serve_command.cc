@@ -201,15 +201,10 @@ int RunServe(const ServeOptions& options) {
     auth::Authorizer* a = authorizer.get();
     ctx.smart_enabled = !a->config()->smart_clients.empty() || !a->config()->issuers.empty();
     ctx.aws_region = a->config()->region;
-    a->SetDatastoreTags([catalog = ctx.catalog](std::string_view ds) {
-      std::map<std::string, std::string> none;
+    a->SetDatastoreTags([catalog = ctx.catalog](std::string_view ds) -> Result<std::map<std::string, std::string>> {
       store::ResourceStore* s = catalog->Find(ds);
-      if (s == nullptr) return none;
-      auto tags = s->Tags();
-      if (tags.ok()) return *tags;
-      // Unreadable: no tags, so a condition on them does not hold (a deny, never an allow by mistake).
-      spdlog::warn("event=datastore_tags_unreadable datastore={} reason=\"{}\"", ds, tags.status().message());
-      return none;
+      if (s == nullptr) return std::map<std::string, std::string>();
+      return s->Tags();
     });
     ctx.aws_account_id = a->config()->account_id;
     ctx.requires_access_token = [a](std::string_view ds) { return a->RequiresCredentials(ds); };

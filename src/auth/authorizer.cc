@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "auth/sigv4_verify.h"
+#include "common/ids.h"
 #include "common/json_escape.h"
 #include "fhir/operation_outcome.h"
 
@@ -567,11 +568,13 @@ namespace {
 std::string ControlPlaneDatastore(const std::string& body) {
   json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
   if (!j.is_object()) return "";
-  if (auto id = j.find("DatastoreId"); id != j.end() && id->is_string()) return id->get<std::string>();
+  // Only an id of a datastore's shape (32 hex): anything else names no datastore (and never reaches a log line).
+  auto hex_id = [](std::string s) { return IsHexId(s) ? s : std::string(); };
+  if (auto id = j.find("DatastoreId"); id != j.end() && id->is_string()) return hex_id(id->get<std::string>());
   if (auto arn = j.find("ResourceARN"); arn != j.end() && arn->is_string()) {
     const std::string a = arn->get<std::string>();
     const size_t at = a.rfind("datastore/fhir/");
-    if (at != std::string::npos) return a.substr(at + 15);
+    if (at != std::string::npos) return hex_id(a.substr(at + 15));
   }
   return "";
 }
@@ -591,8 +594,9 @@ http::Response AwsJsonRefusal(const http::Response& refused, const std::string& 
                ? "MissingAuthenticationTokenException"
                : "InvalidSignatureException";
   }
-  http::Response r = http::Response::Json(refused.status, json{{"__type", type}, {"message", message}}.dump(),
-                                          "application/x-amz-json-1.0");
+  http::Response r = http::Response::Json(
+      refused.status, json{{"__type", type}, {"message", message}}.dump(-1, ' ', false, json::error_handler_t::replace),
+      "application/x-amz-json-1.0");
   for (const auto& [k, v] : refused.headers.items()) {
     if (k == "WWW-Authenticate") r.headers.Set(k, v);
   }
@@ -701,12 +705,26 @@ std::optional<http::Response> Authorizer::Decide(const http::Request& request, h
     });
   });
   if (looks_at_tags && datastore_tags_ && !ctx->datastore_id.empty()) {
-    for (const auto& [k, v] : datastore_tags_(ctx->datastore_id)) facts.context["aws:ResourceTag/" + k] = v;
+    auto tags = datastore_tags_(ctx->datastore_id);
+    if (!tags.ok()) {
+      // Without the tags a Deny conditioned on them would not apply: refuse rather than judge without them.
+      *decision = "unavailable";
+      spdlog::warn("event=datastore_tags_unreadable datastore={} reason=\"{}\"", ctx->datastore_id,
+                   tags.status().message());
+      return http::Response::Json(503, fhir::OperationOutcome("error", "transient",
+                                                              "The datastore's tags cannot be read to judge the "
+                                                              "request; retry"));
+    }
+    for (const auto& [k, v] : *tags) facts.context["aws:ResourceTag/" + k] = v;
   }
   auto deny = [&](const std::string& action, const std::string& resource, Decision d) {
     *decision = d == Decision::kExplicitDeny ? "explicit deny" : "deny";
-    spdlog::info("event=auth_denied principal={} action={} resource={} decision=\"{}\"", who->access_key_id, action,
-                 resource, DecisionName(d));
+    std::string logged = resource.substr(0, 300);  // a role ARN from the body: no control characters into the log
+    for (char& ch : logged) {
+      if (static_cast<unsigned char>(ch) < 0x20 || ch == '"') ch = ' ';
+    }
+    spdlog::info("event=auth_denied principal={} action={} resource=\"{}\" decision=\"{}\"", who->access_key_id, action,
+                 logged, DecisionName(d));
     return Refuse(
         403, "User: " + arn + " is not authorized to perform: " + action + " on resource: " + resource +
                  (d == Decision::kExplicitDeny ? " with an explicit deny in an identity-based policy"
@@ -842,8 +860,11 @@ std::optional<http::Response> Authorizer::DecideSmart(const http::Request& reque
           "iam:PassRole; use GET $export or a Parameters body");
     }
   }
-  if (action.starts_with("healthlake:StartFHIRExportJob") || action == "healthlake:DescribeFHIRExportJobWithGet" ||
-      action == "healthlake:CancelFHIRExportJobWithDelete" || action == "healthlake:GetExportedFile") {
+  // The REST and IG export actions only (listed, not matched by prefix): the control plane's StartFHIRExportJob names
+  // a role and a bucket as HealthLake's POST body does, and is SigV4's like every control-plane action.
+  if (action == "healthlake:StartFHIRExportJobWithPost" || action == "healthlake:StartFHIRExportJobWithGet" ||
+      action == "healthlake:DescribeFHIRExportJobWithGet" || action == "healthlake:CancelFHIRExportJobWithDelete" ||
+      action == "healthlake:GetExportedFile") {
     // Bulk export is system-level only: patient/ and user/ scopes do not count (HealthLake, SMART Backend Services).
     if (ctx->principal.readable_types.empty()) {
       return refuse("bulk export needs a system/ read scope (system/*.read, system/Patient.rs, ...)");

@@ -109,7 +109,7 @@ class Authorizer {
   void DecorateCors(const http::Request& request, http::Response* response) const;
   // The tags a datastore carries in its store (the control plane's TagResource): aws:ResourceTag/<key> sees them
   // over the configuration's datastores.{id}.tags (the store's win on the same key). Call before serving.
-  void SetDatastoreTags(std::function<std::map<std::string, std::string>(std::string_view datastore_id)> tags) {
+  void SetDatastoreTags(std::function<Result<std::map<std::string, std::string>>(std::string_view datastore_id)> tags) {
     datastore_tags_ = std::move(tags);
   }
   // Every decision of Authorize is also written to `log` (nullptr: none; it must outlive the authorizer).
@@ -133,7 +133,7 @@ class Authorizer {
   std::string public_base_;                   // GUARDED_BY(mu_)
   std::string refuse_none_;                   // GUARDED_BY(mu_)
   AuditLog* audit_ = nullptr;
-  std::function<std::map<std::string, std::string>(std::string_view)> datastore_tags_;
+  std::function<Result<std::map<std::string, std::string>>(std::string_view)> datastore_tags_;
 
   std::optional<http::Response> Decide(const http::Request& request, http::RequestContext* ctx,
                                        std::string* decision) const;

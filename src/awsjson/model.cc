@@ -28,7 +28,11 @@ std::map<std::string, std::unique_ptr<pcre2_code, CodeFree>, std::less<>>& Patte
 std::string Quote(const json& v) {
   if (v.is_null()) return "null";
   std::string s = v.is_string() ? v.get<std::string>() : v.dump();
-  if (s.size() > 64) s = s.substr(0, 61) + "...";
+  if (s.size() > 64) {
+    size_t cut = 61;
+    while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;  // not inside a UTF-8 sequence
+    s = s.substr(0, cut) + "...";
+  }
   return "'" + s + "'";
 }
 
@@ -167,6 +171,8 @@ const Shape* Model::FindShape(std::string_view name) const {
   return it == shapes.end() ? nullptr : &it->second;
 }
 
+// `$` matches only at the very end (PCRE2_DOLLAR_ENDONLY), as in the ECMAScript patterns the models are written for:
+// "owner\n" does not satisfy ^(...)$.
 Result<bool> PatternMatches(const std::string& pattern, std::string_view text) {
   pcre2_code* code = nullptr;
   {
@@ -177,7 +183,7 @@ Result<bool> PatternMatches(const std::string& pattern, std::string_view text) {
       int err = 0;
       PCRE2_SIZE offset = 0;
       pcre2_code* compiled = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                                           PCRE2_UTF | PCRE2_UCP, &err, &offset, nullptr);
+                                           PCRE2_UTF | PCRE2_UCP | PCRE2_DOLLAR_ENDONLY, &err, &offset, nullptr);
       if (compiled == nullptr) {
         PCRE2_UCHAR message[256];
         pcre2_get_error_message(err, message, sizeof message);

@@ -323,8 +323,10 @@ Result<store::ExportJobRecord> ExportEngine::Submit(store::ResourceStore* store,
     if (request.client_token.empty()) return std::optional<store::ExportJobRecord>();
     ASSIGN_OR_RETURN(auto found, store->jobs().JobByClientToken(request.client_token));
     if (found && found->client_request != request.client_request) {
-      return Status::Invalid("ClientToken " + request.client_token + " was already used to start export job " +
-                             found->job_id + " with other parameters; use a new ClientToken for a new job");
+      // The token as the caller wrote it (the control plane scopes it by principal: "{scope}|{token}").
+      const std::string token = request.client_token.substr(request.client_token.rfind('|') + 1);
+      return Status::Invalid("ClientToken " + token + " was already used to start export job " + found->job_id +
+                             " with other parameters; use a new ClientToken for a new job");
     }
     return found;
   };

@@ -938,8 +938,8 @@ class SqliteStore final : public ResourceStore, public JobStore {
 
   JobStore& jobs() override { return *this; }
 
-  // Tags live in meta under "tags", one "key\tvalue" line each (the model forbids neither in keys or values but
-  // tabs and newlines are outside the patterns of TagKey and TagValue).
+  // Tags live in meta under "tags", one "key\tvalue" line each: the model's TagKey and TagValue patterns admit
+  // neither tabs nor newlines (validated with PCRE2_DOLLAR_ENDONLY, so not even a final one).
   Result<std::map<std::string, std::string>> Tags() override {
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
     ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT value FROM meta WHERE key='tags'"));

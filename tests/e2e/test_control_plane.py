@@ -196,6 +196,11 @@ def test_a_client_token_makes_a_start_idempotent(srv):
      "ValidationException", "'Filter.DatastoreStatus' failed to satisfy constraint: Member must satisfy enum value set"),
     ("HealthLake.DescribeFHIRDatastore", {}, "ValidationException", "Value null at 'DatastoreId'"),
     ("HealthLake.DescribeFHIRDatastore", "{not json", "SerializationException", "not JSON"),
+    ("HealthLake.ListFHIRExportJobs", {"DatastoreId": "x" * 32, "JobName": "\u00e9" * 65},
+     "ValidationException", "'JobName' failed to satisfy constraint: Member must have length less than or equal to 64"),
+    ("HealthLake.TagResource", {"ResourceARN": "arn:aws:healthlake:us-east-1:111122223333:datastore/fhir/" + "a" * 32,
+                                "Tags": [{"Key": "owner\n", "Value": "alice"}]},
+     "ValidationException", "'Tags.1.Key' failed to satisfy constraint: Member must satisfy regular expression"),
     ("HealthLake.Nonsense", {}, "UnknownOperationException", "HealthLake.Nonsense"),
     (None, {}, "UnknownOperationException", "X-Amz-Target"),
 ])
@@ -207,6 +212,18 @@ def test_bad_requests_get_the_aws_error_naming_the_member(srv, target, body, cod
     assert err["__type"] == code, err
     assert mention in err["message"], err
     assert srv.alive()
+
+
+def test_null_members_are_absent_members(srv):
+    ds = srv.datastore_id
+    r = raw(srv, "HealthLake.ListFHIRExportJobs", {"DatastoreId": ds, "MaxResults": None, "NextToken": None,
+                                                   "SubmittedBefore": None})
+    assert r.status_code == 200 and r.json() == {"ExportJobPropertiesList": []}, r.text
+    r = raw(srv, "HealthLake.ListFHIRDatastores", {"Filter": {"CreatedAfter": None}, "MaxResults": None})
+    assert r.status_code == 200 and len(r.json()["DatastorePropertiesList"]) == 1, r.text
+    r = raw(srv, "HealthLake.StartFHIRExportJob", {"DatastoreId": ds, "JobName": None, "ClientToken": None,
+                                                   "DataAccessRoleArn": ROLE_ARN, "OutputDataConfig": s3_config("n")})
+    assert r.status_code == 200 and r.json()["JobStatus"] == "SUBMITTED", r.text
 
 
 def test_the_wrong_content_type_and_operations_not_built(srv):
@@ -247,7 +264,10 @@ def test_with_sigv4_the_control_plane_refuses_as_aws_does(servers, tmp_path):
                {"accessKeyId": "AKIALISTONLY0000001", "secretAccessKey": "list-secret",
                 "policies": [{"Version": "2012-10-17", "Statement": [
                     {"Effect": "Allow", "Action": ["healthlake:List*", "healthlake:StartFHIRExportJob"],
-                     "Resource": "*"}]}]}]}
+                     "Resource": "*"}]}]},
+               {"accessKeyId": "AKIAOTHERACCOUNT001", "secretAccessKey": "other-secret", "accountId": "444455556666",
+                "policies": [{"Version": "2012-10-17", "Statement": [
+                    {"Effect": "Allow", "Action": ["healthlake:*", "iam:PassRole"], "Resource": "*"}]}]}]}
     (tmp_path / "auth.json").write_text(json.dumps(cfg))
     srv = servers.start(tmp_path / "data", ["--auth-config", str(tmp_path / "auth.json")])
     assert len(client(srv).list_fhir_datastores()["DatastorePropertiesList"]) == 1
@@ -269,6 +289,23 @@ def test_with_sigv4_the_control_plane_refuses_as_aws_does(servers, tmp_path):
     assert "iam:PassRole" in denied and ROLE_ARN in denied
     r = raw(srv, "HealthLake.ListFHIRDatastores", {})
     assert r.status_code in (401, 403) and r.json()["__type"] == "MissingAuthenticationTokenException", r.text
+    # ClientTokens belong to an account: another account's same token starts a job of its own and learns nothing.
+    kw = dict(DatastoreId=srv.datastore_id, DataAccessRoleArn=ROLE_ARN, ClientToken="shared-token")
+    mine = client(srv).start_fhir_export_job(OutputDataConfig=s3_config("a"), **kw)["JobId"]
+    other = client(srv, "AKIAOTHERACCOUNT001", "other-secret")
+    theirs = other.start_fhir_export_job(OutputDataConfig=s3_config("b"), **kw)["JobId"]
+    assert theirs != mine
+    assert other.start_fhir_export_job(OutputDataConfig=s3_config("b"), **kw)["JobId"] == theirs
+    assert [j["JobId"] for j in other.list_fhir_export_jobs(DatastoreId=srv.datastore_id)
+            ["ExportJobPropertiesList"]] == [theirs]
+    # A body cannot write lines into the server log (the datastore id of a refused request is never logged raw).
+    unprivileged = client(srv, "AKIALISTONLY0000001", "list-secret")
+    with pytest.raises(botocore.exceptions.ClientError):
+        unprivileged.describe_fhir_datastore(DatastoreId="x\n[2026-01-01] event=FORGED")
+    with pytest.raises(botocore.exceptions.ClientError):
+        unprivileged.start_fhir_export_job(DatastoreId=srv.datastore_id, OutputDataConfig=s3_config("x"),
+                                           DataAccessRoleArn="arn:aws:iam::111122223333:role/x\nevent=FORGED")
+    assert "\nevent=FORGED" not in srv.log_path.read_text() and "] event=FORGED" not in srv.log_path.read_text()
     # Debian's aws CLI signs as the SDKs do: verified, and refused with a wrong secret.
     r = aws(srv, "list-fhir-datastores")
     assert r.returncode == 0, r.stderr
@@ -325,7 +362,39 @@ def test_resource_tag_conditions_see_the_tags_the_control_plane_wrote(servers, t
     arn = admin.describe_fhir_datastore(DatastoreId=ds)["DatastoreProperties"]["DatastoreArn"]
     admin.tag_resource(ResourceARN=arn, Tags=[{"Key": "team", "Value": "research"}])
     assert research.describe_fhir_datastore(DatastoreId=ds)["DatastoreProperties"]["DatastoreId"] == ds
+    assert research.list_tags_for_resource(ResourceARN=arn)["Tags"] == [{"Key": "team", "Value": "research"}]
     admin.untag_resource(ResourceARN=arn, TagKeys=["team"])
     with pytest.raises(botocore.exceptions.ClientError) as err:
         research.list_tags_for_resource(ResourceARN=arn)
     assert err.value.response["Error"]["Code"] == "AccessDeniedException"
+
+
+def test_bearer_tokens_cannot_use_the_control_plane(servers, tmp_path):
+    """A SMART access token (even with system/*.read) may not start an SDK export: its body names a role and a bucket
+    the server would write with, which is SigV4's (with iam:PassRole); every control-plane action is."""
+    from test_smart import ASSERTION_TYPE, jwk, openssl_key, sign_jwt
+    key = openssl_key(tmp_path, "ec")
+    cfg = {"defaultModes": ["sigv4", "smart"], "smartClients": [
+        {"clientId": "bulk-client", "jwks": {"keys": [jwk(key, "ec-1")]}, "scopes": ["system/*.read"]}],
+           "principals": [{"accessKeyId": KEY, "secretAccessKey": SECRET, "policies": [
+               {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "healthlake:*",
+                                                        "Resource": "*"}]}]}]}
+    (tmp_path / "auth.json").write_text(json.dumps(cfg))
+    srv = servers.start(tmp_path / "data", ["--auth-config", str(tmp_path / "auth.json")])
+    token_url = srv.root + "/auth/token"
+    claims = {"iss": "bulk-client", "sub": "bulk-client", "aud": token_url, "exp": int(time.time()) + 240,
+              "jti": os.urandom(8).hex()}
+    form = {"grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": sign_jwt({"alg": "ES384", "kid": "ec-1"}, claims, key=key)}
+    tok = requests.post(token_url, data=form, timeout=30).json()["access_token"]
+    body = {"DatastoreId": srv.datastore_id, "DataAccessRoleArn": "arn:aws:iam::999999999999:role/AnyRole",
+            "OutputDataConfig": s3_config("stolen")}
+    for target, b in (("HealthLake.StartFHIRExportJob", body), ("HealthLake.ListFHIRDatastores", {}),
+                      ("HealthLake.ListFHIRExportJobs", {"DatastoreId": srv.datastore_id})):
+        r = requests.post(srv.root + "/", data=json.dumps(b), timeout=30,
+                          headers={"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": target,
+                                   "Authorization": f"Bearer {tok}"})
+        assert r.status_code == 403 and r.json()["__type"] == "AccessDeniedException", (target, r.text)
+        assert "not open to SMART clients" in r.json()["message"], r.text
+    # Nothing was started (as the account's SigV4 principal sees it).
+    assert client(srv).list_fhir_export_jobs(DatastoreId=srv.datastore_id)["ExportJobPropertiesList"] == []
