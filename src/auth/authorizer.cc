@@ -1,9 +1,7 @@
 #include "auth/authorizer.h"
 
-#include <fcntl.h>
 #include <openssl/rand.h>
 #include <spdlog/spdlog.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -364,12 +362,7 @@ Result<std::unique_ptr<Authorizer>> Authorizer::Load(const std::string& path, co
     }
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
-    const std::string tmp = key_path.string() + ".tmp";
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    const bool written =
-        fd >= 0 && ::write(fd, key.data(), key.size()) == static_cast<ssize_t>(key.size()) && ::fsync(fd) == 0;
-    if (fd >= 0) ::close(fd);
-    if (!written || ::rename(tmp.c_str(), key_path.c_str()) != 0) {
+    if (!ReplaceFileDurably(key_path.string(), key)) {
       return Status::Invalid("cannot write the access token key under the data directory's auth/ folder");
     }
   }

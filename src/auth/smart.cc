@@ -329,31 +329,88 @@ bool SystemScopeAllows(const std::vector<Scope>& scopes, std::string_view type, 
   });
 }
 
+namespace {
+
+// One public key of a JWKS (`where` names it in messages); kInvalid when it could verify none of `accepted`.
+Result<Jwk> ParseJwk(const json& k, const std::vector<std::string>& accepted, const std::string& where) {
+  std::vector<std::string> curves;  // the EC curves `accepted` allows, for the messages
+  for (const auto& [crv, alg] : {std::pair{"P-256", "ES256"}, {"P-384", "ES384"}, {"P-521", "ES512"}}) {
+    if (Accepts(accepted, alg)) curves.push_back(crv);
+  }
+  const bool any_rsa = std::any_of(accepted.begin(), accepted.end(), [](const auto& a) { return a.starts_with("RS"); });
+  Jwk jwk;
+  jwk.kid = StringClaim(k, "kid");
+  jwk.kty = StringClaim(k, "kty");
+  std::string alg = StringClaim(k, "alg");
+  if (jwk.kty == "RSA") {
+    auto n = Base64UrlDecode(StringClaim(k, "n"));
+    auto e = Base64UrlDecode(StringClaim(k, "e"));
+    if (!n || !e || n->empty() || e->empty()) return Status::Invalid(where + ": an RSA key needs n and e");
+    if (!any_rsa)
+      return Status::Invalid(where + ": RSA keys are not accepted here (accepted: " + JoinAlgs(accepted) + ")");
+    if (!alg.empty() && (!alg.starts_with("RS") || !Accepts(accepted, alg))) {
+      return Status::Invalid(where + ": an RSA key with alg " + alg +
+                             " is not accepted here (accepted: " + JoinAlgs(accepted) + ")");
+    }
+    auto pem = RsaPem(*n, *e);
+    if (!pem) {
+      return Status::Invalid(where +
+                             ": not a usable RSA public key (2048 bits or more, odd modulus, exponent 65537 "
+                             "or larger)");
+    }
+    jwk.alg = alg;
+    jwk.pem = std::move(*pem);
+  } else if (jwk.kty == "EC") {
+    const std::string crv = StringClaim(k, "crv");
+    const char* group = crv == "P-256"   ? "prime256v1"
+                        : crv == "P-384" ? "secp384r1"
+                        : crv == "P-521" ? "secp521r1"
+                                         : nullptr;
+    const std::string curve_alg = crv == "P-256" ? "ES256" : crv == "P-384" ? "ES384" : "ES512";
+    if (group == nullptr || !Accepts(accepted, curve_alg)) {
+      std::string list;
+      for (const auto& c : curves) list += (list.empty() ? "" : ", ") + c;
+      return Status::Invalid(where + ": an EC key on curve '" + crv + "' is not accepted here (accepted curves: " +
+                             (list.empty() ? std::string("none") : list) + ")");
+    }
+    if (!alg.empty() && alg != curve_alg) {
+      return Status::Invalid(where + ": an EC key on " + crv + " verifies " + curve_alg + ", not " + alg);
+    }
+    auto x = Base64UrlDecode(StringClaim(k, "x"));
+    auto y = Base64UrlDecode(StringClaim(k, "y"));
+    const size_t size = crv == "P-256" ? 32 : crv == "P-384" ? 48 : 66;
+    std::optional<std::string> pem = x && y ? EcPem(group, size, *x, *y) : std::nullopt;
+    if (!pem) return Status::Invalid(where + ": not a usable " + crv + " public key");
+    jwk.alg = curve_alg;
+    jwk.pem = std::move(*pem);
+  } else {
+    return Status::Invalid(where + ": kty must be RSA or EC");
+  }
+  return jwk;
+}
+
+}  // namespace
+
 Result<std::vector<Jwk>> ParseJwks(std::string_view text, const std::vector<std::string>& accepted, bool skip_unusable,
                                    std::vector<std::string>* skipped) {
   json doc = json::parse(text, nullptr, false);
   if (!doc.is_object() || !doc.contains("keys") || !doc["keys"].is_array()) {
     return Status::Invalid("a JWKS must be an object with a \"keys\" array");
   }
-  if (doc["keys"].size() > kMaxJwksKeys) {
+  const json& keys = doc["keys"];
+  if (keys.size() > kMaxJwksKeys) {
     return Status::Invalid("a JWKS may hold at most " + std::to_string(kMaxJwksKeys) + " keys (it has " +
-                           std::to_string(doc["keys"].size()) + ")");
+                           std::to_string(keys.size()) + ")");
   }
-  for (size_t i = 0; i < doc["keys"].size(); ++i) {
-    if (doc["keys"][i].is_object() && doc["keys"][i].contains("d")) {
-      return Status::Invalid("keys[" + std::to_string(i) + "] is a private key: register the public key only");
-    }
-  }
-  std::vector<std::string> curves;  // the EC curves `accepted` allows, for the messages
-  for (const auto& [crv, alg] : {std::pair{"P-256", "ES256"}, {"P-384", "ES384"}, {"P-521", "ES512"}}) {
-    if (Accepts(accepted, alg)) curves.push_back(crv);
-  }
-  const bool any_rsa = std::any_of(accepted.begin(), accepted.end(), [](const auto& a) { return a.starts_with("RS"); });
-  std::vector<Jwk> out;
-  for (size_t i = 0; i < doc["keys"].size(); ++i) {
-    const json& k = doc["keys"][i];
+  for (size_t i = 0; i < keys.size(); ++i) {
     const std::string where = "keys[" + std::to_string(i) + "]";
-    if (!k.is_object()) return Status::Invalid(where + " must be an object");
+    if (!keys[i].is_object()) return Status::Invalid(where + " must be an object");
+    if (keys[i].contains("d")) return Status::Invalid(where + " is a private key: register the public key only");
+  }
+  std::vector<Jwk> out;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const json& k = keys[i];
+    const std::string where = "keys[" + std::to_string(i) + "]";
     if (skip_unusable) {
       // A provider's JWKS may also publish encryption keys and kinds this server does not verify with.
       const std::string use = StringClaim(k, "use");
@@ -363,65 +420,14 @@ Result<std::vector<Jwk>> ParseJwks(std::string_view text, const std::vector<std:
         if (skipped != nullptr) skipped->push_back(where + ": not a signature key");
         continue;
       }
-      json one = {{"keys", json::array({k})}};
-      auto parsed = ParseJwks(one.dump(), accepted, false, nullptr);
-      if (!parsed.ok()) {
-        if (skipped != nullptr) skipped->push_back(where + ": " + parsed.status().message());
-        continue;
-      }
-      for (auto& key : *parsed) out.push_back(std::move(key));
+    }
+    auto key = ParseJwk(k, accepted, where);
+    if (!key.ok() && skip_unusable) {
+      if (skipped != nullptr) skipped->push_back(key.status().message());
       continue;
     }
-    if (k.contains("d")) return Status::Invalid(where + " is a private key: register the public key only");
-    Jwk jwk;
-    jwk.kid = StringClaim(k, "kid");
-    jwk.kty = StringClaim(k, "kty");
-    std::string alg = StringClaim(k, "alg");
-    if (jwk.kty == "RSA") {
-      auto n = Base64UrlDecode(StringClaim(k, "n"));
-      auto e = Base64UrlDecode(StringClaim(k, "e"));
-      if (!n || !e || n->empty() || e->empty()) return Status::Invalid(where + ": an RSA key needs n and e");
-      if (!any_rsa)
-        return Status::Invalid(where + ": RSA keys are not accepted here (accepted: " + JoinAlgs(accepted) + ")");
-      if (!alg.empty() && (!alg.starts_with("RS") || !Accepts(accepted, alg))) {
-        return Status::Invalid(where + ": an RSA key with alg " + alg +
-                               " is not accepted here (accepted: " + JoinAlgs(accepted) + ")");
-      }
-      auto pem = RsaPem(*n, *e);
-      if (!pem) {
-        return Status::Invalid(where +
-                               ": not a usable RSA public key (2048 bits or more, odd modulus, exponent 65537 "
-                               "or larger)");
-      }
-      jwk.alg = alg;
-      jwk.pem = std::move(*pem);
-    } else if (jwk.kty == "EC") {
-      const std::string crv = StringClaim(k, "crv");
-      const char* group = crv == "P-256"   ? "prime256v1"
-                          : crv == "P-384" ? "secp384r1"
-                          : crv == "P-521" ? "secp521r1"
-                                           : nullptr;
-      const std::string curve_alg = crv == "P-256" ? "ES256" : crv == "P-384" ? "ES384" : "ES512";
-      if (group == nullptr || !Accepts(accepted, curve_alg)) {
-        std::string list;
-        for (const auto& c : curves) list += (list.empty() ? "" : ", ") + c;
-        return Status::Invalid(where + ": an EC key on curve '" + crv + "' is not accepted here (accepted curves: " +
-                               (list.empty() ? std::string("none") : list) + ")");
-      }
-      if (!alg.empty() && alg != curve_alg) {
-        return Status::Invalid(where + ": an EC key on " + crv + " verifies " + curve_alg + ", not " + alg);
-      }
-      auto x = Base64UrlDecode(StringClaim(k, "x"));
-      auto y = Base64UrlDecode(StringClaim(k, "y"));
-      const size_t size = crv == "P-256" ? 32 : crv == "P-384" ? 48 : 66;
-      std::optional<std::string> pem = x && y ? EcPem(group, size, *x, *y) : std::nullopt;
-      if (!pem) return Status::Invalid(where + ": not a usable " + crv + " public key");
-      jwk.alg = curve_alg;
-      jwk.pem = std::move(*pem);
-    } else {
-      return Status::Invalid(where + ": kty must be RSA or EC");
-    }
-    out.push_back(std::move(jwk));
+    if (!key.ok()) return key.status();
+    out.push_back(std::move(*key));
   }
   return out;
 }
@@ -651,6 +657,22 @@ http::Response TokenService::HandleTokenRequest(const http::Request& request) {
   return r;
 }
 
+bool ReplaceFileDurably(const std::string& path, std::string_view bytes) {
+  const std::string tmp = path + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return false;
+  bool ok = ::write(fd, bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()) && ::fsync(fd) == 0;
+  ok = ::close(fd) == 0 && ok;
+  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) return false;
+  // The rename itself is durable only once the directory is.
+  const std::string dir = path.substr(0, path.rfind('/') == std::string::npos ? 0 : path.rfind('/'));
+  const int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return false;
+  ok = ::fsync(dfd) == 0;
+  ::close(dfd);
+  return ok;
+}
+
 Result<std::shared_ptr<ReplayGuard>> ReplayGuard::Open(const std::string& path, EpochMillis now) {
   auto guard = std::shared_ptr<ReplayGuard>(new ReplayGuard());
   guard->path_ = path;
@@ -684,17 +706,9 @@ Status ReplayGuard::Compact(EpochMillis now) {
   if (path_.empty()) return Status::Ok();
   if (file_ != nullptr) std::fclose(file_);
   file_ = nullptr;
-  const std::string tmp = path_ + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  bool ok = fd >= 0;
-  for (const auto& [key, expires] : seen_) {
-    if (!ok) break;
-    const std::string line = std::to_string(expires) + " " + Base64UrlEncode(key) + "\n";
-    ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
-  }
-  ok = ok && ::fsync(fd) == 0;
-  if (fd >= 0) ::close(fd);
-  if (!ok || ::rename(tmp.c_str(), path_.c_str()) != 0) {
+  std::string lines;
+  for (const auto& [key, expires] : seen_) lines += std::to_string(expires) + " " + Base64UrlEncode(key) + "\n";
+  if (!ReplaceFileDurably(path_, lines)) {
     return Status::Unavailable("cannot write the used client assertion ids under the data directory's auth/ folder");
   }
   file_ = std::fopen(path_.c_str(), "ae");

@@ -114,6 +114,10 @@ struct TokenClaims {
   EpochMillis expires = 0;
 };
 
+// Writes `bytes` to `path` (mode 0600) through a temp file that is fsynced and renamed over it, then fsyncs the
+// directory: after a crash the file holds the old bytes or the new ones. False when any step fails.
+bool ReplaceFileDurably(const std::string& path, std::string_view bytes);
+
 // The ids (client|jti) of the client assertions already used, each until it expires: in memory, and with a file (one
 // line per id, appended and fsynced before the token is issued), so that neither a reload nor a restart reopens a
 // replay window. Thread-safe.

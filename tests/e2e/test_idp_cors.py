@@ -16,9 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from export_helpers import servers  # noqa: F401  (fixture)
 from export_helpers import assert_outcome
@@ -49,19 +48,6 @@ def public_jwk(key, kid):
     crv = {256: "P-256", 384: "P-384"}[pub.curve.key_size]
     return {"kty": "EC", "kid": kid, "crv": crv, "x": b64u(n.x.to_bytes(size, "big")),
             "y": b64u(n.y.to_bytes(size, "big"))}
-
-
-def sign(header, claims, key):
-    """RS256/ES256 here (test_smart's sign_jwt covers RS384, ES384 and HS256)."""
-    if header["alg"] not in ("RS256", "ES256"):
-        return sign_jwt(header, claims, key=key)
-    signing_input = (b64u(json.dumps(header).encode()) + "." + b64u(json.dumps(claims).encode())).encode()
-    if header["alg"] == "RS256":
-        sig = key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
-    else:
-        r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
-        sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-    return signing_input.decode() + "." + b64u(sig)
 
 
 class JwksServer:
@@ -139,7 +125,7 @@ def idp_token(e, sub="analyst-1", scope="system/*.cruds", alg="RS256", kid="idp-
     if key is None:
         key = e.p256 if alg == "ES256" else e.rsa
     header = {"alg": alg, "typ": "JWT", "kid": kid}
-    return sign(header, claims, key)
+    return sign_jwt(header, claims, key=key)
 
 
 def auth(tok, extra=None):

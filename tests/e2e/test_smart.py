@@ -54,11 +54,13 @@ def jwk(key, kid):
 def sign_jwt(header, claims, key=None, secret=None):
     signing_input = (b64u(json.dumps(header).encode()) + "." + b64u(json.dumps(claims).encode())).encode()
     alg = header["alg"]
-    if alg in ("RS384", "RS256"):
-        sig = key.sign(signing_input, padding.PKCS1v15(), hashes.SHA384() if alg == "RS384" else hashes.SHA256())
-    elif alg == "ES384":
-        r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hashes.SHA384())))
-        sig = r.to_bytes(48, "big") + s.to_bytes(48, "big")
+    digest = {"256": hashes.SHA256(), "384": hashes.SHA384(), "512": hashes.SHA512()}.get(alg[2:])
+    if alg.startswith("RS"):
+        sig = key.sign(signing_input, padding.PKCS1v15(), digest)
+    elif alg.startswith("ES"):
+        size = {"256": 32, "384": 48, "512": 66}[alg[2:]]
+        r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(digest)))
+        sig = r.to_bytes(size, "big") + s.to_bytes(size, "big")
     elif alg == "HS256":
         sig = hmac.new(secret, signing_input, hashlib.sha256).digest()
     else:
