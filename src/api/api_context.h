@@ -31,6 +31,7 @@ struct ApiContext {
   std::string server_export_bucket = "fhirlake-server-exports";
   int64_t export_file_lifetime_ms = int64_t{48} * 3600 * 1000;
   int export_poll_seconds = 1;
+  int export_manifest_page_files = 1000;  // allowPartialManifests: output + deleted files per manifest page
   // Auth (app/ fills these from --auth-config): routes registered before every other (the SMART discovery and token
   // endpoints), whether the token endpoint exists (the CapabilityStatement's oauth-uris), and whether a datastore's
   // export files need credentials (the manifest's requiresAccessToken).

@@ -20,6 +20,7 @@
 #include "common/ids.h"
 #include "common/json_escape.h"
 #include "fhir/operation_outcome.h"
+#include "fhir/r4.h"
 
 namespace fhirlake::api {
 namespace {
@@ -34,7 +35,7 @@ constexpr size_t kPlainChunk = 1 << 20;       // identity: the bytes read and se
 // The kick-off parameters of the IG view (its OperationDefinitions list the same).
 constexpr std::string_view kIgKickoffParams =
     "_outputFormat, _type, _since, _until, _tag, _security, _elements, "
-    "_typeFilter, patient";
+    "_typeFilter, patient, includeAssociatedData, organizeOutputBy, allowPartialManifests";
 
 // An answer that is not an error (202 kick-off, poll in progress, DELETE accepted): an informational outcome.
 Response Informational(int status, std::string_view diagnostics) {
@@ -104,6 +105,10 @@ Result<std::optional<std::vector<http::QueryParam>>> ParseKickoffParameters(std:
         value = v->get<std::string>();
       }
     }
+    if (auto b = prm.find("valueBoolean"); !value && b != prm.end()) {
+      if (!b->is_boolean()) return Status::Invalid("Parameter '" + name + "': valueBoolean must be true or false");
+      value = b->get<bool>() ? "true" : "false";
+    }
     if (!value && name == "patient") {
       auto ref = prm.find("valueReference");
       if (ref != prm.end() && ref->is_object() && ref->contains("reference") && (*ref)["reference"].is_string()) {
@@ -163,6 +168,17 @@ Response IgKickOff(const ApiContext& ctx, const Request& req, const RequestConte
       }
       continue;
     }
+    if (q.name == "allowPartialManifests" || q.name == "organizeOutputBy" || q.name == "includeAssociatedData") {
+      std::string note;
+      if (Status st = ParseIgOption(q, &request, &note); !st.ok()) return FhirError(st);
+      if (!note.empty()) {
+        if (!lenient) {
+          return FhirError(Status::Invalid(note + "; send 'Prefer: handling=lenient' to have it ignored"));
+        }
+        request.notes.push_back(note + " and was ignored (Prefer: handling=lenient)");
+      }
+      continue;
+    }
     auto known = ParseCommonExportParam(q, now, &request);
     if (!known.ok()) return FhirError(known.status());
     if (!*known) {
@@ -177,6 +193,31 @@ Response IgKickOff(const ApiContext& ctx, const Request& req, const RequestConte
   }
   std::sort(request.patients.begin(), request.patients.end());
   request.patients.erase(std::unique(request.patients.begin(), request.patients.end()), request.patients.end());
+  if (!request.organize_by.empty() && !request.associated.empty()) {
+    return FhirError(Status::Invalid(
+        "organizeOutputBy and includeAssociatedData cannot be combined: Provenance are not in the Patient blocks; "
+        "export them in a second request"));
+  }
+  if (!request.organize_by.empty()) {
+    // Only the Patient compartment is organised into blocks: say what else the request names is left out.
+    std::vector<std::string> outside;
+    for (const std::string& t : request.types) {
+      if (!fhir::IsPatientCompartmentType(t) || t == "Group") outside.push_back(t);
+    }
+    std::string list;
+    for (const auto& t : outside) list += (list.empty() ? "" : ", ") + t;
+    if (!outside.empty()) {
+      return FhirError(Status::Invalid("organizeOutputBy=Patient writes each Patient's compartment as a block; " +
+                                       list + (outside.size() == 1 ? " is" : " are") +
+                                       " outside the Patient compartment: remove it from _type, or export it in a "
+                                       "second request"));
+    }
+    if (request.types.empty()) {
+      request.notes.push_back(
+          "organizeOutputBy=Patient: the blocks hold what the Patient compartment holds; resources outside it "
+          "(Organization, Practitioner, Medication, Location, Group and the like) are not exported by this request");
+    }
+  }
   if (Status st = NarrowExportToScopes(p.principal, &request); !st.ok()) return FhirError(st);
   request.output = bulk::S3Location{ctx.server_export_bucket, ""};
   request.request_url = ctx.public_base_url + req.target;
@@ -192,6 +233,48 @@ Response IgKickOff(const ApiContext& ctx, const Request& req, const RequestConte
       202, "The export job " + job->job_id + " was accepted; poll " + PollUrl(ctx, (*store)->info().id, job->job_id));
   resp.headers.Set("Content-Location", PollUrl(ctx, (*store)->info().id, job->job_id));
   return resp;
+}
+
+Status ParseIgOption(const http::QueryParam& q, bulk::ExportRequest* request, std::string* unsupported) {
+  const std::string& v = q.value;
+  if (q.name == "allowPartialManifests") {
+    if (v != "true" && v != "false")
+      return Status::Invalid("allowPartialManifests must be true or false (got '" + v + "')");
+    request->partial_manifests = v == "true";
+    return Status::Ok();
+  }
+  if (q.name == "organizeOutputBy") {
+    if (!request->organize_by.empty()) return Status::Invalid("organizeOutputBy may be given once");
+    if (v == "Patient") {
+      request->organize_by = v;
+      return Status::Ok();
+    }
+    if (!fhir::IsKnownResourceType(v)) {
+      return Status::Invalid("organizeOutputBy '" + v + "' is not a FHIR R4 resource type");
+    }
+    *unsupported = "organizeOutputBy=" + v + " is not supported by this server (only organizeOutputBy=Patient)";
+    return Status::Ok();
+  }
+  // includeAssociatedData: a comma-separated list; of conflicting values the least restrictive wins (the IG).
+  std::string_view rest = v;
+  while (true) {
+    const size_t comma = rest.find(',');
+    const std::string item(rest.substr(0, comma));
+    if (item == "RelevantProvenanceResources") {
+      request->associated = item;
+    } else if (item == "LatestProvenanceResources") {
+      if (request->associated.empty()) request->associated = item;
+    } else if (item.size() > 1 && item[0] == '_') {
+      *unsupported = "includeAssociatedData value '" + item + "' is not supported by this server";
+    } else {
+      return Status::Invalid("includeAssociatedData '" + item +
+                             "' is not a value of the IG (LatestProvenanceResources, RelevantProvenanceResources, or "
+                             "a custom value starting with '_')");
+    }
+    if (comma == std::string_view::npos) break;
+    rest.remove_prefix(comma + 1);
+  }
+  return Status::Ok();
 }
 
 namespace {
@@ -216,27 +299,69 @@ std::optional<EpochMillis> ExpiresAt(const ApiContext& ctx, const store::ExportJ
   return *job.end_time + ctx.export_file_lifetime_ms;
 }
 
-std::string RenderManifest(const ApiContext& ctx, const bulk::JobView& v, std::string_view ds) {
+// A manifest, or with allowPartialManifests one page of it: the output and deleted files [first, first + count) in
+// commit order, and a `next` link when more files follow. Every page has the same other members (error included).
+struct ManifestPage {
+  size_t first = 0;
+  size_t count = SIZE_MAX;
+  std::string next_url;  // empty: no link
+};
+
+std::string RenderManifest(const ApiContext& ctx, const bulk::JobView& v, std::string_view ds,
+                           const ManifestPage& page = {}) {
   const auto& j = v.job;
+  const bool organized = !j.organize_by.empty();
   const std::string prefix = bulk::ExportEngine::JobKeyPrefix(j, ds);
   const std::string file_base = ctx.FhirBase(ds) + "/$export-file/" + j.job_id + "/";
+  auto url_of = [&](std::string_view key) {
+    store::ExportFileRecord k;
+    k.key = std::string(key);
+    return file_base + std::string(FileTail(k, prefix));
+  };
   std::string out = "{\"transactionTime\":" + JsonString(j.snapshot ? FormatInstant(j.snapshot->time) : "") +
                     ",\"request\":" + JsonString(j.request_url) +
                     ",\"requiresAccessToken\":" + (ctx.RequiresAccessToken(ds) ? "true" : "false");
+  if (organized) out += ",\"outputOrganizedBy\":" + JsonString(j.organize_by);
+  std::vector<const store::ExportFileRecord*> files;
+  for (const auto& f : v.files) files.push_back(&f);
+  if (j.partial_manifests) {
+    // Pages are cut in commit order, so a file never moves to another page as more files are recorded.
+    std::stable_sort(files.begin(), files.end(), [](auto* a, auto* b) { return a->seq < b->seq; });
+  }
   std::string output, errors, deleted;
-  for (const auto& f : v.files) {
-    std::string entry = "{\"type\":" + JsonString(f.type) +
-                        ",\"url\":" + JsonString(file_base + std::string(FileTail(f, prefix))) +
-                        ",\"count\":" + std::to_string(f.count) + "}";
-    std::string& list = f.kind == "output" ? output : f.kind == "deleted" ? deleted : errors;
+  size_t paged = 0;  // output and deleted files seen so far
+  for (const store::ExportFileRecord* f : files) {
+    if (f->kind != "error") {
+      const size_t n = paged++;
+      if (n < page.first || n - page.first >= page.count) continue;
+    }
+    // organizeOutputBy: a file holds blocks of several types, so it has no `type` (the IG), and a block that goes
+    // on in another file says where.
+    std::string entry = "{";
+    if (!(organized && f->kind == "output")) entry += "\"type\":" + JsonString(f->type) + ",";
+    entry += "\"url\":" + JsonString(url_of(f->key)) + ",\"count\":" + std::to_string(f->count);
+    if (!f->continues_in.empty()) entry += ",\"continuesInFile\":" + JsonString(url_of(f->continues_in));
+    entry += "}";
+    std::string& list = f->kind == "output" ? output : f->kind == "deleted" ? deleted : errors;
     if (!list.empty()) list.push_back(',');
     list += entry;
   }
   out += ",\"output\":[" + output + "],\"error\":[" + errors + "]";
   // With _since, the resources deleted since then (an empty list when there were none).
   if (j.since) out += ",\"deleted\":[" + deleted + "]";
+  if (!page.next_url.empty()) out += ",\"link\":[{\"relation\":\"next\",\"url\":" + JsonString(page.next_url) + "}]";
   if (!j.message.empty()) out += ",\"extension\":{\"message\":" + JsonString(j.message) + "}";
   return out + "}";
+}
+
+// allowPartialManifests: the page a poll asks for (`page`, from 1; absent: 1), or 0 when the value is not one.
+size_t RequestedPage(const Request& req) {
+  for (const auto& q : req.query) {
+    if (q.name != "page") continue;
+    if (q.value.empty() || q.value.size() > 9 || q.value.find_first_not_of("0123456789") != std::string::npos) return 0;
+    return static_cast<size_t>(std::stoul(q.value));
+  }
+  return 1;
 }
 
 Response Poll(const ApiContext& ctx, const Request& req, const RequestContext& p) {
@@ -250,12 +375,22 @@ Response Poll(const ApiContext& ctx, const Request& req, const RequestContext& p
   }
   const auto& j = view->job;
   const EpochMillis now = Clock::System().NowMillis();
+  const size_t page_no = RequestedPage(req);
+  if (page_no == 0) return FhirError(Status::Invalid("page must be a manifest page number (1, 2, ...)"));
+  if (page_no > 1 && !j.partial_manifests) {
+    return FhirError(404, "not-found",
+                     "The export job " + j.job_id +
+                         " has one manifest (it was not kicked off with "
+                         "allowPartialManifests=true): poll without 'page'");
+  }
   if (ctx.export_poll_seconds > 0) {
     // Polled sooner than half the advertised interval after the previous answer to this client: 429.
     const int64_t interval_ms = int64_t{ctx.export_poll_seconds} * 1000;
+    // Each manifest page counts on its own: a client reading the pages one after the other is not polling too often.
     std::string client =
         p.principal.id + "@" +
-        std::string(std::string_view(req.remote_address).substr(0, std::string_view(req.remote_address).rfind(':')));
+        std::string(std::string_view(req.remote_address).substr(0, std::string_view(req.remote_address).rfind(':'))) +
+        (page_no > 1 ? "#page" + std::to_string(page_no) : "");
     auto earlier = (*store)->jobs().RecordPoll(j.job_id, client, now, interval_ms / 2);
     if (!earlier.ok()) return FhirError(500, "transient", earlier.status().message());
     if (*earlier) {
@@ -267,13 +402,29 @@ Response Poll(const ApiContext& ctx, const Request& req, const RequestContext& p
       return resp;
     }
   }
+  // allowPartialManifests: page `page_no` holds the output and deleted files [first, first + per_page) in commit order.
+  ManifestPage page;
+  size_t paged_files = 0;
+  if (j.partial_manifests) {
+    const size_t per_page = static_cast<size_t>(std::max(1, ctx.export_manifest_page_files));
+    for (const auto& f : view->files) paged_files += f.kind != "error" ? 1 : 0;
+    page.first = (page_no - 1) * per_page;
+    page.count = per_page;
+    if (paged_files > page.first + per_page) {
+      page.next_url = PollUrl(ctx, (*store)->info().id, j.job_id) + "?page=" + std::to_string(page_no + 1);
+    }
+  }
   if (IsFinished(j.status)) {
     auto expires = ExpiresAt(ctx, j);
     if (expires && *expires <= now) {
       return FhirError(404, "not-found",
                        "The files of export job " + j.job_id + " expired at " + FormatInstant(*expires));
     }
-    Response resp = Response::Json(200, RenderManifest(ctx, *view, (*store)->info().id), "application/json");
+    if (page_no > 1 && page.first >= paged_files) {
+      return FhirError(404, "not-found",
+                       "The manifest of export job " + j.job_id + " has no page " + std::to_string(page_no));
+    }
+    Response resp = Response::Json(200, RenderManifest(ctx, *view, (*store)->info().id, page), "application/json");
     if (expires) resp.headers.Set("Expires", FormatHttpDate(*expires));
     return resp;
   }
@@ -286,7 +437,11 @@ Response Poll(const ApiContext& ctx, const Request& req, const RequestContext& p
   int percent = view->planned_rows > 0
                     ? static_cast<int>(std::min<int64_t>(99, view->written_rows * 100 / view->planned_rows))
                     : 0;
-  Response resp = Informational(202, "The export job " + j.job_id + " is " + j.status);
+  // A partial manifest once its page is full (so that it never changes, but for the `next` link it may gain), else
+  // the usual progress answer.
+  Response resp = j.partial_manifests && paged_files >= page.first + page.count
+                      ? Response::Json(202, RenderManifest(ctx, *view, (*store)->info().id, page), "application/json")
+                      : Informational(202, "The export job " + j.job_id + " is " + j.status);
   resp.headers.Set("X-Progress", j.status + " " + std::to_string(percent) + "%");
   resp.headers.Set("Retry-After", std::to_string(ctx.export_poll_seconds));
   return resp;
@@ -562,6 +717,13 @@ std::string OperationDefinition(const ApiContext& ctx, std::string_view ds, std:
       {"_tag", "string", "*", false, "meta.tag system|code every exported resource has (HealthLake)"},
       {"_security", "string", "*", false, "meta.security system|code every exported resource has (HealthLake)"},
       {"patient", "Reference", "*", true, "only these patients (POST with a Parameters body)"},
+      {"includeAssociatedData", "code", "*", false,
+       "LatestProvenanceResources or RelevantProvenanceResources: the Provenance of the exported resources (the "
+       "latest of each, or all), and no other"},
+      {"organizeOutputBy", "string", "1", false,
+       "Patient: files of per-patient blocks (a Parameters header, the Patient, its compartment)"},
+      {"allowPartialManifests", "boolean", "1", false,
+       "true: manifest pages linked with `link`, and full pages shown (202) while the export runs"},
   };
   const bool system = id == "export";
   std::string out =

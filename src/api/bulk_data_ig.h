@@ -23,6 +23,11 @@ http::Response IgKickOff(const ApiContext& ctx, const http::Request& req, const 
 // but malformed.
 Result<std::optional<std::vector<http::QueryParam>>> ParseKickoffParameters(std::string_view body);
 
+// The IG's STU3 kick-off options (allowPartialManifests, organizeOutputBy, includeAssociatedData) into `request`.
+// kInvalid for a malformed value; a well-formed one this server does not support sets `unsupported` to a diagnostics
+// line (the caller refuses it, or under handling=lenient ignores it and reports it).
+Status ParseIgOption(const http::QueryParam& q, bulk::ExportRequest* request, std::string* unsupported);
+
 // Registers the IG view's routes; call before the generic FHIR routes (the first match wins).
 void RegisterBulkDataIg(http::Router& router, const ApiContext& ctx);
 

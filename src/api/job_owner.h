@@ -50,6 +50,11 @@ inline Status NarrowExportToScopes(const http::Principal& p, bulk::ExportRequest
       }
     }
   }
+  if (!r->associated.empty() && !p.MayRead("Provenance")) {
+    return Status::Forbidden(
+        "includeAssociatedData exports Provenance, which the access token's scopes do not allow reading; ask for a "
+        "system/Provenance.read (or .rs) scope");
+  }
   for (const auto& t : r->types) {
     if (!p.MayRead(t)) {
       return Status::Forbidden("The access token's scopes do not allow reading " + t +

@@ -129,6 +129,11 @@ int main(int argc, char** argv) {
                 "of it gets 429 (0: no limit)")
       ->check(CLI::Range(0, 3600))
       ->capture_default_str();
+  s->add_option("--export-manifest-page-files", serve.export_manifest_page_files,
+                "Files per manifest page of a Bulk Data IG export kicked off with allowPartialManifests=true (the "
+                "pages are linked with `link`; a page is shown while the job runs once it is full)")
+      ->check(CLI::Range(1, 1000000))
+      ->capture_default_str();
   s->add_option("--export-queue-limit", serve.export_queue_limit,
                 "Export jobs that may wait (SUBMITTED + QUEUED) per datastore; further kick-offs get 429")
       ->envname("FHIRLAKE_EXPORT_QUEUE_LIMIT")

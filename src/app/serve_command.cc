@@ -171,6 +171,7 @@ int RunServe(const ServeOptions& options) {
                                     ? options.test_export_file_lifetime_ms
                                     : int64_t{options.export_file_hours} * 3600 * 1000;
   ctx.export_poll_seconds = options.export_poll_seconds;
+  ctx.export_manifest_page_files = options.export_manifest_page_files;
   ctx.version = FHIRLAKE_VERSION;
 
   http::ServerOptions hso;

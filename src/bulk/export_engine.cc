@@ -27,6 +27,7 @@
 #include "common/ids.h"
 #include "fhir/operation_outcome.h"
 #include "fhir/r4.h"
+#include "fhir/resource_parser.h"
 #include "fhir/subset.h"
 
 namespace fhirlake::bulk {
@@ -51,6 +52,8 @@ struct ExportEngine::ActiveJob {
   int tasks_remaining = 0;                  // GUARDED_BY(mu)
   std::map<std::string, int> last_file_no;  // GUARDED_BY(mu)
   std::string failure;                      // GUARDED_BY(mu)
+  // Tasks that start only once every other task of the job has finished (includeAssociatedData's).
+  std::vector<store::ExportTaskRecord> deferred;  // GUARDED_BY(mu)
 };
 
 namespace {
@@ -89,6 +92,59 @@ Result<std::vector<std::string>> GroupMembers(const std::string& group_json) {
   std::sort(out.begin(), out.end());
   out.erase(std::unique(out.begin(), out.end()), out.end());
   return out;
+}
+
+// includeAssociatedData: the targets of every Provenance as of the snapshot, recorded in the store (the store then
+// matches them against what the job exported). Provenance.recorded orders them (meta.lastUpdated when it is missing
+// or not an instant). References are relative ("Type/id", "Type/id/_history/n") or absolute to this datastore's base.
+Status CollectAssociations(store::ResourceStore* store, const std::string& job_id, const store::Snapshot& snapshot,
+                           const std::string& fhir_base, size_t batch_rows, size_t batch_bytes,
+                           const std::function<bool()>& stop) {
+  store::ScanRequest req;
+  req.type = "Provenance";
+  req.scope = store::ScanScope::kAll;
+  req.snapshot = snapshot;
+  req.max_rows = batch_rows;
+  req.max_bytes = batch_bytes;
+  int64_t after = 0;
+  while (!stop()) {
+    req.after_rid = after;
+    std::vector<store::Association> rows;
+    ASSIGN_OR_RETURN(auto progress, store->Scan(req, [&](const store::ScanRow& row) -> Status {
+      nlohmann::json p = nlohmann::json::parse(row.json, nullptr, false);
+      if (!p.is_object()) return Status::Ok();
+      EpochMillis recorded = row.last_updated;
+      if (auto r = p.find("recorded"); r != p.end() && r->is_string()) {
+        if (auto t = ParseInstant(r->get<std::string>()); t.ok()) recorded = *t;
+      }
+      auto targets = p.find("target");
+      if (targets == p.end() || !targets->is_array()) return Status::Ok();
+      for (const auto& t : *targets) {
+        if (!t.is_object()) continue;
+        auto ref = t.find("reference");
+        if (ref == t.end() || !ref->is_string()) continue;
+        std::string_view text = ref->get_ref<const std::string&>();
+        if (!fhir_base.empty() && text.size() > fhir_base.size() && text.starts_with(fhir_base) &&
+            text[fhir_base.size()] == '/') {
+          text.remove_prefix(fhir_base.size() + 1);
+        }
+        auto lit = fhir::ParseLiteralReference(text);
+        if (lit) rows.push_back(store::Association{lit->type, lit->id, row.rid, recorded});
+      }
+      return Status::Ok();
+    }));
+    RETURN_IF_ERROR(store->AddAssociations(job_id, rows));
+    after = progress.last_rid;
+    if (progress.exhausted) return Status::Ok();
+  }
+  return Status::Ok();
+}
+
+// organizeOutputBy=Patient: the header line of a Patient's block.
+std::string BlockHeader(std::string_view patient_id) {
+  return "{\"resourceType\":\"Parameters\",\"parameter\":[{\"name\":\"header\",\"valueReference\":{\"reference\":"
+         "\"Patient/" +
+         std::string(patient_id) + "\"}}]}";
 }
 
 }  // namespace
@@ -406,6 +462,9 @@ Result<store::ExportJobRecord> ExportEngine::Submit(store::ResourceStore* store,
   job.include_referenced = options_.include_referenced;
   job.client_token = request.client_token;
   job.client_request = request.client_request;
+  job.partial_manifests = request.partial_manifests;
+  job.organize_by = request.organize_by;
+  job.associated = request.associated;
   if (Status inserted = store->jobs().InsertJob(&job, options_.queue_limit); !inserted.ok()) {
     // Two retries with one token at once: the store's unique index let one in; the other answers with its job.
     if (!request.client_token.empty()) {
@@ -654,7 +713,42 @@ Result<std::vector<store::ExportTaskRecord>> ExportEngine::PlanTasks(store::Reso
   std::vector<store::ExportTaskRecord> tasks;
   std::set<std::string> filtered;
   for (const auto& f : job.type_filters) filtered.insert(f.substr(0, f.find('?')));
+  const bool organized = job.organize_by == "Patient";
+  // The range of `type` in `scope`, narrowed to its _typeFilter matches when it has a filter.
+  auto range_of = [&](const std::string& type, store::ScanScope scope) -> Result<store::TypeRange> {
+    ASSIGN_OR_RETURN(store::TypeRange range, store->RangeOf(type, scope, job.job_id));
+    if (filtered.count(type)) {
+      // Only the _typeFilter matches are exported: plan over their range (and count), within the scope's.
+      ASSIGN_OR_RETURN(store::TypeRange matches,
+                       store->RangeOf(type, store::ScanScope::kJobScope, store::FilterScopeKey(job.job_id)));
+      range.rows = std::min(range.rows, matches.rows);
+      range.min_rid = std::max(range.min_rid, matches.min_rid);
+      range.max_rid = std::min(range.max_rid, matches.max_rid);
+      if (range.max_rid < range.min_rid) range.rows = 0;
+    }
+    return range;
+  };
+  // Splits (min_rid - 1, max_rid] into `pieces` tasks of about equal rid spans, `rows` planned rows in all.
+  auto split = [&](const store::ExportTaskRecord& proto, const store::TypeRange& range, int64_t pieces, int64_t rows) {
+    const int64_t span = range.max_rid - range.min_rid + 1;
+    int64_t lo = range.min_rid - 1;
+    for (int64_t i = 0; i < pieces; ++i) {
+      int64_t hi = i + 1 == pieces ? range.max_rid : range.min_rid - 1 + span * (i + 1) / pieces;
+      if (hi <= lo) continue;
+      store::ExportTaskRecord t = proto;
+      t.task_no = static_cast<int>(tasks.size());
+      t.min_rid = lo;
+      t.max_rid = hi;
+      t.after_rid = lo;
+      t.planned_rows = rows / pieces + (i + 1 == pieces ? rows % pieces : 0);
+      tasks.push_back(std::move(t));
+      lo = hi;
+    }
+  };
+  int64_t organized_rows = 0;  // organizeOutputBy: the compartment rows the blocks will hold (for progress)
   for (const auto& type : types) {
+    // organizeOutputBy=Patient: only what a Patient compartment holds is in the blocks (the Group is not).
+    if (organized && (!fhir::IsPatientCompartmentType(type) || type == "Group")) continue;
     store::ScanScope scope = store::ScanScope::kAll;
     if (job.level == "patient" && !job.patients.empty()) {
       scope = store::ScanScope::kJobScope;
@@ -682,35 +776,51 @@ Result<std::vector<store::ExportTaskRecord>> ExportEngine::PlanTasks(store::Reso
       d.deleted = true;
       tasks.push_back(std::move(d));
     }
-    ASSIGN_OR_RETURN(store::TypeRange range, store->RangeOf(type, scope, job.job_id));
-    if (filtered.count(type)) {
-      // Only the _typeFilter matches are exported: plan over their range (and count), within the scope's.
-      ASSIGN_OR_RETURN(store::TypeRange matches,
-                       store->RangeOf(type, store::ScanScope::kJobScope, store::FilterScopeKey(job.job_id)));
-      range.rows = std::min(range.rows, matches.rows);
-      range.min_rid = std::max(range.min_rid, matches.min_rid);
-      range.max_rid = std::min(range.max_rid, matches.max_rid);
-      if (range.max_rid < range.min_rid) range.rows = 0;
+    if (organized) {
+      // The blocks are planned below, over the Patients; count what they will hold for the progress shown.
+      ASSIGN_OR_RETURN(store::TypeRange range, range_of(type, scope));
+      organized_rows += range.rows;
+      continue;
     }
+    // includeAssociatedData: the Provenance exported are those of the exported resources (the last task), no other.
+    if (!job.associated.empty() && type == "Provenance") continue;
+    ASSIGN_OR_RETURN(store::TypeRange range, range_of(type, scope));
     if (range.rows == 0) continue;
-    int64_t pieces = std::max<int64_t>(1, (range.rows + options_.task_rows - 1) / options_.task_rows);
-    int64_t span = range.max_rid - range.min_rid + 1;
-    int64_t lo = range.min_rid - 1;
-    for (int64_t i = 0; i < pieces; ++i) {
-      int64_t hi = i + 1 == pieces ? range.max_rid : range.min_rid - 1 + span * (i + 1) / pieces;
-      if (hi <= lo) continue;
-      store::ExportTaskRecord t;
-      t.job_id = job.job_id;
-      t.task_no = static_cast<int>(tasks.size());
-      t.type = type;
-      t.scope = scope;
-      t.min_rid = lo;
-      t.max_rid = hi;
-      t.after_rid = lo;
-      t.planned_rows = range.rows / pieces + (i + 1 == pieces ? range.rows % pieces : 0);
-      tasks.push_back(std::move(t));
-      lo = hi;
+    store::ExportTaskRecord proto;
+    proto.job_id = job.job_id;
+    proto.type = type;
+    proto.scope = scope;
+    split(proto, range, std::max<int64_t>(1, (range.rows + options_.task_rows - 1) / options_.task_rows), range.rows);
+  }
+  if (organized) {
+    // One block per Patient in scope (the Group's members, the `patient` list, or every Patient), a few hundred
+    // Patients per task: a block holds a whole compartment.
+    const store::ScanScope anchors =
+        job.level == "group" || !job.patients.empty() ? store::ScanScope::kJobScope : store::ScanScope::kAll;
+    ASSIGN_OR_RETURN(store::TypeRange range, range_of("Patient", anchors));
+    if (range.rows > 0) {
+      const int64_t per_task = std::max<int64_t>(1, options_.task_rows / 200);
+      store::ExportTaskRecord proto;
+      proto.job_id = job.job_id;
+      proto.type = "Patient";
+      proto.scope = anchors;
+      proto.mode = "organized";
+      split(proto, range, (range.rows + per_task - 1) / per_task, std::max(organized_rows, range.rows));
     }
+  }
+  if (!job.associated.empty()) {
+    // After every other task (Launch defers it): the Provenance of what they exported.
+    store::ExportTaskRecord t;
+    t.job_id = job.job_id;
+    t.task_no = static_cast<int>(tasks.size());
+    t.type = "Provenance";
+    t.mode = "associated";
+    t.min_rid = 0;
+    t.max_rid = INT64_MAX;
+    t.after_rid = 0;
+    ASSIGN_OR_RETURN(store::TypeRange range, store->RangeOf("Provenance", store::ScanScope::kAll, job.job_id));
+    t.planned_rows = range.rows;
+    tasks.push_back(std::move(t));
   }
   return tasks;
 }
@@ -752,7 +862,8 @@ Status ExportEngine::StartJob(store::ResourceStore* store, const store::ExportJo
     // `patient` at Patient level: the named patients' compartments, as a Group of them would be (no Group).
     RETURN_IF_ERROR(store->MaterializeGroupScope(job.job_id, "", job.patients, job.include_referenced, snap));
     RETURN_IF_ERROR(failpoint::Hit("export.scope"));
-  } else if (job.level == "patient" && job.include_referenced) {
+  } else if (job.level == "patient" && job.include_referenced && job.organize_by.empty()) {
+    // (organizeOutputBy: the blocks hold compartments only, so there is no referenced scope to find.)
     RETURN_IF_ERROR(store->MaterializeReferencedScope(job.job_id, snap));
     RETURN_IF_ERROR(failpoint::Hit("export.scope"));
   }
@@ -791,9 +902,12 @@ Status ExportEngine::StartJob(store::ResourceStore* store, const store::ExportJo
 
 // Called with mu_ held; the job is in active_.
 void ExportEngine::Launch(const std::shared_ptr<ActiveJob>& job, const std::vector<store::ExportTaskRecord>& tasks) {
+  std::vector<store::ExportTaskRecord> now;
   {
     std::lock_guard<std::mutex> job_lock(job->mu);
     job->tasks_remaining = static_cast<int>(std::max<size_t>(1, tasks.size()));
+    for (const auto& t : tasks) (t.mode == "associated" ? job->deferred : now).push_back(t);
+    if (now.empty() && !job->deferred.empty()) now.swap(job->deferred);  // the others are done (a resume)
   }
   if (tasks.empty()) {
     // Nothing to scan: finish on a worker so that locks are taken in the usual order.
@@ -801,7 +915,7 @@ void ExportEngine::Launch(const std::shared_ptr<ActiveJob>& job, const std::vect
     none.task_no = -1;
     queue_.push_back(TaskItem{job, none});
   }
-  for (const auto& t : tasks) queue_.push_back(TaskItem{job, t});
+  for (const auto& t : now) queue_.push_back(TaskItem{job, t});
   worker_cv_.notify_all();
 }
 
@@ -844,6 +958,7 @@ void ExportEngine::WorkerLoop() {
 
 ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::ExportTaskRecord& task,
                                                 std::string* failure) {
+  if (task.mode == "organized") return RunOrganizedTask(job, task, failure);
   const std::string expected_prefix = "{\"resourceType\":\"" + task.type + "\"";
   // The open output file and the errors met since the last commit. Both are committed together with the task
   // checkpoint in one store transaction, so a restart neither loses nor repeats an error.
@@ -851,6 +966,7 @@ ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::Exp
   store::ExportFileRecord file;
   std::vector<std::string> errors;
   int64_t after = task.after_rid;
+  std::vector<int64_t> exported;  // includeAssociatedData: the rows written since the last commit
 
   auto new_file = [&](std::string_view kind, const std::string& type) {
     store::ExportFileRecord f;
@@ -878,6 +994,10 @@ ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::Exp
   };
   // Commits the open file (if any) and the pending errors (if any), then records them with the checkpoint.
   auto commit = [&](bool done) -> Status {
+    // What the file holds is listed as exported first: a crash before the checkpoint re-exports those rows, and
+    // listing them again changes nothing.
+    RETURN_IF_ERROR(job.store->AddToScope(store::ExportedScopeKey(job.job_id), task.type, exported));
+    exported.clear();
     std::vector<store::ExportFileRecord> records;
     if (!errors.empty()) {
       store::ExportFileRecord ef = new_file("error", "OperationOutcome");
@@ -918,6 +1038,8 @@ ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::Exp
   req.max_bytes = options_.batch_bytes;
   std::vector<std::string> tags, security;  // _tag / _security: rows that do not match are skipped
   std::vector<std::string> elements;        // _elements: each row is cut down to them
+  bool record_exported = false;
+  std::string fhir_base;
   {
     std::lock_guard<std::mutex> lock(job.mu);
     req.since = job.record.since;
@@ -940,8 +1062,32 @@ ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::Exp
                                       [&](const std::string& f) { return f.starts_with(filter_prefix); });
     // _typeFilter selects resources; a deletion has no content to match, so it is listed whatever the filters.
     if (filtered && !task.deleted) req.filter_key = store::FilterScopeKey(job.job_id);
+    record_exported = !job.record.associated.empty() && !task.deleted && task.mode.empty();
+    fhir_base = FhirBaseOfKickoffUrl(job.record.request_url);
   }
   req.tombstones = task.deleted;
+  if (task.mode == "associated") {
+    // includeAssociatedData, after every other task: match the Provenance targets against what was exported (once:
+    // a checkpoint past 0 means the choice is made), then write the chosen Provenance, whatever the filters.
+    if (task.after_rid == 0) {
+      bool latest = false;
+      {
+        std::lock_guard<std::mutex> lock(job.mu);
+        latest = job.record.associated == "LatestProvenanceResources";
+      }
+      Status st = CollectAssociations(job.store, job.job_id, req.snapshot, fhir_base, options_.batch_rows,
+                                      options_.batch_bytes, [&] { return job.cancel || stopping_; });
+      if (st.ok()) st = job.store->SelectAssociated(job.job_id, latest);
+      if (!st.ok()) return fail(st);
+    }
+    req.scope = store::ScanScope::kJobScope;
+    req.job_id = store::AssociatedScopeKey(job.job_id);
+    req.since.reset();
+    req.until.reset();
+    req.filter_key.clear();
+    tags.clear();
+    security.clear();
+  }
   std::string line;
   while (true) {
     if (job.cancel || stopping_) {
@@ -974,6 +1120,7 @@ ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::Exp
       if (!writer) RETURN_IF_ERROR(open_file());
       RETURN_IF_ERROR(writer->Append(out));
       RETURN_IF_ERROR(writer->Append("\n"));
+      if (record_exported) exported.push_back(row.rid);
       file.count += 1;
       file.bytes += static_cast<int64_t>(out.size() + 1);
       job.written_rows += 1;
@@ -995,8 +1142,272 @@ ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::Exp
   return TaskOutcome::kDone;
 }
 
+// organizeOutputBy=Patient: for each Patient of the task's range, in rid order, its block: the header, the Patient
+// itself (when the job exports it), then its compartment as of the snapshot, filtered as the job says. Files are
+// committed (with the checkpoint, the last whole block's Patient rid) only at block ends, so a restart redoes whole
+// blocks and never repeats one. A block that outgrows a file continues in a new one, the header repeated there and
+// the earlier file's continues_in naming it; the files of a split block are committed together.
+ExportEngine::TaskOutcome ExportEngine::RunOrganizedTask(ActiveJob& job, const store::ExportTaskRecord& task,
+                                                         std::string* failure) {
+  std::optional<EpochMillis> since, until;
+  store::Snapshot snapshot;
+  std::vector<std::string> tags, security, types, filtered_types;
+  std::vector<std::string> common_elements;
+  std::map<std::string, std::vector<std::string>, std::less<>> type_elements;
+  bool patient_wanted = true, compartment_wanted = true, patient_filtered = false;
+  {
+    std::lock_guard<std::mutex> lock(job.mu);
+    const store::ExportJobRecord& r = job.record;
+    since = r.since;
+    until = r.until;
+    snapshot = *r.snapshot;
+    tags = r.tags;
+    security = r.security;
+    for (const auto& t : r.types) {
+      if (t != "Patient") types.push_back(t);
+    }
+    patient_wanted = r.types.empty() || types.size() < r.types.size();
+    compartment_wanted = r.types.empty() || !types.empty();
+    for (const auto& f : r.type_filters) {
+      std::string type = f.substr(0, f.find('?'));
+      if (type == "Patient") {
+        patient_filtered = true;
+      } else if (std::find(filtered_types.begin(), filtered_types.end(), type) == filtered_types.end()) {
+        filtered_types.push_back(std::move(type));
+      }
+    }
+    for (const std::string& e : r.elements) {
+      const size_t dot = e.find('.');
+      if (dot == std::string::npos) {
+        common_elements.push_back(e);
+      } else {
+        type_elements[e.substr(0, dot)].push_back(e.substr(dot + 1));
+      }
+    }
+  }
+  auto elements_of = [&](std::string_view type) {
+    std::vector<std::string> out = common_elements;
+    if (auto it = type_elements.find(type); it != type_elements.end())
+      out.insert(out.end(), it->second.begin(), it->second.end());
+    return out;
+  };
+  const bool subset = !common_elements.empty() || !type_elements.empty();
+
+  std::vector<std::unique_ptr<sink::ObjectWriter>> split_writers;  // complete parts of a split block
+  std::vector<store::ExportFileRecord> split_files;
+  std::unique_ptr<sink::ObjectWriter> writer;
+  store::ExportFileRecord file;
+  std::vector<std::string> errors;
+  int64_t after = task.after_rid;
+  std::string block_patient;  // the Patient whose block is being written
+  bool header_written = false, split_pending = false;
+
+  auto new_file = [&]() {
+    store::ExportFileRecord f;
+    f.job_id = job.job_id;
+    f.kind = "output";
+    f.type = "Patient";
+    f.task_no = task.task_no;
+    {
+      std::lock_guard<std::mutex> lock(job.mu);
+      f.file_no = ++job.last_file_no["Patient"];
+    }
+    f.key = job.key_prefix + "/Patient/Patient-" + std::to_string(f.file_no) + ".ndjson";
+    return f;
+  };
+  auto append = [&](std::string_view line) -> Status {
+    RETURN_IF_ERROR(writer->Append(line));
+    RETURN_IF_ERROR(writer->Append("\n"));
+    file.count += 1;
+    file.bytes += static_cast<int64_t>(line.size() + 1);
+    job.written_bytes += static_cast<int64_t>(line.size() + 1);
+    return Status::Ok();
+  };
+  // One resource of the current block: opens a file (continuing a split block) and writes the header as needed.
+  auto emit = [&](std::string_view line) -> Status {
+    if (writer && split_pending) {
+      store::ExportFileRecord next = new_file();
+      file.continues_in = next.key;
+      split_writers.push_back(std::move(writer));
+      split_files.push_back(std::move(file));
+      file = std::move(next);
+      ASSIGN_OR_RETURN(writer, sink_->Create(job.write_ctx, job.output.bucket, file.key));
+      header_written = false;
+    }
+    split_pending = false;
+    if (!writer) {
+      file = new_file();
+      ASSIGN_OR_RETURN(writer, sink_->Create(job.write_ctx, job.output.bucket, file.key));
+      header_written = false;
+    }
+    if (!header_written) {
+      RETURN_IF_ERROR(append(BlockHeader(block_patient)));
+      header_written = true;
+    }
+    RETURN_IF_ERROR(append(line));
+    job.written_rows += 1;
+    return Status::Ok();
+  };
+  auto commit = [&](bool done) -> Status {
+    std::vector<store::ExportFileRecord> records;
+    if (!errors.empty()) {
+      store::ExportFileRecord ef;
+      ef.job_id = job.job_id;
+      ef.kind = "error";
+      ef.type = "OperationOutcome";
+      ef.task_no = task.task_no;
+      {
+        std::lock_guard<std::mutex> lock(job.mu);
+        ef.file_no = ++job.last_file_no["OperationOutcome"];
+      }
+      ef.key = job.key_prefix + "/OperationOutcome/OperationOutcome-" + std::to_string(ef.file_no) + ".ndjson";
+      ASSIGN_OR_RETURN(auto ew, sink_->Create(job.write_ctx, job.output.bucket, ef.key));
+      for (const auto& line : errors) {
+        RETURN_IF_ERROR(ew->Append(line));
+        RETURN_IF_ERROR(ew->Append("\n"));
+        ef.count += 1;
+        ef.bytes += static_cast<int64_t>(line.size() + 1);
+      }
+      RETURN_IF_ERROR(ew->Commit());
+      records.push_back(std::move(ef));
+    }
+    for (size_t i = 0; i < split_writers.size(); ++i) {
+      RETURN_IF_ERROR(split_writers[i]->Commit());
+      records.push_back(split_files[i]);
+    }
+    split_writers.clear();
+    split_files.clear();
+    if (writer) {
+      RETURN_IF_ERROR(writer->Commit());
+      writer.reset();
+      records.push_back(file);
+    }
+    if (!records.empty()) RETURN_IF_ERROR(failpoint::Hit("export.after_sink_commit"));
+    RETURN_IF_ERROR(job.store->jobs().CommitFiles(records, job.job_id, task.task_no, after, done));
+    if (!records.empty()) RETURN_IF_ERROR(failpoint::Hit("export.after_store_commit"));
+    if (!errors.empty()) job.has_errors = true;
+    errors.clear();
+    return Status::Ok();
+  };
+  auto abort_all = [&]() {
+    if (writer) writer->Abort();
+    for (auto& w : split_writers) w->Abort();
+  };
+  auto damaged = [&](std::string_view type, std::string_view id) {
+    errors.push_back(fhir::OperationOutcome(
+        "error", "exception",
+        std::string(type) + "/" + std::string(id) + " could not be exported: its stored bytes are not a " +
+            std::string(type) + " resource (the datastore is damaged; restore it, or PUT the resource again)"));
+  };
+
+  store::ScanRequest anchors;
+  anchors.type = "Patient";
+  anchors.scope = task.scope;
+  anchors.job_id = job.job_id;
+  anchors.max_rid = task.max_rid;
+  anchors.snapshot = snapshot;
+  anchors.max_rows = std::max<size_t>(1, options_.batch_rows / 10);
+  anchors.max_bytes = options_.batch_bytes;
+  if (patient_filtered) anchors.filter_key = store::FilterScopeKey(job.job_id);
+  const std::string patient_prefix = "{\"resourceType\":\"Patient\"";
+  bool stopped = false;
+  std::string line;
+  while (true) {
+    anchors.after_rid = after;
+    auto progress = job.store->Scan(anchors, [&](const store::ScanRow& patient) -> Status {
+      if (job.cancel || stopping_) {
+        stopped = true;
+        return Status::Unavailable("stopped");
+      }
+      block_patient = std::string(patient.id);
+      header_written = false;
+      split_pending = false;
+      const bool in_range = (!since || patient.last_updated >= *since) && (!until || patient.last_updated <= *until);
+      if (!std::string_view(patient.json).starts_with(patient_prefix)) {
+        damaged("Patient", patient.id);
+      } else if (patient_wanted && in_range && MatchesMetaFilters(patient.json, tags, security)) {
+        std::string_view out = patient.json;
+        if (subset) {
+          line = fhir::SubsetElements(patient.json, elements_of("Patient"));
+          out = line;
+        }
+        RETURN_IF_ERROR(emit(out));
+      }
+      if (compartment_wanted) {
+        store::CompartmentScanRequest req;
+        req.patient_id = block_patient;
+        req.snapshot = snapshot;
+        req.since = since;
+        req.until = until;
+        req.types = types;
+        req.filtered_types = filtered_types;
+        req.filter_key = store::FilterScopeKey(job.job_id);
+        req.max_rows = options_.batch_rows;
+        req.max_bytes = options_.batch_bytes;
+        while (true) {
+          ASSIGN_OR_RETURN(auto page, job.store->ScanCompartment(req, [&](const store::ScanRow& row) -> Status {
+            const std::string prefix = "{\"resourceType\":\"" + std::string(row.type) + "\"";
+            if (!std::string_view(row.json).starts_with(prefix)) {
+              damaged(row.type, row.id);
+              return Status::Ok();
+            }
+            if (!MatchesMetaFilters(row.json, tags, security)) return Status::Ok();
+            std::string_view out = row.json;
+            if (subset) {
+              line = fhir::SubsetElements(row.json, elements_of(row.type));
+              out = line;
+            }
+            return emit(out);
+          }));
+          if (page.exhausted) break;
+          req.after_rid = page.last_rid;
+          // A block that has outgrown its file continues in the next one (opened when it gets a resource).
+          if (writer && static_cast<size_t>(file.bytes) >= options_.file_bytes) split_pending = true;
+          if (job.cancel || stopping_) {
+            stopped = true;
+            return Status::Unavailable("stopped");
+          }
+        }
+      }
+      after = patient.rid;
+      if ((writer && static_cast<size_t>(file.bytes) >= options_.file_bytes) ||
+          errors.size() >= kMaxErrorLinesPerFile) {
+        RETURN_IF_ERROR(commit(false));
+      }
+      return Status::Ok();
+    });
+    if (stopped) {
+      abort_all();
+      return TaskOutcome::kStopped;
+    }
+    if (!progress.ok()) {
+      abort_all();
+      *failure = progress.status().message();
+      return TaskOutcome::kFailed;
+    }
+    if (writer) {
+      if (Status fp = failpoint::Hit("export.mid_file"); !fp.ok()) {
+        abort_all();
+        *failure = fp.message();
+        return TaskOutcome::kFailed;
+      }
+    }
+    // Every Patient the batch examined has its whole block written (or had nothing to write).
+    after = progress->last_rid;
+    if (progress->exhausted) break;
+    if (options_.batch_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(options_.batch_delay_ms));
+  }
+  if (Status st = commit(true); !st.ok()) {
+    abort_all();
+    *failure = st.message();
+    return TaskOutcome::kFailed;
+  }
+  return TaskOutcome::kDone;
+}
+
 void ExportEngine::TaskFinished(const std::shared_ptr<ActiveJob>& job, TaskOutcome outcome,
                                 const std::string& failure) {
+  std::vector<store::ExportTaskRecord> release;
   {
     std::lock_guard<std::mutex> lock(job->mu);
     if (outcome == TaskOutcome::kFailed && job->failure.empty()) {
@@ -1004,7 +1415,17 @@ void ExportEngine::TaskFinished(const std::shared_ptr<ActiveJob>& job, TaskOutco
       job->cancel = true;  // stop the job's other tasks at their next batch
       spdlog::error("event=export_task_failed job={} reason=\"{}\"", job->job_id, failure);
     }
-    if (--job->tasks_remaining > 0) return;
+    if (--job->tasks_remaining > 0) {
+      // The deferred tasks start when only they are left.
+      if (job->deferred.empty() || job->tasks_remaining != static_cast<int>(job->deferred.size())) return;
+      release.swap(job->deferred);
+    }
+  }
+  if (!release.empty()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& t : release) queue_.push_back(TaskItem{job, std::move(t)});
+    worker_cv_.notify_all();
+    return;
   }
   Finalize(job);
 }

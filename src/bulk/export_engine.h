@@ -140,6 +140,7 @@ class ExportEngine {
   Status Resume(store::ResourceStore* store, const store::ExportJobRecord& job);
   Status CleanupOutput(store::ResourceStore* store, const store::ExportJobRecord& job);
   TaskOutcome RunTask(ActiveJob& job, const store::ExportTaskRecord& task, std::string* failure);
+  TaskOutcome RunOrganizedTask(ActiveJob& job, const store::ExportTaskRecord& task, std::string* failure);
   void TaskFinished(const std::shared_ptr<ActiveJob>& job, TaskOutcome outcome, const std::string& failure);
   void Finalize(const std::shared_ptr<ActiveJob>& job);
   Status WriteNotesFile(ActiveJob& job);

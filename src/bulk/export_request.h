@@ -52,6 +52,10 @@ struct ExportRequest {
   // The control plane's ClientToken and the request in a canonical form (store::ExportJobRecord::client_request).
   std::string client_token;
   std::string client_request;
+  // The IG view's STU3 options (store::ExportJobRecord has the same).
+  bool partial_manifests = false;
+  std::string organize_by;  // "" or "Patient"
+  std::string associated;   // "", "LatestProvenanceResources" or "RelevantProvenanceResources"
 };
 
 // Parses `s3://bucket[/prefix]` (S3 bucket naming rules; no '.'/'..' or empty segments in the prefix; a

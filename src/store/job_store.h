@@ -26,6 +26,10 @@ struct Snapshot {
 
 // The export_scope key under which a job's _typeFilter matches are listed (ScanRequest::filter_key).
 inline std::string FilterScopeKey(const std::string& job_id) { return job_id + ".filter"; }
+// includeAssociatedData: the resources a job exported (the targets its Provenance are matched against), and the
+// Provenance chosen for it.
+inline std::string ExportedScopeKey(const std::string& job_id) { return job_id + ".exported"; }
+inline std::string AssociatedScopeKey(const std::string& job_id) { return job_id + ".associated"; }
 
 // Which rows an export task scans.
 enum class ScanScope {
@@ -73,6 +77,12 @@ struct ExportJobRecord {
   // canonical form: the same token with the same request is the same job; with another request, an error.
   std::string client_token;
   std::string client_request;
+  // The Bulk Data IG's STU3 kick-off options: allowPartialManifests (manifest pages, partial manifests while it
+  // runs), organizeOutputBy ("Patient": files of per-patient blocks) and includeAssociatedData
+  // ("LatestProvenanceResources" or "RelevantProvenanceResources": the Provenance of what was exported).
+  bool partial_manifests = false;
+  std::string organize_by;
+  std::string associated;
 };
 
 // What a transition writes besides the status (unset members keep their value).
@@ -95,6 +105,10 @@ struct ExportTaskRecord {
   int64_t planned_rows = 0;
   bool done = false;
   bool deleted = false;  // lists the type's deletions since the job's _since (tombstones), not its resources
+  // "" (the type's resources), "organized" (organizeOutputBy=Patient: the blocks of the Patients in (min_rid,
+  // max_rid]) or "associated" (includeAssociatedData: the Provenance of what the job exported; runs after every other
+  // task of the job).
+  std::string mode;
 };
 
 struct ExportFileRecord {
@@ -106,6 +120,8 @@ struct ExportFileRecord {
   int64_t count = 0;
   int64_t bytes = 0;
   int task_no = 0;
+  int64_t seq = 0;           // commit order within the job (set by the store when read back)
+  std::string continues_in;  // organizeOutputBy: the key of the file where this file's last block continues
 };
 
 class JobStore {

@@ -109,8 +109,34 @@ struct ScanRequest {
 
 struct ScanRow {
   int64_t rid;
-  std::string_view id;    // the resource id; valid during the callback
-  std::string_view json;  // the bytes of the version current at the snapshot; valid during the callback
+  std::string_view id;           // the resource id; valid during the callback
+  std::string_view json;         // the bytes of the version current at the snapshot; valid during the callback
+  std::string_view type;         // ScanCompartment only: the row's resource type
+  EpochMillis last_updated = 0;  // of that version (not set for tombstones)
+};
+
+// organizeOutputBy=Patient: the resources in one Patient's compartment as of a snapshot (other Patients and Groups
+// left out), in rid order after `after_rid`.
+struct CompartmentScanRequest {
+  std::string patient_id;
+  Snapshot snapshot;
+  int64_t after_rid = 0;
+  std::optional<EpochMillis> since;
+  std::optional<EpochMillis> until;
+  std::vector<std::string> types;  // empty: every type
+  // Rows of these types only when listed under `filter_key` of the scope table (the job's _typeFilter matches).
+  std::vector<std::string> filtered_types;
+  std::string filter_key;
+  size_t max_rows = 1000;
+  size_t max_bytes = 4 << 20;
+};
+
+// includeAssociatedData: a Provenance (`prov_rid`, `recorded` its Provenance.recorded) that targets type/id.
+struct Association {
+  std::string target_type;
+  std::string target_id;
+  int64_t prov_rid = 0;
+  EpochMillis recorded = 0;
 };
 
 struct TypeRange {
@@ -225,6 +251,16 @@ class ResourceStore {
                                        const Snapshot& snapshot) = 0;
   virtual Status MaterializeReferencedScope(const std::string& job_id, const Snapshot& snapshot) = 0;
   virtual Result<std::vector<std::string>> TypesInJobScope(const std::string& job_id) = 0;
+  // Like Scan, for one Patient's compartment (organizeOutputBy); ScanRow::type is set.
+  virtual Result<ScanProgress> ScanCompartment(const CompartmentScanRequest& request,
+                                               const std::function<Status(const ScanRow&)>& on_row) = 0;
+  // Lists `rids` (of `type`) under `key` of the scope table (idempotent).
+  virtual Status AddToScope(const std::string& key, const std::string& type, const std::vector<int64_t>& rids) = 0;
+  // includeAssociatedData: records Provenance targets for the job (idempotent), then lists under
+  // AssociatedScopeKey(job_id) the Provenance whose targets are listed under ExportedScopeKey(job_id): all of them,
+  // or with `latest_only` the most recent one of each exported target.
+  virtual Status AddAssociations(const std::string& job_id, const std::vector<Association>& rows) = 0;
+  virtual Status SelectAssociated(const std::string& job_id, bool latest_only) = 0;
 
   // The persisted export jobs of this datastore.
   virtual JobStore& jobs() = 0;

@@ -220,6 +220,19 @@ ALTER TABLE export_jobs ADD COLUMN client_request TEXT NOT NULL DEFAULT '';
 CREATE UNIQUE INDEX export_jobs_client_token ON export_jobs(client_token) WHERE client_token <> '';
 )sql";
 
+// The Bulk Data IG's STU3 options (allowPartialManifests, organizeOutputBy, includeAssociatedData), split blocks of
+// organized files, and the Provenance targets that includeAssociatedData matches against what a job exported.
+constexpr const char* kMigrationV11 = R"sql(
+ALTER TABLE export_jobs ADD COLUMN partial_manifests INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE export_jobs ADD COLUMN organize_by TEXT NOT NULL DEFAULT '';
+ALTER TABLE export_jobs ADD COLUMN associated TEXT NOT NULL DEFAULT '';
+ALTER TABLE export_tasks ADD COLUMN mode TEXT NOT NULL DEFAULT '';
+ALTER TABLE export_files ADD COLUMN continues_in TEXT NOT NULL DEFAULT '';
+CREATE TABLE export_assoc(job_id TEXT NOT NULL, target_type TEXT NOT NULL, target_id TEXT NOT NULL,
+  prov_rid INTEGER NOT NULL, recorded INTEGER NOT NULL,
+  PRIMARY KEY(job_id, target_type, target_id, prov_rid)) WITHOUT ROWID;
+)sql";
+
 Status SetVersion(SqliteConnection& db, int version) {
   return db.Exec("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '" + std::to_string(version) +
                  "')");
@@ -244,16 +257,17 @@ Status AddOpColumns(SqliteConnection& db) {
 
 // Runs inside the caller's transaction.
 Status ApplyMigration(SqliteConnection& db, int to_version) {
-  const char* sql = to_version == 1   ? kSchemaV1
-                    : to_version == 2 ? kMigrationV2
-                    : to_version == 3 ? kMigrationV3
-                    : to_version == 4 ? kMigrationV4
-                    : to_version == 5 ? kMigrationV5
-                    : to_version == 6 ? kMigrationV6
-                    : to_version == 7 ? kMigrationV7
-                    : to_version == 8 ? kMigrationV8
-                    : to_version == 9 ? kMigrationV9
-                                      : kMigrationV10;
+  const char* sql = to_version == 1    ? kSchemaV1
+                    : to_version == 2  ? kMigrationV2
+                    : to_version == 3  ? kMigrationV3
+                    : to_version == 4  ? kMigrationV4
+                    : to_version == 5  ? kMigrationV5
+                    : to_version == 6  ? kMigrationV6
+                    : to_version == 7  ? kMigrationV7
+                    : to_version == 8  ? kMigrationV8
+                    : to_version == 9  ? kMigrationV9
+                    : to_version == 10 ? kMigrationV10
+                                       : kMigrationV11;
   if (to_version == 3) RETURN_IF_ERROR(AddOpColumns(db));
   RETURN_IF_ERROR(db.Exec(sql));
   return SetVersion(db, to_version);

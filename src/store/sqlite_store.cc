@@ -695,76 +695,168 @@ class SqliteStore final : public ResourceStore, public JobStore {
     if (req.scope == ScanScope::kJobScope) q->Bind(6, req.job_id);
     if (req.scope == ScanScope::kAnyCompartment) q->Bind(7, req.snapshot.seq);
     if (!req.filter_key.empty()) q->Bind(8, req.filter_key);
+    return ReadAsOf(*conn, std::move(q), req.snapshot, req.since, until, req.after_rid, req.max_rows, req.max_bytes,
+                    /*with_type=*/false, on_row);
+  }
 
+  Result<ScanProgress> ScanCompartment(const CompartmentScanRequest& req,
+                                       const std::function<Status(const ScanRow&)>& on_row) override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    std::string sql =
+        "SELECT r.rid, r.seq, r.deleted, r.last_updated, r.json, r.id, r.type FROM compartment c JOIN resources r ON "
+        "r.rid=c.rid WHERE c.patient_id=?1 AND c.rid>?2 AND c.since_seq<=?3 AND (c.until_seq IS NULL OR "
+        "c.until_seq>?3) AND r.type NOT IN ('Patient', 'Group')";
+    int next = 6;
+    auto list = [&](const std::vector<std::string>& items) {
+      std::string out;
+      for (size_t i = 0; i < items.size(); ++i) out += (i ? ",?" : "?") + std::to_string(next++);
+      return out;
+    };
+    if (req.since) sql += " AND r.last_updated>=?5";
+    const int types_at = next;
+    if (!req.types.empty()) sql += " AND r.type IN (" + list(req.types) + ")";
+    const int filtered_at = next;
+    if (!req.filtered_types.empty()) {
+      const std::string filtered = list(req.filtered_types);  // numbers the types first: the key comes after them
+      sql += " AND (r.type NOT IN (" + filtered + ") OR EXISTS (SELECT 1 FROM export_scope f WHERE f.job_id=?" +
+             std::to_string(next) + " AND f.type=r.type AND f.rid=r.rid))";
+      ++next;
+    }
+    sql += " ORDER BY c.rid LIMIT ?4";
+    ASSIGN_OR_RETURN(auto q, conn->Prepare(sql));
+    q->Bind(1, req.patient_id).Bind(2, req.after_rid).Bind(3, req.snapshot.seq);
+    q->Bind(4, static_cast<int64_t>(req.max_rows));
+    if (req.since) q->Bind(5, *req.since);
+    for (size_t i = 0; i < req.types.size(); ++i) q->Bind(types_at + static_cast<int>(i), req.types[i]);
+    for (size_t i = 0; i < req.filtered_types.size(); ++i) {
+      q->Bind(filtered_at + static_cast<int>(i), req.filtered_types[i]);
+    }
+    if (!req.filtered_types.empty()) q->Bind(next - 1, req.filter_key);
+    return ReadAsOf(*conn, std::move(q), req.snapshot, req.since, req.until.value_or(INT64_MAX), req.after_rid,
+                    req.max_rows, req.max_bytes, /*with_type=*/true, on_row);
+  }
+
+  Status AddToScope(const std::string& key, const std::string& type, const std::vector<int64_t>& rids) override {
+    if (rids.empty()) return Status::Ok();
+    return WithWrite([&](SqliteConnection& c) -> Status {
+      ASSIGN_OR_RETURN(auto ins,
+                       c.Prepare("INSERT OR IGNORE INTO export_scope(job_id, type, rid) VALUES (?1, ?2, ?3)"));
+      for (int64_t rid : rids) {
+        ins->Bind(1, key).Bind(2, type).Bind(3, rid);
+        RETURN_IF_ERROR(ins->Run());
+      }
+      return Status::Ok();
+    });
+  }
+
+  Status AddAssociations(const std::string& job_id, const std::vector<Association>& rows) override {
+    if (rows.empty()) return Status::Ok();
+    return WithWrite([&](SqliteConnection& c) -> Status {
+      ASSIGN_OR_RETURN(auto ins, c.Prepare("INSERT OR REPLACE INTO export_assoc(job_id, target_type, target_id, "
+                                           "prov_rid, recorded) VALUES (?1, ?2, ?3, ?4, ?5)"));
+      for (const Association& a : rows) {
+        ins->Bind(1, job_id).Bind(2, a.target_type).Bind(3, a.target_id).Bind(4, a.prov_rid).Bind(5, a.recorded);
+        RETURN_IF_ERROR(ins->Run());
+      }
+      return Status::Ok();
+    });
+  }
+
+  Status SelectAssociated(const std::string& job_id, bool latest_only) override {
+    return WithWrite([&](SqliteConnection& c) -> Status {
+      RETURN_IF_ERROR(DeleteJobRows(c, AssociatedScopeKey(job_id), {"export_scope"}));
+      // Targets that the job exported (by type and id, through the resources' primary key); with latest_only, only
+      // the most recent Provenance of each (recorded, then the later row on a tie).
+      std::string sql =
+          "INSERT OR IGNORE INTO export_scope(job_id, type, rid) SELECT ?2, 'Provenance', a.prov_rid FROM export_assoc "
+          "a "
+          "JOIN resources r ON r.type=a.target_type AND r.id=a.target_id JOIN export_scope s ON s.job_id=?3 AND "
+          "s.type=r.type AND s.rid=r.rid WHERE a.job_id=?1";
+      if (latest_only) {
+        sql +=
+            " AND NOT EXISTS (SELECT 1 FROM export_assoc b WHERE b.job_id=a.job_id AND b.target_type=a.target_type "
+            "AND b.target_id=a.target_id AND (b.recorded>a.recorded OR (b.recorded=a.recorded AND "
+            "b.prov_rid>a.prov_rid)))";
+      }
+      ASSIGN_OR_RETURN(auto q, c.Prepare(sql));
+      q->Bind(1, job_id).Bind(2, AssociatedScopeKey(job_id)).Bind(3, ExportedScopeKey(job_id));
+      return q->Run();
+    });
+  }
+
+  // The rows of `q` (columns rid, seq, deleted, last_updated, json, id[, type]; at most `max_rows`, in rid order) in
+  // their version as of `snap`, skipping rows absent or deleted then or outside [since, until], read in one read
+  // transaction and handed to `on_row` after it has ended.
+  Result<ScanProgress> ReadAsOf(SqliteConnection& conn, std::unique_ptr<SqliteStmt> q, const Snapshot& snap,
+                                std::optional<EpochMillis> since, EpochMillis until, int64_t after_rid, size_t max_rows,
+                                size_t max_bytes, bool with_type, const std::function<Status(const ScanRow&)>& on_row) {
     // One read transaction for the batch (and its history lookups); the rows are copied into `buffer`.
     struct PendingRow {
       int64_t rid;
-      size_t offset, id_size, json_size;
+      EpochMillis last_updated;
+      size_t offset, id_size, json_size, type_size;
     };
     std::vector<PendingRow> pending;
     std::string buffer;
-    RETURN_IF_ERROR(conn->Exec("BEGIN"));
-    ScanProgress progress{req.after_rid, false};
+    RETURN_IF_ERROR(conn.Exec("BEGIN"));
+    ScanProgress progress{after_rid, false};
     size_t rows = 0, bytes = 0;
-    Status st;
-    while (true) {
-      auto step = q->Step();
-      if (!step.ok()) {
-        st = step.status();
-        break;
-      }
-      if (!*step) {
-        progress.exhausted = rows < req.max_rows;  // fewer rows than the LIMIT: nothing left in the range
-        break;
-      }
-      ++rows;
-      int64_t rid = q->Int(0);
-      progress.last_rid = rid;
-      std::string old_json;
-      std::string_view json;
-      if (q->Int(1) <= req.snapshot.seq) {
-        if (q->Int(2) != 0) continue;  // deleted as of the snapshot
-        if (q->Int(3) > until) continue;
-        json = q->Text(4);
-      } else {
-        // Changed after the snapshot: the version as of the snapshot lives in history.
-        auto h = conn->Prepare(
-            "SELECT deleted, last_updated, json FROM history WHERE rid=?1 AND seq<=?2 "
-            "ORDER BY version DESC LIMIT 1");
-        if (!h.ok()) {
-          st = h.status();
-          break;
+    Status st = [&]() -> Status {
+      std::unique_ptr<SqliteStmt> h;
+      while (true) {
+        ASSIGN_OR_RETURN(bool row, q->Step());
+        if (!row) {
+          progress.exhausted = rows < max_rows;  // fewer rows than the LIMIT: nothing left in the range
+          return Status::Ok();
         }
-        (*h)->Bind(1, rid).Bind(2, req.snapshot.seq);
-        auto hrow = (*h)->Step();
-        if (!hrow.ok()) {
-          st = hrow.status();
-          break;
+        ++rows;
+        const int64_t rid = q->Int(0);
+        progress.last_rid = rid;
+        std::string old_json;
+        std::string_view json;
+        EpochMillis last_updated = q->Int(3);
+        if (q->Int(1) <= snap.seq) {
+          if (q->Int(2) != 0) continue;  // deleted as of the snapshot
+          if (last_updated > until) continue;
+          json = q->Text(4);
+        } else {
+          // Changed after the snapshot: the version as of the snapshot lives in history.
+          if (!h) {
+            ASSIGN_OR_RETURN(h, conn.Prepare("SELECT deleted, last_updated, json FROM history WHERE rid=?1 AND "
+                                             "seq<=?2 ORDER BY version DESC LIMIT 1"));
+          }
+          h->Reset();
+          h->Bind(1, rid).Bind(2, snap.seq);
+          ASSIGN_OR_RETURN(bool hrow, h->Step());
+          if (!hrow || h->Int(0) != 0) continue;  // created after, or deleted as of the snapshot
+          last_updated = h->Int(1);
+          if (since && last_updated < *since) continue;
+          if (last_updated > until) continue;
+          old_json = h->Str(2);
+          json = old_json;
         }
-        if (!*hrow || (*h)->Int(0) != 0) continue;  // created after, or deleted as of the snapshot
-        if (since && (*h)->Int(1) < *req.since) continue;
-        if ((*h)->Int(1) > until) continue;
-        old_json = (*h)->Str(2);
-        json = old_json;
+        bytes += json.size();
+        std::string_view id = q->Text(5);
+        std::string_view type = with_type ? q->Text(6) : std::string_view();
+        pending.push_back(PendingRow{rid, last_updated, buffer.size(), id.size(), json.size(), type.size()});
+        buffer.append(id);
+        buffer.append(json);
+        buffer.append(type);
+        if (bytes >= max_bytes) return Status::Ok();
       }
-      bytes += json.size();
-      std::string_view id = q->Text(5);
-      pending.push_back(PendingRow{rid, buffer.size(), id.size(), json.size()});
-      buffer.append(id);
-      buffer.append(json);
-      if (bytes >= req.max_bytes) break;
-    }
+    }();
     q.reset();
     // End the read transaction before anyone sees a row: the consumer may be slow (an S3 part upload), and an open
     // reader would stop WAL checkpoints for that long. A failed COMMIT of a read transaction only means it could not
     // be ended cleanly; the lease's release rolls it back.
-    Status ended = conn->Exec("COMMIT");
-    if (!st.ok()) return st;
+    Status ended = conn.Exec("COMMIT");
+    RETURN_IF_ERROR(st);
     RETURN_IF_ERROR(ended);
+    const std::string_view all(buffer);
     for (const PendingRow& r : pending) {
-      std::string_view all(buffer);
-      RETURN_IF_ERROR(
-          on_row(ScanRow{r.rid, all.substr(r.offset, r.id_size), all.substr(r.offset + r.id_size, r.json_size)}));
+      const ScanRow row{r.rid, all.substr(r.offset, r.id_size), all.substr(r.offset + r.id_size, r.json_size),
+                        all.substr(r.offset + r.id_size + r.json_size, r.type_size), r.last_updated};
+      RETURN_IF_ERROR(on_row(row));
     }
     return progress;
   }
@@ -834,7 +926,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
     Status ended = conn.Exec("COMMIT");
     RETURN_IF_ERROR(st);
     RETURN_IF_ERROR(ended);
-    for (const auto& [rid, id] : found) RETURN_IF_ERROR(on_row(ScanRow{rid, id, {}}));
+    for (const auto& [rid, id] : found) RETURN_IF_ERROR(on_row(ScanRow{rid, id, {}, {}, 0}));
     return progress;
   }
 
@@ -982,9 +1074,10 @@ class SqliteStore final : public ResourceStore, public JobStore {
                                  "group_id, types, since, output_format, s3_uri, kms_key_id, role_arn, "
                                  "request_url, submit_time, start_time, end_time, snapshot_seq, snapshot_time, "
                                  "message, include_referenced, owner, until_ms, tag_filter, security_filter, "
-                                 "patient_filter, type_filter, elements, notes, client_token, client_request) VALUES "
+                                 "patient_filter, type_filter, elements, notes, client_token, client_request, "
+                                 "partial_manifests, organize_by, associated) VALUES "
                                  "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, "
-                                 "?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)"));
+                                 "?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34)"));
       BindJob(*ins, *job);
       return ins->Run();
     });
@@ -1040,8 +1133,10 @@ class SqliteStore final : public ResourceStore, public JobStore {
         auto q, conn->Prepare("SELECT job_id FROM export_jobs WHERE status IN ('COMPLETED', 'COMPLETED_WITH_ERRORS', "
                               "'FAILED', 'CANCEL_COMPLETED', 'CANCEL_FAILED') AND (EXISTS (SELECT 1 FROM "
                               "export_scope s WHERE s.job_id IN (export_jobs.job_id, export_jobs.job_id || "
-                              "'.filter')) OR EXISTS (SELECT 1 FROM export_job_patients p WHERE "
-                              "p.job_id=export_jobs.job_id)) ORDER BY queue_order"));
+                              "'.filter', export_jobs.job_id || '.exported', export_jobs.job_id || '.associated')) OR "
+                              "EXISTS (SELECT 1 FROM export_job_patients p WHERE p.job_id=export_jobs.job_id) OR "
+                              "EXISTS (SELECT 1 FROM export_assoc a WHERE a.job_id=export_jobs.job_id)) ORDER BY "
+                              "queue_order"));
     return FirstColumn(*q);
   }
 
@@ -1083,14 +1178,14 @@ class SqliteStore final : public ResourceStore, public JobStore {
   Status ReplaceTasks(const std::string& job_id, const std::vector<ExportTaskRecord>& tasks) override {
     return WithWrite([&](SqliteConnection& c) -> Status {
       RETURN_IF_ERROR(DeleteJobRows(c, job_id, {"export_tasks"}));
-      ASSIGN_OR_RETURN(auto ins,
-                       c.Prepare("INSERT INTO export_tasks(job_id, task_no, type, scope, min_rid, max_rid, "
-                                 "after_rid, planned_rows, done, deleted) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, "
-                                 "?10)"));
+      ASSIGN_OR_RETURN(
+          auto ins, c.Prepare("INSERT INTO export_tasks(job_id, task_no, type, scope, min_rid, max_rid, "
+                              "after_rid, planned_rows, done, deleted, mode) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
+                              "?9, ?10, ?11)"));
       for (const auto& t : tasks) {
         ins->Bind(1, job_id).Bind(2, t.task_no).Bind(3, t.type).Bind(4, static_cast<int64_t>(t.scope));
         ins->Bind(5, t.min_rid).Bind(6, t.max_rid).Bind(7, t.after_rid).Bind(8, t.planned_rows);
-        ins->Bind(9, t.done ? 1 : 0).Bind(10, t.deleted ? 1 : 0);
+        ins->Bind(9, t.done ? 1 : 0).Bind(10, t.deleted ? 1 : 0).Bind(11, t.mode);
         RETURN_IF_ERROR(ins->Run());
       }
       return Status::Ok();
@@ -1100,7 +1195,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
   Result<std::vector<ExportTaskRecord>> Tasks(const std::string& job_id) override {
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
     ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT task_no, type, scope, min_rid, max_rid, after_rid, planned_rows, "
-                                           "done, deleted FROM export_tasks WHERE job_id=?1 ORDER BY task_no"));
+                                           "done, deleted, mode FROM export_tasks WHERE job_id=?1 ORDER BY task_no"));
     q->Bind(1, job_id);
     std::vector<ExportTaskRecord> out;
     while (true) {
@@ -1117,6 +1212,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
       t.planned_rows = q->Int(6);
       t.done = q->Int(7) != 0;
       t.deleted = q->Int(8) != 0;
+      t.mode = q->Str(9);
       out.push_back(std::move(t));
     }
     return out;
@@ -1126,10 +1222,10 @@ class SqliteStore final : public ResourceStore, public JobStore {
                      int64_t task_after_rid, bool task_done) override {
     return WithWrite([&](SqliteConnection& c) -> Status {
       ASSIGN_OR_RETURN(auto ins, c.Prepare("INSERT INTO export_files(job_id, kind, type, file_no, key, count, bytes, "
-                                           "task_no) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"));
+                                           "task_no, continues_in) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"));
       for (const auto& f : files) {
         ins->Bind(1, f.job_id).Bind(2, f.kind).Bind(3, f.type).Bind(4, f.file_no).Bind(5, f.key).Bind(6, f.count);
-        ins->Bind(7, f.bytes).Bind(8, f.task_no);
+        ins->Bind(7, f.bytes).Bind(8, f.task_no).Bind(9, f.continues_in);
         RETURN_IF_ERROR(ins->Run());
       }
       return UpdateTask(c, job_id, task_no, task_after_rid, task_done);
@@ -1138,8 +1234,9 @@ class SqliteStore final : public ResourceStore, public JobStore {
 
   Result<std::vector<ExportFileRecord>> Files(const std::string& job_id) override {
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
-    ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT kind, type, file_no, key, count, bytes, task_no FROM export_files "
-                                           "WHERE job_id=?1 ORDER BY kind DESC, type, file_no"));
+    ASSIGN_OR_RETURN(auto q,
+                     conn->Prepare("SELECT kind, type, file_no, key, count, bytes, task_no, rowid, continues_in "
+                                   "FROM export_files WHERE job_id=?1 ORDER BY kind DESC, type, file_no"));
     q->Bind(1, job_id);
     std::vector<ExportFileRecord> out;
     while (true) {
@@ -1154,6 +1251,8 @@ class SqliteStore final : public ResourceStore, public JobStore {
       f.count = q->Int(4);
       f.bytes = q->Int(5);
       f.task_no = static_cast<int>(q->Int(6));
+      f.seq = q->Int(7);
+      f.continues_in = q->Str(8);
       out.push_back(std::move(f));
     }
     return out;
@@ -1238,7 +1337,9 @@ class SqliteStore final : public ResourceStore, public JobStore {
     return WithWrite([&](SqliteConnection& c) -> Status {
       RETURN_IF_ERROR(DeleteJobRows(c, StagingKey(job_id), {"export_scope"}));
       RETURN_IF_ERROR(DeleteJobRows(c, FilterScopeKey(job_id), {"export_scope"}));
-      return DeleteJobRows(c, job_id, {"export_scope", "export_job_patients"});
+      RETURN_IF_ERROR(DeleteJobRows(c, ExportedScopeKey(job_id), {"export_scope"}));
+      RETURN_IF_ERROR(DeleteJobRows(c, AssociatedScopeKey(job_id), {"export_scope"}));
+      return DeleteJobRows(c, job_id, {"export_scope", "export_job_patients", "export_assoc"});
     });
   }
 
@@ -1247,7 +1348,8 @@ class SqliteStore final : public ResourceStore, public JobStore {
       "SELECT job_id, queue_order, job_name, status, view, level, group_id, types, since, output_format, s3_uri, "
       "kms_key_id, role_arn, request_url, submit_time, start_time, end_time, snapshot_seq, snapshot_time, message, "
       "include_referenced, owner, files_deleted_at, until_ms, tag_filter, security_filter, patient_filter, "
-      "type_filter, elements, notes, client_token, client_request FROM export_jobs";
+      "type_filter, elements, notes, client_token, client_request, partial_manifests, organize_by, associated FROM "
+      "export_jobs";
 
   // Where MaterializeGroupScope stages the referenced resources it finds (not a valid job id, so never a job's).
   static std::string StagingKey(const std::string& job_id) { return job_id + ".referenced"; }
@@ -1278,6 +1380,7 @@ class SqliteStore final : public ResourceStore, public JobStore {
     q.Bind(23, j.until).Bind(24, JoinLines(j.tags)).Bind(25, JoinLines(j.security)).Bind(26, JoinLines(j.patients));
     q.Bind(27, JoinLines(j.type_filters)).Bind(28, JoinLines(j.elements)).Bind(29, JoinLines(j.notes));
     q.Bind(30, j.client_token).Bind(31, j.client_request);
+    q.Bind(32, j.partial_manifests ? 1 : 0).Bind(33, j.organize_by).Bind(34, j.associated);
   }
 
   static ExportJobRecord ReadJob(const SqliteStmt& q) {
@@ -1313,6 +1416,9 @@ class SqliteStore final : public ResourceStore, public JobStore {
     j.notes = SplitLines(q.Text(29));
     j.client_token = q.Str(30);
     j.client_request = q.Str(31);
+    j.partial_manifests = q.Int(32) != 0;
+    j.organize_by = q.Str(33);
+    j.associated = q.Str(34);
     return j;
   }
 

@@ -522,7 +522,7 @@ def test_post_with_a_parameters_body_is_the_ig_view(env):
 
 
 @pytest.mark.parametrize("parameter,mention", [
-    ({"name": "includeAssociatedData", "valueCode": "LatestProvenanceResources"}, "includeAssociatedData"),
+    ({"name": "includeAssociatedData", "valueCode": "_aCustomPreset"}, "includeAssociatedData"),
     ({"name": "_type", "valueInteger": 3}, "_type"),
 ])
 def test_parameters_the_server_does_not_support_are_400_unless_lenient(env, parameter, mention):

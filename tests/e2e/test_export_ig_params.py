@@ -332,7 +332,8 @@ def test_deleted_files_list_the_deletions_since_at_every_level(tpl, servers, tmp
 # ---------------------------------------------------------------------------------------------- discovery
 
 def test_operation_definitions_list_exactly_the_parameters_implemented(env):
-    common = {"_outputFormat", "_since", "_until", "_type", "_elements", "_typeFilter", "_tag", "_security"}
+    common = {"_outputFormat", "_since", "_until", "_type", "_elements", "_typeFilter", "_tag", "_security",
+              "includeAssociatedData", "organizeOutputBy", "allowPartialManifests"}
     for op, names in (("export", common), ("patient-export", common | {"patient"}),
                       ("group-export", common | {"patient"})):
         r = requests.get(f"{env.srv.base}/OperationDefinition/{op}", timeout=30)
@@ -348,8 +349,12 @@ def test_operation_definitions_list_exactly_the_parameters_implemented(env):
             assert d["resource"] == [{"patient-export": "Patient", "group-export": "Group"}[op]]
     # Each parameter listed is accepted by the kick-off (strict, no lenient): none is listed but unsupported.
     query = q(_outputFormat="ndjson", _since="2000-01-01T00:00:00Z", _until="2100-01-01T00:00:00Z",
-              _type="Patient", _elements="gender", _typeFilter="Patient?gender=female", _tag="a", _security="b")
+              _type="Patient", _elements="gender", _typeFilter="Patient?gender=female", _tag="a", _security="b",
+              allowPartialManifests="true", organizeOutputBy="Patient")
     client = BulkClient(new_session())
+    assert client.wait(client.kickoff(kickoff_url(env.srv.base, "patient", query=query), headers=STRICT)) \
+        .status_code == 200
+    query = q(_type="Patient", includeAssociatedData="LatestProvenanceResources")
     assert client.wait(client.kickoff(kickoff_url(env.srv.base, "patient", query=query), headers=STRICT)) \
         .status_code == 200
     # Any other id is an ordinary (here missing) stored resource.

@@ -259,6 +259,9 @@ def test_bulk_export_with_a_token_narrowed_by_its_scopes(smart):
     # A _type the scopes do not cover, and patient/ scopes: 403.
     assert_outcome(requests.get(e.srv.base + "/$export?_type=Observation", headers=bearer(narrow, kick), timeout=30),
                    403, mentions=["Observation"])
+    # includeAssociatedData exports Provenance: a scope for it is needed too.
+    assert_outcome(requests.get(e.srv.base + "/$export?_type=Patient&includeAssociatedData=LatestProvenanceResources",
+                                headers=bearer(narrow, kick), timeout=30), 403, mentions=["Provenance"])
     patient_scoped = token(e, "patient/*.read")
     assert_outcome(requests.get(e.srv.base + "/$export", headers=bearer(patient_scoped, kick), timeout=30), 403,
                    mentions=["system/"])

@@ -864,6 +864,92 @@ TEST_F(SqliteStoreTest, ScanAnyCompartmentUsesCompartmentMembershipAsOfTheSnapsh
               ElementsAre("Observation/moved-out@1"));
 }
 
+// organizeOutputBy: one Patient's compartment as of the snapshot, without other Patients and Groups, with the
+// type list, the _typeFilter matches of filtered types, and since/until applied; paged by rid.
+TEST_F(SqliteStoreTest, ScanCompartmentReadsOnePatientsCompartmentAsOfTheSnapshot) {
+  MustPut("Patient", "p1");
+  MustPut("Patient", "p2", R"("link":[{"other":{"reference":"Patient/p1"},"type":"seealso"}])");
+  MustPut("Group", "g", R"("type":"person","actual":true,"member":[{"entity":{"reference":"Patient/p1"}}])");
+  MustPut("Observation", "stays", R"("subject":{"reference":"Patient/p1"})");
+  MustPut("Observation", "leaves", R"("subject":{"reference":"Patient/p1"})");
+  MustPut("Observation", "deleted-later", R"("subject":{"reference":"Patient/p1"})");
+  MustPut("Condition", "c1", R"("subject":{"reference":"Patient/p1"})");
+  MustPut("Observation", "other", R"("subject":{"reference":"Patient/p2"})");
+  Snapshot snap = MustSnapshot();
+  MustPut("Observation", "leaves", R"("subject":{"reference":"Patient/p2"})");
+  ASSERT_OK(Delete("Observation", "deleted-later"));
+  MustPut("Observation", "joins-later", R"("subject":{"reference":"Patient/p1"})");
+
+  auto scan = [&](CompartmentScanRequest req) {
+    std::vector<std::string> out;
+    req.patient_id = "p1";
+    req.snapshot = snap;
+    req.max_rows = 1;
+    for (int calls = 0; calls < 100; ++calls) {
+      auto page = store_->ScanCompartment(req, [&](const ScanRow& row) {
+        Row r = RowFromJson(row.rid, row.json);
+        EXPECT_EQ(std::string(row.type), r.type);
+        out.push_back(Ref(r));
+        return Status::Ok();
+      });
+      EXPECT_TRUE(page.ok()) << page.status().ToString();
+      if (!page.ok() || page->exhausted) break;
+      req.after_rid = page->last_rid;
+    }
+    return out;
+  };
+  EXPECT_THAT(scan({}), ElementsAre("Observation/stays@1", "Observation/leaves@1", "Observation/deleted-later@1",
+                                    "Condition/c1@1"));
+  CompartmentScanRequest only;
+  only.types = {"Condition"};
+  EXPECT_THAT(scan(only), ElementsAre("Condition/c1@1"));
+  // A filtered type keeps only its rows listed under the filter key.
+  auto stays = store_->Read("Observation", "stays");
+  ASSERT_OK(stays);
+  ASSERT_OK(store_->AddToScope("job.filter", "Observation", {stays->rid}));
+  CompartmentScanRequest filtered;
+  filtered.filtered_types = {"Observation"};
+  filtered.filter_key = "job.filter";
+  EXPECT_THAT(scan(filtered), ElementsAre("Observation/stays@1", "Condition/c1@1"));
+  CompartmentScanRequest later;
+  later.since = snap.time + 1;
+  EXPECT_THAT(scan(later), ElementsAre());
+}
+
+// includeAssociatedData: the Provenance of exported targets; with latest_only the most recent per target, the later
+// row on a tie.
+TEST_F(SqliteStoreTest, SelectAssociatedPicksTheProvenanceOfExportedTargets) {
+  const int64_t p1 = MustPut("Patient", "p1").rid;
+  MustPut("Patient", "p2");
+  const int64_t a = MustPut("Provenance", "a").rid, b = MustPut("Provenance", "b").rid;
+  const int64_t c = MustPut("Provenance", "c").rid, d = MustPut("Provenance", "d").rid;
+  ASSERT_OK(store_->AddToScope(ExportedScopeKey("job"), "Patient", {p1}));
+  ASSERT_OK(store_->AddAssociations("job", {{"Patient", "p1", a, 100},
+                                            {"Patient", "p1", b, 300},
+                                            {"Patient", "p1", c, 300},
+                                            {"Patient", "p2", d, 900},
+                                            {"Patient", "unknown", d, 900}}));
+  // Recorded twice (a re-run after a crash): the same rows.
+  ASSERT_OK(store_->AddAssociations("job", {{"Patient", "p1", a, 100}}));
+  auto chosen = [&] {
+    std::vector<int64_t> out;
+    auto range = store_->RangeOf("Provenance", ScanScope::kJobScope, AssociatedScopeKey("job"));
+    EXPECT_TRUE(range.ok());
+    ScanRequest req = Request("Provenance", MustSnapshot(), ScanScope::kJobScope);
+    req.job_id = AssociatedScopeKey("job");
+    for (const auto& r : ScanAll(req)) out.push_back(r.rid);
+    EXPECT_EQ(range.ok() ? range->rows : -1, static_cast<int64_t>(out.size()));
+    return out;
+  };
+  ASSERT_OK(store_->SelectAssociated("job", /*latest_only=*/true));
+  EXPECT_THAT(chosen(), ElementsAre(std::max(b, c)));
+  ASSERT_OK(store_->SelectAssociated("job", /*latest_only=*/false));
+  EXPECT_THAT(chosen(), ElementsAre(a, b, c));
+  // Scratch: dropped with the job's other rows.
+  ASSERT_OK(store_->jobs().DropJobScratch("job"));
+  EXPECT_THAT(chosen(), ElementsAre());
+}
+
 // --- group scope ---
 
 // Materialisation runs in bounded write transactions; with chunks of one row every chunk boundary is exercised.
@@ -1039,6 +1125,9 @@ void ExpectJobEq(const ExportJobRecord& got, const ExportJobRecord& want) {
   EXPECT_EQ(got.include_referenced, want.include_referenced);
   EXPECT_EQ(got.queue_order, want.queue_order);
   EXPECT_EQ(got.owner, want.owner);
+  EXPECT_EQ(got.partial_manifests, want.partial_manifests);
+  EXPECT_EQ(got.organize_by, want.organize_by);
+  EXPECT_EQ(got.associated, want.associated);
 }
 
 TEST_F(SqliteStoreTest, InsertJobAssignsIncreasingQueueOrder) {
@@ -1073,6 +1162,9 @@ TEST_F(SqliteStoreTest, JobRoundTripsEveryField) {
   full.include_referenced = true;
   full.level = "system";
   full.group_id = "";
+  full.partial_manifests = true;
+  full.organize_by = "Patient";
+  full.associated = "LatestProvenanceResources";
   ASSERT_OK(store_->jobs().InsertJob(&full));
   got = store_->jobs().GetJob(full.job_id);
   ASSERT_OK(got);

@@ -93,6 +93,20 @@ class CountingStore final : public store::ResourceStore {
   Result<std::vector<std::string>> TypesInJobScope(const std::string& job_id) override {
     return inner_->TypesInJobScope(job_id);
   }
+  Result<store::ResourceStore::ScanProgress> ScanCompartment(
+      const store::CompartmentScanRequest& request,
+      const std::function<Status(const store::ScanRow&)>& on_row) override {
+    return inner_->ScanCompartment(request, on_row);
+  }
+  Status AddToScope(const std::string& key, const std::string& type, const std::vector<int64_t>& rids) override {
+    return inner_->AddToScope(key, type, rids);
+  }
+  Status AddAssociations(const std::string& job_id, const std::vector<store::Association>& rows) override {
+    return inner_->AddAssociations(job_id, rows);
+  }
+  Status SelectAssociated(const std::string& job_id, bool latest_only) override {
+    return inner_->SelectAssociated(job_id, latest_only);
+  }
   store::JobStore& jobs() override { return inner_->jobs(); }
 
  private:
