@@ -105,8 +105,9 @@ Result<std::optional<std::vector<http::QueryParam>>> ParseKickoffParameters(std:
         value = v->get<std::string>();
       }
     }
-    if (auto b = prm.find("valueBoolean"); !value && b != prm.end()) {
+    if (auto b = prm.find("valueBoolean"); b != prm.end()) {
       if (!b->is_boolean()) return Status::Invalid("Parameter '" + name + "': valueBoolean must be true or false");
+      if (value) return Status::Invalid("Parameter '" + name + "' has more than one value");
       value = b->get<bool>() ? "true" : "false";
     }
     if (!value && name == "patient") {
@@ -383,25 +384,6 @@ Response Poll(const ApiContext& ctx, const Request& req, const RequestContext& p
                          " has one manifest (it was not kicked off with "
                          "allowPartialManifests=true): poll without 'page'");
   }
-  if (ctx.export_poll_seconds > 0) {
-    // Polled sooner than half the advertised interval after the previous answer to this client: 429.
-    const int64_t interval_ms = int64_t{ctx.export_poll_seconds} * 1000;
-    // Each manifest page counts on its own: a client reading the pages one after the other is not polling too often.
-    std::string client =
-        p.principal.id + "@" +
-        std::string(std::string_view(req.remote_address).substr(0, std::string_view(req.remote_address).rfind(':'))) +
-        (page_no > 1 ? "#page" + std::to_string(page_no) : "");
-    auto earlier = (*store)->jobs().RecordPoll(j.job_id, client, now, interval_ms / 2);
-    if (!earlier.ok()) return FhirError(500, "transient", earlier.status().message());
-    if (*earlier) {
-      const int64_t wait_ms = std::max<int64_t>(0, **earlier + interval_ms - now);
-      Response resp = FhirError(429, "throttled",
-                                "Polled too often: wait " + std::to_string(ctx.export_poll_seconds) +
-                                    " s between status requests (Retry-After)");
-      resp.headers.Set("Retry-After", std::to_string(std::max<int64_t>(1, (wait_ms + 999) / 1000)));
-      return resp;
-    }
-  }
   // allowPartialManifests: page `page_no` holds the output and deleted files [first, first + per_page) in commit order.
   ManifestPage page;
   size_t paged_files = 0;
@@ -412,6 +394,28 @@ Response Poll(const ApiContext& ctx, const Request& req, const RequestContext& p
     page.count = per_page;
     if (paged_files > page.first + per_page) {
       page.next_url = PollUrl(ctx, (*store)->info().id, j.job_id) + "?page=" + std::to_string(page_no + 1);
+    }
+  }
+  // A page other than the first that holds files (full, or the job has ended) counts on its own, so that reading the
+  // pages one after the other is not polling too often; any other request counts as a poll of the job.
+  const bool own_page =
+      page_no > 1 && page.first < paged_files && (paged_files >= page.first + page.count || IsFinished(j.status));
+  if (ctx.export_poll_seconds > 0) {
+    // Polled sooner than half the advertised interval after the previous answer to this client: 429.
+    const int64_t interval_ms = int64_t{ctx.export_poll_seconds} * 1000;
+    std::string client =
+        p.principal.id + "@" +
+        std::string(std::string_view(req.remote_address).substr(0, std::string_view(req.remote_address).rfind(':'))) +
+        (own_page ? "#page" + std::to_string(page_no) : "");
+    auto earlier = (*store)->jobs().RecordPoll(j.job_id, client, now, interval_ms / 2);
+    if (!earlier.ok()) return FhirError(500, "transient", earlier.status().message());
+    if (*earlier) {
+      const int64_t wait_ms = std::max<int64_t>(0, **earlier + interval_ms - now);
+      Response resp = FhirError(429, "throttled",
+                                "Polled too often: wait " + std::to_string(ctx.export_poll_seconds) +
+                                    " s between status requests (Retry-After)");
+      resp.headers.Set("Retry-After", std::to_string(std::max<int64_t>(1, (wait_ms + 999) / 1000)));
+      return resp;
     }
   }
   if (IsFinished(j.status)) {

@@ -763,6 +763,9 @@ Result<std::vector<store::ExportTaskRecord>> ExportEngine::PlanTasks(store::Reso
     } else if (job.level == "group") {
       scope = store::ScanScope::kJobScope;
     }
+    // includeAssociatedData: the Provenance exported are those of the exported resources (the last task), no other;
+    // nor are Provenance deletions listed.
+    if (!job.associated.empty() && type == "Provenance") continue;
     if (job.since) {
       // The type's deletions since _since (the IG's `deleted` files): one task, through the lastUpdated index.
       store::ExportTaskRecord d;
@@ -782,8 +785,6 @@ Result<std::vector<store::ExportTaskRecord>> ExportEngine::PlanTasks(store::Reso
       organized_rows += range.rows;
       continue;
     }
-    // includeAssociatedData: the Provenance exported are those of the exported resources (the last task), no other.
-    if (!job.associated.empty() && type == "Provenance") continue;
     ASSIGN_OR_RETURN(store::TypeRange range, range_of(type, scope));
     if (range.rows == 0) continue;
     store::ExportTaskRecord proto;
@@ -1075,9 +1076,12 @@ ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::Exp
         std::lock_guard<std::mutex> lock(job.mu);
         latest = job.record.associated == "LatestProvenanceResources";
       }
-      Status st = CollectAssociations(job.store, job.job_id, req.snapshot, fhir_base, options_.batch_rows,
-                                      options_.batch_bytes, [&] { return job.cancel || stopping_; });
-      if (st.ok()) st = job.store->SelectAssociated(job.job_id, latest);
+      auto stop = [&] { return job.cancel || stopping_; };
+      Status st = stop() ? Status::Ok()
+                         : CollectAssociations(job.store, job.job_id, req.snapshot, fhir_base, options_.batch_rows,
+                                               options_.batch_bytes, stop);
+      // (A stopped job chooses nothing: its checkpoint stays at 0, so a resumed run collects again.)
+      if (st.ok() && !stop()) st = job.store->SelectAssociated(job.job_id, latest);
       if (!st.ok()) return fail(st);
     }
     req.scope = store::ScanScope::kJobScope;
@@ -1185,13 +1189,13 @@ ExportEngine::TaskOutcome ExportEngine::RunOrganizedTask(ActiveJob& job, const s
       }
     }
   }
+  // _elements: "name" applies to every type, "Type.name" to that type; a type none applies to is exported whole.
   auto elements_of = [&](std::string_view type) {
     std::vector<std::string> out = common_elements;
     if (auto it = type_elements.find(type); it != type_elements.end())
       out.insert(out.end(), it->second.begin(), it->second.end());
     return out;
   };
-  const bool subset = !common_elements.empty() || !type_elements.empty();
 
   std::vector<std::unique_ptr<sink::ObjectWriter>> split_writers;  // complete parts of a split block
   std::vector<store::ExportFileRecord> split_files;
@@ -1323,12 +1327,14 @@ ExportEngine::TaskOutcome ExportEngine::RunOrganizedTask(ActiveJob& job, const s
       header_written = false;
       split_pending = false;
       const bool in_range = (!since || patient.last_updated >= *since) && (!until || patient.last_updated <= *until);
-      if (!std::string_view(patient.json).starts_with(patient_prefix)) {
+      if (!patient_wanted) {
+        // Only the header of the block (when it has resources) names the Patient.
+      } else if (!std::string_view(patient.json).starts_with(patient_prefix)) {
         damaged("Patient", patient.id);
-      } else if (patient_wanted && in_range && MatchesMetaFilters(patient.json, tags, security)) {
+      } else if (in_range && MatchesMetaFilters(patient.json, tags, security)) {
         std::string_view out = patient.json;
-        if (subset) {
-          line = fhir::SubsetElements(patient.json, elements_of("Patient"));
+        if (const auto elements = elements_of("Patient"); !elements.empty()) {
+          line = fhir::SubsetElements(patient.json, elements);
           out = line;
         }
         RETURN_IF_ERROR(emit(out));
@@ -1353,8 +1359,8 @@ ExportEngine::TaskOutcome ExportEngine::RunOrganizedTask(ActiveJob& job, const s
             }
             if (!MatchesMetaFilters(row.json, tags, security)) return Status::Ok();
             std::string_view out = row.json;
-            if (subset) {
-              line = fhir::SubsetElements(row.json, elements_of(row.type));
+            if (const auto elements = elements_of(row.type); !elements.empty()) {
+              line = fhir::SubsetElements(row.json, elements);
               out = line;
             }
             return emit(out);

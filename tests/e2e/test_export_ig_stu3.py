@@ -308,6 +308,17 @@ def test_organize_output_by_with_a_type_filter_and_elements(small_files_env):
             # `id` asked for; resourceType, meta and the mandatory elements (Condition.subject) always kept.
             assert set(r) <= {"resourceType", "id", "meta", "subject"}, r
             assert any(t.get("code") == "SUBSETTED" for t in r["meta"].get("tag", [])), r
+    # Elements of one type cut that type only: the Patients stay whole.
+    m, bodies = run(env.srv.base, query=q(_type="Patient,Condition", organizeOutputBy="Patient",
+                                          _elements="Condition.code"))
+    kinds = collections.Counter()
+    for _, rs in read_blocks(m, bodies):
+        for r in rs:
+            subsetted = any(t.get("code") == "SUBSETTED" for t in r["meta"].get("tag", []))
+            kinds[(r["resourceType"], subsetted)] += 1
+            if r["resourceType"] == "Condition":
+                assert set(r) <= {"resourceType", "id", "meta", "subject", "code"}, r
+    assert set(kinds) == {("Patient", False), ("Condition", True)}, kinds
     # A filter on a type inside the blocks selects its resources there; the other types stay whole.
     def active(r):
         return any(c.get("code") == "active" for c in (r.get("clinicalStatus") or {}).get("coding", []))
@@ -375,6 +386,23 @@ def test_partial_manifests_are_pages_linked_with_next_and_full_pages_show_while_
                    mentions=["page"])
     for bad in ("0", "x", "-1", "1.5"):
         assert_outcome(requests.get(status_url + "?page=" + bad, headers=POLL, timeout=30), 400, mentions=["page"])
+
+
+def test_pages_that_do_not_exist_yet_count_as_polls(tpl, servers, tmp_path):
+    """A page other than the first is its own poll only once it holds files: asking for page 2, 3, ... of a job still
+    running is polling the job, and too soon is 429 like any poll."""
+    srv = servers.start(tpl.clone(tmp_path / "data"),
+                        ["--export-poll-seconds", "10", "--test-export-batch-delay-ms", "300", "--export-batch-rows",
+                         "20"])
+    client = BulkClient(new_session())
+    status_url = client.kickoff(kickoff_url(srv.base, "system", query=q(_type="Observation",
+                                                                       allowPartialManifests="true")))
+    assert requests.get(status_url, headers=POLL, timeout=30).status_code == 202
+    for n in (2, 3, 7):
+        r = requests.get(f"{status_url}?page={n}", headers=POLL, timeout=30)
+        assert_outcome(r, 429)
+        assert r.headers.get("Retry-After")
+    assert requests.delete(status_url, timeout=30).status_code == 202
 
 
 def test_without_allow_partial_manifests_there_is_one_manifest(env):
