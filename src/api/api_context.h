@@ -31,6 +31,8 @@ struct ApiContext {
   std::string server_export_bucket = "fhirlake-server-exports";
   int64_t export_file_lifetime_ms = int64_t{48} * 3600 * 1000;
   int export_poll_seconds = 1;
+  // The control plane's PreloadDataConfig SYNTHEA loads the files of this directory (empty: not offered).
+  std::string preload_dir;
   int export_manifest_page_files = 1000;  // allowPartialManifests: output + deleted files per manifest page
   // Auth (app/ fills these from --auth-config): routes registered before every other (the SMART discovery and token
   // endpoints), whether the token endpoint exists (the CapabilityStatement's oauth-uris), and whether a datastore's

@@ -1,15 +1,23 @@
 #include "api/control_plane.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <deque>
+#include <functional>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "api/fhir_response.h"
 #include "api/job_owner.h"
 #include "awsjson/model.h"
 #include "bulk/export_engine.h"
 #include "fhir/page_cursor.h"
+#include "ingest/loader.h"
 
 namespace fhirlake::api {
 namespace {
@@ -74,9 +82,75 @@ constexpr char kJobCursor[] = "exportjobs";
 
 int MaxResults(const json& body) { return body.value("MaxResults", kDefaultMaxResults); }
 
+namespace ds = store::datastore_status;
+constexpr char kDeleted[] = "DELETED";
+
+// The control plane's background work (a datastore's preload, its deletion), one item at a time, in order.
+class Background {
+ public:
+  Background() : thread_([this] { Run(); }) {}
+  ~Background() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  void Post(std::function<void()> work) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(std::move(work));
+    }
+    cv_.notify_all();
+  }
+  bool stopping() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stopping_;
+  }
+
+ private:
+  void Run() {
+    while (true) {
+      std::function<void()> work;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+        if (stopping_) return;  // what is left resumes at the next start (the statuses are persisted)
+        work = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      try {
+        work();
+      } catch (const std::exception& e) {
+        spdlog::error("event=control_plane_background_error reason=\"{}\"", e.what());
+      }
+    }
+  }
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_;  // GUARDED_BY(mu_)
+  bool stopping_ = false;                    // GUARDED_BY(mu_)
+  std::thread thread_;
+};
+
 class ControlPlane {
  public:
-  explicit ControlPlane(const ApiContext& ctx) : ctx_(ctx) {}
+  explicit ControlPlane(const ApiContext& ctx) : ctx_(ctx) {
+    // What a previous process left half-done: a datastore still CREATING is made again (its preload skips what is
+    // stored already), one DELETING is deleted.
+    for (store::ResourceStore* s : ctx_.catalog->All()) {
+      const std::string status = s->status();
+      if (status == ds::kCreating) {
+        spdlog::warn("event=datastore_create_resumed datastore={}", s->info().id);
+        PostCreate(s, /*resumed=*/true);
+      } else if (status == ds::kDeleting) {
+        spdlog::warn("event=datastore_delete_resumed datastore={}", s->info().id);
+        PostDelete(s);
+      }
+    }
+  }
 
   Response Handle(const awsjson::Operation& op, const Request& req, const RequestContext& p) const {
     if (!req.headers.Get("Content-Type").starts_with("application/x-amz-json-1.0")) {
@@ -99,6 +173,10 @@ class ControlPlane {
     Result<json> out = Status::NotSupported("");
     if (op.name == "ListFHIRDatastores") {
       out = ListDatastores(body);
+    } else if (op.name == "CreateFHIRDatastore") {
+      out = CreateDatastore(body, p);
+    } else if (op.name == "DeleteFHIRDatastore") {
+      out = DeleteDatastore(body);
     } else if (op.name == "DescribeFHIRDatastore") {
       out = DescribeDatastore(body);
     } else if (op.name == "StartFHIRExportJob") {
@@ -122,23 +200,202 @@ class ControlPlane {
     return "arn:aws:healthlake:" + ctx_.aws_region + ":" + ctx_.aws_account_id + ":datastore/fhir/" + std::string(id);
   }
 
-  json Properties(const store::ResourceStore& s) const {
-    const auto& info = s.info();
-    return {{"DatastoreId", info.id},
-            {"DatastoreArn", DatastoreArn(info.id)},
-            {"DatastoreName", info.name},
-            {"DatastoreStatus", "ACTIVE"},
-            {"CreatedAt", EpochSeconds(info.created_at)},
-            {"DatastoreTypeVersion", "R4"},
-            {"DatastoreEndpoint", ctx_.FhirBase(info.id) + "/"},
-            {"SseConfiguration", {{"KmsEncryptionConfig", {{"CmkType", "AWS_OWNED_KMS_KEY"}}}}}};
+  static json Config(const store::ResourceStore& s) {
+    json c = json::parse(s.info().config, nullptr, false);
+    return c.is_object() ? c : json::object();
   }
 
+  // `endpoint`: with DatastoreEndpoint (the server's URL is known only once it listens; a tombstone is written
+  // without it, and describes add it).
+  json Properties(const store::ResourceStore& s, bool endpoint = true) const {
+    const auto& info = s.info();
+    const json c = Config(s);
+    json out = {{"DatastoreId", info.id},
+                {"DatastoreArn", DatastoreArn(info.id)},
+                {"DatastoreName", info.name},
+                {"DatastoreStatus", s.status()},
+                {"CreatedAt", EpochSeconds(info.created_at)},
+                {"DatastoreTypeVersion", c.value("DatastoreTypeVersion", "R4")},
+                {"SseConfiguration",
+                 c.value("SseConfiguration", json{{"KmsEncryptionConfig", {{"CmkType", "AWS_OWNED_KMS_KEY"}}}})}};
+    for (const char* member : {"PreloadDataConfig", "IdentityProviderConfiguration"}) {
+      if (c.contains(member)) out[member] = c[member];
+    }
+    if (endpoint) out["DatastoreEndpoint"] = ctx_.FhirBase(info.id) + "/";
+    return out;
+  }
+
+  // Any datastore this server has (also one being created or deleted).
   Result<store::ResourceStore*> Datastore(const json& body) const {
     const std::string id = body["DatastoreId"].get<std::string>();
     store::ResourceStore* s = ctx_.catalog->Find(id);
     if (s == nullptr) return Status::NotFound("Datastore " + id + " does not exist");
     return s;
+  }
+
+  // A datastore that takes work: ACTIVE (ConflictException otherwise, as HealthLake answers).
+  Result<store::ResourceStore*> ActiveDatastore(const json& body) const {
+    ASSIGN_OR_RETURN(store::ResourceStore * s, Datastore(body));
+    if (const std::string status = s->status(); status != ds::kActive) {
+      return Status::Conflict("Datastore " + s->info().id + " is " + status + ", not ACTIVE");
+    }
+    return s;
+  }
+
+  // The datastores deleted so far, as their last describe showed them (status DELETED).
+  Result<std::vector<json>> DeletedDatastores() const {
+    ASSIGN_OR_RETURN(auto texts, ctx_.catalog->Deleted());
+    std::vector<json> out;
+    for (const auto& t : texts) {
+      json j = json::parse(t, nullptr, false);
+      if (!j.is_object() || !j.contains("DatastoreId") || !j["DatastoreId"].is_string()) continue;
+      j["DatastoreEndpoint"] = ctx_.FhirBase(j["DatastoreId"].get<std::string>()) + "/";
+      out.push_back(std::move(j));
+    }
+    return out;
+  }
+
+  Result<json> CreateDatastore(const json& body, const RequestContext& p) const {
+    if (body["DatastoreTypeVersion"] != "R4") return Status::Invalid("DatastoreTypeVersion must be R4");
+    const bool preload =
+        body.contains("PreloadDataConfig") && body["PreloadDataConfig"].value("PreloadDataType", "") == "SYNTHEA";
+    if (preload && ctx_.preload_dir.empty()) {
+      return Status::Invalid(
+          "PreloadDataConfig SYNTHEA needs the bundled sample, which this server was not given (fhirlake serve "
+          "--preload-dir)");
+    }
+    std::map<std::string, std::string> tags;
+    if (body.contains("Tags")) {
+      for (const auto& t : body["Tags"]) tags[t["Key"].get<std::string>()] = t["Value"].get<std::string>();
+      if (tags.size() > kMaxTags) {
+        return Status::Invalid("Tags: a datastore has at most " + std::to_string(kMaxTags) + " tags (got " +
+                               std::to_string(tags.size()) + ")");
+      }
+    }
+    json config = json::object();
+    for (const char* member :
+         {"DatastoreTypeVersion", "SseConfiguration", "PreloadDataConfig", "IdentityProviderConfiguration"}) {
+      if (body.contains(member)) config[member] = body[member];
+    }
+    std::lock_guard<std::mutex> lock(create_mu_);  // one token, one datastore, also for two retries at once
+    if (body.contains("ClientToken")) {
+      const std::string token = TokenScope(p.principal) + "|" + body["ClientToken"].get<std::string>();
+      json same = body;
+      same.erase("ClientToken");
+      for (store::ResourceStore* s : ctx_.catalog->All()) {
+        const json c = Config(*s);
+        if (c.value("ClientToken", "") != token) continue;
+        if (c.value("ClientRequest", "") != same.dump()) {
+          return Status::Invalid("ClientToken " + body["ClientToken"].get<std::string>() +
+                                 " was already used to create datastore " + s->info().id +
+                                 " with other parameters; use a new ClientToken for a new datastore");
+        }
+        return CreateAnswer(*s);
+      }
+      config["ClientToken"] = token;
+      config["ClientRequest"] = same.dump();
+    }
+    ASSIGN_OR_RETURN(store::ResourceStore * s,
+                     ctx_.catalog->Create(body.value("DatastoreName", ""), Dump(config), ds::kCreating));
+    spdlog::info("event=datastore_created datastore={} preload={}", s->info().id, preload);
+    if (!tags.empty()) RETURN_IF_ERROR(s->SetTags(tags));
+    PostCreate(s, /*resumed=*/false);
+    return CreateAnswer(*s);
+  }
+
+  json CreateAnswer(const store::ResourceStore& s) const {
+    return {{"DatastoreId", s.info().id},
+            {"DatastoreArn", DatastoreArn(s.info().id)},
+            {"DatastoreStatus", s.status()},
+            {"DatastoreEndpoint", ctx_.FhirBase(s.info().id) + "/"}};
+  }
+
+  // CREATING -> ACTIVE, after the preload when one was asked for. A preload `resumed` after a restart keeps what the
+  // first run stored (nothing is written twice); a first run is `fhirlake load` of the sample.
+  void PostCreate(store::ResourceStore* s, bool resumed) const {
+    background_->Post([this, s, resumed] {
+      const json c = Config(*s);
+      if (c.contains("PreloadDataConfig") && !ctx_.preload_dir.empty()) {
+        auto files = ingest::ExpandPaths({ctx_.preload_dir});
+        ingest::LoadSettings settings;
+        settings.skip_existing = resumed;
+        auto report = files.ok() ? ingest::LoadFiles(s, *files, settings) : Result<ingest::LoadReport>(files.status());
+        if (!report.ok()) {
+          // Stays CREATING: the next start tries again (HealthLake's older model has no CREATE_FAILED).
+          spdlog::error("event=datastore_preload_failed datastore={} reason=\"{}\"", s->info().id,
+                        report.status().message());
+          return;
+        }
+        spdlog::info("event=datastore_preloaded datastore={} resources={} skipped={} errors={}", s->info().id,
+                     report->loaded, report->skipped, report->errors);
+      }
+      if (Status st = s->SetStatus(ds::kActive); !st.ok()) {
+        spdlog::error("event=datastore_status_failed datastore={} reason=\"{}\"", s->info().id, st.message());
+      }
+    });
+  }
+
+  Result<json> DeleteDatastore(const json& body) const {
+    ASSIGN_OR_RETURN(store::ResourceStore * s, Datastore(body));
+    const std::string status = s->status();
+    if (status == ds::kCreating) {
+      return Status::Conflict("Datastore " + s->info().id + " is CREATING; delete it once it is ACTIVE");
+    }
+    if (status == ds::kActive) {
+      RETURN_IF_ERROR(s->SetStatus(ds::kDeleting));
+      spdlog::info("event=datastore_deleting datastore={}", s->info().id);
+      PostDelete(s);
+    }
+    return CreateAnswer(*s);
+  }
+
+  // DELETING -> gone: its export jobs cancelled, the files of its jobs in the server's own bucket removed (a user's
+  // bucket is never touched), then its folder; what describes it stays, as DELETED.
+  void PostDelete(store::ResourceStore* s) const {
+    background_->Post([this, s] {
+      const std::string id = s->info().id;
+      Status st = [&]() -> Status {
+        ASSIGN_OR_RETURN(auto running,
+                         s->jobs().JobsWithStatus(
+                             {bulk::job_status::kSubmitted, bulk::job_status::kQueued, bulk::job_status::kInProgress}));
+        for (const auto& j : running) {
+          auto cancelled = ctx_.exports->Cancel(s, j.job_id);
+          if (!cancelled.ok() && cancelled.status().code() != StatusCode::kNotSupported) return cancelled.status();
+        }
+        // The engine ends the cancelled jobs at its next batch boundary.
+        for (int waited_ms = 0; waited_ms < 60000 && !background_->stopping(); waited_ms += 100) {
+          ASSIGN_OR_RETURN(auto left,
+                           s->jobs().JobsWithStatus({bulk::job_status::kSubmitted, bulk::job_status::kQueued,
+                                                     bulk::job_status::kInProgress, bulk::job_status::kCancelSubmitted,
+                                                     bulk::job_status::kCancelInProgress}));
+          if (left.empty()) break;
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+        if (background_->stopping()) return Status::Unavailable("stopping");
+        ASSIGN_OR_RETURN(auto ended,
+                         s->jobs().JobsWithStatus({bulk::job_status::kCompleted, bulk::job_status::kCompletedWithErrors,
+                                                   bulk::job_status::kFailed, bulk::job_status::kCancelCompleted,
+                                                   bulk::job_status::kCancelFailed}));
+        for (const auto& j : ended) {
+          auto out = bulk::ExportEngine::JobOutput(j);
+          if (!out.ok() || out->bucket != ctx_.server_export_bucket || j.view != "ig") continue;
+          ASSIGN_OR_RETURN(auto files, s->jobs().Files(j.job_id));
+          for (const auto& f : files) {
+            Status d = ctx_.sink->Delete({j.data_access_role_arn, j.kms_key_id}, out->bucket, f.key);
+            if (!d.ok() && d.code() != StatusCode::kNotFound) return d;
+          }
+        }
+        json tombstone = Properties(*s, /*endpoint=*/false);
+        tombstone["DatastoreStatus"] = kDeleted;
+        return ctx_.catalog->Drop(id, Dump(tombstone));
+      }();
+      if (!st.ok()) {
+        // Stays DELETING: the next start goes on.
+        spdlog::error("event=datastore_delete_failed datastore={} reason=\"{}\"", id, st.message());
+        return;
+      }
+      spdlog::info("event=datastore_deleted datastore={}", id);
+    });
   }
 
   // A datastore's ARN as this server names it (its region and account); any other ARN names nothing here.
@@ -182,27 +439,30 @@ class ControlPlane {
       ASSIGN_OR_RETURN(after, fhir::DecodePageCursorText(body["NextToken"].get<std::string>(), kDatastoreCursor));
     }
     const json filter = body.value("Filter", json::object());
-    std::vector<store::ResourceStore*> all = ctx_.catalog->All();
-    std::sort(all.begin(), all.end(), [](auto* a, auto* b) { return a->info().id < b->info().id; });
+    // Every datastore as its describe shows it, the deleted ones too, by id (the paging key).
+    std::vector<json> all;
+    for (auto* s : ctx_.catalog->All()) all.push_back(Properties(*s));
+    ASSIGN_OR_RETURN(auto deleted, DeletedDatastores());
+    for (auto& d : deleted) all.push_back(std::move(d));
+    std::sort(all.begin(), all.end(), [](const json& a, const json& b) {
+      return a["DatastoreId"].get<std::string>() < b["DatastoreId"].get<std::string>();
+    });
     json list = json::array();
     const int max = MaxResults(body);
     std::string next;
-    for (auto* s : all) {
-      const auto& info = s->info();
-      if (!after.empty() && info.id <= after) continue;
-      if (filter.contains("DatastoreName") && filter["DatastoreName"] != info.name) continue;
-      if (filter.contains("DatastoreStatus") && filter["DatastoreStatus"] != "ACTIVE") continue;
-      if (filter.contains("CreatedBefore") && EpochSeconds(info.created_at) >= filter["CreatedBefore"].get<double>()) {
-        continue;
-      }
-      if (filter.contains("CreatedAfter") && EpochSeconds(info.created_at) <= filter["CreatedAfter"].get<double>()) {
-        continue;
-      }
+    for (auto& d : all) {
+      const std::string id = d["DatastoreId"].get<std::string>();
+      const double created = d.value("CreatedAt", 0.0);
+      if (!after.empty() && id <= after) continue;
+      if (filter.contains("DatastoreName") && filter["DatastoreName"] != d.value("DatastoreName", "")) continue;
+      if (filter.contains("DatastoreStatus") && filter["DatastoreStatus"] != d["DatastoreStatus"]) continue;
+      if (filter.contains("CreatedBefore") && created >= filter["CreatedBefore"].get<double>()) continue;
+      if (filter.contains("CreatedAfter") && created <= filter["CreatedAfter"].get<double>()) continue;
       if (static_cast<int>(list.size()) == max) {
         next = fhir::EncodePageCursorText(kDatastoreCursor, list.back()["DatastoreId"].get<std::string>());
         break;
       }
-      list.push_back(Properties(*s));
+      list.push_back(std::move(d));
     }
     json out = {{"DatastorePropertiesList", list}};
     if (!next.empty()) out["NextToken"] = next;
@@ -210,12 +470,17 @@ class ControlPlane {
   }
 
   Result<json> DescribeDatastore(const json& body) const {
-    ASSIGN_OR_RETURN(store::ResourceStore * s, Datastore(body));
-    return json{{"DatastoreProperties", Properties(*s)}};
+    auto s = Datastore(body);
+    if (s.ok()) return json{{"DatastoreProperties", Properties(**s)}};
+    ASSIGN_OR_RETURN(auto deleted, DeletedDatastores());
+    for (auto& d : deleted) {
+      if (d["DatastoreId"] == body["DatastoreId"]) return json{{"DatastoreProperties", d}};
+    }
+    return s.status();
   }
 
   Result<json> StartExport(const json& body, const RequestContext& p) const {
-    ASSIGN_OR_RETURN(store::ResourceStore * s, Datastore(body));
+    ASSIGN_OR_RETURN(store::ResourceStore * s, ActiveDatastore(body));
     bulk::ExportRequest r;
     r.level = bulk::ExportLevel::kSystem;  // the SDK's export is system-wide, as HealthLake's
     r.job_name = body.value("JobName", "");
@@ -303,9 +568,21 @@ class ControlPlane {
 
   const ApiContext& ctx_;
   mutable std::mutex tags_mu_;
+  mutable std::mutex create_mu_;
+  // Declared last: destroyed (its thread joined) first, while everything its work uses is still there.
+  std::unique_ptr<Background> background_ = std::make_unique<Background>();
 };
 
 }  // namespace
+
+std::vector<std::string> AuthModesOfDatastore(const store::ResourceStore& store) {
+  json c = json::parse(store.info().config, nullptr, false);
+  if (!c.is_object() || !c.contains("IdentityProviderConfiguration")) return {};
+  const std::string strategy = c["IdentityProviderConfiguration"].value("AuthorizationStrategy", "");
+  if (strategy == "SMART_ON_FHIR_V1" || strategy == "SMART_ON_FHIR") return {"sigv4", "smart"};
+  if (strategy == "AWS_AUTH") return {"sigv4"};
+  return {};
+}
 
 Response AwsJsonError(int status, std::string_view type, std::string_view message) {
   json body = {{"__type", std::string(type)}, {"message", std::string(message)}};

@@ -4,12 +4,21 @@
 // operation's input shape (awsjson::Validate) before it runs; errors are the AWS JSON errors the SDKs parse.
 #pragma once
 
+#include <string>
+#include <vector>
+
 #include "api/api_context.h"
 #include "http/router.h"
+#include "store/resource_store.h"
 
 namespace fhirlake::api {
 
 void RegisterControlPlane(http::Router& router, const ApiContext& ctx);
+
+// The auth modes a datastore created through the control plane asks for by its IdentityProviderConfiguration's
+// AuthorizationStrategy: SMART_ON_FHIR_V1 / SMART_ON_FHIR -> sigv4 and smart, AWS_AUTH -> sigv4; none for a datastore
+// without one (the auth configuration decides).
+std::vector<std::string> AuthModesOfDatastore(const store::ResourceStore& store);
 
 // {"__type": type, "message": message} with Content-Type application/x-amz-json-1.0.
 http::Response AwsJsonError(int status, std::string_view type, std::string_view message);

@@ -30,6 +30,12 @@ Result<store::ResourceStore*> FindDatastore(const ApiContext& ctx, std::string_v
     return Status::NotFound("Datastore '" + std::string(datastore_id) +
                             "' is not known to this server; GET /healthz lists the datastores");
   }
+  // Being created (preloaded) or deleted through the control plane: no FHIR requests until it is ACTIVE.
+  if (const std::string status = s->status(); status != store::datastore_status::kActive) {
+    return Status::NotFound(
+        "Datastore '" + std::string(datastore_id) + "' is " + status +
+        (status == store::datastore_status::kCreating ? ": it answers once it is ACTIVE" : ": it is being deleted"));
+  }
   return s;
 }
 

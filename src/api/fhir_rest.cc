@@ -583,7 +583,7 @@ void RegisterFhirRest(http::Router& router, const ApiContext& ctx) {
       if (!first) out.push_back(',');
       first = false;
       out += "{\"datastoreId\":" + JsonString(s->info().id) + ",\"datastoreName\":" + JsonString(s->info().name) +
-             ",\"fhirBase\":" + JsonString(c->FhirBase(s->info().id)) + "}";
+             ",\"fhirBase\":" + JsonString(c->FhirBase(s->info().id)) + ",\"status\":" + JsonString(s->status()) + "}";
     }
     out += "]}";
     return Response::Json(200, std::move(out), "application/json");

@@ -134,6 +134,10 @@ int main(int argc, char** argv) {
                 "pages are linked with `link`; a page is shown while the job runs once it is full)")
       ->check(CLI::Range(1, 1000000))
       ->capture_default_str();
+  s->add_option("--preload-dir", serve.preload_dir,
+                "Folder of FHIR files that CreateFHIRDatastore with PreloadDataConfig SYNTHEA loads (auto: the "
+                "repository's unpacked 100-patient sample, data/synthea-r4-100, when present; empty: not offered)")
+      ->capture_default_str();
   s->add_option("--export-queue-limit", serve.export_queue_limit,
                 "Export jobs that may wait (SUBMITTED + QUEUED) per datastore; further kick-offs get 429")
       ->envname("FHIRLAKE_EXPORT_QUEUE_LIMIT")

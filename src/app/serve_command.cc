@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "api/api_context.h"
+#include "api/control_plane.h"
 #include "api/routes.h"
 #include "auth/authorizer.h"
 #include "bulk/export_engine.h"
@@ -40,6 +41,20 @@ Result<std::unique_ptr<sink::ObjectSink>> MakeSink(const ServeOptions& options) 
     ASSIGN_OR_RETURN(s3.roles, sink::LoadS3Roles(options.s3_roles_file));
   }
   return sink::NewS3Sink(std::move(s3));
+}
+
+// The sample PreloadDataConfig SYNTHEA loads: "auto" is the unpacked data/synthea-r4-100 next to the folder of the
+// binary (the repository's layout: build/fhirlake), used only when scripts/sample-data.sh finished unpacking it.
+std::string ResolvePreloadDir(const std::string& option) {
+  if (option != "auto") return option;
+  std::error_code ec;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) return "";
+  for (const auto& dir :
+       {exe.parent_path().parent_path() / "data" / "synthea-r4-100", exe.parent_path() / "data" / "synthea-r4-100"}) {
+    if (std::filesystem::exists(dir / ".complete", ec)) return dir.string();
+  }
+  return "";
 }
 
 }  // namespace
@@ -172,6 +187,7 @@ int RunServe(const ServeOptions& options) {
                                     : int64_t{options.export_file_hours} * 3600 * 1000;
   ctx.export_poll_seconds = options.export_poll_seconds;
   ctx.export_manifest_page_files = options.export_manifest_page_files;
+  ctx.preload_dir = ResolvePreloadDir(options.preload_dir);
   ctx.version = FHIRLAKE_VERSION;
 
   http::ServerOptions hso;
@@ -208,6 +224,11 @@ int RunServe(const ServeOptions& options) {
       return s->Tags();
     });
     ctx.aws_account_id = a->config()->account_id;
+    // A datastore the configuration does not name authenticates as its IdentityProviderConfiguration says.
+    a->SetDatastoreModes([catalog = ctx.catalog](std::string_view ds) -> std::vector<std::string> {
+      store::ResourceStore* s = catalog->Find(ds);
+      return s == nullptr ? std::vector<std::string>() : api::AuthModesOfDatastore(*s);
+    });
     ctx.requires_access_token = [a](std::string_view ds) { return a->RequiresCredentials(ds); };
     // Public (no action): how to authenticate, and where to get a token.
     ctx.register_auth_routes = [a](http::Router& router) { auth::RegisterAuthRoutes(router, a); };

@@ -41,7 +41,10 @@ struct ServeOptions {
   std::string export_server_bucket = "fhirlake-server-exports";
   int export_file_hours = 48;
   int export_poll_seconds = 1;
-  int export_manifest_page_files = 1000;     // allowPartialManifests: files per manifest page
+  int export_manifest_page_files = 1000;  // allowPartialManifests: files per manifest page
+  // PreloadDataConfig SYNTHEA: the sample's folder ("auto": data/synthea-r4-100 beside the binary's folder, when
+  // unpacked there; "": not offered).
+  std::string preload_dir = "auto";
   int64_t test_export_file_lifetime_ms = 0;  // test-only: overrides export_file_hours (and sweeps that often)
   int64_t test_export_sweep_ms = 0;          // test-only: the sweep interval (0: a minute, or as above)
   // S3 output (docs/EXPORT.md "S3"); with no endpoint, s3:// URIs map to {data_dir}/s3/.

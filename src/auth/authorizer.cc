@@ -410,8 +410,18 @@ std::string Authorizer::SmartConfiguration() const {
 
 http::Response Authorizer::Token(const http::Request& request) { return tokens()->HandleTokenRequest(request); }
 
+std::vector<std::string> Authorizer::ModesOf(const AuthConfig& cfg, std::string_view datastore_id) const {
+  auto it = cfg.datastores.find(datastore_id);
+  if (it != cfg.datastores.end() && !it->second.modes.empty()) return it->second.modes;
+  if (datastore_modes_) {
+    std::vector<std::string> own = datastore_modes_(datastore_id);
+    if (!own.empty()) return own;
+  }
+  return cfg.default_modes;
+}
+
 bool Authorizer::RequiresCredentials(std::string_view datastore_id) const {
-  const auto& modes = config()->ModesFor(datastore_id);
+  const std::vector<std::string> modes = ModesOf(*config(), datastore_id);
   return std::find(modes.begin(), modes.end(), "none") == modes.end();
 }
 
@@ -631,7 +641,7 @@ std::optional<http::Response> Authorizer::Decide(const http::Request& request, h
                                                  std::string* decision) const {
   *decision = "allow";
   std::shared_ptr<const AuthConfig> cfg = config();
-  const std::vector<std::string>& modes = cfg->ModesFor(ctx->datastore_id);
+  const std::vector<std::string> modes = ModesOf(*cfg, ctx->datastore_id);
   auto has = [&](std::string_view m) { return std::find(modes.begin(), modes.end(), m) != modes.end(); };
   const bool bearer = request.headers.Get("Authorization").starts_with("Bearer ");
   if (bearer && has("smart")) return DecideSmart(request, ctx, *cfg, decision);

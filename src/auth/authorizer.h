@@ -112,6 +112,11 @@ class Authorizer {
   void SetDatastoreTags(std::function<Result<std::map<std::string, std::string>>(std::string_view datastore_id)> tags) {
     datastore_tags_ = std::move(tags);
   }
+  // The modes of datastores the configuration does not name, from the datastore itself (the control plane's
+  // IdentityProviderConfiguration); an empty answer means the configuration's defaultModes. Call before serving.
+  void SetDatastoreModes(std::function<std::vector<std::string>(std::string_view datastore_id)> modes) {
+    datastore_modes_ = std::move(modes);
+  }
   // Every decision of Authorize is also written to `log` (nullptr: none; it must outlive the authorizer).
   void SetAuditLog(AuditLog* log) { audit_ = log; }
 
@@ -133,6 +138,9 @@ class Authorizer {
   std::string public_base_;                   // GUARDED_BY(mu_)
   std::string refuse_none_;                   // GUARDED_BY(mu_)
   AuditLog* audit_ = nullptr;
+  std::function<std::vector<std::string>(std::string_view)> datastore_modes_;
+  // The configuration's datastores.{id}.modes, else what the datastore itself says, else defaultModes.
+  std::vector<std::string> ModesOf(const AuthConfig& cfg, std::string_view datastore_id) const;
   std::function<Result<std::map<std::string, std::string>>(std::string_view)> datastore_tags_;
 
   std::optional<http::Response> Decide(const http::Request& request, http::RequestContext* ctx,

@@ -29,7 +29,18 @@ struct DatastoreInfo {
   std::string name;
   EpochMillis created_at = 0;
   std::string path;  // the database file
+  // What the control plane's CreateFHIRDatastore recorded (a JSON object, kept as given; "{}" for a datastore made
+  // otherwise). Fixed at creation.
+  std::string config = "{}";
 };
+
+// A datastore's life (HealthLake's DatastoreStatus): CREATING (being made, e.g. preloaded), ACTIVE, DELETING.
+// DELETED datastores are no longer stores; the catalog keeps what describes them (DatastoreCatalog::Deleted).
+namespace datastore_status {
+inline constexpr const char* kCreating = "CREATING";
+inline constexpr const char* kActive = "ACTIVE";
+inline constexpr const char* kDeleting = "DELETING";
+}  // namespace datastore_status
 
 struct StoredResource {
   int64_t rid = 0;  // the store's internal row key of the logical resource (stable across versions)
@@ -149,6 +160,10 @@ class ResourceStore {
  public:
   virtual ~ResourceStore() = default;
   virtual const DatastoreInfo& info() const = 0;
+  // CREATING, ACTIVE or DELETING (datastore_status); a datastore made before the control plane existed is ACTIVE.
+  virtual std::string status() const = 0;
+  // Records the status (durable when it returns Ok).
+  virtual Status SetStatus(const std::string& status) = 0;
   // The datastore's tags (the control plane's TagResource; IAM's aws:ResourceTag), kept in the store.
   virtual Result<std::map<std::string, std::string>> Tags() = 0;
   // Replaces them (durable when it returns Ok).
@@ -267,12 +282,23 @@ class ResourceStore {
 };
 
 // The datastores of one data directory. Opening creates the default datastore on first start.
+// Thread-safe: datastores are created and dropped while requests and export workers use others. A pointer this
+// catalog handed out stays valid until the catalog is destroyed, also after its datastore was dropped.
 class DatastoreCatalog {
  public:
   virtual ~DatastoreCatalog() = default;
   virtual std::vector<ResourceStore*> All() = 0;
   virtual ResourceStore* Find(std::string_view datastore_id) = 0;
+  // The oldest datastore; nullptr when there is none.
   virtual ResourceStore* Default() = 0;
+  // A new, empty datastore with `status` and the control plane's `config` (DatastoreInfo::config).
+  virtual Result<ResourceStore*> Create(const std::string& name, const std::string& config,
+                                        const std::string& status) = 0;
+  // Removes a datastore and its data (its folder); `tombstone` (JSON: what describes it from now on) is kept
+  // durably first, for Deleted(). kNotFound for an unknown id.
+  virtual Status Drop(std::string_view datastore_id, const std::string& tombstone) = 0;
+  // The tombstones of the dropped datastores, oldest first.
+  virtual Result<std::vector<std::string>> Deleted() = 0;
 };
 
 struct StoreOptions {

@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 
 #include "common/ids.h"
@@ -319,6 +320,10 @@ class SqliteStore final : public ResourceStore, public JobStore {
       RETURN_IF_ERROR(ins->Run());
       ins->Bind(1, "created_at").Bind(2, std::to_string(info_.created_at));
       RETURN_IF_ERROR(ins->Run());
+      ins->Bind(1, "datastore_config").Bind(2, info_.config);
+      RETURN_IF_ERROR(ins->Run());
+      ins->Bind(1, "datastore_status").Bind(2, status_);
+      RETURN_IF_ERROR(ins->Run());
     }
     ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT key, value FROM meta"));
     while (true) {
@@ -327,6 +332,8 @@ class SqliteStore final : public ResourceStore, public JobStore {
       if (q->Text(0) == "datastore_id") info_.id = q->Str(1);
       if (q->Text(0) == "datastore_name") info_.name = q->Str(1);
       if (q->Text(0) == "created_at") info_.created_at = std::strtoll(q->Str(1).c_str(), nullptr, 10);
+      if (q->Text(0) == "datastore_config") info_.config = q->Str(1);
+      if (q->Text(0) == "datastore_status") status_ = q->Str(1);
     }
     q.reset();
     if (info_.id.empty()) {
@@ -344,6 +351,25 @@ class SqliteStore final : public ResourceStore, public JobStore {
   }
 
   const DatastoreInfo& info() const override { return info_; }
+
+  std::string status() const override {
+    std::lock_guard<std::mutex> lock(status_mu_);
+    return status_;
+  }
+
+  Status SetStatus(const std::string& status) override {
+    RETURN_IF_ERROR(WithWrite([&](SqliteConnection& c) -> Status {
+      ASSIGN_OR_RETURN(auto q, c.Prepare("INSERT OR REPLACE INTO meta(key, value) VALUES ('datastore_status', ?1)"));
+      q->Bind(1, status);
+      return q->Run();
+    }));
+    std::lock_guard<std::mutex> lock(status_mu_);
+    status_ = status;
+    return Status::Ok();
+  }
+
+  // Before Open(create=true): the status a new datastore starts in.
+  void SetInitialStatus(std::string status) { status_ = std::move(status); }
 
   Result<std::unique_ptr<StoreTransaction>> BeginWrite() override {
     std::unique_lock<std::mutex> lock(write_mu_);
@@ -1506,6 +1532,8 @@ class SqliteStore final : public ResourceStore, public JobStore {
   }
 
   DatastoreInfo info_;
+  mutable std::mutex status_mu_;
+  std::string status_ = datastore_status::kActive;  // GUARDED_BY(status_mu_)
   ConnectionPool pool_;
   int64_t writer_cache_kib_;
   int scope_chunk_rows_;
@@ -1514,22 +1542,148 @@ class SqliteStore final : public ResourceStore, public JobStore {
   std::mutex write_mu_;
 };
 
+// Durably writes `content` to `path` (a temporary file, fsync, rename, fsync of the directory).
+Status WriteFileDurably(const std::filesystem::path& path, const std::string& content) {
+  const std::string tmp = path.string() + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return Status::Unavailable("cannot create " + tmp + ": " + std::strerror(errno));
+  size_t done = 0;
+  while (done < content.size()) {
+    ssize_t n = ::write(fd, content.data() + done, content.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const std::string why = std::strerror(errno);
+      ::close(fd);
+      return Status::Unavailable("cannot write " + tmp + ": " + why);
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    const std::string why = std::strerror(errno);
+    ::close(fd);
+    return Status::Unavailable("cannot sync " + tmp + ": " + why);
+  }
+  if (::close(fd) != 0) return Status::Unavailable("cannot close " + tmp + ": " + std::strerror(errno));
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    return Status::Unavailable("cannot rename " + tmp + ": " + std::strerror(errno));
+  }
+  int dir = ::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir < 0) return Status::Unavailable("cannot open " + path.parent_path().string() + ": " + std::strerror(errno));
+  const int rc = ::fsync(dir);
+  ::close(dir);
+  if (rc != 0) return Status::Unavailable("cannot sync " + path.parent_path().string() + ": " + std::strerror(errno));
+  return Status::Ok();
+}
+
 class SqliteCatalog final : public DatastoreCatalog {
  public:
+  SqliteCatalog(std::filesystem::path root, StoreOptions options) : root_(std::move(root)), options_(options) {}
+
   std::vector<ResourceStore*> All() override {
+    std::lock_guard<std::mutex> lock(mu_);
     std::vector<ResourceStore*> out;
     for (auto& s : stores_) out.push_back(s.get());
     return out;
   }
   ResourceStore* Find(std::string_view id) override {
+    std::lock_guard<std::mutex> lock(mu_);
     for (auto& s : stores_) {
       if (s->info().id == id) return s.get();
     }
     return nullptr;
   }
-  ResourceStore* Default() override { return stores_.empty() ? nullptr : stores_.front().get(); }
+  ResourceStore* Default() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stores_.empty() ? nullptr : stores_.front().get();
+  }
 
-  std::vector<std::unique_ptr<SqliteStore>> stores_;  // sorted by creation time; the first is the default
+  Result<ResourceStore*> Create(const std::string& name, const std::string& config,
+                                const std::string& status) override {
+    DatastoreInfo info;
+    info.id = NewHexId();
+    info.name = name;
+    info.created_at = Clock::System().NowMillis();
+    info.config = config;
+    ASSIGN_OR_RETURN(auto store, MakeStore(info, status));
+    std::lock_guard<std::mutex> lock(mu_);
+    stores_.push_back(std::move(store));
+    return stores_.back().get();
+  }
+
+  // Made under the catalog's directory lock when the catalog opens (the first datastore), else by Create.
+  Result<std::unique_ptr<SqliteStore>> MakeStore(DatastoreInfo info, const std::string& status) {
+    std::error_code ec;
+    const std::filesystem::path dir = root_ / info.id;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) return Status::Unavailable("cannot create " + dir.string() + ": " + ec.message());
+    info.path = (dir / "fhir.db").string();
+    auto store = std::make_unique<SqliteStore>(info, options_, Clock::System());
+    store->SetInitialStatus(status);
+    RETURN_IF_ERROR(store->Open(/*create=*/true));
+    return store;
+  }
+
+  Status Drop(std::string_view id, const std::string& tombstone) override {
+    std::unique_ptr<SqliteStore>* found = nullptr;
+    std::string path;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& s : stores_) {
+        if (s->info().id == id) found = &s;
+      }
+      if (found == nullptr) return Status::NotFound("Datastore " + std::string(id) + " does not exist");
+      path = (*found)->info().path;
+    }
+    std::error_code ec;
+    std::filesystem::create_directories(root_ / kDeletedDir, ec);
+    if (ec) return Status::Unavailable("cannot create " + (root_ / kDeletedDir).string() + ": " + ec.message());
+    RETURN_IF_ERROR(WriteFileDurably(root_ / kDeletedDir / (std::string(id) + ".json"), tombstone));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto it = stores_.begin(); it != stores_.end(); ++it) {
+        if ((*it)->info().id != id) continue;
+        graveyard_.push_back(std::move(*it));  // open connections and held pointers stay valid
+        stores_.erase(it);
+        break;
+      }
+    }
+    // Out of sight first (one rename), then removed: a crash half-way leaves a folder the next open removes.
+    const std::filesystem::path dir = std::filesystem::path(path).parent_path();
+    const std::filesystem::path doomed = root_ / (".removing-" + std::string(id));
+    std::filesystem::rename(dir, doomed, ec);
+    if (ec) return Status::Unavailable("cannot move " + dir.string() + " aside: " + ec.message());
+    std::filesystem::remove_all(doomed, ec);
+    if (ec) return Status::Unavailable("cannot remove " + doomed.string() + ": " + ec.message());
+    return Status::Ok();
+  }
+
+  Result<std::vector<std::string>> Deleted() override {
+    std::vector<std::pair<std::filesystem::file_time_type, std::string>> found;
+    std::error_code ec;
+    const std::filesystem::path dir = root_ / kDeletedDir;
+    if (!std::filesystem::exists(dir, ec)) return std::vector<std::string>();
+    for (auto it = std::filesystem::directory_iterator(dir, ec); !ec && it != std::filesystem::directory_iterator();
+         it.increment(ec)) {
+      if (it->path().extension() != ".json") continue;
+      std::ifstream in(it->path(), std::ios::binary);
+      std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      if (!in.good() && !in.eof()) return Status::Unavailable("cannot read " + it->path().string());
+      std::error_code e2;
+      found.emplace_back(std::filesystem::last_write_time(it->path(), e2), std::move(text));
+    }
+    if (ec) return Status::Unavailable("cannot list " + dir.string() + ": " + ec.message());
+    std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::vector<std::string> out;
+    for (auto& [t, text] : found) out.push_back(std::move(text));
+    return out;
+  }
+
+  static constexpr const char* kDeletedDir = ".deleted";
+  std::filesystem::path root_;
+  StoreOptions options_;
+  std::mutex mu_;
+  std::vector<std::unique_ptr<SqliteStore>> stores_;     // GUARDED_BY(mu_); by creation time, the first is the default
+  std::vector<std::unique_ptr<SqliteStore>> graveyard_;  // GUARDED_BY(mu_); dropped, kept for pointers held
 };
 
 }  // namespace
@@ -1553,10 +1707,20 @@ Result<std::unique_ptr<DatastoreCatalog>> OpenSqliteCatalog(const StoreOptions& 
   while (::flock(lock_fd, LOCK_EX) != 0) {
     if (errno != EINTR) return Status::Unavailable("cannot lock " + lock_path + ": " + std::strerror(errno));
   }
-  auto catalog = std::make_unique<SqliteCatalog>();
+  auto catalog = std::make_unique<SqliteCatalog>(root, options);
   std::vector<fs::path> dirs;
   for (auto it = fs::directory_iterator(root, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
     std::error_code e2;
+    const std::string name = it->path().filename().string();
+    if (name.starts_with(".removing-")) {
+      fs::remove_all(it->path(), e2);  // a deletion that stopped half-way
+      continue;
+    }
+    if (name.starts_with(".")) continue;
+    if (fs::exists(root / SqliteCatalog::kDeletedDir / (name + ".json"), e2)) {
+      fs::remove_all(it->path(), e2);  // dropped: its tombstone was written, its folder not yet removed
+      continue;
+    }
     if (it->is_directory(e2) && fs::exists(it->path() / "fhir.db", e2)) dirs.push_back(it->path());
   }
   if (ec) return Status::Unavailable("cannot list " + root.string() + ": " + ec.message());
@@ -1568,17 +1732,14 @@ Result<std::unique_ptr<DatastoreCatalog>> OpenSqliteCatalog(const StoreOptions& 
     RETURN_IF_ERROR(store->Open(/*create=*/false));
     catalog->stores_.push_back(std::move(store));
   }
-  if (catalog->stores_.empty()) {
+  // The default datastore is made only in a data directory that never had one (not after the last was deleted).
+  ASSIGN_OR_RETURN(auto deleted, catalog->Deleted());
+  if (catalog->stores_.empty() && deleted.empty()) {
     DatastoreInfo info;
     info.id = NewHexId();
     info.name = options.default_datastore_name;
     info.created_at = Clock::System().NowMillis();
-    fs::path dir = root / info.id;
-    fs::create_directories(dir, ec);
-    if (ec) return Status::Unavailable("cannot create " + dir.string() + ": " + ec.message());
-    info.path = (dir / "fhir.db").string();
-    auto store = std::make_unique<SqliteStore>(info, options, Clock::System());
-    RETURN_IF_ERROR(store->Open(/*create=*/true));
+    ASSIGN_OR_RETURN(auto store, catalog->MakeStore(info, datastore_status::kActive));
     catalog->stores_.push_back(std::move(store));
   }
   std::stable_sort(catalog->stores_.begin(), catalog->stores_.end(),

@@ -432,7 +432,11 @@ class Server:
         self.root = f"{self.scheme}://127.0.0.1:{self.port}"
         h = self.sess.get(f"{self.root}/healthz")
         assert h.status_code == 200, h.text
-        ds = h.json()["datastores"][0]
+        listed = h.json()["datastores"]
+        if not listed:  # every datastore was deleted (the control plane): no FHIR base to talk to
+            self.datastore_id = self.base = self.public_base = None
+            return self
+        ds = listed[0]
         self.datastore_id = ds["datastoreId"]
         self.base = f"{self.root}/datastore/{self.datastore_id}/r4"  # where we send requests
         self.public_base = ds["fhirBase"]  # what the server writes in absolute URLs (--public-url)

@@ -398,3 +398,199 @@ def test_bearer_tokens_cannot_use_the_control_plane(servers, tmp_path):
         assert "not open to SMART clients" in r.json()["message"], r.text
     # Nothing was started (as the account's SigV4 principal sees it).
     assert client(srv).list_fhir_export_jobs(DatastoreId=srv.datastore_id)["ExportJobPropertiesList"] == []
+
+
+# ---------------------------------------------------------------------------------------------- datastores
+
+def wait_datastore(hl, ds, status, timeout=120):
+    deadline = time.time() + timeout
+    while True:
+        try:
+            p = hl.describe_fhir_datastore(DatastoreId=ds)["DatastoreProperties"]
+        except botocore.exceptions.ClientError as e:
+            raise AssertionError(f"describe {ds}: {e.response['Error']}") from e
+        if p["DatastoreStatus"] == status:
+            return p
+        assert time.time() < deadline, p
+        time.sleep(0.1)
+
+
+def sample_dir():
+    return Path(__file__).resolve().parents[2] / "data" / "synthea-r4-100"
+
+
+def test_a_datastore_is_created_preloaded_used_and_deleted(servers, tmp_path):
+    from export_helpers import expected_system, sample_data, wait_done, collect_output
+    srv = servers.start(tmp_path / "data", ["--preload-dir", str(sample_dir())])
+    hl = client(srv)
+    made = hl.create_fhir_datastore(DatastoreName="preloaded", DatastoreTypeVersion="R4",
+                                    PreloadDataConfig={"PreloadDataType": "SYNTHEA"},
+                                    Tags=[{"Key": "team", "Value": "research"}])
+    ds = made["DatastoreId"]
+    assert made["DatastoreStatus"] == "CREATING" and made["DatastoreEndpoint"] == f"{srv.root}/datastore/{ds}/r4/"
+    assert made["DatastoreArn"].endswith(f":datastore/fhir/{ds}")
+    p = wait_datastore(hl, ds, "ACTIVE")
+    assert p["DatastoreName"] == "preloaded" and p["PreloadDataConfig"] == {"PreloadDataType": "SYNTHEA"}
+    assert p["SseConfiguration"] == {"KmsEncryptionConfig": {"CmkType": "AWS_OWNED_KMS_KEY"}}
+    assert hl.list_tags_for_resource(ResourceARN=made["DatastoreArn"])["Tags"] == [{"Key": "team", "Value": "research"}]
+    # The FHIR API of the new datastore has the whole sample; an SDK export of it gives exactly the sample.
+    base = made["DatastoreEndpoint"].rstrip("/")
+    expected = expected_system(sample_data().initial_state())
+    r = srv.sess.get(f"{base}/Patient?_summary=count")
+    assert r.status_code == 200 and r.json()["total"] == sum(1 for k in expected if k[0] == "Patient"), r.text
+    job = hl.start_fhir_export_job(DatastoreId=ds, DataAccessRoleArn=ROLE_ARN, OutputDataConfig=s3_config("pre"))
+    done = wait_done(srv.sess, base, job["JobId"])
+    got = collect_output(srv, done).counter
+    assert got == expected, (sum(got.values()), sum(expected.values()))
+    # Listed beside the default datastore, with filters.
+    names = {d["DatastoreName"] for d in hl.list_fhir_datastores()["DatastorePropertiesList"]}
+    assert names == {"fhirlake-default", "preloaded"}
+    assert [d["DatastoreId"] for d in hl.list_fhir_datastores(Filter={"DatastoreName": "preloaded"})
+            ["DatastorePropertiesList"]] == [ds]
+
+    # Deleted: DELETING, then DELETED (still described and listed), its FHIR API gone, its folder gone; the files the
+    # export wrote to the user's bucket stay.
+    bucket_files = sorted(p.relative_to(srv.s3_root()) for p in srv.s3_root().rglob("*.ndjson"))
+    assert bucket_files
+    gone = hl.delete_fhir_datastore(DatastoreId=ds)
+    assert gone["DatastoreStatus"] == "DELETING" and gone["DatastoreId"] == ds
+    p = wait_datastore(hl, ds, "DELETED")
+    assert p["DatastoreName"] == "preloaded" and p["DatastoreEndpoint"] == made["DatastoreEndpoint"]
+    assert {d["DatastoreStatus"] for d in hl.list_fhir_datastores(Filter={"DatastoreStatus": "DELETED"})
+            ["DatastorePropertiesList"]} == {"DELETED"}
+    r = srv.sess.get(f"{base}/Patient")
+    assert r.status_code == 404, r.text
+    assert not (tmp_path / "data" / "datastores" / ds).exists()
+    assert sorted(p.relative_to(srv.s3_root()) for p in srv.s3_root().rglob("*.ndjson")) == bucket_files
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        hl.start_fhir_export_job(DatastoreId=ds, DataAccessRoleArn=ROLE_ARN, OutputDataConfig=s3_config("x"))
+    assert err.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    # After a restart the deleted datastore is still DELETED and no default datastore appears in its place.
+    srv2 = servers.start(tmp_path / "data", ["--preload-dir", str(sample_dir())])
+    hl2 = client(srv2)
+    assert hl2.describe_fhir_datastore(DatastoreId=ds)["DatastoreProperties"]["DatastoreStatus"] == "DELETED"
+    assert len(hl2.list_fhir_datastores(Filter={"DatastoreStatus": "ACTIVE"})["DatastorePropertiesList"]) == 1
+
+
+def test_deleting_the_default_datastore_and_server_held_files(servers, tmp_path):
+    """The default datastore is deleted like any other; its running export is cancelled and the files of its IG
+    exports (the server's own bucket) go; after the last datastore is gone a restart makes no new default."""
+    srv = servers.start(tmp_path / "data", ["--test-export-batch-delay-ms", "200", "--export-batch-rows", "1"])
+    hl = client(srv)
+    ds = srv.datastore_id
+    for i in range(30):
+        assert srv.sess.put(f"{srv.base}/Patient/p{i}", data=json.dumps({"resourceType": "Patient", "id": f"p{i}"}),
+                            headers={"Content-Type": FHIR_JSON}).status_code == 201
+    r = srv.sess.get(f"{srv.base}/$export?_type=Patient",
+                     headers={"Accept": FHIR_JSON, "Prefer": "respond-async"})
+    assert r.status_code == 202, r.text
+    ig_job = r.headers["Content-Location"].rsplit("/", 1)[1]
+    from export_helpers import wait_done
+    wait_done(srv.sess, srv.base, ig_job)
+    held = list((srv.s3_root() / "fhirlake-server-exports").rglob("*.ndjson"))
+    assert held, "the IG export wrote no file"
+    running = start_export(srv.sess, srv.base, job_name="running")
+    from export_helpers import wait_status
+    wait_status(srv.sess, srv.base, running, "IN_PROGRESS", timeout=20)
+    assert hl.delete_fhir_datastore(DatastoreId=ds)["DatastoreStatus"] == "DELETING"
+    # Not again, and not through the data plane meanwhile.
+    assert hl.delete_fhir_datastore(DatastoreId=ds)["DatastoreStatus"] in ("DELETING", "DELETED")
+    wait_datastore(hl, ds, "DELETED")
+    assert not any(p.exists() for p in held)
+    assert hl.list_fhir_datastores(Filter={"DatastoreStatus": "ACTIVE"})["DatastorePropertiesList"] == []
+    srv2 = servers.start(tmp_path / "data")
+    assert client(srv2).list_fhir_datastores(Filter={"DatastoreStatus": "ACTIVE"})["DatastorePropertiesList"] == []
+    assert requests.get(srv2.root + "/healthz", timeout=30).json()["datastores"] == []
+
+
+@pytest.mark.parametrize("body,mention", [
+    ({"DatastoreTypeVersion": "R5"}, "DatastoreTypeVersion"),
+    ({}, "DatastoreTypeVersion"),
+    ({"DatastoreTypeVersion": "R4", "PreloadDataConfig": {"PreloadDataType": "OTHER"}}, "PreloadDataType"),
+    ({"DatastoreTypeVersion": "R4", "DatastoreName": "x" * 300}, "DatastoreName"),
+    # A server without the sample (--preload-dir ""), asked to preload it.
+    ({"DatastoreTypeVersion": "R4", "PreloadDataConfig": {"PreloadDataType": "SYNTHEA"}}, "preload-dir"),
+    ({"DatastoreTypeVersion": "R4", "Tags": [{"Key": f"k{i}", "Value": "v"} for i in range(51)]}, "Tags"),
+])
+def test_create_datastore_bad_input(servers, tmp_path, body, mention):
+    srv = servers.start(tmp_path / "data", ["--preload-dir", ""])
+    r = raw(srv, "HealthLake.CreateFHIRDatastore", body)
+    assert r.status_code == 400 and r.json()["__type"] == "ValidationException", r.text
+    assert mention in r.json()["message"], r.text
+
+
+def test_create_datastore_is_idempotent_by_client_token_and_smart_datastores_need_credentials(servers, tmp_path):
+    srv = servers.start(tmp_path / "data", ["--preload-dir", ""])
+    hl = client(srv)
+    a = hl.create_fhir_datastore(DatastoreName="a", DatastoreTypeVersion="R4", ClientToken="tok-1")
+    b = hl.create_fhir_datastore(DatastoreName="a", DatastoreTypeVersion="R4", ClientToken="tok-1")
+    assert a["DatastoreId"] == b["DatastoreId"]
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        hl.create_fhir_datastore(DatastoreName="other", DatastoreTypeVersion="R4", ClientToken="tok-1")
+    assert err.value.response["Error"]["Code"] == "ValidationException" and "tok-1" in str(err.value)
+    wait_datastore(hl, a["DatastoreId"], "ACTIVE")
+    # A new datastore's FHIR API works at once, and with it both export views.
+    base = a["DatastoreEndpoint"].rstrip("/")
+    assert srv.sess.put(f"{base}/Patient/x", data=json.dumps({"resourceType": "Patient", "id": "x"}),
+                        headers={"Content-Type": FHIR_JSON}).status_code == 201
+    r = srv.sess.get(f"{base}/$export", headers={"Accept": FHIR_JSON, "Prefer": "respond-async"})
+    assert r.status_code == 202, r.text
+
+
+def test_a_smart_datastore_refuses_what_its_strategy_does_not_allow(servers, tmp_path):
+    cfg = {"region": "us-east-1", "accountId": "111122223333", "defaultModes": ["none"],
+           "principals": [{"accessKeyId": KEY, "secretAccessKey": SECRET, "accountId": "111122223333",
+                           "policies": [{"Statement": [{"Effect": "Allow", "Action": "healthlake:*",
+                                                        "Resource": "*"}]}]}]}
+    path = tmp_path / "auth.json"
+    path.write_text(json.dumps(cfg))
+    srv = servers.start(tmp_path / "data", ["--auth-config", str(path), "--preload-dir", ""])
+    hl = client(srv)
+    # IdentityProviderConfiguration is in the newer model only: the aws CLI with models/ (AWS_DATA_PATH).
+    idp = {"AuthorizationStrategy": "SMART_ON_FHIR_V1", "FineGrainedAuthorizationEnabled": False,
+           "Metadata": json.dumps({"issuer": "https://idp.example"})}
+    r = aws(srv, "create-fhir-datastore", "--datastore-name", "smart", "--datastore-type-version", "R4",
+            "--identity-provider-configuration", json.dumps(idp), data_path=MODELS)
+    assert r.returncode == 0, r.stderr
+    made = json.loads(r.stdout)
+    wait_datastore(hl, made["DatastoreId"], "ACTIVE")
+    r = aws(srv, "describe-fhir-datastore", "--datastore-id", made["DatastoreId"], data_path=MODELS)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["DatastoreProperties"]["IdentityProviderConfiguration"] == idp
+    base = made["DatastoreEndpoint"].rstrip("/")
+    # The default datastore is open (mode none); the SMART one wants SigV4 or a bearer token.
+    assert requests.get(f"{srv.base}/Patient", timeout=30).status_code == 200
+    assert requests.get(f"{base}/Patient", timeout=30).status_code == 401
+
+
+def test_a_preload_killed_half_way_resumes_after_a_restart(servers, tmp_path):
+    """kill -9 while a datastore is CREATING (its preload running); restarted, it is made again and ends ACTIVE
+    with every resource of the sample, none with a version the load would not have given it."""
+    from export_helpers import sample_data
+    srv = servers.start(tmp_path / "data", ["--preload-dir", str(sample_dir())])
+    hl = client(srv)
+    ds = hl.create_fhir_datastore(DatastoreTypeVersion="R4", PreloadDataConfig={"PreloadDataType": "SYNTHEA"})[
+        "DatastoreId"]
+    folder = tmp_path / "data" / "datastores" / ds
+    deadline = time.time() + 30
+    while not any(p.stat().st_size > 1 << 20 for p in folder.glob("fhir.db*")):  # the load has written something
+        assert time.time() < deadline
+        time.sleep(0.02)
+    assert hl.describe_fhir_datastore(DatastoreId=ds)["DatastoreProperties"]["DatastoreStatus"] == "CREATING"
+    srv.kill9()
+    srv2 = servers.start(tmp_path / "data", ["--preload-dir", str(sample_dir())])
+    hl2 = client(srv2)
+    wait_datastore(hl2, ds, "ACTIVE")
+    expected = sample_data().initial_state()
+    base = f"{srv2.root}/datastore/{ds}/r4"
+    got = {}
+    for t in sorted({k[0] for k in expected}):
+        url = f"{base}/{t}?_count=1000&_elements=id"
+        while url:
+            page = srv2.sess.get(url).json()
+            for e in page.get("entry", []):
+                r = e["resource"]
+                got[(r["resourceType"], r["id"])] = int(r["meta"]["versionId"])
+            url = next((x["url"] for x in page.get("link", []) if x["relation"] == "next"), None)
+    assert set(got) == set(expected)
+    assert all(got[k] <= expected[k].version for k in got), [k for k in got if got[k] > expected[k].version][:5]

@@ -31,6 +31,8 @@ class CountingStore final : public store::ResourceStore {
   int begin_writes() const { return begin_writes_.load(); }
 
   const store::DatastoreInfo& info() const override { return inner_->info(); }
+  std::string status() const override { return inner_->status(); }
+  Status SetStatus(const std::string& status) override { return inner_->SetStatus(status); }
   Result<std::map<std::string, std::string>> Tags() override { return inner_->Tags(); }
   Status SetTags(const std::map<std::string, std::string>& tags) override { return inner_->SetTags(tags); }
   Result<std::unique_ptr<store::StoreTransaction>> BeginWrite() override {
