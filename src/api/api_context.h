@@ -16,13 +16,17 @@ class ExportEngine;
 namespace fhirlake::sink {
 class ObjectSink;
 }
+namespace fhirlake::ingest {
+class ImportEngine;
+}
 
 namespace fhirlake::api {
 
 struct ApiContext {
   store::DatastoreCatalog* catalog = nullptr;
   bulk::ExportEngine* exports = nullptr;
-  std::string public_base_url;  // e.g. "http://127.0.0.1:8080" (no trailing slash)
+  ingest::ImportEngine* imports = nullptr;  // the control plane's import jobs
+  std::string public_base_url;              // e.g. "http://127.0.0.1:8080" (no trailing slash)
   std::string version;
   // The Bulk Data IG view: its files go to this bucket of `sink` (the server's own output location) and are
   // served from it until `export_file_lifetime_ms` after the job ended; polls are told to come back after

@@ -17,6 +17,7 @@
 #include "awsjson/model.h"
 #include "bulk/export_engine.h"
 #include "fhir/page_cursor.h"
+#include "ingest/import_engine.h"
 #include "ingest/loader.h"
 
 namespace fhirlake::api {
@@ -79,6 +80,7 @@ double EpochSeconds(EpochMillis ms) { return static_cast<double>(ms) / 1000.0; }
 // NextToken: the fhir layer's keyset page cursors (opaque, scoped to the operation that gave them out).
 constexpr char kDatastoreCursor[] = "datastores";
 constexpr char kJobCursor[] = "exportjobs";
+constexpr char kImportCursor[] = "importjobs";
 
 int MaxResults(const json& body) { return body.value("MaxResults", kDefaultMaxResults); }
 
@@ -185,6 +187,12 @@ class ControlPlane {
       out = DescribeExport(body, p);
     } else if (op.name == "ListFHIRExportJobs") {
       out = ListExports(body, p);
+    } else if (op.name == "StartFHIRImportJob") {
+      out = StartImport(body, p);
+    } else if (op.name == "DescribeFHIRImportJob") {
+      out = DescribeImport(body, p);
+    } else if (op.name == "ListFHIRImportJobs") {
+      out = ListImports(body, p);
     } else if (op.name == "TagResource" || op.name == "UntagResource" || op.name == "ListTagsForResource") {
       out = Tags(op.name, body);
     } else {
@@ -318,7 +326,7 @@ class ControlPlane {
       if (c.contains("PreloadDataConfig") && !ctx_.preload_dir.empty()) {
         auto files = ingest::ExpandPaths({ctx_.preload_dir});
         ingest::LoadSettings settings;
-        settings.skip_existing = resumed;
+        if (resumed) settings.skip_written_after_seq = 0;  // the datastore was empty: all it holds is the preload's
         auto report = files.ok() ? ingest::LoadFiles(s, *files, settings) : Result<ingest::LoadReport>(files.status());
         if (!report.ok()) {
           // Stays CREATING: the next start tries again (HealthLake's older model has no CREATE_FAILED).
@@ -562,6 +570,91 @@ class ControlPlane {
       last_order = j.queue_order;
     }
     json out = {{"ExportJobPropertiesList", list}};
+    if (!next.empty()) out["NextToken"] = next;
+    return out;
+  }
+
+  Result<json> StartImport(const json& body, const RequestContext& p) const {
+    ASSIGN_OR_RETURN(store::ResourceStore * s, ActiveDatastore(body));
+    if (!body["InputDataConfig"].contains("S3Uri")) return Status::Invalid("InputDataConfig needs an S3Uri");
+    if (!body["JobOutputDataConfig"].contains("S3Configuration")) {
+      return Status::Invalid("JobOutputDataConfig needs an S3Configuration (S3Uri, KmsKeyId)");
+    }
+    store::ImportJobRecord job;
+    ASSIGN_OR_RETURN(bulk::S3Location in, bulk::ParseS3Uri(body["InputDataConfig"]["S3Uri"].get<std::string>()));
+    const json& s3 = body["JobOutputDataConfig"]["S3Configuration"];
+    ASSIGN_OR_RETURN(bulk::S3Location out, bulk::ParseS3Uri(s3["S3Uri"].get<std::string>()));
+    job.input_s3_uri = in.Uri();
+    job.output_s3_uri = out.Uri();
+    job.kms_key_id = s3["KmsKeyId"].get<std::string>();
+    job.job_name = body.value("JobName", "");
+    job.data_access_role_arn = body["DataAccessRoleArn"].get<std::string>();
+    job.owner = JobOwner(p.principal);
+    if (body.contains("ClientToken")) {
+      job.client_token = TokenScope(p.principal) + "|" + body["ClientToken"].get<std::string>();
+      json same = body;
+      same.erase("ClientToken");
+      job.client_request = "StartFHIRImportJob " + same.dump();
+    }
+    ASSIGN_OR_RETURN(store::ImportJobRecord started, ctx_.imports->Submit(s, std::move(job)));
+    return json{{"JobId", started.job_id}, {"JobStatus", started.status}, {"DatastoreId", s->info().id}};
+  }
+
+  json ImportProperties(const store::ImportJobRecord& j, std::string_view datastore_id) const {
+    json out = {
+        {"JobId", j.job_id},
+        {"JobStatus", j.status},
+        {"SubmitTime", EpochSeconds(j.submit_time)},
+        {"DatastoreId", datastore_id},
+        {"InputDataConfig", {{"S3Uri", j.input_s3_uri}}},
+        {"JobOutputDataConfig", {{"S3Configuration", {{"S3Uri", j.output_s3_uri}, {"KmsKeyId", j.kms_key_id}}}}}};
+    if (!j.job_name.empty()) out["JobName"] = j.job_name;
+    if (j.end_time) out["EndTime"] = EpochSeconds(*j.end_time);
+    if (!j.data_access_role_arn.empty()) out["DataAccessRoleArn"] = j.data_access_role_arn;
+    if (!j.message.empty()) out["Message"] = j.message;
+    return out;
+  }
+
+  Result<json> DescribeImport(const json& body, const RequestContext& p) const {
+    ASSIGN_OR_RETURN(store::ResourceStore * s, Datastore(body));
+    const std::string job_id = body["JobId"].get<std::string>();
+    auto job = s->jobs().GetImportJob(job_id);
+    if (!job.ok() || !MaySeeJob(p.principal, job->owner)) {
+      if (!job.ok() && job.status().code() != StatusCode::kNotFound) return job.status();
+      return Status::NotFound("Import job " + job_id + " is not known in datastore " + s->info().id);
+    }
+    return json{{"ImportJobProperties", ImportProperties(*job, s->info().id)}};
+  }
+
+  Result<json> ListImports(const json& body, const RequestContext& p) const {
+    ASSIGN_OR_RETURN(store::ResourceStore * s, Datastore(body));
+    int64_t after_order = 0;
+    if (body.contains("NextToken")) {
+      ASSIGN_OR_RETURN(after_order, fhir::DecodePageCursor(body["NextToken"].get<std::string>(), kImportCursor));
+    }
+    ASSIGN_OR_RETURN(auto jobs, s->jobs().ImportJobs());
+    json list = json::array();
+    const int max = MaxResults(body);
+    std::string next;
+    int64_t last_order = 0;
+    for (const auto& j : jobs) {
+      if (j.queue_order <= after_order || !MaySeeJob(p.principal, j.owner)) continue;
+      if (body.contains("JobName") && body["JobName"] != j.job_name) continue;
+      if (body.contains("JobStatus") && body["JobStatus"] != j.status) continue;
+      if (body.contains("SubmittedBefore") && EpochSeconds(j.submit_time) >= body["SubmittedBefore"].get<double>()) {
+        continue;
+      }
+      if (body.contains("SubmittedAfter") && EpochSeconds(j.submit_time) <= body["SubmittedAfter"].get<double>()) {
+        continue;
+      }
+      if (static_cast<int>(list.size()) == max) {
+        next = fhir::EncodePageCursor(kImportCursor, last_order);
+        break;
+      }
+      list.push_back(ImportProperties(j, s->info().id));
+      last_order = j.queue_order;
+    }
+    json out = {{"ImportJobPropertiesList", list}};
     if (!next.empty()) out["NextToken"] = next;
     return out;
   }

@@ -18,6 +18,7 @@
 #include "bulk/export_engine.h"
 #include "fhir/operation_outcome.h"
 #include "http/server.h"
+#include "ingest/import_engine.h"
 #include "sink/object_sink.h"
 #include "sink/s3_sink.h"
 #include "store/resource_store.h"
@@ -172,9 +173,16 @@ int RunServe(const ServeOptions& options) {
     return 2;
   }
 
+  ingest::ImportOptions io;
+  io.work_dir = (std::filesystem::path(options.data_dir) / "import-staging").string();
+  io.redact_paths = eo.redact_paths;
+  ingest::ImportEngine imports(catalog->get(), sink->get(), io);
+  imports.Start();
+
   api::ApiContext ctx;
   ctx.catalog = catalog->get();
   ctx.exports = &engine;
+  ctx.imports = &imports;
   ctx.sink = sink->get();
   if (auto b = bulk::ParseS3Uri("s3://" + options.export_server_bucket); !b.ok() || !b->prefix.empty()) {
     std::fprintf(stderr, "fhirlake serve: --export-server-bucket '%s' is not a bucket name%s%s\n",
@@ -281,6 +289,7 @@ int RunServe(const ServeOptions& options) {
     server.Stop();
   });
   server.Wait();
+  imports.Stop();
   engine.Stop();
   spdlog::info("event=stopped");
   signal_waiter.join();

@@ -79,8 +79,8 @@ class StoreWriter {
   };
   using Batch = std::vector<Item>;
 
-  StoreWriter(store::ResourceStore* store, size_t batch_size, bool skip_existing)
-      : store_(store), batch_size_(batch_size), skip_existing_(skip_existing) {
+  StoreWriter(store::ResourceStore* store, size_t batch_size, std::optional<int64_t> skip_after_seq)
+      : store_(store), batch_size_(batch_size), skip_after_seq_(skip_after_seq) {
     thread_ = std::thread([this] { Run(); });
   }
   // Joins the writer thread on early returns (the load reports the error that made it return).
@@ -141,10 +141,10 @@ class StoreWriter {
           }
           txn = std::move(*t);
         }
-        if (skip_existing_) {
-          // A load run again after it stopped (an import resumed): what is stored already is not written twice.
+        if (skip_after_seq_) {
+          // A load run again after it stopped: what its first run wrote is not written twice.
           auto existing = txn->Read(item.parsed.type, item.id);
-          if (existing.ok() && !existing->deleted) {
+          if (existing.ok() && existing->seq > *skip_after_seq_) {
             ++skipped_;
             if (++in_txn >= batch_size_) {
               st = txn->Commit();
@@ -181,7 +181,7 @@ class StoreWriter {
 
   store::ResourceStore* store_;
   size_t batch_size_;
-  bool skip_existing_;
+  std::optional<int64_t> skip_after_seq_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Batch> queue_;  // GUARDED_BY(mu_)
@@ -195,7 +195,7 @@ class StoreWriter {
 class Loader {
  public:
   Loader(store::ResourceStore* store, const LoadSettings& settings)
-      : settings_(settings), writer_(store, settings.batch_size, settings.skip_existing) {}
+      : settings_(settings), writer_(store, settings.batch_size, settings.skip_written_after_seq) {}
 
   void Error(const std::string& file, size_t line, const Status& st) {
     ++errors_;
@@ -292,6 +292,7 @@ class Loader {
   // Parses one resource and writes it; input errors are reported and skipped, store errors abort the load.
   Status LoadOne(const std::string& path, size_t line, std::string_view json, const char* end,
                  std::string_view full_url) {
+    if (settings_.should_stop && settings_.should_stop()) return Status::Unavailable("the load was stopped");
     UrnResolver resolver(&urns_);
     auto parsed = parser_.ParseInBuffer(json, end, &resolver);
     if (!parsed.ok()) {
@@ -308,6 +309,7 @@ class Loader {
       Error(path, line, index.status());
       return Status::Ok();
     }
+    if (settings_.on_parsed) settings_.on_parsed(path, line, parsed->type, id);
     batch_.push_back(StoreWriter::Item{std::move(*parsed), std::move(id), std::move(*index)});
     ++parsed_;
     if (batch_.size() >= kBatchItems) RETURN_IF_ERROR(PushBatch());

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -15,18 +16,23 @@ namespace fhirlake::ingest {
 
 struct LoadSettings {
   size_t batch_size = 10000;  // resources per write transaction
-  // Resources whose type/id is stored already (not deleted) are left as they are (a load run again after it stopped:
-  // nothing is written twice, no extra version).
-  bool skip_existing = false;
+  // A load run again after it stopped (a resumed preload or import): resources whose current version was written
+  // after this commit sequence (by the first run) are left as they are, so nothing is written twice and no version is
+  // added; older ones are written as a first run would. Unset: every resource is written.
+  std::optional<int64_t> skip_written_after_seq;
   // An input problem (file, line, what): the resource is skipped and the load goes on.
   std::function<void(const std::string& file, size_t line, const Status& problem)> on_error;
+  // Each resource that parsed and will be stored (also one skipped as written before), in input order.
+  std::function<void(const std::string& file, size_t line, const std::string& type, const std::string& id)> on_parsed;
+  // Asked before each resource: true stops the load (LoadFiles then fails with kUnavailable; what was committed stays).
+  std::function<bool()> should_stop;
   // Now and then: resources stored so far and seconds since the start.
   std::function<void(int64_t loaded, double seconds)> on_progress;
 };
 
 struct LoadReport {
   int64_t loaded = 0;      // resources written
-  int64_t skipped = 0;     // already stored (skip_existing)
+  int64_t skipped = 0;     // written before (skip_written_after_seq)
   int64_t errors = 0;      // input problems (on_error was called for each)
   int64_t unresolved = 0;  // urn:uuid references left as they are
   int64_t files = 0;

@@ -124,6 +124,26 @@ struct ExportFileRecord {
   std::string continues_in;  // organizeOutputBy: the key of the file where this file's last block continues
 };
 
+// An import job (the control plane's StartFHIRImportJob): ndjson objects under an S3 prefix loaded into the datastore.
+struct ImportJobRecord {
+  std::string job_id;
+  std::string job_name;
+  std::string status;  // SUBMITTED, QUEUED, IN_PROGRESS, COMPLETED, COMPLETED_WITH_ERRORS, FAILED
+  std::string input_s3_uri;
+  std::string output_s3_uri;  // JobOutputDataConfig.S3Configuration.S3Uri
+  std::string kms_key_id;
+  std::string data_access_role_arn;
+  std::string owner = "anonymous";
+  EpochMillis submit_time = 0;
+  std::optional<EpochMillis> end_time;
+  // The commit sequence when the job first started: a resumed run leaves alone what was written after it.
+  std::optional<int64_t> base_seq;
+  std::string message;
+  std::string client_token;
+  std::string client_request;
+  int64_t queue_order = 0;  // assigned by the store at insert
+};
+
 class JobStore {
  public:
   virtual ~JobStore() = default;
@@ -176,6 +196,21 @@ class JobStore {
   virtual Status DropJobScratch(const std::string& job_id) = 0;
   // Ids of jobs in a final state that still have scope rows (a drop that failed; swept at start-up).
   virtual Result<std::vector<std::string>> JobsWithScratch() = 0;
+
+  // --- import jobs ---
+  // Inserts the job and sets its queue_order.
+  virtual Status InsertImportJob(ImportJobRecord* job) = 0;
+  virtual Result<ImportJobRecord> GetImportJob(std::string_view job_id) = 0;
+  // Every import job, in queue order.
+  virtual Result<std::vector<ImportJobRecord>> ImportJobs() = 0;
+  virtual Result<std::optional<ImportJobRecord>> ImportJobByClientToken(const std::string& token) = 0;
+  // Compare-and-set as TransitionJob: to `to` from one of `from`, with the message, end time and base_seq given (unset:
+  // kept). kConflict when the job is in none of `from`.
+  virtual Result<ImportJobRecord> TransitionImportJob(std::string_view job_id,
+                                                      std::initializer_list<std::string_view> from, std::string_view to,
+                                                      std::optional<std::string> message,
+                                                      std::optional<EpochMillis> end_time,
+                                                      std::optional<int64_t> base_seq) = 0;
 };
 
 }  // namespace fhirlake::store

@@ -233,6 +233,28 @@ CREATE TABLE export_assoc(job_id TEXT NOT NULL, target_type TEXT NOT NULL, targe
   PRIMARY KEY(job_id, target_type, target_id, prov_rid)) WITHOUT ROWID;
 )sql";
 
+// Import jobs (the control plane's StartFHIRImportJob).
+constexpr const char* kMigrationV12 = R"sql(
+CREATE TABLE import_jobs(
+  job_id TEXT PRIMARY KEY,
+  queue_order INTEGER NOT NULL,
+  job_name TEXT NOT NULL,
+  status TEXT NOT NULL,
+  input_s3_uri TEXT NOT NULL,
+  output_s3_uri TEXT NOT NULL,
+  kms_key_id TEXT NOT NULL,
+  role_arn TEXT NOT NULL,
+  owner TEXT NOT NULL,
+  submit_time INTEGER NOT NULL,
+  end_time INTEGER,
+  base_seq INTEGER,
+  message TEXT NOT NULL,
+  client_token TEXT NOT NULL,
+  client_request TEXT NOT NULL
+);
+CREATE UNIQUE INDEX import_jobs_client_token ON import_jobs(client_token) WHERE client_token <> '';
+)sql";
+
 Status SetVersion(SqliteConnection& db, int version) {
   return db.Exec("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '" + std::to_string(version) +
                  "')");
@@ -267,7 +289,8 @@ Status ApplyMigration(SqliteConnection& db, int to_version) {
                     : to_version == 8  ? kMigrationV8
                     : to_version == 9  ? kMigrationV9
                     : to_version == 10 ? kMigrationV10
-                                       : kMigrationV11;
+                    : to_version == 11 ? kMigrationV11
+                                       : kMigrationV12;
   if (to_version == 3) RETURN_IF_ERROR(AddOpColumns(db));
   RETURN_IF_ERROR(db.Exec(sql));
   return SetVersion(db, to_version);

@@ -7,7 +7,7 @@
 
 namespace fhirlake::store {
 
-inline constexpr int kSchemaVersion = 11;
+inline constexpr int kSchemaVersion = 12;
 
 // Creates the schema of exactly `version` in an empty database (tests use it to build old databases).
 Status CreateSchema(SqliteConnection& db, int version);

@@ -1166,6 +1166,112 @@ class SqliteStore final : public ResourceStore, public JobStore {
     return FirstColumn(*q);
   }
 
+  // --- import jobs ---
+  static constexpr const char* kSelectImport =
+      "SELECT job_id, queue_order, job_name, status, input_s3_uri, output_s3_uri, kms_key_id, role_arn, owner, "
+      "submit_time, end_time, base_seq, message, client_token, client_request FROM import_jobs";
+
+  static ImportJobRecord ReadImport(const SqliteStmt& q) {
+    ImportJobRecord j;
+    j.job_id = q.Str(0);
+    j.queue_order = q.Int(1);
+    j.job_name = q.Str(2);
+    j.status = q.Str(3);
+    j.input_s3_uri = q.Str(4);
+    j.output_s3_uri = q.Str(5);
+    j.kms_key_id = q.Str(6);
+    j.data_access_role_arn = q.Str(7);
+    j.owner = q.Str(8);
+    j.submit_time = q.Int(9);
+    j.end_time = q.OptInt(10);
+    j.base_seq = q.OptInt(11);
+    j.message = q.Str(12);
+    j.client_token = q.Str(13);
+    j.client_request = q.Str(14);
+    return j;
+  }
+
+  Status InsertImportJob(ImportJobRecord* job) override {
+    return WithWrite([&](SqliteConnection& c) -> Status {
+      ASSIGN_OR_RETURN(auto q, c.Prepare("SELECT coalesce(max(queue_order), 0) + 1 FROM import_jobs"));
+      ASSIGN_OR_RETURN(bool row, q->Step());
+      job->queue_order = row ? q->Int(0) : 1;
+      q.reset();
+      ASSIGN_OR_RETURN(auto ins, c.Prepare("INSERT INTO import_jobs(job_id, queue_order, job_name, status, "
+                                           "input_s3_uri, output_s3_uri, kms_key_id, role_arn, owner, submit_time, "
+                                           "end_time, base_seq, message, client_token, client_request) VALUES (?1, "
+                                           "?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"));
+      ins->Bind(1, job->job_id).Bind(2, job->queue_order).Bind(3, job->job_name).Bind(4, job->status);
+      ins->Bind(5, job->input_s3_uri).Bind(6, job->output_s3_uri).Bind(7, job->kms_key_id);
+      ins->Bind(8, job->data_access_role_arn).Bind(9, job->owner).Bind(10, job->submit_time);
+      ins->Bind(11, job->end_time).Bind(12, job->base_seq).Bind(13, job->message).Bind(14, job->client_token);
+      ins->Bind(15, job->client_request);
+      return ins->Run();
+    });
+  }
+
+  Result<ImportJobRecord> GetImportJob(std::string_view job_id) override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    ASSIGN_OR_RETURN(auto q, conn->Prepare(std::string(kSelectImport) + " WHERE job_id=?1"));
+    q->Bind(1, job_id);
+    ASSIGN_OR_RETURN(bool row, q->Step());
+    if (!row) return Status::NotFound("Import job " + std::string(job_id) + " is not known in datastore " + info_.id);
+    return ReadImport(*q);
+  }
+
+  Result<std::vector<ImportJobRecord>> ImportJobs() override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    ASSIGN_OR_RETURN(auto q, conn->Prepare(std::string(kSelectImport) + " ORDER BY queue_order"));
+    std::vector<ImportJobRecord> out;
+    while (true) {
+      ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      out.push_back(ReadImport(*q));
+    }
+    return out;
+  }
+
+  Result<std::optional<ImportJobRecord>> ImportJobByClientToken(const std::string& token) override {
+    ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    ASSIGN_OR_RETURN(auto q,
+                     conn->Prepare(std::string(kSelectImport) + " WHERE client_token=?1 AND client_token <> ''"));
+    q->Bind(1, token);
+    ASSIGN_OR_RETURN(bool row, q->Step());
+    if (!row) return std::optional<ImportJobRecord>();
+    return std::optional<ImportJobRecord>(ReadImport(*q));
+  }
+
+  Result<ImportJobRecord> TransitionImportJob(std::string_view job_id, std::initializer_list<std::string_view> from,
+                                              std::string_view to, std::optional<std::string> message,
+                                              std::optional<EpochMillis> end_time,
+                                              std::optional<int64_t> base_seq) override {
+    RETURN_IF_ERROR(WithWrite([&](SqliteConnection& c) -> Status {
+      std::string sql =
+          "UPDATE import_jobs SET status=?1, message=coalesce(?3, message), end_time=coalesce(?4, end_time), "
+          "base_seq=coalesce(?5, base_seq) WHERE job_id=?2 AND status IN (";
+      int n = 6;
+      for (size_t i = 0; i < from.size(); ++i) sql += (i ? ",?" : "?") + std::to_string(n++);
+      sql += ")";
+      ASSIGN_OR_RETURN(auto u, c.Prepare(sql));
+      u->Bind(1, to).Bind(2, job_id).Bind(4, end_time).Bind(5, base_seq);
+      if (message) {
+        u->Bind(3, *message);
+      } else {
+        u->BindNull(3);
+      }
+      n = 6;
+      for (std::string_view f : from) u->Bind(n++, f);
+      RETURN_IF_ERROR(u->Run());
+      if (sqlite3_changes(c.raw()) == 1) return Status::Ok();
+      ASSIGN_OR_RETURN(auto q, c.Prepare("SELECT status FROM import_jobs WHERE job_id=?1"));
+      q->Bind(1, job_id);
+      ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) return Status::NotFound("Import job " + std::string(job_id) + " is not known");
+      return Status::Conflict("Import job " + std::string(job_id) + " is " + q->Str(0));
+    }));
+    return GetImportJob(job_id);
+  }
+
   Result<ExportJobRecord> GetJob(std::string_view job_id) override {
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
     ASSIGN_OR_RETURN(auto q, conn->Prepare(std::string(kSelectJob) + " WHERE job_id=?1"));

@@ -497,3 +497,53 @@ def test_sink_read_path_against_rgw(rgw, tmp_path):
     etag = rgw.head(BUCKET, prefix + "Observation/Observation-1.ndjson")["ETag"]
     assert re.match(r'^"[0-9a-f]{32}-3"$', etag), f"expected a 3-part multipart upload, ETag {etag}"
     assert rgw.list_uploads(BUCKET, "unit/") == []
+
+
+def test_import_from_rgw_then_export_back(rgw, pool, tmp_path):
+    """StartFHIRImportJob reading ndjson objects (one gzipped, one with a bad line) from a prefix in RGW, through
+    boto3 against fhirlake; the report lands in RGW (listed with the `aws s3` CLI); the imported data exports back
+    through StartFHIRExportJob to RGW with exactly what was imported."""
+    import gzip as gz
+    from test_control_plane import client as hl_client
+    from test_import import wait_import
+    patients = [{"resourceType": "Patient", "id": f"rgw-imp-{i}", "gender": "male"} for i in range(20)]
+    conds = [{"resourceType": "Condition", "id": f"rgw-cond-{i}", "subject": {"reference": f"Patient/rgw-imp-{i}"},
+              "code": {"text": "c"}} for i in range(20)]
+    prefix = "imports/run-1"
+    rgw.s3.put_object(Bucket=BUCKET, Key=f"{prefix}/patients.ndjson",
+                      Body=("\n".join(json.dumps(p) for p in patients) + "\n{broken\n").encode())
+    rgw.s3.put_object(Bucket=BUCKET, Key=f"{prefix}/conditions.ndjson.gz",
+                      Body=gz.compress(("\n".join(json.dumps(c) for c in conds) + "\n").encode()))
+    srv = pool.start(tmp_path / "data", s3_serve_args(rgw))
+    hl = hl_client(srv)
+    ds = srv.datastore_id
+    job = hl.start_fhir_import_job(DatastoreId=ds, InputDataConfig={"S3Uri": f"s3://{BUCKET}/{prefix}"},
+                                   DataAccessRoleArn=ROLE_ARN,
+                                   JobOutputDataConfig={"S3Configuration": {"S3Uri": f"s3://{BUCKET}/import-reports",
+                                                                            "KmsKeyId": KMS_KEY}})["JobId"]
+    p = wait_import(hl, ds, job)
+    assert p["JobStatus"] == "COMPLETED_WITH_ERRORS", p
+    assert p["Message"] == "Imported 40 resources from 2 objects; 1 line was rejected (see FAILURE/)", p
+    report = f"import-reports/{ds}-FHIR_IMPORT-{job}/"
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY,
+               AWS_DEFAULT_REGION="us-east-1", AWS_PAGER="")
+    listed = subprocess.run(["/usr/bin/aws", "s3", "ls", "--recursive", f"s3://{BUCKET}/{report}",
+                             "--endpoint-url", rgw.endpoint], capture_output=True, text=True, env=env, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    keys = sorted(line.split()[-1] for line in listed.stdout.splitlines())
+    assert keys == sorted(report + k for k in ("FAILURE/patients.ndjson", "SUCCESS/conditions.ndjson",
+                                               "SUCCESS/patients.ndjson", "manifest.json")), keys
+    fail = rgw.s3.get_object(Bucket=BUCKET, Key=report + "FAILURE/patients.ndjson")["Body"].read().decode()
+    assert [json.loads(x)["line"] for x in fail.splitlines()] == [21]
+    # Exported back to RGW: exactly what was imported.
+    exp = hl.start_fhir_export_job(DatastoreId=ds, DataAccessRoleArn=ROLE_ARN,
+                                   OutputDataConfig={"S3Configuration": {"S3Uri": f"s3://{BUCKET}/after-import",
+                                                                         "KmsKeyId": KMS_KEY}})["JobId"]
+    d = wait_done(srv.sess, srv.base, exp)
+    got = set()
+    for o in d["output"]:
+        bucket, key = o["url"][len("s3://"):].split("/", 1)
+        for line in rgw.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode().splitlines():
+            r = json.loads(line)
+            got.add((r["resourceType"], r["id"], r["meta"]["versionId"]))
+    assert got == {(r["resourceType"], r["id"], "1") for r in patients + conds}
