@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "http/http_types.h"
 #include "http/router.h"
@@ -26,7 +27,9 @@ struct ApiContext {
   store::DatastoreCatalog* catalog = nullptr;
   bulk::ExportEngine* exports = nullptr;
   ingest::ImportEngine* imports = nullptr;  // the control plane's import jobs
-  std::string public_base_url;              // e.g. "http://127.0.0.1:8080" (no trailing slash)
+  // Called once the server listens and serves (background work that must not start in a process that then fails to).
+  mutable std::vector<std::function<void()>> on_serving;
+  std::string public_base_url;  // e.g. "http://127.0.0.1:8080" (no trailing slash)
   std::string version;
   // The Bulk Data IG view: its files go to this bucket of `sink` (the server's own output location) and are
   // served from it until `export_file_lifetime_ms` after the job ended; polls are told to come back after

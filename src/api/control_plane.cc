@@ -10,6 +10,7 @@
 #include <functional>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <thread>
 
 #include "api/fhir_response.h"
@@ -139,9 +140,12 @@ class Background {
 
 class ControlPlane {
  public:
-  explicit ControlPlane(const ApiContext& ctx) : ctx_(ctx) {
-    // What a previous process left half-done: a datastore still CREATING is made again (its preload skips what is
-    // stored already), one DELETING is deleted.
+  explicit ControlPlane(const ApiContext& ctx) : ctx_(ctx) {}
+
+  // Once the server serves (a second process that fails to listen must not touch the datastores): what a previous
+  // process left half-done goes on — a datastore still CREATING is made again (its preload leaves alone what the
+  // first run stored), one DELETING is deleted.
+  void ResumeUnfinished() const {
     for (store::ResourceStore* s : ctx_.catalog->All()) {
       const std::string status = s->status();
       if (status == ds::kCreating) {
@@ -306,8 +310,8 @@ class ControlPlane {
     ASSIGN_OR_RETURN(store::ResourceStore * s,
                      ctx_.catalog->Create(body.value("DatastoreName", ""), Dump(config), ds::kCreating));
     spdlog::info("event=datastore_created datastore={} preload={}", s->info().id, preload);
+    PostCreate(s, /*resumed=*/false);  // first: the datastore becomes ACTIVE whatever happens below
     if (!tags.empty()) RETURN_IF_ERROR(s->SetTags(tags));
-    PostCreate(s, /*resumed=*/false);
     return CreateAnswer(*s);
   }
 
@@ -323,9 +327,15 @@ class ControlPlane {
   void PostCreate(store::ResourceStore* s, bool resumed) const {
     background_->Post([this, s, resumed] {
       const json c = Config(*s);
-      if (c.contains("PreloadDataConfig") && !ctx_.preload_dir.empty()) {
+      if (c.contains("PreloadDataConfig")) {
+        if (ctx_.preload_dir.empty()) {
+          // (A restart without --preload-dir: the preload cannot go on; it stays CREATING until it can.)
+          spdlog::error("event=datastore_preload_failed datastore={} reason=\"no --preload-dir\"", s->info().id);
+          return;
+        }
         auto files = ingest::ExpandPaths({ctx_.preload_dir});
         ingest::LoadSettings settings;
+        settings.should_stop = [this] { return background_->stopping(); };
         if (resumed) settings.skip_written_after_seq = 0;  // the datastore was empty: all it holds is the preload's
         auto report = files.ok() ? ingest::LoadFiles(s, *files, settings) : Result<ingest::LoadReport>(files.status());
         if (!report.ok()) {
@@ -345,6 +355,7 @@ class ControlPlane {
 
   Result<json> DeleteDatastore(const json& body) const {
     ASSIGN_OR_RETURN(store::ResourceStore * s, Datastore(body));
+    std::lock_guard<std::mutex> lock(create_mu_);  // two deletes at once: one moves it to DELETING
     const std::string status = s->status();
     if (status == ds::kCreating) {
       return Status::Conflict("Datastore " + s->info().id + " is CREATING; delete it once it is ACTIVE");
@@ -363,20 +374,20 @@ class ControlPlane {
     background_->Post([this, s] {
       const std::string id = s->info().id;
       Status st = [&]() -> Status {
-        ASSIGN_OR_RETURN(auto running,
-                         s->jobs().JobsWithStatus(
-                             {bulk::job_status::kSubmitted, bulk::job_status::kQueued, bulk::job_status::kInProgress}));
-        for (const auto& j : running) {
-          auto cancelled = ctx_.exports->Cancel(s, j.job_id);
-          if (!cancelled.ok() && cancelled.status().code() != StatusCode::kNotSupported) return cancelled.status();
-        }
-        // The engine ends the cancelled jobs at its next batch boundary.
+        // Cancelled on every pass (a kick-off that got in just before DELETING is caught too); the engine ends the
+        // cancelled jobs at its next batch boundary. After a minute the deletion goes on regardless: the store's
+        // connections close, and a job still running fails.
         for (int waited_ms = 0; waited_ms < 60000 && !background_->stopping(); waited_ms += 100) {
           ASSIGN_OR_RETURN(auto left,
                            s->jobs().JobsWithStatus({bulk::job_status::kSubmitted, bulk::job_status::kQueued,
                                                      bulk::job_status::kInProgress, bulk::job_status::kCancelSubmitted,
                                                      bulk::job_status::kCancelInProgress}));
           if (left.empty()) break;
+          for (const auto& j : left) {
+            if (j.status.starts_with("CANCEL")) continue;
+            auto cancelled = ctx_.exports->Cancel(s, j.job_id);
+            if (!cancelled.ok() && cancelled.status().code() != StatusCode::kNotSupported) return cancelled.status();
+          }
           std::this_thread::sleep_for(std::chrono::milliseconds(100));
         }
         if (background_->stopping()) return Status::Unavailable("stopping");
@@ -449,9 +460,15 @@ class ControlPlane {
     const json filter = body.value("Filter", json::object());
     // Every datastore as its describe shows it, the deleted ones too, by id (the paging key).
     std::vector<json> all;
-    for (auto* s : ctx_.catalog->All()) all.push_back(Properties(*s));
+    std::set<std::string> live;
+    for (auto* s : ctx_.catalog->All()) {
+      all.push_back(Properties(*s));
+      live.insert(s->info().id);
+    }
     ASSIGN_OR_RETURN(auto deleted, DeletedDatastores());
-    for (auto& d : deleted) all.push_back(std::move(d));
+    for (auto& d : deleted) {
+      if (!live.count(d["DatastoreId"].get<std::string>())) all.push_back(std::move(d));  // (being dropped: live)
+    }
     std::sort(all.begin(), all.end(), [](const json& a, const json& b) {
       return a["DatastoreId"].get<std::string>() < b["DatastoreId"].get<std::string>();
     });
@@ -684,6 +701,7 @@ Response AwsJsonError(int status, std::string_view type, std::string_view messag
 
 void RegisterControlPlane(http::Router& router, const ApiContext& ctx) {
   auto cp = std::make_shared<ControlPlane>(ctx);
+  ctx.on_serving.push_back([cp] { cp->ResumeUnfinished(); });
   const awsjson::Model& model = awsjson::HealthLakeModel();
   for (const auto& op : model.operations) {
     http::RouteInfo info;

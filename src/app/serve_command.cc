@@ -265,6 +265,7 @@ int RunServe(const ServeOptions& options) {
     return 2;
   }
 
+  for (const auto& start : ctx.on_serving) start();
   std::printf("fhirlake %s listening on %s%s:%u\n", FHIRLAKE_VERSION, scheme.c_str(), host.c_str(), server.port());
   for (auto* s : ctx.catalog->All()) {
     std::printf("datastore %s (%s) at %s\n", s->info().id.c_str(), s->info().name.c_str(),

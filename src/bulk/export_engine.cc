@@ -374,6 +374,10 @@ std::string HumanBytes(int64_t b) {
 }  // namespace
 
 Result<store::ExportJobRecord> ExportEngine::Submit(store::ResourceStore* store, const ExportRequest& request) {
+  // Being created or deleted (the control plane): no new job (one that slipped in would outlive its datastore).
+  if (const std::string status = store->status(); status != store::datastore_status::kActive) {
+    return Status::Conflict("Datastore " + store->info().id + " is " + status + ", not ACTIVE");
+  }
   // The control plane's ClientToken: the same token with the same request is the job it started (a retry).
   auto by_token = [&]() -> Result<std::optional<store::ExportJobRecord>> {
     if (request.client_token.empty()) return std::optional<store::ExportJobRecord>();

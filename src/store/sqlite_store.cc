@@ -81,6 +81,7 @@ class ConnectionPool {
   Result<Lease> Acquire() {
     {
       std::lock_guard<std::mutex> lock(mu_);
+      if (closed_) return Status::NotFound("the datastore was deleted");
       if (!idle_.empty()) {
         auto c = std::move(idle_.back());
         idle_.pop_back();
@@ -93,6 +94,10 @@ class ConnectionPool {
 
   // A new connection, not pooled.
   Result<std::unique_ptr<SqliteConnection>> Open() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (closed_) return Status::NotFound("the datastore was deleted");
+    }
     ASSIGN_OR_RETURN(auto conn, SqliteConnection::Open(path_, busy_timeout_ms_));
     RETURN_IF_ERROR(
         conn->Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF;"
@@ -107,12 +112,24 @@ class ConnectionPool {
     // snapshot or a held write lock to the next user.
     if (!sqlite3_get_autocommit(c->raw()) && !c->Exec("ROLLBACK").ok()) return;
     std::lock_guard<std::mutex> lock(mu_);
-    if (idle_.size() < kMaxPooledConnections) idle_.push_back(std::move(c));
+    if (!closed_ && idle_.size() < kMaxPooledConnections) idle_.push_back(std::move(c));
   }
+
+ public:
+  // The datastore was dropped: idle connections close now, leased ones when they come back, and no new one opens
+  // (so the deleted files' space is given back once the last user is done).
+  void Close() {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+    idle_.clear();
+  }
+
+ private:
   std::string path_;
   int busy_timeout_ms_;
   std::mutex mu_;
   std::vector<std::unique_ptr<SqliteConnection>> idle_;  // GUARDED_BY(mu_)
+  bool closed_ = false;                                  // GUARDED_BY(mu_)
 };
 
 // Every row's first column, as strings.
@@ -313,6 +330,8 @@ class SqliteStore final : public ResourceStore, public JobStore {
     ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
     RETURN_IF_ERROR(EnsureSchema(*conn, info_.path));
     if (create) {
+      // One transaction: a datastore has its whole identity, config and status, or none of them.
+      RETURN_IF_ERROR(conn->Exec("BEGIN IMMEDIATE"));
       ASSIGN_OR_RETURN(auto ins, conn->Prepare("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)"));
       ins->Bind(1, "datastore_id").Bind(2, info_.id);
       RETURN_IF_ERROR(ins->Run());
@@ -324,6 +343,8 @@ class SqliteStore final : public ResourceStore, public JobStore {
       RETURN_IF_ERROR(ins->Run());
       ins->Bind(1, "datastore_status").Bind(2, status_);
       RETURN_IF_ERROR(ins->Run());
+      ins.reset();
+      RETURN_IF_ERROR(conn->Exec("COMMIT"));
     }
     ASSIGN_OR_RETURN(auto q, conn->Prepare("SELECT key, value FROM meta"));
     while (true) {
@@ -366,6 +387,15 @@ class SqliteStore final : public ResourceStore, public JobStore {
     std::lock_guard<std::mutex> lock(status_mu_);
     status_ = status;
     return Status::Ok();
+  }
+
+  // After its datastore was dropped: closes its connections (the writer's once the current write ends).
+  void Close() {
+    {
+      std::lock_guard<std::mutex> lock(write_mu_);
+      writer_.reset();
+    }
+    pool_.Close();
   }
 
   // Before Open(create=true): the status a new datastore starts in.
@@ -1717,15 +1747,27 @@ class SqliteCatalog final : public DatastoreCatalog {
   }
 
   // Made under the catalog's directory lock when the catalog opens (the first datastore), else by Create.
+  // Built whole under ".creating-{id}" and then renamed into place: a crash half-way leaves no datastore (the folder
+  // is removed at the next open), never one without its config and status.
   Result<std::unique_ptr<SqliteStore>> MakeStore(DatastoreInfo info, const std::string& status) {
     std::error_code ec;
+    const std::filesystem::path staging = root_ / (".creating-" + info.id);
     const std::filesystem::path dir = root_ / info.id;
-    std::filesystem::create_directories(dir, ec);
-    if (ec) return Status::Unavailable("cannot create " + dir.string() + ": " + ec.message());
+    std::filesystem::remove_all(staging, ec);
+    std::filesystem::create_directories(staging, ec);
+    if (ec) return Status::Unavailable("cannot create " + staging.string() + ": " + ec.message());
+    {
+      DatastoreInfo staged = info;
+      staged.path = (staging / "fhir.db").string();
+      SqliteStore made(staged, options_, Clock::System());
+      made.SetInitialStatus(status);
+      RETURN_IF_ERROR(made.Open(/*create=*/true));
+    }
+    std::filesystem::rename(staging, dir, ec);
+    if (ec) return Status::Unavailable("cannot move " + staging.string() + " into place: " + ec.message());
     info.path = (dir / "fhir.db").string();
     auto store = std::make_unique<SqliteStore>(info, options_, Clock::System());
-    store->SetInitialStatus(status);
-    RETURN_IF_ERROR(store->Open(/*create=*/true));
+    RETURN_IF_ERROR(store->Open(/*create=*/false));
     return store;
   }
 
@@ -1748,7 +1790,8 @@ class SqliteCatalog final : public DatastoreCatalog {
       std::lock_guard<std::mutex> lock(mu_);
       for (auto it = stores_.begin(); it != stores_.end(); ++it) {
         if ((*it)->info().id != id) continue;
-        graveyard_.push_back(std::move(*it));  // open connections and held pointers stay valid
+        (*it)->Close();                        // its space is given back once running reads end
+        graveyard_.push_back(std::move(*it));  // held pointers stay valid (their calls fail: NotFound)
         stores_.erase(it);
         break;
       }
@@ -1818,8 +1861,8 @@ Result<std::unique_ptr<DatastoreCatalog>> OpenSqliteCatalog(const StoreOptions& 
   for (auto it = fs::directory_iterator(root, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
     std::error_code e2;
     const std::string name = it->path().filename().string();
-    if (name.starts_with(".removing-")) {
-      fs::remove_all(it->path(), e2);  // a deletion that stopped half-way
+    if (name.starts_with(".removing-") || name.starts_with(".creating-")) {
+      fs::remove_all(it->path(), e2);  // a deletion or a creation that stopped half-way
       continue;
     }
     if (name.starts_with(".")) continue;

@@ -1674,6 +1674,62 @@ TEST(SqliteCatalogTest, SeveralDatastoresDefaultIsTheOldest) {
   EXPECT_EQ((*catalog)->Find(newer.id)->info().created_at, 1700000000000);
 }
 
+// The control plane's datastores: created with a status and a config that survive a reopen, dropped with a tombstone
+// that stays (and no new default datastore in their place), pointers held across a drop still safe to call.
+TEST(SqliteCatalogTest, CreateAndDropDatastores) {
+  TempDir tmp;
+  StoreOptions options;
+  options.data_dir = tmp.str();
+  std::string made_id;
+  {
+    auto catalog = OpenSqliteCatalog(options);
+    ASSERT_OK(catalog);
+    ASSERT_EQ((*catalog)->All().size(), 1u);  // the default
+    auto made = (*catalog)->Create("second", R"({"DatastoreTypeVersion":"R4"})", datastore_status::kCreating);
+    ASSERT_OK(made);
+    made_id = (*made)->info().id;
+    EXPECT_EQ((*made)->status(), datastore_status::kCreating);
+    EXPECT_EQ((*catalog)->Find(made_id), *made);
+    ASSERT_OK((*made)->SetStatus(datastore_status::kActive));
+  }
+  EXPECT_FALSE(std::filesystem::exists(tmp.path() / "datastores" / (".creating-" + made_id)));
+  auto catalog = OpenSqliteCatalog(options);
+  ASSERT_OK(catalog);
+  ASSERT_EQ((*catalog)->All().size(), 2u);
+  ResourceStore* second = (*catalog)->Find(made_id);
+  ASSERT_NE(second, nullptr);
+  EXPECT_EQ(second->info().name, "second");
+  EXPECT_EQ(second->info().config, R"({"DatastoreTypeVersion":"R4"})");
+  EXPECT_EQ(second->status(), datastore_status::kActive);
+  // Both dropped (the default too): gone from All/Find and from disk, their tombstones kept, oldest first.
+  ResourceStore* first = (*catalog)->Default();
+  const std::string first_id = first->info().id;
+  ASSERT_OK(first->jobs().JobsWithStatus({"SUBMITTED"}));
+  ASSERT_OK((*catalog)->Drop(first_id, R"({"DatastoreId":"a"})"));
+  ASSERT_OK((*catalog)->Drop(made_id, R"({"DatastoreId":"b"})"));
+  EXPECT_STATUS((*catalog)->Drop(made_id, "{}"), kNotFound, made_id);
+  EXPECT_TRUE((*catalog)->All().empty());
+  EXPECT_EQ((*catalog)->Find(made_id), nullptr);
+  EXPECT_EQ((*catalog)->Default(), nullptr);
+  EXPECT_FALSE(std::filesystem::exists(tmp.path() / "datastores" / made_id));
+  // A pointer taken before the drop answers, with an error (its connections are closed).
+  EXPECT_STATUS(first->Read("Patient", "x"), kNotFound, "deleted");
+  auto deleted = (*catalog)->Deleted();
+  ASSERT_OK(deleted);
+  EXPECT_THAT(*deleted, ElementsAre(R"({"DatastoreId":"a"})", R"({"DatastoreId":"b"})"));
+  // Reopened: still none, and no new default; what a crash leaves half-made or half-removed is cleared.
+  std::filesystem::create_directories(tmp.path() / "datastores" / ".creating-0123");
+  std::filesystem::create_directories(tmp.path() / "datastores" / ".removing-4567");
+  catalog = OpenSqliteCatalog(options);
+  ASSERT_OK(catalog);
+  EXPECT_TRUE((*catalog)->All().empty());
+  EXPECT_FALSE(std::filesystem::exists(tmp.path() / "datastores" / ".creating-0123"));
+  EXPECT_FALSE(std::filesystem::exists(tmp.path() / "datastores" / ".removing-4567"));
+  deleted = (*catalog)->Deleted();
+  ASSERT_OK(deleted);
+  EXPECT_EQ(deleted->size(), 2u);
+}
+
 // Runs `fn` in `n` forked processes released at the same moment; returns how many exited 0.
 int RunInProcessesAtOnce(int n, const std::function<bool()>& fn) {
   int go[2];
