@@ -362,7 +362,7 @@ Status ImportEngine::Run(store::ResourceStore* store, const store::ImportJobReco
     RETURN_IF_ERROR(w->Commit());
   }
   const std::string message = "Imported " + std::to_string(imported) + " resources from " +
-                              std::to_string(keys.size()) + " objects" +
+                              std::to_string(keys.size()) + (keys.size() == 1 ? " object" : " objects") +
                               (failed == 1  ? "; 1 line was rejected (see FAILURE/)"
                                : failed > 1 ? "; " + std::to_string(failed) + " lines were rejected (see FAILURE/)"
                                             : "");
