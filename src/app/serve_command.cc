@@ -9,6 +9,9 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <thread>
 
 #include "api/api_context.h"
@@ -233,9 +236,23 @@ int RunServe(const ServeOptions& options) {
     });
     ctx.aws_account_id = a->config()->account_id;
     // A datastore the configuration does not name authenticates as its IdentityProviderConfiguration says.
-    a->SetDatastoreModes([catalog = ctx.catalog](std::string_view ds) -> std::vector<std::string> {
+    // A datastore's config is fixed when it is created: its modes are worked out once per datastore id.
+    struct ModesCache {
+      std::mutex mu;
+      std::map<std::string, std::vector<std::string>, std::less<>> by_id;  // GUARDED_BY(mu)
+    };
+    a->SetDatastoreModes([catalog = ctx.catalog,
+                          cache = std::make_shared<ModesCache>()](std::string_view ds) -> std::vector<std::string> {
+      {
+        std::lock_guard<std::mutex> lock(cache->mu);
+        if (auto it = cache->by_id.find(ds); it != cache->by_id.end()) return it->second;
+      }
       store::ResourceStore* s = catalog->Find(ds);
-      return s == nullptr ? std::vector<std::string>() : api::AuthModesOfDatastore(*s);
+      if (s == nullptr) return {};
+      std::vector<std::string> modes = api::AuthModesOfDatastore(*s);
+      std::lock_guard<std::mutex> lock(cache->mu);
+      cache->by_id.emplace(std::string(ds), modes);
+      return modes;
     });
     ctx.requires_access_token = [a](std::string_view ds) { return a->RequiresCredentials(ds); };
     // Public (no action): how to authenticate, and where to get a token.
