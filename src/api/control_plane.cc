@@ -555,15 +555,15 @@ class ControlPlane {
     return json{{"ExportJobProperties", ExportProperties(*job, s->info().id)}};
   }
 
-  Result<json> ListExports(const json& body, const RequestContext& p) const {
-    ASSIGN_OR_RETURN(store::ResourceStore * s, Datastore(body));
+  // ListFHIRExportJobs and ListFHIRImportJobs: `jobs` in queue order after the NextToken's, those the caller may see
+  // that pass the filters (JobName, JobStatus, SubmittedBefore, SubmittedAfter), at most MaxResults.
+  template <typename Job, typename Render>
+  Result<json> ListJobs(const json& body, const RequestContext& p, std::vector<Job> jobs, const char* cursor,
+                        const char* list_name, const Render& render) const {
     int64_t after_order = 0;
     if (body.contains("NextToken")) {
-      ASSIGN_OR_RETURN(after_order, fhir::DecodePageCursor(body["NextToken"].get<std::string>(), kJobCursor));
+      ASSIGN_OR_RETURN(after_order, fhir::DecodePageCursor(body["NextToken"].get<std::string>(), cursor));
     }
-    ASSIGN_OR_RETURN(auto jobs, s->jobs().JobsWithStatus({"SUBMITTED", "QUEUED", "IN_PROGRESS", "COMPLETED",
-                                                          "COMPLETED_WITH_ERRORS", "FAILED", "CANCEL_SUBMITTED",
-                                                          "CANCEL_IN_PROGRESS", "CANCEL_COMPLETED", "CANCEL_FAILED"}));
     std::sort(jobs.begin(), jobs.end(), [](const auto& a, const auto& b) { return a.queue_order < b.queue_order; });
     json list = json::array();
     const int max = MaxResults(body);
@@ -580,15 +580,24 @@ class ControlPlane {
         continue;
       }
       if (static_cast<int>(list.size()) == max) {
-        next = fhir::EncodePageCursor(kJobCursor, last_order);
+        next = fhir::EncodePageCursor(cursor, last_order);
         break;
       }
-      list.push_back(ExportProperties(j, s->info().id));
+      list.push_back(render(j));
       last_order = j.queue_order;
     }
-    json out = {{"ExportJobPropertiesList", list}};
+    json out = {{list_name, list}};
     if (!next.empty()) out["NextToken"] = next;
     return out;
+  }
+
+  Result<json> ListExports(const json& body, const RequestContext& p) const {
+    ASSIGN_OR_RETURN(store::ResourceStore * s, Datastore(body));
+    ASSIGN_OR_RETURN(auto jobs, s->jobs().JobsWithStatus({"SUBMITTED", "QUEUED", "IN_PROGRESS", "COMPLETED",
+                                                          "COMPLETED_WITH_ERRORS", "FAILED", "CANCEL_SUBMITTED",
+                                                          "CANCEL_IN_PROGRESS", "CANCEL_COMPLETED", "CANCEL_FAILED"}));
+    return ListJobs(body, p, std::move(jobs), kJobCursor, "ExportJobPropertiesList",
+                    [&](const store::ExportJobRecord& j) { return ExportProperties(j, s->info().id); });
   }
 
   Result<json> StartImport(const json& body, const RequestContext& p) const {
@@ -645,35 +654,9 @@ class ControlPlane {
 
   Result<json> ListImports(const json& body, const RequestContext& p) const {
     ASSIGN_OR_RETURN(store::ResourceStore * s, Datastore(body));
-    int64_t after_order = 0;
-    if (body.contains("NextToken")) {
-      ASSIGN_OR_RETURN(after_order, fhir::DecodePageCursor(body["NextToken"].get<std::string>(), kImportCursor));
-    }
     ASSIGN_OR_RETURN(auto jobs, s->jobs().ImportJobs());
-    json list = json::array();
-    const int max = MaxResults(body);
-    std::string next;
-    int64_t last_order = 0;
-    for (const auto& j : jobs) {
-      if (j.queue_order <= after_order || !MaySeeJob(p.principal, j.owner)) continue;
-      if (body.contains("JobName") && body["JobName"] != j.job_name) continue;
-      if (body.contains("JobStatus") && body["JobStatus"] != j.status) continue;
-      if (body.contains("SubmittedBefore") && EpochSeconds(j.submit_time) >= body["SubmittedBefore"].get<double>()) {
-        continue;
-      }
-      if (body.contains("SubmittedAfter") && EpochSeconds(j.submit_time) <= body["SubmittedAfter"].get<double>()) {
-        continue;
-      }
-      if (static_cast<int>(list.size()) == max) {
-        next = fhir::EncodePageCursor(kImportCursor, last_order);
-        break;
-      }
-      list.push_back(ImportProperties(j, s->info().id));
-      last_order = j.queue_order;
-    }
-    json out = {{"ImportJobPropertiesList", list}};
-    if (!next.empty()) out["NextToken"] = next;
-    return out;
+    return ListJobs(body, p, std::move(jobs), kImportCursor, "ImportJobPropertiesList",
+                    [&](const store::ImportJobRecord& j) { return ImportProperties(j, s->info().id); });
   }
 
   const ApiContext& ctx_;

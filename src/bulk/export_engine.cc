@@ -1005,15 +1005,7 @@ ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::Exp
     exported.clear();
     std::vector<store::ExportFileRecord> records;
     if (!errors.empty()) {
-      store::ExportFileRecord ef = new_file("error", "OperationOutcome");
-      ASSIGN_OR_RETURN(auto ew, sink_->Create(job.write_ctx, job.output.bucket, ef.key));
-      for (const auto& line : errors) {
-        RETURN_IF_ERROR(ew->Append(line));
-        RETURN_IF_ERROR(ew->Append("\n"));
-        ef.count += 1;
-        ef.bytes += static_cast<int64_t>(line.size() + 1);
-      }
-      RETURN_IF_ERROR(ew->Commit());
+      ASSIGN_OR_RETURN(auto ef, WriteErrorFile(job, task.task_no, errors));
       records.push_back(std::move(ef));
     }
     if (writer) {
@@ -1021,10 +1013,7 @@ ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::Exp
       writer.reset();
       records.push_back(file);
     }
-    if (!records.empty()) RETURN_IF_ERROR(failpoint::Hit("export.after_sink_commit"));
-    RETURN_IF_ERROR(job.store->jobs().CommitFiles(records, job.job_id, task.task_no, after, done));
-    if (!records.empty()) RETURN_IF_ERROR(failpoint::Hit("export.after_store_commit"));
-    if (!errors.empty()) job.has_errors = true;
+    RETURN_IF_ERROR(RecordFiles(job, task.task_no, records, after, done, !errors.empty()));
     errors.clear();
     return Status::Ok();
   };
@@ -1259,24 +1248,7 @@ ExportEngine::TaskOutcome ExportEngine::RunOrganizedTask(ActiveJob& job, const s
   auto commit = [&](bool done) -> Status {
     std::vector<store::ExportFileRecord> records;
     if (!errors.empty()) {
-      store::ExportFileRecord ef;
-      ef.job_id = job.job_id;
-      ef.kind = "error";
-      ef.type = "OperationOutcome";
-      ef.task_no = task.task_no;
-      {
-        std::lock_guard<std::mutex> lock(job.mu);
-        ef.file_no = ++job.last_file_no["OperationOutcome"];
-      }
-      ef.key = job.key_prefix + "/OperationOutcome/OperationOutcome-" + std::to_string(ef.file_no) + ".ndjson";
-      ASSIGN_OR_RETURN(auto ew, sink_->Create(job.write_ctx, job.output.bucket, ef.key));
-      for (const auto& line : errors) {
-        RETURN_IF_ERROR(ew->Append(line));
-        RETURN_IF_ERROR(ew->Append("\n"));
-        ef.count += 1;
-        ef.bytes += static_cast<int64_t>(line.size() + 1);
-      }
-      RETURN_IF_ERROR(ew->Commit());
+      ASSIGN_OR_RETURN(auto ef, WriteErrorFile(job, task.task_no, errors));
       records.push_back(std::move(ef));
     }
     for (size_t i = 0; i < split_writers.size(); ++i) {
@@ -1290,10 +1262,7 @@ ExportEngine::TaskOutcome ExportEngine::RunOrganizedTask(ActiveJob& job, const s
       writer.reset();
       records.push_back(file);
     }
-    if (!records.empty()) RETURN_IF_ERROR(failpoint::Hit("export.after_sink_commit"));
-    RETURN_IF_ERROR(job.store->jobs().CommitFiles(records, job.job_id, task.task_no, after, done));
-    if (!records.empty()) RETURN_IF_ERROR(failpoint::Hit("export.after_store_commit"));
-    if (!errors.empty()) job.has_errors = true;
+    RETURN_IF_ERROR(RecordFiles(job, task.task_no, records, after, done, !errors.empty()));
     errors.clear();
     return Status::Ok();
   };
@@ -1438,6 +1407,42 @@ void ExportEngine::TaskFinished(const std::shared_ptr<ActiveJob>& job, TaskOutco
     return;
   }
   Finalize(job);
+}
+
+// Records files committed to the sink with the task's checkpoint (one store transaction), between the crash tests'
+// failpoints.
+Status ExportEngine::RecordFiles(ActiveJob& job, int task_no, const std::vector<store::ExportFileRecord>& records,
+                                 int64_t after, bool done, bool with_errors) {
+  if (!records.empty()) RETURN_IF_ERROR(failpoint::Hit("export.after_sink_commit"));
+  RETURN_IF_ERROR(job.store->jobs().CommitFiles(records, job.job_id, task_no, after, done));
+  if (!records.empty()) RETURN_IF_ERROR(failpoint::Hit("export.after_store_commit"));
+  if (with_errors) job.has_errors = true;
+  return Status::Ok();
+}
+
+// A new error file of the job (numbered with its other OperationOutcome files) holding `lines`, committed to the sink;
+// the caller records it.
+Result<store::ExportFileRecord> ExportEngine::WriteErrorFile(ActiveJob& job, int task_no,
+                                                             const std::vector<std::string>& lines) {
+  store::ExportFileRecord ef;
+  ef.job_id = job.job_id;
+  ef.kind = "error";
+  ef.type = "OperationOutcome";
+  ef.task_no = task_no;
+  {
+    std::lock_guard<std::mutex> lock(job.mu);
+    ef.file_no = ++job.last_file_no["OperationOutcome"];
+  }
+  ef.key = job.key_prefix + "/OperationOutcome/OperationOutcome-" + std::to_string(ef.file_no) + ".ndjson";
+  ASSIGN_OR_RETURN(auto w, sink_->Create(job.write_ctx, job.output.bucket, ef.key));
+  for (const auto& line : lines) {
+    RETURN_IF_ERROR(w->Append(line));
+    RETURN_IF_ERROR(w->Append("\n"));
+    ef.count += 1;
+    ef.bytes += static_cast<int64_t>(line.size() + 1);
+  }
+  RETURN_IF_ERROR(w->Commit());
+  return ef;
 }
 
 // The parameters the kick-off ignored under handling=lenient, as OperationOutcomes in the job's error file number

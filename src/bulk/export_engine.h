@@ -144,6 +144,9 @@ class ExportEngine {
   void TaskFinished(const std::shared_ptr<ActiveJob>& job, TaskOutcome outcome, const std::string& failure);
   void Finalize(const std::shared_ptr<ActiveJob>& job);
   Status WriteNotesFile(ActiveJob& job);
+  Status RecordFiles(ActiveJob& job, int task_no, const std::vector<store::ExportFileRecord>& records, int64_t after,
+                     bool done, bool with_errors);
+  Result<store::ExportFileRecord> WriteErrorFile(ActiveJob& job, int task_no, const std::vector<std::string>& lines);
   // Ends a job that is CANCEL_SUBMITTED or CANCEL_IN_PROGRESS: removes its unlisted output, then CANCEL_COMPLETED.
   Status CompleteCancel(store::ResourceStore* store, const store::ExportJobRecord& job);
   // A compare-and-set transition, retried (with backoff) on errors other than a conflict.
