@@ -1120,8 +1120,11 @@ ExportEngine::TaskOutcome ExportEngine::RunTask(ActiveJob& job, const store::Exp
       if (record_exported) exported.push_back(row.rid);
       file.count += 1;
       file.bytes += static_cast<int64_t>(out.size() + 1);
-      job.written_rows += 1;
-      job.written_bytes += static_cast<int64_t>(out.size() + 1);
+      if (!task.deleted) {
+        // What describe shows as written: the output files' lines (as it counts them once the job has ended).
+        job.written_rows += 1;
+        job.written_bytes += static_cast<int64_t>(out.size() + 1);
+      }
       return Status::Ok();
     });
     if (!progress.ok()) return fail(progress.status());
@@ -1217,6 +1220,8 @@ ExportEngine::TaskOutcome ExportEngine::RunOrganizedTask(ActiveJob& job, const s
     RETURN_IF_ERROR(writer->Append("\n"));
     file.count += 1;
     file.bytes += static_cast<int64_t>(line.size() + 1);
+    // Counted as the file's `count` counts them (headers too), so describe shows the same while and after it runs.
+    job.written_rows += 1;
     job.written_bytes += static_cast<int64_t>(line.size() + 1);
     return Status::Ok();
   };
@@ -1241,9 +1246,7 @@ ExportEngine::TaskOutcome ExportEngine::RunOrganizedTask(ActiveJob& job, const s
       RETURN_IF_ERROR(append(BlockHeader(block_patient)));
       header_written = true;
     }
-    RETURN_IF_ERROR(append(line));
-    job.written_rows += 1;
-    return Status::Ok();
+    return append(line);
   };
   auto commit = [&](bool done) -> Status {
     std::vector<store::ExportFileRecord> records;
